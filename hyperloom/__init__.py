@@ -1,0 +1,7 @@
+"""hyperloom: a ZeroMQ workflow runtime for plans of millions of tasks (HyperLoom in Python)."""
+
+__version__ = "0.1.0"
+
+from .local import LocalCluster  # noqa: E402
+
+__all__ = ["LocalCluster", "__version__"]

@@ -1,0 +1,1 @@
+"""The broker: holds the DAG of every plan, schedules tasks, orders transfers."""

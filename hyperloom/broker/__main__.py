@@ -1,0 +1,5 @@
+import sys
+
+from ..cli import broker_main
+
+sys.exit(broker_main())

@@ -1,0 +1,200 @@
+"""Placement of ready tasks on workers: ready tasks x workers -> assignments.
+
+Policy, cheapest first:
+- a task goes to a worker with room for it: light tasks (no core requested)
+  up to ``light_limit`` queued per worker; core-requesting tasks while the
+  worker's assigned cores stay within ``cpus * overbooking`` (the worker
+  queues what it cannot start yet, so it never idles between round trips);
+- among workers with room, the one already holding the most input bytes
+  (no transfer at all in the common case); otherwise the least loaded;
+- a task that no worker can ever run (more cores than any worker has, or a
+  type nobody provides) is parked as unplaceable, visible in ``info()``, and
+  retried when a worker joins.
+Work per task is O(inputs) plus O(workers) only when it has no locality.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from . import taskstate as ts
+
+LIGHT_LIMIT = 4096          # light tasks queued per worker at once
+MAX_LOCALITY_INPUTS = 32    # inputs weighed for locality (bounded work per task)
+MAX_DEFERRED = 1024         # ready tasks skipped in one round before giving up
+
+
+class Scheduler:
+    def __init__(self, state, overbooking: int = 3):
+        self.state = state
+        self.overbooking = overbooking
+        self.ready = deque()
+        self.unplaceable = []
+
+    def add_ready(self, nodes):
+        self.ready.extend(nodes)
+
+    def on_worker_joined(self, worker):
+        if self.unplaceable:
+            self.ready.extendleft(reversed(self.unplaceable))
+            self.unplaceable = []
+
+    def on_worker_left(self, worker):
+        pass  # nothing cached per worker between rounds
+
+    def unplaceable_summary(self):
+        return [{"id": node.id, "n_cpus": node.n_cpus, "type": node.type,
+                 "reason": self._why_unplaceable(node)}
+                for node in self.unplaceable if node.state == ts.READY]
+
+    def _why_unplaceable(self, node) -> str:
+        workers = self.state.workers.values()
+        if not any(node.type in w.task_types for w in workers):
+            return f"no connected worker provides task type '{node.type}'"
+        return (f"needs {node.n_cpus} cpus; no connected worker has that many "
+                f"(largest: {max((w.cpus for w in workers), default=0)})")
+
+    # ------------------------------------------------------------ one round
+
+    def schedule(self):
+        """Assign as many ready tasks as the workers have room for."""
+        ready = self.ready
+        workers = list(self.state.workers.values())
+        if not ready or not workers:
+            return
+        max_cpus = max(w.cpus for w in workers)
+        common_types = frozenset.intersection(*(w.task_types for w in workers))
+        deferred = []
+        room = _Room(workers, self.overbooking)
+        while ready and room.any():
+            node = ready.popleft()
+            if node.state != ts.READY:
+                continue  # canceled or failed while queued
+            n_cpus = node.n_cpus
+            if n_cpus > max_cpus or (node.type not in common_types and not any(
+                    node.type in w.task_types for w in workers)):
+                self.unplaceable.append(node)
+                continue
+            if not room.fits(n_cpus):
+                deferred.append(node)
+                if len(deferred) >= MAX_DEFERRED:
+                    break
+                continue
+            worker = self._place(node, workers, room)
+            if worker is None:
+                deferred.append(node)
+                if len(deferred) >= MAX_DEFERRED:
+                    break
+                continue
+            self._assign(node, worker)
+            room.took(worker, n_cpus)
+        if deferred:
+            ready.extendleft(reversed(deferred))
+
+    def _place(self, node, workers, room):
+        n_cpus = node.n_cpus
+        task_type = node.type
+        inputs = node.inputs
+        if inputs:
+            if len(inputs) == 1:
+                for worker in inputs[0].holders:
+                    if room.has(worker, n_cpus) and task_type in worker.task_types:
+                        return worker
+            else:
+                best = self._most_bytes(inputs, n_cpus, task_type, room)
+                if best is not None:
+                    return best
+        return room.least_loaded(n_cpus, task_type)
+
+    @staticmethod
+    def _most_bytes(inputs, n_cpus, task_type, room):
+        scores = {}
+        for inp in inputs[:MAX_LOCALITY_INPUTS]:
+            size = inp.size + 1  # +1: a tiny input still counts as a locality hint
+            for worker in inp.holders:
+                scores[worker] = scores.get(worker, 0) + size
+        for worker, _ in sorted(scores.items(), key=lambda item: -item[1]):
+            if room.has(worker, n_cpus) and task_type in worker.task_types:
+                return worker
+        return None
+
+    def _assign(self, node, worker):
+        state = self.state
+        state.transition(node, ts.ASSIGNED)
+        node.worker = worker
+        worker.assigned.add(node)
+        n_cpus = node.n_cpus
+        if n_cpus:
+            worker.cpus_used += n_cpus
+        else:
+            worker.n_light += 1
+        input_ids = []
+        for inp in node.inputs:
+            input_ids.append(inp.id)
+            if worker not in inp.holders:
+                self.deliver(inp, worker)
+        state.outbox.compute[worker].append(
+            [node.id, node.type, node.config, input_ids, n_cpus, node.label])
+
+
+    def deliver(self, node, worker):
+        """Order a holder of ``node``'s data to push it to ``worker``."""
+        holders = node.holders
+        if worker in holders:
+            return
+        source = holders[0]
+        self.state.outbox.send_data(source, worker.address, node.id)
+        holders.append(worker)
+        size = node.size
+        worker.bytes_held += size
+        worker.bytes_received += size
+        source.bytes_sent += size
+
+
+class _Room:
+    """Free capacity of each worker during one scheduling round."""
+
+    def __init__(self, workers, overbooking):
+        self.workers = workers
+        self.overbooking = overbooking
+        self._refresh()
+
+    def _refresh(self):
+        self.light_free = sum(1 for w in self.workers if w.n_light < LIGHT_LIMIT)
+        self.max_cpu_free = max(self.cpu_free(w) for w in self.workers)
+
+    def cpu_free(self, worker) -> int:
+        return worker.cpus * self.overbooking - worker.cpus_used
+
+    def any(self) -> bool:
+        return self.light_free > 0 or self.max_cpu_free > 0
+
+    def fits(self, n_cpus) -> bool:
+        return self.max_cpu_free >= n_cpus if n_cpus else self.light_free > 0
+
+    def has(self, worker, n_cpus) -> bool:
+        if n_cpus:
+            return n_cpus <= worker.cpus and worker.cpus_used + n_cpus <= \
+                worker.cpus * self.overbooking
+        return worker.n_light < LIGHT_LIMIT
+
+    def took(self, worker, n_cpus):
+        if n_cpus:
+            if self.cpu_free(worker) + n_cpus >= self.max_cpu_free:
+                self.max_cpu_free = max(self.cpu_free(w) for w in self.workers)
+        elif worker.n_light == LIGHT_LIMIT:
+            self.light_free -= 1
+
+    def least_loaded(self, n_cpus, task_type):
+        best = None
+        best_load = None
+        for worker in self.workers:
+            if not self.has(worker, n_cpus) or task_type not in worker.task_types:
+                continue
+            if n_cpus:
+                load = worker.cpus_used / worker.cpus
+            else:
+                load = worker.n_light / (worker.cpus or 1)
+            if best is None or load < best_load:
+                best, best_load = worker, load
+        return best

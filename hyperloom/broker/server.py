@@ -1,0 +1,300 @@
+"""The broker's ROUTER loop: the only place with sockets and clocks.
+
+It receives, decodes, calls a BrokerState handler, and flushes the outbox.
+Everything readable is drained before anything is sent, so one flush carries
+the effects of many messages: batching comes from the loop itself.
+
+Peer loss: libzmq does not tell a ROUTER which peer left, so the loop records
+each peer's socket fd from its first message (``SRCFD``) and watches the
+socket monitor for DISCONNECTED events on that fd. ZMTP heartbeats make
+libzmq close connections to peers that went silent, which then shows up the
+same way. Workers also send Heartbeat messages, checked on a monotonic clock.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from dataclasses import dataclass
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from .. import protocol
+from ..protocol import ProtocolError
+from .state import BrokerState
+
+log = logging.getLogger("hyperloom.broker")
+
+DRAIN_LIMIT = 2000          # messages handled before a flush, so replies keep flowing
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    host: str = "127.0.0.1"
+    port: int = protocol.DEFAULT_PORT
+    heartbeat_interval: float = 1.0     # seconds between worker heartbeats
+    heartbeat_misses: int = 5           # silent intervals before a worker is lost
+    overbooking: int = 3
+
+
+class BrokerServer:
+    def __init__(self, config: BrokerConfig):
+        self.config = config
+        self.state = BrokerState(overbooking=config.overbooking)
+        self.context = zmq.Context()
+        self.router = self.context.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.router.setsockopt(zmq.SNDHWM, 0)
+        self.router.setsockopt(zmq.RCVHWM, 0)
+        self.router.setsockopt(zmq.LINGER, 0)
+        interval_ms = int(config.heartbeat_interval * 1000)
+        self.router.setsockopt(zmq.HEARTBEAT_IVL, interval_ms)
+        self.router.setsockopt(zmq.HEARTBEAT_TIMEOUT, interval_ms * config.heartbeat_misses)
+        self.monitor = self.router.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        if config.port == 0:
+            self.port = self.router.bind_to_random_port(f"tcp://{config.host}")
+        else:
+            self.router.bind(f"tcp://{config.host}:{config.port}")
+            self.port = config.port
+        self.endpoint = f"tcp://{config.host}:{self.port}"
+        self.peers = {}          # identity -> ClientState | WorkerState
+        self.fd_of = {}          # identity -> socket fd of its connection
+        self.identity_at_fd = {}
+        self.running = True
+        self._handlers = self._handler_table()
+
+    # ------------------------------------------------------------ loop
+
+    def run(self):
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        poller.register(self.monitor, zmq.POLLIN)
+        timeout_ms = int(self.config.heartbeat_interval * 1000)
+        next_check = time.monotonic() + self.config.heartbeat_interval
+        while self.running:
+            events = dict(poller.poll(timeout_ms))
+            if self.monitor in events:
+                self._drain_monitor()
+            if self.router in events:
+                self._drain_router()
+            self.state.scheduler.schedule()
+            self._flush()
+            now = time.monotonic()
+            if now >= next_check:
+                self._check_heartbeats(now)
+                next_check = now + self.config.heartbeat_interval
+        self._shutdown_workers()
+
+    def stop(self, *_):
+        self.running = False
+
+    def close(self):
+        self.monitor.close(linger=0)
+        self.router.close(linger=0)
+        self.context.term()
+
+    def install_signal_handlers(self):
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+
+    def _drain_router(self):
+        router = self.router
+        for _ in range(DRAIN_LIMIT):
+            try:
+                frames = router.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            try:
+                self._on_message(frames)
+            except Exception:  # a bug must not take the broker down for everyone
+                log.exception("error while handling a message; message dropped")
+
+    def _drain_monitor(self):
+        while True:
+            try:
+                event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            identity = self.identity_at_fd.get(event["value"])
+            if identity is not None:
+                self._peer_lost(identity, "connection closed")
+
+    # ------------------------------------------------------------ dispatch
+
+    def _on_message(self, frames):
+        identity = frames[0].bytes
+        if len(frames) < 2:
+            self._refuse(identity, "message has no header frame")
+            return
+        try:
+            code, fields = protocol.decode(frames[1].buffer)
+        except ProtocolError as error:
+            self._refuse(identity, str(error))
+            return
+        peer = self.peers.get(identity)
+        now = time.monotonic()
+        if peer is None:
+            self._on_hello(identity, code, fields, frames, now)
+            return
+        peer.last_seen = now
+        handler = self._handlers.get((type(peer).__name__, code))
+        if handler is None:
+            self._refuse(identity, f"{protocol.name_of(code)} is not expected from a "
+                                   f"{'client' if self._is_client(peer) else 'worker'}")
+            return
+        handler(peer, fields, frames, now)
+
+    def _handler_table(self):
+        return {
+            ("ClientState", protocol.SUBMIT): self._on_submit,
+            ("ClientState", protocol.FETCH): self._on_fetch,
+            ("ClientState", protocol.RELEASE): self._on_release,
+            ("ClientState", protocol.GET_STATS): self._on_get_stats,
+            ("ClientState", protocol.SET_TRACE): self._on_set_trace,
+            ("ClientState", protocol.TERMINATE): self._on_terminate,
+            ("ClientState", protocol.HEARTBEAT): self._on_heartbeat,
+            ("ClientState", protocol.GOODBYE): self._on_goodbye,
+            ("WorkerState", protocol.TASKS_DONE): self._on_tasks_done,
+            ("WorkerState", protocol.UPLOADED): self._on_uploaded,
+            ("WorkerState", protocol.HEARTBEAT): self._on_heartbeat,
+            ("WorkerState", protocol.GOODBYE): self._on_goodbye,
+        }
+
+    @staticmethod
+    def _is_client(peer) -> bool:
+        return type(peer).__name__ == "ClientState"
+
+    def _on_hello(self, identity, code, fields, frames, now):
+        if code == protocol.HELLO_CLIENT:
+            peer = self.state.on_client_hello(identity, fields[0], now)
+        elif code == protocol.HELLO_WORKER:
+            peer = self.state.on_worker_hello(identity, *fields, now)
+        elif code in (protocol.GOODBYE, protocol.HEARTBEAT):
+            return  # from a peer already dropped (its disconnect was seen first)
+        else:
+            self._refuse(identity, f"{protocol.name_of(code)} before HelloClient/HelloWorker",
+                         fatal=True)
+            return
+        if peer is None:
+            return
+        self.peers[identity] = peer
+        fd = frames[1].get(zmq.SRCFD)
+        stale = self.identity_at_fd.get(fd)
+        if stale is not None and stale != identity:
+            # The fd was reused: its previous owner is gone.
+            self._peer_lost(stale, "connection replaced")
+        self.fd_of[identity] = fd
+        self.identity_at_fd[fd] = identity
+
+    def _refuse(self, identity, message, fatal=False):
+        log.warning("refused a message from %s: %s", identity.hex(), message)
+        self.state.outbox.errors.append((identity, message, fatal))
+
+    # ------------------------------------------------------------ handlers
+
+    def _on_submit(self, client, fields, frames, now):
+        symbols, labels, entries, load = fields
+        self.state.on_submit(client, symbols, labels, entries, load)
+
+    def _on_fetch(self, client, fields, frames, now):
+        request, ids, release = fields
+        self.state.on_fetch(client, request, ids, release)
+
+    def _on_release(self, client, fields, frames, now):
+        self.state.on_release(client, fields[0])
+
+    def _on_get_stats(self, client, fields, frames, now):
+        self.state.outbox.replies.append(
+            (client.identity, protocol.encode(protocol.STATS, fields[0], self.state.stats())))
+
+    def _on_set_trace(self, client, fields, frames, now):
+        log.info("tracing requested into %s", fields[0])
+
+    def _on_terminate(self, client, fields, frames, now):
+        log.info("client %d asked the broker to terminate", client.number)
+        self.running = False
+
+    def _on_heartbeat(self, peer, fields, frames, now):
+        pass  # last_seen was updated by the dispatcher
+
+    def _on_goodbye(self, peer, fields, frames, now):
+        self._peer_lost(peer.identity, "said goodbye")
+
+    def _on_tasks_done(self, worker, fields, frames, now):
+        self.state.on_tasks_done(worker, fields[0], fields[1], now)
+
+    def _on_uploaded(self, worker, fields, frames, now):
+        client_identity, request, objects = fields
+        if client_identity not in self.peers:
+            return  # the client left meanwhile
+        header = protocol.encode(protocol.DATA, request, objects)
+        self._send([client_identity, header, *frames[2:]])
+
+    # ------------------------------------------------------------ peers
+
+    def _peer_lost(self, identity, why):
+        peer = self.peers.pop(identity, None)
+        fd = self.fd_of.pop(identity, None)
+        if fd is not None and self.identity_at_fd.get(fd) == identity:
+            del self.identity_at_fd[fd]
+        if peer is None:
+            return
+        if self._is_client(peer):
+            self.state.on_client_lost(peer)
+        else:
+            log.warning("worker %d lost (%s)", peer.worker_id, why)
+            self.state.on_worker_lost(peer)
+
+    def _check_heartbeats(self, now):
+        limit = self.config.heartbeat_interval * self.config.heartbeat_misses
+        for identity, peer in list(self.peers.items()):
+            if not self._is_client(peer) and now - peer.last_seen > limit:
+                self._peer_lost(identity, f"no heartbeat for {now - peer.last_seen:.1f} s")
+
+    def _shutdown_workers(self):
+        for identity, peer in list(self.peers.items()):
+            if not self._is_client(peer):
+                self._send([identity, protocol.encode(protocol.SHUTDOWN)])
+
+    # ------------------------------------------------------------ output
+
+    def _send(self, frames):
+        try:
+            self.router.send_multipart(frames, copy=False)
+        except zmq.ZMQError as error:
+            if error.errno != zmq.EHOSTUNREACH:
+                raise
+            # The peer is gone; its loss is handled through the monitor.
+
+    def _flush(self):
+        out = self.state.outbox
+        if out.is_empty():
+            return
+        send = self._send
+        encode = protocol.encode
+        for identity, header in out.replies:
+            send([identity, header])
+        for identity, message, fatal in out.errors:
+            send([identity, encode(protocol.ERROR, message, fatal)])
+        for worker, entries in out.compute.items():
+            send([worker.identity, encode(protocol.COMPUTE_TASKS, entries)])
+        for worker, targets in out.sends.items():
+            send([worker.identity, encode(protocol.SEND_DATA,
+                                          [[address, ids] for address, ids in targets.items()])])
+        for (worker, client_identity, request), ids in out.uploads.items():
+            send([worker.identity, encode(protocol.UPLOAD, client_identity, request, ids)])
+        for worker, ids in out.cancel.items():
+            send([worker.identity, encode(protocol.CANCEL_TASKS, ids)])
+        for worker, ids in out.remove.items():
+            send([worker.identity, encode(protocol.REMOVE_DATA, ids)])
+        for client, ids in out.finished.items():
+            send([client.identity, encode(protocol.TASKS_FINISHED, ids)])
+        for client, failures in out.failed.items():
+            send([client.identity, encode(protocol.TASKS_FAILED, failures)])
+        for (client_identity, request), entries in out.data_errors.items():
+            send([client_identity, encode(protocol.DATA, request, entries)])
+        for client_identity, ids, message in out.refused:
+            send([client_identity, encode(protocol.SUBMIT_REFUSED, ids, message)])
+        out.clear()

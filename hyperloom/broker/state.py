@@ -1,0 +1,524 @@
+"""The broker's sans-I/O core: the DAG, reference counts, and event handlers.
+
+Handlers are ``on_<event>(peer, ..., now)``; they change state and append what
+must be sent to ``self.outbox``. No sockets, no clocks: the server passes
+``now`` in. Placement lives in scheduler.py; this module owns the lifecycle.
+
+Reference counting: ``node.refs`` = unfinished consumers + 1 while the client
+holds a future. When it drops to 0 the node is forgotten: its data is removed
+from every worker holding it (if finished) or its execution canceled (if not).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from .. import protocol
+from . import taskstate as ts
+from .model import ClientState, Node, Outbox, WorkerState
+from .scheduler import Scheduler
+
+log = logging.getLogger("hyperloom.broker")
+
+# Task types every worker provides; plans may name them before workers join.
+BUILTIN_TYPES = frozenset({
+    protocol.TASK_CONST, protocol.TASK_MERGE, protocol.TASK_OPEN, protocol.TASK_SPLIT,
+    protocol.TASK_SAVE, protocol.TASK_ARRAY_MAKE, protocol.TASK_SIZE, protocol.TASK_LENGTH,
+    protocol.TASK_GET, protocol.TASK_SLICE, protocol.TASK_RUN, protocol.TASK_PY_CALL,
+    protocol.TASK_PY_VALUE,
+})
+
+
+class PlanError(Exception):
+    """A submitted plan that cannot be accepted; the message names the task."""
+
+
+class BrokerState:
+    def __init__(self, overbooking: int = 3, max_task_losses: int = 3):
+        self.max_task_losses = max_task_losses
+        self.tasks: dict[int, Node] = {}
+        self.workers: dict[bytes, WorkerState] = {}
+        self.clients: dict[bytes, ClientState] = {}
+        self.outbox = Outbox()
+        self.scheduler = Scheduler(self, overbooking)
+        self.state_counts = [0] * len(ts.NAMES)
+        self.next_worker_id = 1
+        self.next_client_number = 1
+        self.provided_types = set(BUILTIN_TYPES)
+
+    # ------------------------------------------------------------ lifecycle
+
+    def transition(self, node: Node, new_state: int):
+        old = node.state
+        if new_state not in ts.ALLOWED[old]:
+            raise ts.IllegalTransition(
+                f"task {node.id}: {ts.NAMES[old]} -> {ts.NAMES[new_state]} is not allowed")
+        counts = self.state_counts
+        counts[old] -= 1
+        counts[new_state] += 1
+        node.state = new_state
+
+    def _add_node(self, node: Node):
+        self.tasks[node.id] = node
+        self.state_counts[node.state] += 1
+
+    def _forget(self, first: Node):
+        """Refs reached 0: drop the node, its data, or its pending execution.
+
+        Canceling a pending node releases its inputs, which may cascade up a
+        long chain: iterative, so a million-task chain needs no deep stack.
+        """
+        stack = [first]
+        tasks = self.tasks
+        while stack:
+            node = stack.pop()
+            state = node.state
+            if state == ts.FINISHED:
+                self._remove_data(node)
+            elif state in (ts.WAITING, ts.READY, ts.ASSIGNED):
+                self._cancel(node)
+                for inp in node.inputs:
+                    inp.refs -= 1
+                    if inp.refs == 0 and inp.id in tasks:
+                        stack.append(inp)
+            self.transition(node, ts.RELEASED)
+            self.state_counts[ts.RELEASED] -= 1
+            del tasks[node.id]
+
+    def _remove_data(self, node: Node):
+        holders = node.holders
+        if holders:
+            size = node.size
+            remove = self.outbox.remove
+            for worker in holders:
+                remove[worker].append(node.id)
+                worker.bytes_held -= size
+            node.holders = None
+
+    def _cancel(self, node: Node):
+        if node.state == ts.ASSIGNED:
+            worker = node.worker
+            self._unassign(node, worker)
+            worker.canceled.add(node.id)
+            self.outbox.cancel[worker].append(node.id)
+        self.transition(node, ts.CANCELED)
+
+    def _drop_inputs(self, node: Node):
+        """``node`` will never consume its inputs: release its references."""
+        for inp in node.inputs:
+            inp.refs -= 1
+            if inp.refs == 0 and inp.id in self.tasks:
+                self._forget(inp)
+
+    def _unassign(self, node: Node, worker: WorkerState):
+        worker.assigned.discard(node)
+        if node.n_cpus:
+            worker.cpus_used -= node.n_cpus
+        else:
+            worker.n_light -= 1
+        node.worker = None
+
+    # ------------------------------------------------------------ peers
+
+    def on_client_hello(self, identity: bytes, version: int, now: float) -> ClientState | None:
+        if version != protocol.PROTOCOL_VERSION:
+            self._version_mismatch(identity, "client", version)
+            return None
+        client = ClientState(identity, self.next_client_number, now)
+        self.next_client_number += 1
+        self.clients[identity] = client
+        self.outbox.replies.append((identity, protocol.encode(
+            protocol.WELCOME, protocol.PROTOCOL_VERSION, client.number,
+            sorted(self.provided_types))))
+        log.info("client %d connected", client.number)
+        return client
+
+    def on_worker_hello(self, identity, version, cpus, address, task_types, hostname, now):
+        if version != protocol.PROTOCOL_VERSION:
+            self._version_mismatch(identity, "worker", version)
+            return None
+        if cpus < 0 or not all(isinstance(t, str) for t in task_types):
+            self.outbox.errors.append((identity, "HelloWorker: invalid cpus or task types", True))
+            return None
+        worker = WorkerState(identity, self.next_worker_id, address, cpus, task_types,
+                             hostname, now)
+        self.next_worker_id += 1
+        self.workers[identity] = worker
+        self.provided_types.update(task_types)
+        self.outbox.replies.append((identity, protocol.encode(
+            protocol.WELCOME, protocol.PROTOCOL_VERSION, worker.worker_id, [])))
+        log.info("worker %d joined: %s, %d cpus", worker.worker_id, address, cpus)
+        self.scheduler.on_worker_joined(worker)
+        return worker
+
+    def _version_mismatch(self, identity, kind, version):
+        message = (f"protocol version mismatch: this broker speaks version "
+                   f"{protocol.PROTOCOL_VERSION}, the {kind} version {version}")
+        log.warning("refused a %s: %s", kind, message)
+        self.outbox.errors.append((identity, message, True))
+
+    def on_client_lost(self, client: ClientState):
+        """The client disconnected: cancel its tasks and release its data."""
+        del self.clients[client.identity]
+        for task_id in list(client.results):
+            node = self.tasks.get(task_id)
+            if node is not None:
+                self._release(node)
+        client.results.clear()
+        log.info("client %d disconnected; its tasks were released", client.number)
+
+    # ------------------------------------------------------------ client requests
+
+    def on_submit(self, client: ClientState, symbols, labels, entries, load: bool):
+        """Accept a plan (all of it or nothing) and make its ready tasks READY."""
+        try:
+            nodes, results = self._build_plan(client, symbols, labels, entries)
+        except PlanError as error:
+            result_ids = [e[0] for e in entries
+                          if isinstance(e, list) and len(e) > 5 and e[5] and type(e[0]) is int]
+            self.outbox.refused.append((client.identity, result_ids, str(error)))
+            log.info("client %d: plan refused: %s", client.number, error)
+            return
+        self._link_plan(client, nodes, results)
+
+    def _build_plan(self, client, symbols, labels, entries):
+        """Pass 1: check everything and make the nodes, touching no existing state."""
+        types = self._intern_symbols(symbols)
+        if not all(label is None or isinstance(label, str) for label in labels):
+            raise PlanError("plan labels must be strings")
+        tasks = self.tasks
+        new: dict[int, Node] = {}
+        results = []
+        low = client.number << protocol.CLIENT_SHIFT
+        high = low + protocol.BROKER_ID_BASE
+        n_types, n_labels = len(types), len(labels)
+        for entry in entries:
+            try:
+                task_id, type_index, config, input_ids, n_cpus, is_result, label_index = entry[:7]
+            except (TypeError, ValueError):
+                raise PlanError(f"malformed task entry {entry!r:.80}") from None
+            if type(task_id) is not int or not low <= task_id < high:
+                raise PlanError(f"task id {task_id!r:.40} is not in this client's range")
+            if task_id in new or task_id in tasks:
+                raise PlanError(f"task id={task_id - low} is submitted twice")
+            if type(type_index) is not int or not 0 <= type_index < n_types:
+                raise PlanError(f"task id={task_id - low} has an invalid type index")
+            task_type = types[type_index]
+            if task_type not in self.provided_types:
+                raise PlanError(f"task id={task_id - low} has unknown task type '{task_type}':"
+                                f" no connected worker provides it")
+            if type(config) is not bytes or type(input_ids) is not list \
+                    or type(n_cpus) is not int or n_cpus < 0:
+                raise PlanError(f"task id={task_id - low} has a malformed config, inputs or cpus")
+            inputs = []
+            for input_id in input_ids:
+                node = new.get(input_id)
+                if node is None:
+                    node = tasks.get(input_id)
+                    if node is None or node.client is not client:
+                        raise PlanError(
+                            f"task id={task_id - low} has input id={input_id!r:.20} that is "
+                            f"not part of the plan (released, or never submitted)")
+                inputs.append(node)
+            label = labels[label_index] if type(label_index) is int \
+                and 0 <= label_index < n_labels else None
+            node = Node(task_id, client, task_type, config, tuple(inputs), n_cpus, label)
+            new[task_id] = node
+            if is_result:
+                results.append(node)
+        return new, results
+
+    def _intern_symbols(self, symbols):
+        if not all(isinstance(s, str) for s in symbols):
+            raise PlanError("plan symbols must be strings")
+        return [sys.intern(s) for s in symbols]  # one str per type, however many tasks
+
+    def _link_plan(self, client, nodes: dict, results):
+        """Pass 2: wire consumers and reference counts, find what is ready."""
+        add = self._add_node
+        ready = []
+        failed_inputs = []
+        for node in nodes.values():
+            add(node)
+            remaining = 0
+            for inp in node.inputs:
+                consumers = inp.consumers
+                if consumers is None:
+                    inp.consumers = [node]
+                else:
+                    consumers.append(node)
+                inp.refs += 1
+                state = inp.state
+                if state != ts.FINISHED:
+                    remaining += 1
+                    if state == ts.FAILED:
+                        failed_inputs.append((node, inp))
+            node.remaining = remaining
+            if remaining == 0:
+                ready.append(node)
+        for node in results:
+            node.is_result = True
+            node.refs += 1
+            client.results.add(node.id)
+        for node in ready:
+            self.transition(node, ts.READY)
+        self.scheduler.add_ready(ready)
+        for node, inp in failed_inputs:
+            if node.state == ts.WAITING:
+                self._fail(node, inp.extra.error)
+
+    def on_release(self, client: ClientState, ids):
+        for task_id in ids:
+            node = self.tasks.get(task_id)
+            if node is None or node.client is not client or not node.is_result:
+                continue  # already released (a Future's __del__ may race a release)
+            self._release(node)
+
+    def _release(self, node: Node):
+        node.is_result = False
+        node.client.results.discard(node.id)
+        node.refs -= 1
+        extra = node.extra
+        if extra is not None and extra.fetchers:
+            extra.fetchers = [f for f in extra.fetchers if f[0] is not node.client]
+        if node.refs == 0:
+            self._forget(node)
+
+    def on_fetch(self, client: ClientState, request: int, ids, release: bool):
+        for task_id in ids:
+            node = self.tasks.get(task_id) if type(task_id) is int else None
+            if node is None or node.client is not client or not node.is_result:
+                self.outbox.data_errors[(client.identity, request)].append(
+                    [task_id, None, f"Invalid id: {protocol.local_id(task_id) if type(task_id) is int else task_id!r}"
+                     " (not a result held by this client; was it released?)"])
+                continue
+            if node.state in (ts.FINISHED, ts.FAILED):
+                self._serve_fetch(node, client, request, release)
+            else:
+                node.get_extra().fetchers.append((client, request, release))
+
+    def _serve_fetch(self, node: Node, client, request, release):
+        if node.state == ts.FAILED:
+            self.outbox.data_errors[(client.identity, request)].append(
+                [node.id, None, node.extra.error])
+        else:
+            holder = node.holders[0]
+            self.outbox.uploads[(holder, client.identity, request)].append(node.id)
+        if release and node.is_result:
+            self._release(node)
+
+    def stats(self) -> dict:
+        counts = self.state_counts
+        return {
+            "n_workers": len(self.workers),
+            "n_clients": len(self.clients),
+            "n_tasks": len(self.tasks),
+            "n_data_objects": counts[ts.FINISHED],
+            "tasks": {name: counts[i] for i, name in enumerate(ts.NAMES) if i != ts.RELEASED},
+            "workers": [{
+                "id": w.worker_id, "address": w.address, "hostname": w.hostname,
+                "cpus": w.cpus, "cpus_used": w.cpus_used, "running": len(w.assigned),
+                "bytes_held": w.bytes_held, "bytes_received": w.bytes_received,
+                "bytes_sent": w.bytes_sent, "tasks_finished": w.n_finished,
+            } for w in self.workers.values()],
+            "unplaceable": self.scheduler.unplaceable_summary(),
+        }
+
+    # ------------------------------------------------------------ worker reports
+
+    def on_tasks_done(self, worker: WorkerState, finished, failed, now: float):
+        tasks = self.tasks
+        for entry in finished:
+            try:
+                task_id, size, length = entry[0], entry[1], entry[2]
+            except (TypeError, IndexError, KeyError):
+                self._worker_error(worker, f"malformed finished entry {entry!r:.60}")
+                continue
+            node = tasks.get(task_id)
+            if node is None or node.worker is not worker or node.state != ts.ASSIGNED:
+                self._unexpected_report(worker, task_id, finished=True)
+                continue
+            if type(size) is not int or type(length) is not int or size < 0 or length < 0:
+                self._worker_error(worker, f"task {task_id}: invalid size or length")
+                continue
+            self._finish(node, worker, size, length)
+        for entry in failed:
+            try:
+                task_id, message = entry[0], str(entry[1])
+            except (TypeError, IndexError, KeyError):
+                self._worker_error(worker, f"malformed failed entry {entry!r:.60}")
+                continue
+            node = tasks.get(task_id)
+            if node is None or node.worker is not worker or node.state != ts.ASSIGNED:
+                self._unexpected_report(worker, task_id, finished=False)
+                continue
+            self._unassign(node, worker)
+            self._fail(node, [node.id, worker.address, message])
+
+    def _unexpected_report(self, worker, task_id, finished):
+        if task_id in worker.canceled:
+            worker.canceled.discard(task_id)
+            if finished:  # its result is unwanted: delete it on the worker
+                self.outbox.remove[worker].append(task_id)
+            return
+        self._worker_error(worker, f"task {task_id!r:.30} was never assigned to this worker")
+
+    def _worker_error(self, worker, message):
+        log.warning("worker %d: %s", worker.worker_id, message)
+        self.outbox.errors.append((worker.identity, message, False))
+
+    def _finish(self, node: Node, worker: WorkerState, size: int, length: int):
+        self._unassign(node, worker)
+        self.transition(node, ts.FINISHED)
+        node.size = size
+        node.length = length
+        node.holders = [worker]
+        worker.bytes_held += size
+        worker.n_finished += 1
+        consumers = node.consumers
+        if consumers:
+            ready = None
+            for consumer in consumers:
+                if consumer.state == ts.ASSIGNED:
+                    # Recomputed after a loss: the consumer already waits on its worker.
+                    self.scheduler.deliver(node, consumer.worker)
+                    continue
+                consumer.remaining -= 1
+                if consumer.remaining == 0 and consumer.state == ts.WAITING:
+                    self.transition(consumer, ts.READY)
+                    if ready is None:
+                        ready = [consumer]
+                    else:
+                        ready.append(consumer)
+            if ready:
+                self.scheduler.add_ready(ready)
+        for inp in node.inputs:
+            inp.refs -= 1
+            if inp.refs == 0:
+                self._forget(inp)
+        if node.is_result:
+            self.outbox.finished[node.client].append(node.id)
+            extra = node.extra
+            if extra is not None and extra.fetchers:
+                fetchers, extra.fetchers = extra.fetchers, []
+                for client, request, release in fetchers:
+                    self._serve_fetch(node, client, request, release)
+        if node.refs == 0 and node.id in self.tasks:
+            self._forget(node)
+
+    def _fail(self, root: Node, error):
+        """``root`` failed: it and everything waiting on it fail with ``error``."""
+        stack = [root]
+        while stack:
+            node = stack.pop()
+            if node.state not in (ts.WAITING, ts.READY, ts.ASSIGNED):
+                continue
+            self.transition(node, ts.FAILED)
+            node.get_extra().error = error
+            self._drop_inputs(node)
+            if node.is_result:
+                self.outbox.failed[node.client].append([node.id, *error])
+                fetchers, node.extra.fetchers = node.extra.fetchers, []
+                for client, request, release in fetchers:
+                    self._serve_fetch(node, client, request, release)
+            if node.consumers:
+                stack.extend(node.consumers)
+            if node.refs == 0 and node.id in self.tasks:
+                self._forget(node)
+
+    # ------------------------------------------------------------ worker loss
+
+    def on_worker_lost(self, worker: WorkerState):
+        """Reschedule what ran there; recompute lost data that is still needed."""
+        del self.workers[worker.identity]
+        ready = []
+        for node in list(worker.assigned):
+            self._unassign(node, worker)
+            extra = node.get_extra()
+            extra.losses += 1
+            if extra.losses >= self.max_task_losses:
+                self._fail(node, [node.id, worker.address,
+                                  f"Worker lost while running this task "
+                                  f"{extra.losses} times; giving up"])
+            else:
+                self.transition(node, ts.WAITING)
+                ready.append(node)
+        lost = []
+        for node in self.tasks.values():
+            holders = node.holders
+            if holders and worker in holders:
+                holders.remove(worker)
+                if not holders:
+                    node.holders = None
+                    if node.state == ts.FINISHED:
+                        lost.append(node)
+        for node in lost:
+            self._recompute(node)
+        for node in ready:  # their inputs may have been lost too: count again
+            if node.state == ts.WAITING:
+                self._reacquire_inputs(node, refs=False)
+        self.scheduler.on_worker_left(worker)
+        if lost:
+            log.info("worker %d held %d needed objects; recomputing them",
+                     worker.worker_id, len(lost))
+
+    def _recompute(self, first: Node):
+        """Data of ``first`` is gone but needed: compute it again from its lineage."""
+        stack = [first]
+        while stack:
+            node = stack.pop()
+            if node.state == ts.RELEASED:
+                self.transition(node, ts.WAITING)
+                self._add_node(node)
+                self.state_counts[ts.RELEASED] -= 1
+            elif node.state == ts.FINISHED:
+                self.transition(node, ts.WAITING)
+                for consumer in node.consumers or ():
+                    if consumer.state in (ts.WAITING, ts.READY):
+                        consumer.remaining += 1
+                        if consumer.state == ts.READY:
+                            self.transition(consumer, ts.WAITING)
+            else:
+                continue
+            stack.extend(self._reacquire_inputs(node, refs=True))
+
+    def _reacquire_inputs(self, node: Node, refs: bool):
+        """Count ``node``'s missing inputs; return those that must be recomputed."""
+        missing = []
+        remaining = 0
+        for inp in node.inputs:
+            if refs:
+                inp.refs += 1
+            if inp.state == ts.FINISHED and inp.holders:
+                continue
+            remaining += 1
+            if inp.state in (ts.RELEASED, ts.FINISHED):
+                missing.append(inp)
+        node.remaining = remaining
+        if remaining == 0:
+            self.transition(node, ts.READY)
+            self.scheduler.add_ready([node])
+        return missing
+
+    # ------------------------------------------------------------ invariants
+
+    def check_invariants(self):
+        """Assert the bookkeeping agrees with itself (tests call this)."""
+        counts = [0] * len(ts.NAMES)
+        for task_id, node in self.tasks.items():
+            assert node.id == task_id
+            counts[node.state] += 1
+            assert node.refs > 0, f"{node} is held with no references"
+            if node.state == ts.ASSIGNED:
+                assert node in node.worker.assigned
+            if node.state == ts.FINISHED:
+                assert node.holders, f"{node} finished but held nowhere"
+            live = sum(1 for c in node.consumers or ()
+                       if c.state in (ts.WAITING, ts.READY, ts.ASSIGNED))
+            assert node.refs == live + node.is_result, f"{node}: refs {node.refs} != {live}"
+        assert counts[:ts.RELEASED] == self.state_counts[:ts.RELEASED], \
+            (counts, self.state_counts)
+        for worker in self.workers.values():
+            assert worker.cpus_used == sum(n.n_cpus for n in worker.assigned)
+            assert worker.n_light == sum(1 for n in worker.assigned if not n.n_cpus)

@@ -1,0 +1,101 @@
+"""loom-broker / loom-worker: parse arguments into a config, start, nothing else."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+import psutil
+
+from . import protocol
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _setup_logging(level: str, name: str):
+    logging.basicConfig(
+        level=getattr(logging, level.upper()), stream=sys.stderr,
+        format=f"%(asctime)s {name}[%(process)d] %(levelname)s %(message)s")
+
+
+def broker_main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="loom-broker", description="Run the hyperloom broker (holds plans, schedules tasks).")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default: loopback only; use 0.0.0.0 or an "
+                             "interface address to serve other machines)")
+    parser.add_argument("--port", type=int, default=protocol.DEFAULT_PORT,
+                        help=f"TCP port (default {protocol.DEFAULT_PORT}; 0 picks a free port)")
+    parser.add_argument("--heartbeat", type=float, default=1.0, metavar="SECONDS",
+                        help="expected worker heartbeat interval (default 1.0)")
+    parser.add_argument("--heartbeat-misses", type=int, default=5, metavar="N",
+                        help="missed heartbeats before a worker is declared lost (default 5)")
+    parser.add_argument("--log-level", choices=LOG_LEVELS, default="info",
+                        help="logging level on stderr (default info)")
+    args = parser.parse_args(argv)
+    if not 0 <= args.port <= 65535:
+        parser.error("Invalid port number")
+    _setup_logging(args.log_level, "loom-broker")
+    from .broker.server import BrokerConfig, BrokerServer
+    config = BrokerConfig(host=args.host, port=args.port, heartbeat_interval=args.heartbeat,
+                          heartbeat_misses=args.heartbeat_misses)
+    server = BrokerServer(config)
+    server.install_signal_handlers()
+    print(server.endpoint, flush=True)
+    logging.getLogger("hyperloom.broker").info("listening on %s", server.endpoint)
+    try:
+        server.run()
+    finally:
+        server.close()
+    return 0
+
+
+def worker_main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="loom-worker", description="Run a hyperloom worker and connect it to a broker.")
+    parser.add_argument("broker_host", metavar="BROKER_HOST", help="broker address")
+    parser.add_argument("broker_port", metavar="BROKER_PORT", type=int, help="broker port")
+    parser.add_argument("--cpus", type=int, default=psutil.cpu_count(logical=True) or 1,
+                        help="cores this worker offers (default: all cores psutil reports)")
+    parser.add_argument("--wdir", default="/tmp",
+                        help="directory in which the worker makes its own work directory "
+                             "(default /tmp; removed on exit)")
+    parser.add_argument("--nopin", action="store_true",
+                        help="do not pin run tasks to their cores with taskset")
+    parser.add_argument("--host", default=None,
+                        help="address peers use to reach this worker's data socket "
+                             "(default: the local address that reaches the broker)")
+    parser.add_argument("--extension", action="append", default=[], metavar="MODULE",
+                        help="import MODULE and call its register_tasks(registry) to add "
+                             "task types (repeatable)")
+    parser.add_argument("--heartbeat", type=float, default=1.0, metavar="SECONDS",
+                        help="heartbeat interval towards the broker (default 1.0)")
+    parser.add_argument("--broker-timeout", type=float, default=30.0, metavar="SECONDS",
+                        help="exit if the broker cannot be reached for this long (default 30)")
+    parser.add_argument("--log-level", choices=LOG_LEVELS, default="info",
+                        help="logging level on stderr (default info)")
+    args = parser.parse_args(argv)
+    if args.cpus < 0:
+        parser.error("Invalid number of cpus")
+    if not 1 <= args.broker_port <= 65535:
+        parser.error("Invalid port number")
+    _setup_logging(args.log_level, "loom-worker")
+    extensions = tuple(importlib.import_module(name) for name in args.extension)
+    from .worker.server import BrokerLost, WorkerConfig, WorkerServer
+    config = WorkerConfig(
+        broker_host=args.broker_host, broker_port=args.broker_port, cpus=args.cpus,
+        work_dir=args.wdir, pin=not args.nopin, host=args.host,
+        heartbeat_interval=args.heartbeat, broker_timeout=args.broker_timeout,
+        extensions=extensions)
+    server = WorkerServer(config)
+    server.install_signal_handlers()
+    try:
+        server.run()
+    except BrokerLost as error:
+        logging.getLogger("hyperloom.worker").error("%s; exiting", error)
+        return 2
+    finally:
+        server.close()
+    return 0

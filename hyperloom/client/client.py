@@ -1,0 +1,361 @@
+"""Client: connect to a broker, submit plans, wait for, fetch and release results.
+
+One DEALER socket, used only from the calling thread. Nothing runs in the
+background: events from the broker are processed whenever a call waits.
+Releases (including those from garbage-collected futures) are batched and
+sent with the next request.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import weakref
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from .. import data, protocol
+from ..errors import ConnectionLost, LoomError, TaskFailed
+from .future import CANCELED, FAILED, FINISHED, RELEASED, RUNNING, Future
+from .plan import PlanBuilder
+
+log = logging.getLogger("hyperloom.client")
+
+CONNECT_TIMEOUT = 30.0
+
+
+class Client:
+    """A connection to a broker. ``Client()`` with no address starts a local cluster."""
+
+    def __init__(self, address: str | None = None, port: int = protocol.DEFAULT_PORT,
+                 connect_timeout: float = CONNECT_TIMEOUT):
+        self._cluster = None
+        if address is None:
+            from ..local import LocalCluster
+            self._cluster = LocalCluster()
+            self._cluster.start()
+            address, port = self._cluster.host, self._cluster.port
+        self.server_address = address
+        self.server_port = port
+        self.futures = weakref.WeakValueDictionary()   # global id -> Future
+        self.trace_path = None
+        self._pending_release = []
+        self._replies = {}
+        self._next_request = 1
+        self._closed = False
+        self._context = zmq.Context()
+        self._socket = self._context.socket(zmq.DEALER)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.setsockopt(zmq.SNDHWM, 0)
+        self._socket.setsockopt(zmq.RCVHWM, 0)
+        self._socket.setsockopt(zmq.HEARTBEAT_IVL, 2000)
+        self._socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, 10000)
+        self._monitor = self._socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self._poller = zmq.Poller()
+        self._poller.register(self._socket, zmq.POLLIN)
+        self._poller.register(self._monitor, zmq.POLLIN)
+        self._socket.connect(f"tcp://{address}:{port}")
+        try:
+            self._handshake(connect_timeout)
+        except BaseException:
+            self._close_sockets()
+            raise
+
+    def _handshake(self, timeout):
+        self._socket.send(protocol.encode(protocol.HELLO_CLIENT, protocol.PROTOCOL_VERSION))
+        if not self._socket.poll(int(timeout * 1000)):
+            raise ConnectionLost(f"no answer from a broker at {self.server_address}:"
+                                 f"{self.server_port} within {timeout:.0f} s")
+        code, fields = protocol.decode(self._socket.recv())
+        if code == protocol.ERROR:
+            raise LoomError(f"the broker refused this client: {fields[0]}")
+        if code != protocol.WELCOME:
+            raise LoomError(f"unexpected {protocol.name_of(code)} from the broker")
+        self.number = fields[1]
+        self.task_types = fields[2]
+        self._first_id = self.number << protocol.CLIENT_SHIFT
+        self.submit_id = self._first_id
+
+    # ------------------------------------------------------------ submit
+
+    def submit(self, tasks, load: bool = False) -> list:
+        """Submit tasks (and what they need); one Future per task, same order."""
+        self._check_open()
+        builder = PlanBuilder(self, self.submit_id)
+        roots = [builder.add(task) for task in tasks]
+        if not builder.entries:
+            return [self._future_for(task_id) for task_id in roots]
+        result_ids = dict.fromkeys(roots)
+        for task_id in result_ids:
+            builder.mark_result(task_id)
+        self.submit_id = builder.next_id
+        futures = self.futures
+        created = {}
+        for task_id in result_ids:
+            future = Future(self, task_id)
+            futures[task_id] = future
+            created[task_id] = future
+        self._flush_releases()
+        self._socket.send(protocol.encode(
+            protocol.SUBMIT, builder.symbol_list(), builder.label_list(), builder.entries,
+            bool(load)), copy=False)
+        return [created[task_id] for task_id in roots]
+
+    def submit_one(self, task, load: bool = False) -> Future:
+        return self.submit((task,), load)[0]
+
+    def _future_for(self, task_id):
+        future = self.futures.get(task_id)
+        if future is None:
+            raise LoomError(f"task id={protocol.local_id(task_id)} has no live future")
+        return future
+
+    # ------------------------------------------------------------ wait / fetch
+
+    def wait(self, futures):
+        """Block until every future is finished; raise TaskFailed if one failed."""
+        futures = list(futures)
+        self._flush_releases()
+        pending = [f for f in futures if f.remote_status == RUNNING]
+        while pending:
+            self._process_events()
+            pending = [f for f in pending if f.remote_status == RUNNING]
+        for future in futures:
+            self._raise_if_unusable(future)
+
+    def wait_one(self, future):
+        self.wait((future,))
+
+    def fetch(self, futures):
+        """Download results (they stay on the workers). Order as given."""
+        return self._download(list(futures), release=False)
+
+    def fetch_one(self, future):
+        return self.fetch((future,))[0]
+
+    def gather(self, futures, progress: bool = False):
+        """Download results and release them from the workers."""
+        return self._download(list(futures), release=True)
+
+    def gather_one(self, future):
+        return self.gather((future,))[0]
+
+    def _download(self, futures, release):
+        self._check_open()
+        missing = {}
+        for future in futures:
+            if future._has_result:
+                continue
+            self._raise_if_unusable(future)
+            missing[future._id] = future
+        if missing:
+            request = self._request_number()
+            self._flush_releases()
+            self._socket.send(protocol.encode(protocol.FETCH, request, list(missing), release))
+            replies = self._replies[request] = {}
+            while len(replies) < len(missing):
+                self._process_events()
+            del self._replies[request]
+            for task_id, (value, error) in replies.items():
+                future = missing[task_id]
+                if error is not None:
+                    self._set_failed(future, error)
+                else:
+                    future._result = value
+                    future._has_result = True
+                    if release:
+                        future.remote_status = RELEASED  # the broker released it with the fetch
+        if release:
+            self.release(f for f in futures if f._id not in missing and f.active())
+        for future in futures:
+            if future.remote_status == FAILED:
+                raise future.error
+        return [future._result for future in futures]
+
+    def as_completed(self, futures):
+        """Yield futures as they finish (already finished ones first)."""
+        pending = list(futures)
+        while pending:
+            still = []
+            for future in pending:
+                self._raise_if_unusable(future)
+                if future.remote_status == RUNNING:
+                    still.append(future)
+                else:
+                    yield future
+            pending = still
+            if pending:
+                self._process_events()
+
+    # ------------------------------------------------------------ release
+
+    def release(self, futures):
+        """Release results from the workers; running tasks are canceled."""
+        for future in futures:
+            self.release_one(future)
+        self._flush_releases()
+
+    def release_one(self, future):
+        if future.remote_status in (RELEASED, CANCELED):
+            return
+        future.remote_status = RELEASED
+        self._pending_release.append(future._id)
+
+    def _release_later(self, future):
+        """Called from Future.__del__: no socket I/O here, only a note."""
+        if not self._closed:
+            self._pending_release.append(future._id)
+
+    def _flush_releases(self):
+        if self._pending_release and not self._closed:
+            ids, self._pending_release = self._pending_release, []
+            self._socket.send(protocol.encode(protocol.RELEASE, ids))
+
+    # ------------------------------------------------------------ other requests
+
+    def get_stats(self) -> dict:
+        """``n_workers``, ``n_data_objects`` (finished results held), ``n_tasks``."""
+        stats = self.info()
+        return {"n_workers": stats["n_workers"], "n_data_objects": stats["n_data_objects"],
+                "n_tasks": stats["n_tasks"]}
+
+    def info(self) -> dict:
+        """Workers (address, cpus, tasks running, bytes held) and task counts by state."""
+        self._check_open()
+        request = self._request_number()
+        self._flush_releases()
+        self._socket.send(protocol.encode(protocol.GET_STATS, request))
+        self._replies[request] = None
+        while self._replies[request] is None:
+            self._process_events()
+        return self._replies.pop(request)
+
+    def set_trace(self, trace_path: str):
+        self._check_open()
+        self.trace_path = os.path.abspath(trace_path)
+        self._socket.send(protocol.encode(protocol.SET_TRACE, self.trace_path))
+
+    def terminate(self):
+        """Stop the broker (and with it the workers)."""
+        self._check_open()
+        self._socket.send(protocol.encode(protocol.TERMINATE))
+        self.close()
+
+    def close(self):
+        if self._closed:
+            return
+        try:
+            self._flush_releases()
+            self._socket.send(protocol.encode(protocol.GOODBYE), zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
+        self._closed = True
+        self._close_sockets()
+        if self._cluster is not None:
+            self._cluster.stop()
+            self._cluster = None
+
+    def _close_sockets(self):
+        self._monitor.close(linger=0)
+        self._socket.close(linger=200)
+        self._context.term()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # ------------------------------------------------------------ events
+
+    def _request_number(self):
+        request = self._next_request
+        self._next_request += 1
+        return request
+
+    def _check_open(self):
+        if self._closed:
+            raise LoomError("the client is closed")
+
+    def _raise_if_unusable(self, future):
+        if future.client is not self:
+            raise LoomError(f"{future!r} belongs to another client")
+        if future.remote_status == FAILED:
+            raise future.error
+        if future.remote_status in (RELEASED, CANCELED) and not future._has_result:
+            raise LoomError(f"{future!r} was released; its result is gone")
+
+    def _set_failed(self, future, error):
+        future.remote_status = FAILED
+        if isinstance(error, list):
+            failed_id, worker, message = error
+            future.error = TaskFailed(protocol.local_id(failed_id), worker, message)
+        else:
+            future.error = LoomError(str(error))
+
+    def _process_events(self, timeout_ms: int = -1):
+        """Wait for and handle everything the broker sent."""
+        events = dict(self._poller.poll(timeout_ms))
+        if self._monitor in events:
+            event = recv_monitor_message(self._monitor)
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                raise ConnectionLost(f"the connection to the broker at {self.server_address}:"
+                                     f"{self.server_port} was lost")
+        if self._socket not in events:
+            return
+        while True:
+            try:
+                frames = self._socket.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self._on_message(frames)
+
+    def _on_message(self, frames):
+        code, fields = protocol.decode(frames[0].buffer)
+        futures = self.futures
+        if code == protocol.TASKS_FINISHED:
+            for task_id in fields[0]:
+                future = futures.get(task_id)
+                if future is not None and future.remote_status == RUNNING:
+                    future.remote_status = FINISHED
+        elif code == protocol.DATA:
+            self._on_data(fields[0], fields[1], frames)
+        elif code == protocol.TASKS_FAILED:
+            for task_id, *error in fields[0]:
+                future = futures.get(task_id)
+                if future is not None and future.remote_status in (RUNNING, FINISHED):
+                    self._set_failed(future, error)
+        elif code == protocol.SUBMIT_REFUSED:
+            ids, message = fields
+            for task_id in ids:
+                future = futures.get(task_id)
+                if future is not None:
+                    self._set_failed(future, f"Plan refused: {message}")
+        elif code == protocol.STATS:
+            if fields[0] in self._replies:
+                self._replies[fields[0]] = fields[1]
+        elif code == protocol.ERROR:
+            message, fatal = fields
+            raise LoomError(f"the broker reports an error: {message}")
+        else:
+            log.warning("unexpected %s from the broker", protocol.name_of(code))
+
+    def _on_data(self, request, objects, frames):
+        replies = self._replies.get(request)
+        position = 1
+        for entry in objects:
+            task_id, meta = entry[0], entry[1]
+            if meta is None:
+                outcome = (None, entry[2])
+            else:
+                obj, position = data.decode(meta, frames, position)
+                outcome = (obj.to_python(), None)
+            if replies is not None:
+                replies[task_id] = outcome

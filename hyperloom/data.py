@@ -1,0 +1,320 @@
+"""Data objects (Plain, File, Array, Index, PyObj) and their wire form.
+
+This is the data-object model shared by broker, worker and client. A data
+object is immutable; each has a type ``symbol``, a ``size`` (approximate
+bytes) and a ``length`` (number of inner pieces, 0 when it has none).
+"D-objects" (Plain and File) expose their content as one contiguous buffer
+through ``raw()``.
+
+Wire form: ``encode(obj)`` returns ``(meta, frames)`` where ``meta`` is a small
+msgpack-able value and ``frames`` is a list of buffers sent as separate
+ZeroMQ frames (zero-copy for large ones). ``decode(meta, frames)`` rebuilds
+the object. The broker never calls ``decode``: it forwards metas and frames
+without looking inside, so it never unpickles user data.
+
+Meta forms (first element is the kind code):
+    [0]                    Plain, 1 frame: the bytes
+    [1, path, size]        File, no frame: only the path travels (shared FS)
+    [2, [item metas]]      Array, the items' frames concatenated in order
+    [3, base_meta]         Index, 1 frame of little-endian u64 offsets, then the base's frames
+    [4, size]              PyObj, 1 frame: cloudpickle bytes
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import sys
+from array import array
+
+PLAIN_SYMBOL = "loom/data"
+FILE_SYMBOL = "loom/file"
+ARRAY_SYMBOL = "loom/array"
+INDEX_SYMBOL = "loom/index"
+PYOBJ_SYMBOL = "loom/pyobj"
+
+KIND_PLAIN, KIND_FILE, KIND_ARRAY, KIND_INDEX, KIND_PYOBJ = range(5)
+
+
+class DataError(Exception):
+    """An operation that the data object does not support (the task fails)."""
+
+
+class DataObject:
+    """Base of all data objects."""
+
+    __slots__ = ()
+    symbol = ""
+
+    @property
+    def size(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def length(self) -> int:
+        return 0
+
+    def raw(self):
+        """Contiguous content of a D-object, or None for other objects."""
+        return None
+
+    def info(self) -> str:
+        return type(self).__name__
+
+    def get(self, index: int) -> "DataObject":
+        raise DataError(
+            f"loom/data/get on {self.info()}: index {index} is out of range (length={self.length})")
+
+    def slice(self, start: int, end: int) -> "DataObject":
+        raise DataError(f"loom/base/slice on {self.info()}: object has no inner pieces to slice")
+
+    def to_python(self):
+        """The value a client gets from ``fetch``."""
+        raise NotImplementedError
+
+
+class Plain(DataObject):
+    """An anonymous sequence of bytes."""
+
+    __slots__ = ("data",)
+    symbol = PLAIN_SYMBOL
+
+    def __init__(self, data=b""):
+        self.data = data
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    def raw(self):
+        return self.data
+
+    def info(self) -> str:
+        return "RawData"
+
+    def to_python(self):
+        data = self.data
+        return data if type(data) is bytes else bytes(data)
+
+    def __repr__(self):
+        return f"<Plain {bytes(self.data[:40])!r}{'...' if len(self.data) > 40 else ''}>"
+
+
+class File(DataObject):
+    """A handle to a file on a shared file system: only the path travels."""
+
+    __slots__ = ("path", "_size")
+    symbol = FILE_SYMBOL
+
+    def __init__(self, path: str, size: int | None = None):
+        self.path = path
+        self._size = os.path.getsize(path) if size is None else size
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def raw(self):
+        if self._size == 0:
+            return b""
+        with open(self.path, "rb") as f:
+            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+
+    def info(self) -> str:
+        return f"<ExternFile '{self.path}'>"
+
+    def to_python(self):
+        with open(self.path, "rb") as f:
+            return f.read()
+
+    def __repr__(self):
+        return f"<File {self.path!r}>"
+
+
+class Array(DataObject):
+    """A sequence of arbitrary data objects."""
+
+    __slots__ = ("items", "_size")
+    symbol = ARRAY_SYMBOL
+
+    def __init__(self, items):
+        self.items = tuple(items)
+        self._size = None
+
+    @property
+    def size(self) -> int:
+        if self._size is None:
+            self._size = sum(item.size for item in self.items)
+        return self._size
+
+    @property
+    def length(self) -> int:
+        return len(self.items)
+
+    def get(self, index: int) -> DataObject:
+        if not 0 <= index < len(self.items):
+            return super().get(index)
+        return self.items[index]
+
+    def slice(self, start: int, end: int) -> DataObject:
+        return Array(self.items[start:end])
+
+    def to_python(self):
+        return [item.to_python() for item in self.items]
+
+    def __repr__(self):
+        return f"<Array length={len(self.items)}>"
+
+
+class Index(DataObject):
+    """A view over a D-object cut at ``offsets`` (length + 1 positions)."""
+
+    __slots__ = ("base", "offsets")
+    symbol = INDEX_SYMBOL
+
+    def __init__(self, base: DataObject, offsets):
+        self.base = base
+        self.offsets = offsets if isinstance(offsets, array) else array("Q", offsets)
+
+    @property
+    def size(self) -> int:
+        return self.base.size + 8 * len(self.offsets)
+
+    @property
+    def length(self) -> int:
+        return len(self.offsets) - 1
+
+    def _bytes(self, start: int, end: int) -> bytes:
+        return bytes(memoryview(self.base.raw())[self.offsets[start]:self.offsets[end]])
+
+    def get(self, index: int) -> DataObject:
+        if not 0 <= index < self.length:
+            return super().get(index)
+        return Plain(self._bytes(index, index + 1))
+
+    def slice(self, start: int, end: int) -> DataObject:
+        if start >= end:
+            return Plain(b"")
+        return Plain(self._bytes(start, end))
+
+    def to_python(self):
+        return [self._bytes(i, i + 1) for i in range(self.length)]
+
+    def __repr__(self):
+        return f"<Index length={self.length}>"
+
+
+class PyObj(DataObject):
+    """An arbitrary Python object; pickled lazily, only when it travels."""
+
+    __slots__ = ("obj", "_size", "_pickled")
+    symbol = PYOBJ_SYMBOL
+
+    def __init__(self, obj, size: int | None = None, pickled=None):
+        self.obj = obj
+        self._pickled = pickled
+        if size is None:
+            try:
+                size = sys.getsizeof(obj)
+            except Exception:  # an object whose __sizeof__ fails still counts
+                size = 100
+        self._size = size
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def info(self) -> str:
+        return "PyObj"
+
+    def pickled(self) -> bytes:
+        if self._pickled is None:
+            import cloudpickle
+            self._pickled = cloudpickle.dumps(self.obj)
+        return self._pickled
+
+    def to_python(self):
+        return self.obj
+
+    def __repr__(self):
+        return f"<PyObj {self.obj!r:.40}>"
+
+
+def clamp_slice(length: int, start: int, end: int) -> tuple[int, int]:
+    """The original's clamping: bounds past the end become the end."""
+    return min(start, length), min(end, length)
+
+
+# ---------------------------------------------------------------- wire form
+
+def encode(obj: DataObject, frames: list | None = None):
+    """Return ``(meta, frames)``; appends to ``frames`` when one is given."""
+    if frames is None:
+        frames = []
+    cls = type(obj)
+    if cls is Plain:
+        frames.append(obj.data)
+        return [KIND_PLAIN], frames
+    if cls is Array:
+        return [KIND_ARRAY, [encode(item, frames)[0] for item in obj.items]], frames
+    if cls is PyObj:
+        frames.append(obj.pickled())
+        return [KIND_PYOBJ, obj.size], frames
+    if cls is File:
+        return [KIND_FILE, obj.path, obj.size], frames
+    if cls is Index:
+        frames.append(obj.offsets.tobytes())
+        return [KIND_INDEX, encode(obj.base, frames)[0]], frames
+    raise DataError(f"cannot encode {obj!r}")
+
+
+def decode(meta, frames, position: int = 0):
+    """Rebuild an object from ``meta`` and ``frames[position:]``.
+
+    Returns ``(obj, next_position)``. Frames may be bytes, memoryviews or
+    zmq.Frame objects (their buffer is used without copying). Raises
+    DataError on a malformed meta.
+    """
+    try:
+        kind = meta[0]
+        if kind == KIND_PLAIN:
+            return Plain(_buffer(frames[position])), position + 1
+        if kind == KIND_ARRAY:
+            items = []
+            for item_meta in meta[1]:
+                item, position = decode(item_meta, frames, position)
+                items.append(item)
+            return Array(items), position
+        if kind == KIND_PYOBJ:
+            import cloudpickle
+            pickled = _buffer(frames[position])
+            return PyObj(cloudpickle.loads(pickled), meta[1], bytes(pickled)), position + 1
+        if kind == KIND_FILE:
+            return File(meta[1], meta[2]), position
+        if kind == KIND_INDEX:
+            offsets = array("Q")
+            offsets.frombytes(bytes(_buffer(frames[position])))
+            base, position = decode(meta[1], frames, position + 1)
+            return Index(base, offsets), position
+    except DataError:
+        raise
+    except Exception as error:
+        raise DataError(f"malformed data object {meta!r}: {error}") from error
+    raise DataError(f"unknown data object kind in {meta!r}")
+
+
+def _buffer(frame):
+    if isinstance(frame, (bytes, bytearray, memoryview)):
+        return frame
+    if len(frame) < 65536:
+        return frame.bytes
+    return frame.buffer
+
+
+def from_python(value) -> DataObject:
+    """Data object for a client-side constant value (bytes or str)."""
+    if isinstance(value, str):
+        return Plain(value.encode())
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return Plain(bytes(value))
+    raise DataError(f"cannot make a data object from {type(value).__name__}")

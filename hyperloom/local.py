@@ -1,0 +1,152 @@
+"""LocalCluster: a broker and workers as subprocesses on free loopback ports.
+
+The embedded default: ``Client()`` with no address, tests and benchmarks use
+it. Every process gets its own process group and is stopped (SIGTERM, then
+SIGKILL) on exit, so nothing outlives the cluster.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import psutil
+
+from .errors import LoomError
+
+START_TIMEOUT = 60.0
+
+
+class LocalCluster:
+    """``with LocalCluster(workers=2, cpus=1) as cluster: client = cluster.client()``.
+
+    ``cpus`` is per worker; by default the machine's cores are shared out
+    (at least one each). ``worker_args`` are extra ``loom-worker`` options.
+    """
+
+    def __init__(self, workers: int = 2, cpus: int | None = None, host: str = "127.0.0.1",
+                 log_dir: str | None = None, worker_args=(), broker_args=(),
+                 log_level: str = "warning"):
+        if cpus is None:
+            cpus = max(1, (psutil.cpu_count(logical=True) or 1) // max(1, workers))
+        self.n_workers = workers
+        self.cpus = cpus
+        self.host = host
+        self.port = None
+        self.log_dir = log_dir
+        self.worker_args = tuple(worker_args)
+        self.broker_args = tuple(broker_args)
+        self.log_level = log_level
+        self.broker = None
+        self.workers = []
+        self._clients = []
+        self._log_files = []
+
+    @property
+    def broker_pid(self):
+        return self.broker.pid if self.broker else None
+
+    @property
+    def address(self):
+        return (self.host, self.port)
+
+    def start(self):
+        try:
+            self._start_broker()
+            for _ in range(self.n_workers):
+                self.add_worker()
+            self.wait_for_workers(self.n_workers)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _log(self, name):
+        if self.log_dir is None:
+            return subprocess.DEVNULL if self.log_level == "none" else None
+        os.makedirs(self.log_dir, exist_ok=True)
+        f = open(os.path.join(self.log_dir, name), "ab")
+        self._log_files.append(f)
+        return f
+
+    def _start_broker(self):
+        command = [sys.executable, "-m", "hyperloom.broker", "--host", self.host, "--port", "0",
+                   "--log-level", self.log_level, *self.broker_args]
+        self.broker = subprocess.Popen(command, stdout=subprocess.PIPE,
+                                       stderr=self._log("broker.log"), start_new_session=True)
+        line = self.broker.stdout.readline().decode().strip()
+        if not line.startswith("tcp://"):
+            raise LoomError(f"loom-broker did not start (printed {line!r}, "
+                            f"exit code {self.broker.poll()})")
+        self.port = int(line.rsplit(":", 1)[1])
+
+    def add_worker(self, cpus: int | None = None, extra_args=()):
+        """Start one more worker; returns its Popen."""
+        work_dir = tempfile.gettempdir()
+        command = [sys.executable, "-m", "hyperloom.worker", "--cpus", str(cpus or self.cpus),
+                   "--wdir", work_dir, "--log-level", self.log_level, *self.worker_args,
+                   *extra_args, self.host, str(self.port)]
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
+                                   stderr=self._log(f"worker-{len(self.workers)}.log"),
+                                   start_new_session=True)
+        self.workers.append(process)
+        return process
+
+    def wait_for_workers(self, count: int, timeout: float = START_TIMEOUT):
+        client = self.client()
+        try:
+            deadline = time.monotonic() + timeout
+            while client.get_stats()["n_workers"] < count:
+                for process in [self.broker, *self.workers]:
+                    if process.poll() is not None:
+                        raise LoomError(f"a cluster process exited with {process.returncode}")
+                if time.monotonic() > deadline:
+                    raise LoomError(f"{count} workers did not register within {timeout:.0f} s")
+                time.sleep(0.02)
+        finally:
+            client.close()
+
+    def client(self):
+        from .client import Client
+        client = Client(self.host, self.port)
+        self._clients.append(client)
+        return client
+
+    def stop(self, timeout: float = 10.0):
+        for client in self._clients:
+            client.close()
+        self._clients = []
+        processes = [p for p in [*self.workers, self.broker] if p is not None]
+        for process in processes:
+            _signal_group(process, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for process in processes:
+            try:
+                process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _signal_group(process, signal.SIGKILL)
+                process.wait()
+        if self.broker is not None and self.broker.stdout:
+            self.broker.stdout.close()
+        for f in self._log_files:
+            f.close()
+        self._log_files = []
+        self.workers = []
+        self.broker = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def _signal_group(process, sig):
+    try:
+        os.killpg(process.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass

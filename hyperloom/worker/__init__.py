@@ -1,0 +1,1 @@
+"""The worker: stores data objects, executes tasks, exchanges data with peers."""

@@ -1,0 +1,142 @@
+"""Runs started tasks where their mode says, and hands completions back to the loop.
+
+``inline`` tasks run right away in the loop (their result is returned);
+``thread`` tasks run in a thread pool; ``python`` tasks run in a pool of
+executor processes when the worker has more than one core (so user Python
+code is not serialised by the worker's GIL) and in a thread otherwise.
+Completions from other threads are queued and the loop is woken through a
+pipe it polls, so the loop owns every socket and all worker state.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import traceback
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+
+from .taskdef import Redirect, TaskContext, TaskError
+
+log = logging.getLogger("hyperloom.worker")
+
+INLINE_INPUT_BYTES = 256 * 1024   # inline tasks on bigger inputs go to a thread
+
+
+class Executor:
+    def __init__(self, registry, cpus: int, work_dir: str, pin: bool, core_ids=None):
+        self.registry = registry
+        # Cores are allocated as slots 0..cpus-1; this maps them to real core ids for taskset.
+        self.core_ids = core_ids or list(range(cpus))
+        self.cpus = cpus
+        self.work_dir = work_dir
+        self.pin = pin
+        self.threads = ThreadPoolExecutor(max_workers=max(4, 2 * cpus + 1),
+                                          thread_name_prefix="task")
+        self._python_pool = None
+        self.completions = deque()
+        self.wake_read, self.wake_write = os.pipe()
+        os.set_blocking(self.wake_read, False)
+        os.set_blocking(self.wake_write, False)
+
+    def close(self):
+        self.threads.shutdown(wait=False, cancel_futures=True)
+        if self._python_pool is not None:
+            self._python_pool.close()
+        os.close(self.wake_read)
+        os.close(self.wake_write)
+
+    # ------------------------------------------------------------ starting
+
+    def start(self, task, inputs):
+        """Start ``task``; return ``(result, error)`` if it ran inline, else None."""
+        kind = self.registry.get(task.type)
+        if kind is None:
+            return None, f"Task type '{task.type}' is not provided by this worker"
+        cpu_ids = tuple(self.core_ids[slot] for slot in task.cpu_ids)
+        ctx = TaskContext(task.id, task.type, task.config, inputs, cpu_ids,
+                          self.work_dir, self.pin, task.label, log)
+        mode = kind.mode
+        if mode == "inline" and sum(obj.size for obj in inputs) <= INLINE_INPUT_BYTES:
+            outcome = self._call(kind.fn, ctx)
+            if isinstance(outcome[0], Redirect):
+                self._redirect(task, ctx, outcome[0])
+                return None
+            return outcome
+        if mode == "python" and self.cpus > 1:
+            future = self._pool().submit(kind.symbol, ctx)
+            future.add_done_callback(lambda f: self._pool_done(task, ctx, f))
+            return None
+        self.threads.submit(self._run_in_thread, task, kind.fn, ctx)
+        return None
+
+    def _pool(self):
+        if self._python_pool is None:
+            from .py_pool import PythonPool
+            self._python_pool = PythonPool(self.cpus, log.getEffectiveLevel())
+        return self._python_pool
+
+    @staticmethod
+    def _call(fn, ctx):
+        try:
+            return fn(ctx), None
+        except TaskError as error:
+            return None, str(error)
+        except Exception:
+            return None, (f"Internal error in task type '{ctx.task_type}':\n"
+                          f"{traceback.format_exc()}")
+
+    def _run_in_thread(self, task, fn, ctx):
+        result, error = self._call(fn, ctx)
+        if isinstance(result, Redirect):
+            result, error = self._run_redirect(ctx, result)
+        self._post(task, result, error)
+
+    def _pool_done(self, task, ctx, future):
+        try:
+            result, error = future.result(), None
+        except TaskError as exc:
+            result, error = None, str(exc)
+        except Exception as exc:  # the executor process died, or could not pickle
+            result, error = None, f"Python executor failed: {exc!r}"
+        if isinstance(result, Redirect):
+            self._redirect(task, ctx, result)
+            return
+        self._post(task, result, error)
+
+    def _redirect(self, task, ctx, redirect):
+        self.threads.submit(lambda: self._post(task, *self._run_redirect(ctx, redirect)))
+
+    def _run_redirect(self, ctx, redirect: Redirect):
+        """Run the task a Python function returned, in place of that function."""
+        kind = self.registry.get(redirect.task_type)
+        if kind is None:
+            return None, f"Redirected to unknown task type '{redirect.task_type}'"
+        new_ctx = TaskContext(ctx.task_id, redirect.task_type, redirect.config,
+                              list(redirect.inputs), ctx.cpu_ids, ctx.work_dir, ctx.pin,
+                              ctx.label, ctx.log)
+        result, error = self._call(kind.fn, new_ctx)
+        if isinstance(result, Redirect):
+            return None, "A redirected task may not redirect again"
+        return result, error
+
+    # ------------------------------------------------------------ completions
+
+    def _post(self, task, result, error):
+        self.completions.append((task, result, error))
+        try:
+            os.write(self.wake_write, b"x")
+        except BlockingIOError:
+            pass  # the pipe is full: the loop is already due to wake
+
+    def take_completions(self):
+        try:
+            while os.read(self.wake_read, 65536):
+                pass
+        except BlockingIOError:
+            pass
+        completions = self.completions
+        taken = []
+        while completions:
+            taken.append(completions.popleft())
+        return taken

@@ -1,0 +1,254 @@
+"""The worker's loop: DEALER to the broker, PULL for data, and the executor's wake pipe.
+
+Owns every socket and all worker state (one thread). Each iteration drains
+the broker, the data channel and finished executions, starts what can
+start, and sends one TasksDone carrying every report since the last one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket as pysocket
+import time
+from dataclasses import dataclass
+
+import zmq
+
+from .. import data, protocol
+from .builtin import register_builtin_tasks
+from .executor import Executor
+from .state import WorkerCore
+from .taskdef import TaskRegistry
+from .transfer import DataChannels
+
+log = logging.getLogger("hyperloom.worker")
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    broker_host: str
+    broker_port: int
+    cpus: int
+    work_dir: str = "/tmp"
+    pin: bool = True
+    host: str | None = None              # data address host; default: the one reaching the broker
+    heartbeat_interval: float = 1.0
+    broker_timeout: float = 30.0         # give up after this long without the broker
+    extensions: tuple = ()               # modules with register_tasks(registry)
+
+
+def standard_registry() -> TaskRegistry:
+    """Built-in tasks plus run and the Python tasks."""
+    from .py_task import execute_py_call, execute_py_value
+    from .run_task import execute_run
+    registry = TaskRegistry()
+    register_builtin_tasks(registry)
+    registry.register(protocol.TASK_RUN, execute_run, "thread")
+    registry.register(protocol.TASK_PY_VALUE, execute_py_value, "python")
+    registry.register(protocol.TASK_PY_CALL, execute_py_call, "python")
+    return registry
+
+
+def local_address_towards(host: str, port: int) -> str:
+    """The local IP address this machine uses to reach ``host`` (no packet is sent)."""
+    try:
+        with pysocket.socket(pysocket.AF_INET, pysocket.SOCK_DGRAM) as probe:
+            probe.connect((host, port))
+            return probe.getsockname()[0]
+    except OSError:
+        return "127.0.0.1"
+
+
+class BrokerLost(Exception):
+    pass
+
+
+class WorkerServer:
+    def __init__(self, config: WorkerConfig, registry: TaskRegistry | None = None):
+        self.config = config
+        self.registry = registry or standard_registry()
+        for module in config.extensions:
+            module.register_tasks(self.registry)
+        host = config.host or local_address_towards(config.broker_host, config.broker_port)
+        self.work_dir = os.path.join(
+            config.work_dir, f"worker-{pysocket.gethostname()}-{os.getpid()}")
+        os.makedirs(os.path.join(self.work_dir, "run"), exist_ok=True)
+        os.makedirs(os.path.join(self.work_dir, "data"), exist_ok=True)
+        self.context = zmq.Context()
+        self.dealer = self.context.socket(zmq.DEALER)
+        self.dealer.setsockopt(zmq.LINGER, 0)
+        self.dealer.setsockopt(zmq.SNDHWM, 0)
+        self.dealer.setsockopt(zmq.RCVHWM, 0)
+        interval_ms = int(config.heartbeat_interval * 1000)
+        self.dealer.setsockopt(zmq.HEARTBEAT_IVL, interval_ms)
+        self.dealer.setsockopt(zmq.HEARTBEAT_TIMEOUT, interval_ms * 5)
+        self.channels = DataChannels(self.context, host)
+        self.core = WorkerCore(config.cpus)
+        self.executor = Executor(self.registry, config.cpus, self.work_dir, config.pin,
+                                 _core_ids(config.cpus))
+        self.running = True
+        self.worker_id = None
+        self.last_broker_message = time.monotonic()
+        self.last_sent = 0.0
+
+    # ------------------------------------------------------------ lifecycle
+
+    def run(self):
+        address = f"tcp://{self.config.broker_host}:{self.config.broker_port}"
+        self.dealer.connect(address)
+        self._send(protocol.encode(
+            protocol.HELLO_WORKER, protocol.PROTOCOL_VERSION, self.config.cpus,
+            self.channels.address, self.registry.symbols(), pysocket.gethostname()))
+        log.info("worker started: %d cpus, data at %s, broker %s", self.config.cpus,
+                 self.channels.address, address)
+        poller = zmq.Poller()
+        poller.register(self.dealer, zmq.POLLIN)
+        poller.register(self.channels.pull, zmq.POLLIN)
+        poller.register(self.executor.wake_read, zmq.POLLIN)
+        interval = self.config.heartbeat_interval
+        while self.running:
+            events = dict(poller.poll(int(interval * 1000)))
+            if self.dealer in events:
+                self._drain_broker()
+            if self.channels.pull in events:
+                self._drain_data()
+            if self.executor.wake_read in events:
+                for task, result, error in self.executor.take_completions():
+                    self.core.on_task_done(task, result, error)
+            self._start_tasks()
+            self._flush_reports()
+            self._keep_alive(time.monotonic())
+
+    def stop(self, *_):
+        self.running = False
+
+    def install_signal_handlers(self):
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+
+    def close(self):
+        if self.worker_id is not None:
+            try:
+                self.dealer.send(protocol.encode(protocol.GOODBYE), zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+        self.executor.close()
+        self.channels.close()
+        self.dealer.close(linger=100)
+        self.context.term()
+        shutil.rmtree(self.work_dir, ignore_errors=True)
+
+    def _keep_alive(self, now):
+        if now - self.last_sent >= self.config.heartbeat_interval:
+            self._send(protocol.encode(protocol.HEARTBEAT))
+        silent = now - self.last_broker_message
+        if self.worker_id is None and silent > self.config.broker_timeout:
+            raise BrokerLost(f"no answer from the broker at {self.config.broker_host}:"
+                             f"{self.config.broker_port} for {silent:.0f} s")
+
+    # ------------------------------------------------------------ broker messages
+
+    def _drain_broker(self):
+        while True:
+            try:
+                frames = self.dealer.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self.last_broker_message = time.monotonic()
+            try:
+                code, fields = protocol.decode(frames[0].buffer)
+            except protocol.ProtocolError as error:
+                log.error("malformed message from the broker: %s", error)
+                continue
+            self._on_broker_message(code, fields)
+
+    def _on_broker_message(self, code, fields):
+        core = self.core
+        if code == protocol.COMPUTE_TASKS:
+            core.on_compute(fields[0])
+        elif code == protocol.SEND_DATA:
+            store = core.store
+            for address, ids in fields[0]:
+                objects = [(i, store[i]) for i in ids if i in store]
+                if len(objects) < len(ids):
+                    log.error("asked to send data this worker does not hold: %s",
+                              [i for i in ids if i not in store])
+                self.channels.push(address, objects)
+        elif code == protocol.UPLOAD:
+            self._upload(*fields)
+        elif code == protocol.REMOVE_DATA:
+            core.on_remove(fields[0])
+        elif code == protocol.CANCEL_TASKS:
+            core.on_cancel(fields[0])
+        elif code == protocol.WELCOME:
+            self.worker_id = fields[1]
+            log.info("registered as worker %d", self.worker_id)
+        elif code == protocol.ERROR:
+            message, fatal = fields
+            log.error("broker: %s", message)
+            if fatal:
+                raise BrokerLost(f"the broker refused this worker: {message}")
+        elif code == protocol.SHUTDOWN:
+            log.info("the broker asked this worker to shut down")
+            self.running = False
+        else:
+            log.error("unexpected %s from the broker", protocol.name_of(code))
+
+    def _upload(self, client, request, ids):
+        store = self.core.store
+        entries = []
+        frames = []
+        for data_id in ids:
+            obj = store.get(data_id)
+            if obj is None:
+                entries.append([data_id, None, "the data is no longer on its worker"])
+                continue
+            if isinstance(obj, data.File):  # the client may not see our file system
+                obj = data.Plain(obj.to_python())
+            meta, _ = data.encode(obj, frames)
+            entries.append([data_id, meta])
+        header = protocol.encode(protocol.UPLOADED, client, request, entries)
+        self.dealer.send_multipart([header, *frames], copy=False)
+        self.last_sent = time.monotonic()
+
+    # ------------------------------------------------------------ data and tasks
+
+    def _drain_data(self):
+        while True:
+            received = self.channels.receive()
+            if received is None:
+                return
+            for data_id, obj in received:
+                self.core.on_data(data_id, obj)
+
+    def _start_tasks(self):
+        core = self.core
+        while True:
+            started = core.take_startable()
+            if not started:
+                return
+            for task in started:
+                outcome = self.executor.start(task, core.inputs_of(task))
+                if outcome is not None:
+                    core.on_task_done(task, *outcome)
+
+    def _flush_reports(self):
+        finished, failed = self.core.take_reports()
+        if finished or failed:
+            self._send(protocol.encode(protocol.TASKS_DONE, finished, failed))
+
+    def _send(self, header):
+        self.dealer.send(header)
+        self.last_sent = time.monotonic()
+
+
+def _core_ids(cpus: int):
+    """Real core ids to pin to (for taskset), cycling if asked for more than exist."""
+    try:
+        available = sorted(os.sched_getaffinity(0))
+    except AttributeError:
+        available = list(range(os.cpu_count() or 1))
+    return [available[i % len(available)] for i in range(cpus)]

@@ -1,0 +1,149 @@
+"""The worker's sans-I/O core: its data store, tasks waiting for inputs or cores.
+
+Events in (``on_compute``, ``on_data``, ``on_remove``, ``on_cancel``,
+``on_task_done``), and ``take_startable()`` hands out tasks whose inputs are
+all here and whose cores are free, in arrival order. What the broker must
+hear is collected in ``finished``/``failed`` until the server flushes it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+
+class WorkerTask:
+    __slots__ = ("id", "type", "config", "input_ids", "n_cpus", "label", "missing",
+                 "cpu_ids", "canceled")
+
+    def __init__(self, task_id, task_type, config, input_ids, n_cpus, label):
+        self.id = task_id
+        self.type = task_type
+        self.config = config
+        self.input_ids = input_ids
+        self.n_cpus = n_cpus
+        self.label = label
+        self.missing = 0
+        self.cpu_ids = ()
+        self.canceled = False
+
+    def __repr__(self):
+        return f"<WorkerTask {self.id} {self.type}>"
+
+
+class WorkerCore:
+    def __init__(self, cpus: int, core_ids=None):
+        self.cpus = cpus
+        self.free_cpus = list(core_ids if core_ids is not None else range(cpus))
+        self.store = {}                 # data id -> DataObject
+        self.waiting_for = {}           # data id -> [WorkerTask] that need it
+        self.queued = deque()           # tasks whose inputs just became complete
+        self.queued_cpu = deque()       # core-requesting tasks waiting for cores
+        self.tasks = {}                 # task id -> WorkerTask (not yet reported)
+        self.tombstones = set()         # removed before they arrived
+        self.finished = []              # [id, size, length] to report
+        self.failed = []                # [id, message] to report
+
+    # ------------------------------------------------------------ events
+
+    def on_compute(self, entries):
+        """Accept ``[id, type, config, input ids, n_cpus, label]`` entries."""
+        store = self.store
+        for task_id, task_type, config, input_ids, n_cpus, label in entries:
+            task = WorkerTask(task_id, task_type, config, input_ids, n_cpus, label)
+            self.tasks[task_id] = task
+            missing = 0
+            for data_id in input_ids:
+                if data_id not in store:
+                    missing += 1
+                    waiters = self.waiting_for.get(data_id)
+                    if waiters is None:
+                        self.waiting_for[data_id] = [task]
+                    else:
+                        waiters.append(task)
+            task.missing = missing
+            if not missing:
+                self.queued.append(task)
+
+    def on_data(self, data_id, obj):
+        if data_id in self.tombstones:
+            self.tombstones.discard(data_id)
+            return
+        self.store[data_id] = obj
+        waiters = self.waiting_for.pop(data_id, None)
+        if waiters:
+            for task in waiters:
+                task.missing -= 1
+                if task.missing == 0 and not task.canceled:
+                    self.queued.append(task)
+
+    def on_remove(self, ids):
+        store = self.store
+        for data_id in ids:
+            if store.pop(data_id, None) is None and data_id in self.waiting_for:
+                self.tombstones.add(data_id)
+
+    def on_cancel(self, ids):
+        for task_id in ids:
+            task = self.tasks.pop(task_id, None)
+            if task is not None:
+                task.canceled = True  # dropped when dequeued; a running one is not reported
+
+    def take_startable(self):
+        """Tasks to start now, with ``cpu_ids`` allocated.
+
+        Light tasks (no core requested) always start; core-requesting ones
+        start in arrival order while their cores are free.
+        """
+        started = []
+        queued = self.queued
+        while queued:
+            task = queued.popleft()
+            if task.canceled:
+                continue
+            if task.n_cpus:
+                self.queued_cpu.append(task)
+            else:
+                started.append(task)
+        queued_cpu = self.queued_cpu
+        free = self.free_cpus
+        while queued_cpu:
+            task = queued_cpu[0]
+            if task.canceled:
+                queued_cpu.popleft()
+                continue
+            n_cpus = task.n_cpus
+            if n_cpus > len(free):
+                break
+            task.cpu_ids = tuple(free[:n_cpus])
+            del free[:n_cpus]
+            queued_cpu.popleft()
+            started.append(task)
+        return started
+
+    def inputs_of(self, task: WorkerTask):
+        store = self.store
+        return [store[data_id] for data_id in task.input_ids]
+
+    def on_task_done(self, task: WorkerTask, result=None, error=None):
+        """A started task ended: store its result (or failure) and free its cores."""
+        if task.cpu_ids:
+            self.free_cpus.extend(task.cpu_ids)
+            task.cpu_ids = ()
+        if task.canceled or self.tasks.pop(task.id, None) is None:
+            return
+        if error is not None:
+            self.failed.append([task.id, error])
+        else:
+            self.store[task.id] = result
+            self.finished.append([task.id, result.size, result.length])
+
+    def take_reports(self):
+        finished, failed = self.finished, self.failed
+        self.finished, self.failed = [], []
+        return finished, failed
+
+    def check_invariants(self):
+        for data_id, waiters in self.waiting_for.items():
+            assert data_id not in self.store
+            assert all(t.missing > 0 for t in waiters)
+        assert len(set(self.free_cpus)) == len(self.free_cpus)

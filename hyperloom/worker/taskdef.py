@@ -1,0 +1,86 @@
+"""What a task implementation sees and returns, and the registry of task types.
+
+A task type is a symbol (``loom/data/merge``, ``my/count``) bound to a
+function ``fn(ctx: TaskContext) -> DataObject | Redirect`` and a mode that
+says where it runs:
+
+- ``inline``: in the worker's loop; only for cheap work (no I/O, bounded CPU).
+- ``thread``: in a thread pool; for blocking work that releases the GIL
+  (subprocesses, file I/O).
+- ``python``: user Python code; runs where it does not hold the worker's GIL
+  (an executor process per core when the worker has more than one).
+
+A failing implementation raises TaskError(message); any other exception is a
+bug in the implementation and is reported as such, never crashing the worker.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+MODES = ("inline", "thread", "python")
+
+
+class TaskError(Exception):
+    """The task failed; the message goes to the client as TaskFailed."""
+
+
+@dataclass
+class TaskContext:
+    task_id: int
+    task_type: str
+    config: bytes
+    inputs: list
+    cpu_ids: tuple = ()
+    work_dir: str = ""
+    pin: bool = False
+    label: str | None = None
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("hyperloom.worker"))
+
+
+@dataclass
+class Redirect:
+    """A Python task's answer "run this task in my place" (task redirection).
+
+    ``inputs`` are data objects (already converted from wrappers/values).
+    """
+    task_type: str
+    config: bytes
+    inputs: list
+
+
+@dataclass(frozen=True)
+class TaskKind:
+    symbol: str
+    fn: object
+    mode: str
+
+
+class TaskRegistry:
+    """The task types one worker provides. Registering a symbol twice is an error."""
+
+    def __init__(self):
+        self._kinds: dict[str, TaskKind] = {}
+
+    def register(self, symbol: str, fn, mode: str = "thread"):
+        if not isinstance(symbol, str) or "/" not in symbol:
+            raise ValueError(f"task type symbol {symbol!r} must be namespaced with '/'")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if symbol in self._kinds:
+            raise ValueError(f"task type {symbol!r} is already registered")
+        self._kinds[symbol] = TaskKind(symbol, fn, mode)
+
+    def task(self, symbol: str, mode: str = "thread"):
+        """Decorator form of ``register``."""
+        def decorator(fn):
+            self.register(symbol, fn, mode)
+            return fn
+        return decorator
+
+    def get(self, symbol: str) -> TaskKind | None:
+        return self._kinds.get(symbol)
+
+    def symbols(self) -> list[str]:
+        return sorted(self._kinds)

@@ -1,0 +1,78 @@
+"""Direct worker-to-worker data channels: a PULL socket in, a PUSH per peer out.
+
+Data never goes through the broker: the broker tells the holder
+(``SendData``) to push objects to a peer's data address. One PushData
+message carries many objects; large buffers travel as zero-copy frames.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import zmq
+
+from .. import data, protocol
+
+log = logging.getLogger("hyperloom.worker")
+
+
+class DataChannels:
+    def __init__(self, context: zmq.Context, host: str):
+        self.context = context
+        self.pull = context.socket(zmq.PULL)
+        self.pull.setsockopt(zmq.RCVHWM, 0)
+        self.pull.setsockopt(zmq.LINGER, 0)
+        port = self.pull.bind_to_random_port(f"tcp://{host}")
+        self.address = f"tcp://{host}:{port}"
+        self._pushers = {}
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    def close(self):
+        for socket in self._pushers.values():
+            socket.close(linger=0)
+        self.pull.close(linger=0)
+
+    def push(self, address: str, objects):
+        """Send ``[(id, DataObject)]`` to the worker listening at ``address``."""
+        socket = self._pushers.get(address)
+        if socket is None:
+            socket = self.context.socket(zmq.PUSH)
+            socket.setsockopt(zmq.SNDHWM, 0)
+            socket.setsockopt(zmq.LINGER, 0)
+            socket.connect(address)
+            self._pushers[address] = socket
+        entries = []
+        frames = []
+        for data_id, obj in objects:
+            meta, _ = data.encode(obj, frames)
+            entries.append([data_id, meta])
+            self.bytes_sent += obj.size
+        header = protocol.encode(protocol.PUSH_DATA, entries)
+        socket.send_multipart([header, *frames], copy=len(frames) == 0 or _small(frames))
+
+    def receive(self):
+        """Decode one PushData message: ``[(id, DataObject)]``; None if none waits."""
+        try:
+            frames = self.pull.recv_multipart(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return None
+        try:
+            code, fields = protocol.decode(frames[0].buffer)
+            if code != protocol.PUSH_DATA:
+                raise protocol.ProtocolError(f"{protocol.name_of(code)} on the data channel")
+            received = []
+            position = 1
+            for data_id, meta in fields[0]:
+                obj, position = data.decode(meta, frames, position)
+                received.append((data_id, obj))
+                self.bytes_received += obj.size
+            return received
+        except Exception as error:
+            log.warning("dropped a malformed data message from a peer: %s", error)
+            return []
+
+
+def _small(frames) -> bool:
+    # zmq copies small frames faster than it tracks zero-copy ones.
+    return sum(len(f) for f in frames) < 65536

@@ -1,0 +1,1 @@
+"""Compatibility alias: code written for the original HyperLoom imports ``loom.client``."""
