@@ -117,10 +117,16 @@ class LocalCluster:
         return client
 
     def stop(self, timeout: float = 10.0):
+        """Stop every process; return ``{name: exit code}`` (a crash shows as non-zero)."""
+        codes = {}
         for client in self._clients:
             client.close()
         self._clients = []
-        processes = [p for p in [*self.workers, self.broker] if p is not None]
+        named = [(f"worker-{i}", p) for i, p in enumerate(self.workers)]
+        if self.broker is not None:
+            named.append(("broker", self.broker))
+        crashed = {name: p.returncode for name, p in named if p.poll() is not None}
+        processes = [p for _, p in named]
         for process in processes:
             _signal_group(process, signal.SIGTERM)
         deadline = time.monotonic() + timeout
@@ -137,6 +143,9 @@ class LocalCluster:
         self._log_files = []
         self.workers = []
         self.broker = None
+        for name, process in named:
+            codes[name] = crashed.get(name, process.returncode)
+        return codes
 
     def __enter__(self):
         return self.start()

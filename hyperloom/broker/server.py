@@ -62,6 +62,9 @@ class BrokerServer:
         self.peers = {}          # identity -> ClientState | WorkerState
         self.fd_of = {}          # identity -> socket fd of its connection
         self.identity_at_fd = {}
+        # fds of peers dropped before their DISCONNECTED event was read: that
+        # event must not be taken for a newer connection that reused the fd.
+        self.stale_disconnects = {}
         self.running = True
         self._handlers = self._handler_table()
 
@@ -75,10 +78,10 @@ class BrokerServer:
         next_check = time.monotonic() + self.config.heartbeat_interval
         while self.running:
             events = dict(poller.poll(timeout_ms))
-            if self.monitor in events:
+            # Messages first: a peer's last messages precede its disconnect event.
+            drained = self._drain_router() if self.router in events else True
+            if self.monitor in events and drained:
                 self._drain_monitor()
-            if self.router in events:
-                self._drain_router()
             self.state.scheduler.schedule()
             self._flush()
             now = time.monotonic()
@@ -99,17 +102,19 @@ class BrokerServer:
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
 
-    def _drain_router(self):
+    def _drain_router(self) -> bool:
+        """Handle waiting messages; False if some are left for the next round."""
         router = self.router
         for _ in range(DRAIN_LIMIT):
             try:
                 frames = router.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
-                return
+                return True
             try:
                 self._on_message(frames)
             except Exception:  # a bug must not take the broker down for everyone
                 log.exception("error while handling a message; message dropped")
+        return False
 
     def _drain_monitor(self):
         while True:
@@ -117,9 +122,17 @@ class BrokerServer:
                 event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
             except zmq.Again:
                 return
-            identity = self.identity_at_fd.get(event["value"])
+            fd = event["value"]
+            stale = self.stale_disconnects.get(fd, 0)
+            if stale:
+                if stale == 1:
+                    del self.stale_disconnects[fd]
+                else:
+                    self.stale_disconnects[fd] = stale - 1
+                continue
+            identity = self.identity_at_fd.get(fd)
             if identity is not None:
-                self._peer_lost(identity, "connection closed")
+                self._peer_lost(identity, "connection closed", disconnected=True)
 
     # ------------------------------------------------------------ dispatch
 
@@ -234,11 +247,13 @@ class BrokerServer:
 
     # ------------------------------------------------------------ peers
 
-    def _peer_lost(self, identity, why):
+    def _peer_lost(self, identity, why, disconnected=False):
         peer = self.peers.pop(identity, None)
         fd = self.fd_of.pop(identity, None)
         if fd is not None and self.identity_at_fd.get(fd) == identity:
             del self.identity_at_fd[fd]
+            if not disconnected:
+                self.stale_disconnects[fd] = self.stale_disconnects.get(fd, 0) + 1
         if peer is None:
             return
         if self._is_client(peer):

@@ -1,0 +1,75 @@
+"""Fixtures shared by all tests: real clusters on free loopback ports, cleaned up."""
+
+import os
+import time
+
+import pytest
+
+import hyperloom
+
+# Exit codes of a process stopped by us: 0 (clean SIGTERM handling) or -15/-9 (signal).
+CLEAN_EXIT = {0, -15}
+
+
+def wait_until(predicate, timeout=10.0, interval=0.02, message="condition"):
+    """Poll ``predicate`` until true; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {message}")
+        time.sleep(interval)
+
+
+class ClusterFactory:
+    """Starts LocalClusters with logs in the test's tmp dir; stops them all at teardown."""
+
+    def __init__(self, log_root):
+        self.log_root = log_root
+        self.clusters = []
+
+    def __call__(self, workers=2, cpus=1, **kwargs):
+        log_dir = os.path.join(self.log_root, f"cluster-{len(self.clusters)}")
+        kwargs.setdefault("log_level", "info")
+        cluster = hyperloom.LocalCluster(workers=workers, cpus=cpus, log_dir=log_dir, **kwargs)
+        self.clusters.append(cluster)
+        return cluster.start()
+
+    def stop_all(self, allow_crash=False):
+        problems = []
+        for cluster in self.clusters:
+            codes = cluster.stop()
+            crashed = {name: code for name, code in codes.items()
+                       if code not in CLEAN_EXIT}
+            if crashed and not allow_crash:
+                problems.append(f"{crashed} (logs in {cluster.log_dir})")
+        self.clusters = []
+        return problems
+
+
+@pytest.fixture
+def make_cluster(tmp_path, request):
+    factory = ClusterFactory(str(tmp_path))
+    yield factory
+    problems = factory.stop_all()
+    if problems and not request.node.get_closest_marker("allow_crash"):
+        pytest.fail(f"cluster processes exited abnormally: {problems}")
+
+
+@pytest.fixture(scope="module")
+def shared_cluster(tmp_path_factory):
+    """One 2-worker cluster for a whole test module (for tests that do not break it)."""
+    factory = ClusterFactory(str(tmp_path_factory.mktemp("shared")))
+    cluster = factory()
+    yield cluster
+    problems = factory.stop_all()
+    assert not problems, f"cluster processes exited abnormally: {problems}"
+
+
+@pytest.fixture
+def client(shared_cluster):
+    client = shared_cluster.client()
+    yield client
+    client.close()

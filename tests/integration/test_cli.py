@@ -1,0 +1,120 @@
+"""loom-broker and loom-worker as a user starts them."""
+
+import os
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+
+from hyperloom.client import Client, tasks
+
+from ..conftest import wait_until
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def processes():
+    started = []
+
+    def start(*args, **kwargs):
+        process = subprocess.Popen(args, start_new_session=True, **kwargs)
+        started.append(process)
+        return process
+    yield start
+    for process in started:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        for stream in (process.stdout, process.stderr):
+            if stream:
+                stream.close()
+
+
+def test_help_lists_every_option():
+    broker_help = subprocess.run(["loom-broker", "--help"], capture_output=True, text=True)
+    assert broker_help.returncode == 0
+    for option in ("--host", "--port", "--log-level", "--heartbeat"):
+        assert option in broker_help.stdout
+    worker_help = subprocess.run(["loom-worker", "--help"], capture_output=True, text=True)
+    assert worker_help.returncode == 0
+    for option in ("--cpus", "--wdir", "--nopin", "--host", "--log-level", "--extension",
+                   "BROKER_HOST", "BROKER_PORT"):
+        assert option in worker_help.stdout
+
+
+def test_invalid_arguments_are_refused():
+    result = subprocess.run(["loom-worker", "--cpus", "-1", "localhost", "9010"],
+                            capture_output=True, text=True)
+    assert result.returncode != 0 and "Invalid number of cpus" in result.stderr
+    result = subprocess.run(["loom-broker", "--port", "70000"], capture_output=True, text=True)
+    assert result.returncode != 0 and "Invalid port number" in result.stderr
+
+
+def test_broker_prints_its_endpoint_first(processes):
+    broker = processes("loom-broker", "--port", "0", stdout=subprocess.PIPE,
+                       stderr=subprocess.DEVNULL)
+    line = broker.stdout.readline().decode().strip()
+    assert line.startswith("tcp://127.0.0.1:") and int(line.rsplit(":", 1)[1]) > 0
+
+
+def test_worker_started_before_the_broker_retries_and_joins(processes, tmp_path):
+    port = free_port()
+    wdir = tmp_path / "wdir"
+    wdir.mkdir()
+    worker = processes("loom-worker", "--cpus", "1", "--wdir", str(wdir), "127.0.0.1", str(port),
+                       stderr=subprocess.DEVNULL)
+    time.sleep(0.5)  # the worker is up and retrying before any broker exists
+    assert worker.poll() is None
+    processes("loom-broker", "--port", str(port), stdout=subprocess.DEVNULL,
+              stderr=subprocess.DEVNULL)
+    client = Client("127.0.0.1", port)
+    wait_until(lambda: client.get_stats()["n_workers"] == 1, timeout=15, message="worker to join")
+    assert client.submit_one(tasks.const("late")).gather() == b"late"
+    work_dirs = os.listdir(wdir)
+    assert len(work_dirs) == 1 and work_dirs[0].startswith("worker-")
+    # SIGTERM stops the worker cleanly and removes its work directory
+    os.killpg(worker.pid, signal.SIGTERM)
+    assert worker.wait(10) == 0
+    assert os.listdir(wdir) == []
+    wait_until(lambda: client.get_stats()["n_workers"] == 0, timeout=10,
+               message="the broker to notice the worker left")
+    client.close()
+
+
+def test_worker_joining_mid_plan_gets_work(processes, tmp_path):
+    port = free_port()
+    processes("loom-broker", "--port", str(port), stdout=subprocess.DEVNULL,
+              stderr=subprocess.DEVNULL)
+    client = Client("127.0.0.1", port)
+    # no worker yet: the plan waits
+    futures = client.submit([tasks.run(("sh", "-c", "echo $$")) for _ in range(4)])
+    time.sleep(0.3)
+    assert all(f.running() for f in futures)
+    processes("loom-worker", "--cpus", "1", "--wdir", str(tmp_path), "--nopin",
+              "127.0.0.1", str(port), stderr=subprocess.DEVNULL)
+    assert len(client.gather(futures)) == 4
+    client.close()
+
+
+def test_broker_exits_cleanly_on_sigterm(processes):
+    broker = processes("loom-broker", "--port", "0", stdout=subprocess.PIPE,
+                       stderr=subprocess.DEVNULL)
+    broker.stdout.readline()
+    os.killpg(broker.pid, signal.SIGTERM)
+    assert broker.wait(10) == 0
+
+
+def test_terminate_stops_broker_and_workers(make_cluster):
+    cluster = make_cluster(workers=2)
+    client = cluster.client()
+    client.terminate()
+    assert cluster.broker.wait(10) == 0
+    for worker in cluster.workers:
+        assert worker.wait(10) == 0
