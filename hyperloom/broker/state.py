@@ -432,6 +432,7 @@ class BrokerState:
     def on_worker_lost(self, worker: WorkerState):
         """Reschedule what ran there; recompute lost data that is still needed."""
         del self.workers[worker.identity]
+        self._drop_outbox_for(worker)
         ready = []
         for node in list(worker.assigned):
             self._unassign(node, worker)
@@ -463,15 +464,28 @@ class BrokerState:
             log.info("worker %d held %d needed objects; recomputing them",
                      worker.worker_id, len(lost))
 
+    def _drop_outbox_for(self, worker):
+        """Nothing queued for a lost worker may be sent; queued fetches are redone."""
+        out = self.outbox
+        for batch in (out.compute, out.sends, out.cancel, out.remove):
+            batch.pop(worker, None)
+        for key in [key for key in out.uploads if key[0] is worker]:
+            _, client_identity, request = key
+            client = self.clients.get(client_identity)
+            for task_id in out.uploads.pop(key):
+                node = self.tasks.get(task_id)
+                if client is not None and node is not None:
+                    node.get_extra().fetchers.append((client, request, False))
+
     def _recompute(self, first: Node):
         """Data of ``first`` is gone but needed: compute it again from its lineage."""
         stack = [first]
         while stack:
             node = stack.pop()
             if node.state == ts.RELEASED:
+                self.state_counts[ts.RELEASED] += 1  # forgotten nodes are not counted
                 self.transition(node, ts.WAITING)
-                self._add_node(node)
-                self.state_counts[ts.RELEASED] -= 1
+                self.tasks[node.id] = node
             elif node.state == ts.FINISHED:
                 self.transition(node, ts.WAITING)
                 for consumer in node.consumers or ():

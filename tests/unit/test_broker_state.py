@@ -1,0 +1,268 @@
+"""The broker core without sockets: feed events, read the outbox."""
+
+import pytest
+
+from hyperloom import protocol
+from hyperloom.broker import taskstate as ts
+from hyperloom.broker.state import BrokerState
+
+CONST, MERGE, RUN = protocol.TASK_CONST, protocol.TASK_MERGE, protocol.TASK_RUN
+
+
+class Harness:
+    """A BrokerState with helpers to connect peers and submit plans."""
+
+    def __init__(self):
+        self.state = BrokerState()
+        self.client = self.state.on_client_hello(b"client", protocol.PROTOCOL_VERSION, 0.0)
+        self.base = self.client.number << protocol.CLIENT_SHIFT
+        self.workers = []
+
+    def add_worker(self, cpus=1, types=(CONST, MERGE, RUN)):
+        identity = b"w%d" % len(self.workers)
+        worker = self.state.on_worker_hello(identity, protocol.PROTOCOL_VERSION, cpus,
+                                            f"tcp://w{len(self.workers)}", list(types), "h", 0.0)
+        self.workers.append(worker)
+        return worker
+
+    def submit(self, *tasks):
+        """tasks: (local id, type, inputs (local ids), n_cpus, is_result)."""
+        symbols = [CONST, MERGE, RUN, "my/type"]
+        entries = [[self.base + i, symbols.index(t), b"", [self.base + x for x in inputs], cpus,
+                    result, -1, None] for i, t, inputs, cpus, result in tasks]
+        self.state.on_submit(self.client, symbols, [], entries, False)
+
+    def node(self, local):
+        return self.state.tasks.get(self.base + local)
+
+    def schedule(self):
+        self.state.outbox.compute.clear()
+        self.state.scheduler.schedule()
+        out = self.state.outbox
+        assigned = {w: [e[0] - self.base for e in entries] for w, entries in out.compute.items()}
+        return assigned
+
+    def finish(self, worker, *locals_, size=10):
+        self.state.on_tasks_done(worker, [[self.base + x, size, 0] for x in locals_], [], 0.0)
+
+    def fail(self, worker, local, message="boom"):
+        self.state.on_tasks_done(worker, [], [[self.base + local, message]], 0.0)
+
+
+@pytest.fixture
+def h():
+    harness = Harness()
+    yield harness
+    harness.state.check_invariants()
+
+
+def test_ready_tasks_spread_over_idle_workers(h):
+    w1, w2 = h.add_worker(), h.add_worker()
+    h.submit((0, RUN, [], 1, True), (1, RUN, [], 1, True))
+    assigned = h.schedule()
+    assert sorted(len(v) for v in assigned.values()) == [1, 1]
+
+
+def test_a_consumer_runs_where_its_larger_input_is(h):
+    w1, w2 = h.add_worker(), h.add_worker()
+    h.submit((0, RUN, [], 1, False), (1, RUN, [], 1, False), (2, MERGE, [0, 1], 0, True))
+    assigned = h.schedule()
+    on_w1 = assigned[w1][0]
+    h.finish(w1, on_w1, size=200)
+    h.finish(w2, 1 - on_w1, size=100)
+    h.state.outbox.clear()
+    assert h.schedule() == {w1: [2]}
+    # the smaller input is pushed from w2 to w1, worker to worker
+    assert h.state.outbox.sends == {w2: {"tcp://w0": [h.base + 1 - on_w1]}}
+
+
+def test_cores_are_never_oversubscribed_beyond_overbooking(h):
+    w = h.add_worker(cpus=2)
+    h.submit(*[(i, RUN, [], 1, True) for i in range(20)])
+    assigned = h.schedule()
+    assert len(assigned[w]) == 2 * h.state.scheduler.overbooking
+    assert w.cpus_used == 6
+
+
+def test_task_needing_more_cores_than_any_worker_is_unplaceable(h):
+    h.add_worker(cpus=2)
+    h.submit((0, RUN, [], 4, True))
+    assert h.schedule() == {}
+    [entry] = h.state.stats()["unplaceable"]
+    assert "needs 4 cpus" in entry["reason"]
+    big = h.add_worker(cpus=4)
+    assert h.schedule() == {big: [0]}
+
+
+def test_finishing_makes_consumers_ready_and_frees_inputs(h):
+    w = h.add_worker()
+    h.submit((0, CONST, [], 0, False), (1, MERGE, [0], 0, True))
+    assert h.schedule() == {w: [0]}
+    h.finish(w, 0)
+    h.state.outbox.clear()
+    assert h.schedule() == {w: [1]}
+    h.finish(w, 1)
+    assert h.node(0) is None                       # forgotten: nobody needs it
+    assert h.state.outbox.remove[w] == [h.base + 0]  # and deleted on the worker
+    assert h.state.outbox.finished[h.client] == [h.base + 1]
+
+
+def test_release_of_a_finished_result_removes_its_data(h):
+    w = h.add_worker()
+    h.submit((0, CONST, [], 0, True))
+    h.schedule()
+    h.finish(w, 0)
+    h.state.outbox.clear()
+    h.state.on_release(h.client, [h.base])
+    assert h.node(0) is None and h.state.outbox.remove[w] == [h.base]
+    assert h.state.stats()["n_data_objects"] == 0
+
+
+def test_release_of_a_pending_result_cancels_its_whole_upstream(h):
+    w = h.add_worker()
+    h.submit((0, CONST, [], 0, False), (1, MERGE, [0], 0, False), (2, MERGE, [1], 0, True))
+    h.schedule()
+    h.state.on_release(h.client, [h.base + 2])
+    assert h.state.tasks == {}
+    assert h.state.outbox.cancel[w] == [h.base]
+    # the canceled task's late report is expected and its data removed
+    h.state.outbox.clear()
+    h.finish(w, 0)
+    assert not h.state.outbox.errors and h.state.outbox.remove[w] == [h.base]
+
+
+def test_failure_propagates_to_dependents_only(h):
+    w = h.add_worker()
+    h.submit((0, RUN, [], 1, False), (1, MERGE, [0], 0, True), (2, CONST, [], 0, True))
+    h.schedule()
+    h.fail(w, 0, "Program terminated with status 1")
+    h.finish(w, 2)
+    failed = h.state.outbox.failed[h.client]
+    assert failed == [[h.base + 1, h.base + 0, "tcp://w0", "Program terminated with status 1"]]
+    assert h.node(2).state == ts.FINISHED
+    assert h.node(1).state == ts.FAILED
+    h.state.on_release(h.client, [h.base + 1])
+    assert h.node(0) is None and h.node(1) is None
+
+
+def test_fetch_waits_for_the_task_then_uploads_from_its_holder(h):
+    w = h.add_worker()
+    h.submit((0, CONST, [], 0, True))
+    h.state.on_fetch(h.client, 7, [h.base], True)
+    assert not h.state.outbox.uploads
+    h.schedule()
+    h.finish(w, 0)
+    assert h.state.outbox.uploads == {(w, b"client", 7): [h.base]}
+    assert h.node(0) is None  # fetched with release
+
+
+def test_fetch_of_unknown_id_is_an_error_entry(h):
+    h.state.on_fetch(h.client, 1, [h.base + 99], False)
+    [[task_id, meta, message]] = h.state.outbox.data_errors[(b"client", 1)]
+    assert meta is None and "Invalid id: 99" in message
+
+
+def test_plan_with_unknown_type_is_refused_whole(h):
+    h.add_worker()
+    h.submit((0, CONST, [], 0, True), (1, "my/type", [0], 0, True))
+    [(identity, ids, message)] = h.state.outbox.refused
+    assert ids == [h.base, h.base + 1]
+    assert "task id=1 has unknown task type 'my/type'" in message
+    assert h.state.tasks == {}
+
+
+def test_input_not_in_plan_is_refused(h):
+    h.submit((0, MERGE, [5], 0, True))
+    [(_, _, message)] = h.state.outbox.refused
+    assert "task id=0 has input id=" in message and "not part of the plan" in message
+
+
+def test_task_types_only_go_to_workers_that_provide_them(h):
+    plain = h.add_worker(types=(CONST,))
+    special = h.add_worker(types=(CONST, "my/type"))
+    h.submit(*[(i, "my/type", [], 0, True) for i in range(5)])
+    assert h.schedule() == {special: [0, 1, 2, 3, 4]}
+
+
+def test_worker_claiming_a_task_it_was_never_given_is_refused(h):
+    w1, w2 = h.add_worker(), h.add_worker()
+    h.submit((0, CONST, [], 0, True))
+    assigned = h.schedule()
+    other = w2 if w1 in assigned else w1
+    h.finish(other, 0)
+    [(identity, message, fatal)] = h.state.outbox.errors
+    assert identity == other.identity and "never assigned" in message and not fatal
+    assert h.node(0).state == ts.ASSIGNED
+
+
+def test_lost_worker_running_tasks_are_rescheduled(h):
+    w1, w2 = h.add_worker(), h.add_worker()
+    h.submit((0, RUN, [], 1, True))
+    [victim] = h.schedule()
+    h.state.outbox.clear()
+    h.state.on_worker_lost(victim)
+    survivor = w2 if victim is w1 else w1
+    assert h.schedule() == {survivor: [0]}
+
+
+def test_lost_data_is_recomputed_from_lineage(h):
+    w1, w2 = h.add_worker(), h.add_worker()
+    # 0 -> 1 -> 2 (result); 1 is held only on the worker that dies
+    h.submit((0, CONST, [], 0, False), (1, MERGE, [0], 0, False), (2, MERGE, [1], 0, True))
+    worker = next(iter(h.schedule()))
+    h.finish(worker, 0)
+    h.schedule()
+    h.finish(worker, 1)
+    assert h.node(0) is None       # 0 was forgotten once 1 finished
+    h.state.outbox.clear()
+    h.schedule()
+    h.state.on_worker_lost(worker)  # 2 was assigned there too: everything is redone
+    survivor = w2 if worker is w1 else w1
+    assert h.schedule() == {survivor: [0]}
+    h.finish(survivor, 0)
+    assert h.schedule() == {survivor: [1]}
+    h.finish(survivor, 1)
+    h.schedule()
+    h.finish(survivor, 2)
+    assert h.node(2).state == ts.FINISHED
+
+
+def test_task_lost_three_times_fails_with_a_clear_error(h):
+    h.submit((0, RUN, [], 1, True))
+    for attempt in range(3):
+        worker = h.add_worker()
+        h.schedule()
+        h.state.on_worker_lost(worker)
+    [[_, _, _, message]] = h.state.outbox.failed[h.client]
+    assert "Worker lost while running this task 3 times" in message
+
+
+def test_client_loss_releases_everything(h):
+    w = h.add_worker()
+    h.submit((0, CONST, [], 0, True), (1, RUN, [], 1, True))
+    h.schedule()
+    h.finish(w, 0)
+    h.state.on_client_lost(h.client)
+    assert h.state.tasks == {}
+
+
+def test_illegal_transition_is_refused(h):
+    h.submit((0, CONST, [], 0, True))
+    with pytest.raises(ts.IllegalTransition):
+        h.state.transition(h.node(0), ts.FINISHED)
+
+
+def test_version_mismatch_gets_a_fatal_error():
+    state = BrokerState()
+    assert state.on_client_hello(b"x", protocol.PROTOCOL_VERSION + 1, 0.0) is None
+    [(identity, message, fatal)] = state.outbox.errors
+    assert fatal and "protocol version mismatch" in message
+
+
+def test_long_chain_cancel_needs_no_deep_recursion(h):
+    h.add_worker()
+    n = 20000
+    h.submit((0, CONST, [], 0, False), *[(i, MERGE, [i - 1], 0, False) for i in range(1, n)],
+             (n, MERGE, [n - 1], 0, True))
+    h.state.on_release(h.client, [h.base + n])
+    assert h.state.tasks == {}

@@ -1,0 +1,62 @@
+"""The worker core without sockets: inputs, cores, cancel, tombstones."""
+
+from hyperloom.data import Plain
+from hyperloom.worker.state import WorkerCore
+
+
+def entry(task_id, inputs=(), cpus=0):
+    return [task_id, "loom/data/merge", b"", list(inputs), cpus, None]
+
+
+def test_task_waits_for_its_inputs():
+    core = WorkerCore(cpus=1)
+    core.on_compute([entry(10, inputs=[1, 2])])
+    assert core.take_startable() == []
+    core.on_data(1, Plain(b"a"))
+    assert core.take_startable() == []
+    core.on_data(2, Plain(b"b"))
+    [task] = core.take_startable()
+    assert task.id == 10 and core.inputs_of(task)[1].data == b"b"
+    core.check_invariants()
+
+
+def test_cores_are_allocated_fifo_and_light_tasks_never_wait():
+    core = WorkerCore(cpus=2)
+    core.on_compute([entry(1, cpus=2), entry(2, cpus=1), entry(3, cpus=0)])
+    started = core.take_startable()
+    assert [t.id for t in started] == [3, 1]
+    assert sorted(started[1].cpu_ids) == [0, 1]
+    assert core.take_startable() == []
+    core.on_task_done(started[1], Plain(b"x"))
+    [task] = core.take_startable()
+    assert task.id == 2 and len(task.cpu_ids) == 1
+    core.check_invariants()
+
+
+def test_reports_are_batched():
+    core = WorkerCore(cpus=1)
+    core.on_compute([entry(1), entry(2)])
+    first, second = core.take_startable()
+    core.on_task_done(first, Plain(b"abc"))
+    core.on_task_done(second, None, "boom")
+    assert core.take_reports() == ([[1, 3, 0]], [[2, "boom"]])
+    assert core.take_reports() == ([], [])
+    assert core.store[1].data == b"abc"
+
+
+def test_canceled_task_is_not_started_nor_reported():
+    core = WorkerCore(cpus=1)
+    core.on_compute([entry(1, inputs=[5])])
+    core.on_cancel([1])
+    core.on_data(5, Plain(b"x"))
+    assert core.take_startable() == []
+    assert core.take_reports() == ([], [])
+
+
+def test_data_removed_before_it_arrives_is_dropped_on_arrival():
+    core = WorkerCore(cpus=1)
+    core.on_compute([entry(1, inputs=[5])])
+    core.on_cancel([1])
+    core.on_remove([5])
+    core.on_data(5, Plain(b"late"))
+    assert 5 not in core.store
