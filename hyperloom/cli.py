@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 import psutil
@@ -18,6 +19,20 @@ def _setup_logging(level: str, name: str):
     logging.basicConfig(
         level=getattr(logging, level.upper()), stream=sys.stderr,
         format=f"%(asctime)s {name}[%(process)d] %(levelname)s %(message)s")
+
+
+def _run_profiled(name, fn):
+    """Run ``fn``; under HYPERLOOM_PROFILE_DIR, with cProfile dumped there on exit."""
+    directory = os.environ.get("HYPERLOOM_PROFILE_DIR")
+    if not directory:
+        return fn()
+    import cProfile
+    profiler = cProfile.Profile()
+    try:
+        return profiler.runcall(fn)
+    finally:
+        os.makedirs(directory, exist_ok=True)
+        profiler.dump_stats(os.path.join(directory, f"{name}-{os.getpid()}.prof"))
 
 
 def broker_main(argv=None):
@@ -46,7 +61,7 @@ def broker_main(argv=None):
     print(server.endpoint, flush=True)
     logging.getLogger("hyperloom.broker").info("listening on %s", server.endpoint)
     try:
-        server.run()
+        _run_profiled("broker", server.run)
     finally:
         server.close()
     return 0
@@ -92,7 +107,7 @@ def worker_main(argv=None):
     server = WorkerServer(config)
     server.install_signal_handlers()
     try:
-        server.run()
+        _run_profiled("worker", server.run)
     except BrokerLost as error:
         logging.getLogger("hyperloom.worker").error("%s; exiting", error)
         return 2

@@ -18,6 +18,8 @@ Meta forms (first element is the kind code):
     [2, [item metas]]      Array, the items' frames concatenated in order
     [3, base_meta]         Index, 1 frame of little-endian u64 offsets, then the base's frames
     [4, size]              PyObj, 1 frame: cloudpickle bytes
+    [5, bytes]             Plain of at most SMALL_BYTES, carried in the meta itself
+                           (a frame per tiny object would cost more than the object)
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ ARRAY_SYMBOL = "loom/array"
 INDEX_SYMBOL = "loom/index"
 PYOBJ_SYMBOL = "loom/pyobj"
 
-KIND_PLAIN, KIND_FILE, KIND_ARRAY, KIND_INDEX, KIND_PYOBJ = range(5)
+KIND_PLAIN, KIND_FILE, KIND_ARRAY, KIND_INDEX, KIND_PYOBJ, KIND_SMALL = range(6)
+SMALL_BYTES = 1024
 
 
 class DataError(Exception):
@@ -253,6 +256,8 @@ def encode(obj: DataObject, frames: list | None = None):
         frames = []
     cls = type(obj)
     if cls is Plain:
+        if len(obj.data) <= SMALL_BYTES:
+            return [KIND_SMALL, bytes(obj.data)], frames
         frames.append(obj.data)
         return [KIND_PLAIN], frames
     if cls is Array:
@@ -277,6 +282,10 @@ def decode(meta, frames, position: int = 0):
     """
     try:
         kind = meta[0]
+        if kind == KIND_SMALL:
+            if type(meta[1]) is not bytes:
+                raise DataError(f"malformed small data object {meta!r:.60}")
+            return Plain(meta[1]), position
         if kind == KIND_PLAIN:
             return Plain(_buffer(frames[position])), position + 1
         if kind == KIND_ARRAY:

@@ -45,6 +45,8 @@ BROKER_ID_BASE = 1 << (CLIENT_SHIFT - 1)
 
 # Limits the broker enforces on what it is sent.
 MAX_HEADER_BYTES = 256 * 1024 * 1024
+# Results of result tasks up to this size travel with TasksDone to the broker.
+INLINE_RESULT_BYTES = 64 * 1024
 
 
 class ProtocolError(Exception):
@@ -111,7 +113,8 @@ MESSAGES = (
             "nothing"),
     # --- broker -> worker
     Message("ComputeTasks", 30, "broker->worker", (("tasks", _L),), "none",
-            "TasksDone later; tasks are [id, type, config, input ids, n_cpus, label]"),
+            "TasksDone later; tasks are [id, type, config, input ids, n_cpus, label, "
+            "is_result]"),
     Message("SendData", 31, "broker->worker", (("sends", _L),), "none",
             "PushData to each target; sends are [target data address, [ids]]"),
     Message("Upload", 32, "broker->worker",
@@ -123,8 +126,11 @@ MESSAGES = (
     Message("Shutdown", 36, "broker->worker", (), "none", "nothing; the worker exits"),
     # --- worker -> broker
     Message("TasksDone", 40, "worker->broker",
-            (("finished", _L), ("failed", _L)), "none",
-            "nothing; finished are [id, size, length], failed are [id, message]"),
+            (("finished", _L), ("failed", _L), ("results", _L)),
+            "the inline results' frames in order",
+            "nothing; finished are [id, size, length], failed are [id, message], results "
+            "are [id, meta, n_frames]: small results of result tasks, sent along so a "
+            "fetch needs no further round trip"),
     Message("Uploaded", 41, "worker->broker",
             (("client", _B), ("request", _I), ("objects", _L)),
             "the objects' frames in order",

@@ -53,13 +53,14 @@ class Node:
 class NodeExtra:
     """Rare per-node data: pending fetches, the failure, lost-worker count."""
 
-    __slots__ = ("fetchers", "error", "losses", "checkpoint_path")
+    __slots__ = ("fetchers", "error", "losses", "checkpoint_path", "inline")
 
     def __init__(self):
         self.fetchers = []            # (ClientState, request, release)
         self.error = None             # [failed id, worker address, message]
         self.losses = 0               # how many workers died while running it
         self.checkpoint_path = None
+        self.inline = None            # (meta, frames) of a small result sent along
 
 
 class WorkerState:
@@ -119,6 +120,7 @@ class Outbox:
         self.finished = defaultdict(list)      # ClientState -> [ids]
         self.failed = defaultdict(list)        # ClientState -> [[id, failed id, worker, msg]]
         self.data_errors = defaultdict(list)   # (client identity, request) -> [[id, None, error]]
+        self.data_inline = defaultdict(list)   # (client identity, request) -> [(id, meta, frames)]
         self.refused = []                      # (client identity, [ids], message)
         self.errors = []                       # (identity, message, fatal)
         self.replies = []                      # (identity, header frame) ready to send
@@ -133,5 +135,6 @@ class Outbox:
 
     def is_empty(self) -> bool:
         return not (self.compute or self.sends or self.uploads or self.cancel or self.remove
-                    or self.finished or self.failed or self.data_errors or self.refused
+                    or self.finished or self.failed or self.data_errors or self.data_inline
+                    or self.refused
                     or self.errors or self.replies)

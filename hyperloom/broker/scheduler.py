@@ -134,7 +134,7 @@ class Scheduler:
             if worker not in inp.holders:
                 self.deliver(inp, worker)
         state.outbox.compute[worker].append(
-            [node.id, node.type, node.config, input_ids, n_cpus, node.label])
+            [node.id, node.type, node.config, input_ids, n_cpus, node.label, node.is_result])
 
 
     def deliver(self, node, worker):

@@ -236,7 +236,7 @@ class BrokerServer:
         self._peer_lost(peer.identity, "said goodbye")
 
     def _on_tasks_done(self, worker, fields, frames, now):
-        self.state.on_tasks_done(worker, fields[0], fields[1], now)
+        self.state.on_tasks_done(worker, fields[0], fields[1], now, fields[2], frames[2:])
 
     def _on_uploaded(self, worker, fields, frames, now):
         client_identity, request, objects = fields
@@ -310,6 +310,13 @@ class BrokerServer:
             send([client.identity, encode(protocol.TASKS_FAILED, failures)])
         for (client_identity, request), entries in out.data_errors.items():
             send([client_identity, encode(protocol.DATA, request, entries)])
+        for (client_identity, request), inline in out.data_inline.items():
+            frames = []
+            entries = []
+            for task_id, meta, object_frames in inline:
+                entries.append([task_id, meta])
+                frames.extend(object_frames)
+            send([client_identity, encode(protocol.DATA, request, entries), *frames])
         for client_identity, ids, message in out.refused:
             send([client_identity, encode(protocol.SUBMIT_REFUSED, ids, message)])
         out.clear()

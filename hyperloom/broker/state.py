@@ -302,6 +302,9 @@ class BrokerState:
         if node.state == ts.FAILED:
             self.outbox.data_errors[(client.identity, request)].append(
                 [node.id, None, node.extra.error])
+        elif node.extra is not None and node.extra.inline is not None:
+            meta, frames = node.extra.inline
+            self.outbox.data_inline[(client.identity, request)].append((node.id, meta, frames))
         else:
             holder = node.holders[0]
             self.outbox.uploads[(holder, client.identity, request)].append(node.id)
@@ -327,8 +330,11 @@ class BrokerState:
 
     # ------------------------------------------------------------ worker reports
 
-    def on_tasks_done(self, worker: WorkerState, finished, failed, now: float):
+    def on_tasks_done(self, worker: WorkerState, finished, failed, now: float,
+                      results=(), frames=()):
         tasks = self.tasks
+        if results:
+            self._keep_inline_results(worker, results, frames)
         for entry in finished:
             try:
                 task_id, size, length = entry[0], entry[1], entry[2]
@@ -355,6 +361,22 @@ class BrokerState:
                 continue
             self._unassign(node, worker)
             self._fail(node, [node.id, worker.address, message])
+
+    def _keep_inline_results(self, worker, results, frames):
+        """Small results sent along with TasksDone: kept to answer fetches at once."""
+        position = 0
+        tasks = self.tasks
+        for entry in results:
+            try:
+                task_id, meta, n_frames = entry
+                taken = frames[position:position + n_frames]
+                position += n_frames
+            except (TypeError, ValueError):
+                self._worker_error(worker, f"malformed inline result {entry!r:.60}")
+                return
+            node = tasks.get(task_id)
+            if node is not None and node.worker is worker and node.is_result:
+                node.get_extra().inline = (meta, taken)
 
     def _unexpected_report(self, worker, task_id, finished):
         if task_id in worker.canceled:

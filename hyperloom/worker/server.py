@@ -236,9 +236,20 @@ class WorkerServer:
                     core.on_task_done(task, *outcome)
 
     def _flush_reports(self):
-        finished, failed = self.core.take_reports()
-        if finished or failed:
-            self._send(protocol.encode(protocol.TASKS_DONE, finished, failed))
+        finished, failed, results = self.core.take_reports()
+        if not (finished or failed):
+            return
+        entries = []
+        frames = []
+        for task_id, obj in results:
+            if isinstance(obj, data.File):
+                continue  # fetched through Upload, which reads the file
+            first = len(frames)
+            meta, _ = data.encode(obj, frames)
+            entries.append([task_id, meta, len(frames) - first])
+        header = protocol.encode(protocol.TASKS_DONE, finished, failed, entries)
+        self.dealer.send_multipart([header, *frames], copy=False)
+        self.last_sent = time.monotonic()
 
     def _send(self, header):
         self.dealer.send(header)

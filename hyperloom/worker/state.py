@@ -10,18 +10,21 @@ from __future__ import annotations
 
 from collections import deque
 
+from ..protocol import INLINE_RESULT_BYTES
+
 
 class WorkerTask:
-    __slots__ = ("id", "type", "config", "input_ids", "n_cpus", "label", "missing",
-                 "cpu_ids", "canceled")
+    __slots__ = ("id", "type", "config", "input_ids", "n_cpus", "label", "is_result",
+                 "missing", "cpu_ids", "canceled")
 
-    def __init__(self, task_id, task_type, config, input_ids, n_cpus, label):
+    def __init__(self, task_id, task_type, config, input_ids, n_cpus, label, is_result=False):
         self.id = task_id
         self.type = task_type
         self.config = config
         self.input_ids = input_ids
         self.n_cpus = n_cpus
         self.label = label
+        self.is_result = is_result
         self.missing = 0
         self.cpu_ids = ()
         self.canceled = False
@@ -42,14 +45,15 @@ class WorkerCore:
         self.tombstones = set()         # removed before they arrived
         self.finished = []              # [id, size, length] to report
         self.failed = []                # [id, message] to report
+        self.results = []               # (id, DataObject): small results sent along
 
     # ------------------------------------------------------------ events
 
     def on_compute(self, entries):
-        """Accept ``[id, type, config, input ids, n_cpus, label]`` entries."""
+        """Accept ``[id, type, config, input ids, n_cpus, label, is_result]`` entries."""
         store = self.store
-        for task_id, task_type, config, input_ids, n_cpus, label in entries:
-            task = WorkerTask(task_id, task_type, config, input_ids, n_cpus, label)
+        for task_id, task_type, config, input_ids, n_cpus, label, is_result in entries:
+            task = WorkerTask(task_id, task_type, config, input_ids, n_cpus, label, is_result)
             self.tasks[task_id] = task
             missing = 0
             for data_id in input_ids:
@@ -136,11 +140,14 @@ class WorkerCore:
         else:
             self.store[task.id] = result
             self.finished.append([task.id, result.size, result.length])
+            if task.is_result and result.size <= INLINE_RESULT_BYTES:
+                self.results.append((task.id, result))
 
     def take_reports(self):
-        finished, failed = self.finished, self.failed
-        self.finished, self.failed = [], []
-        return finished, failed
+        """``(finished, failed, results)`` since the last call."""
+        finished, failed, results = self.finished, self.failed, self.results
+        self.finished, self.failed, self.results = [], [], []
+        return finished, failed, results
 
     def check_invariants(self):
         for data_id, waiters in self.waiting_for.items():

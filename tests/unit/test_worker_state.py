@@ -5,7 +5,7 @@ from hyperloom.worker.state import WorkerCore
 
 
 def entry(task_id, inputs=(), cpus=0):
-    return [task_id, "loom/data/merge", b"", list(inputs), cpus, None]
+    return [task_id, "loom/data/merge", b"", list(inputs), cpus, None, task_id == 1]
 
 
 def test_task_waits_for_its_inputs():
@@ -39,8 +39,10 @@ def test_reports_are_batched():
     first, second = core.take_startable()
     core.on_task_done(first, Plain(b"abc"))
     core.on_task_done(second, None, "boom")
-    assert core.take_reports() == ([[1, 3, 0]], [[2, "boom"]])
-    assert core.take_reports() == ([], [])
+    finished, failed, results = core.take_reports()
+    assert (finished, failed) == ([[1, 3, 0]], [[2, "boom"]])
+    assert [(task_id, obj.data) for task_id, obj in results] == [(1, b"abc")]
+    assert core.take_reports() == ([], [], [])
     assert core.store[1].data == b"abc"
 
 
@@ -50,7 +52,7 @@ def test_canceled_task_is_not_started_nor_reported():
     core.on_cancel([1])
     core.on_data(5, Plain(b"x"))
     assert core.take_startable() == []
-    assert core.take_reports() == ([], [])
+    assert core.take_reports() == ([], [], [])
 
 
 def test_data_removed_before_it_arrives_is_dropped_on_arrival():
