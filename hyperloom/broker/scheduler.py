@@ -133,8 +133,10 @@ class Scheduler:
             input_ids.append(inp.id)
             if worker not in inp.holders:
                 self.deliver(inp, worker)
-        state.outbox.compute[worker].append(
-            [node.id, node.type, node.config, input_ids, n_cpus, node.label, node.is_result])
+        extra = node.extra
+        checkpoint = extra.checkpoint_path if extra is not None else None
+        state.outbox.compute[worker].append([node.id, node.type, node.config, input_ids, n_cpus,
+                                             node.label, node.is_result, checkpoint])
 
 
     def deliver(self, node, worker):

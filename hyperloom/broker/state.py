@@ -12,6 +12,7 @@ from every worker holding it (if finished) or its execution canceled (if not).
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 from .. import protocol
@@ -173,7 +174,7 @@ class BrokerState:
     def on_submit(self, client: ClientState, symbols, labels, entries, load: bool):
         """Accept a plan (all of it or nothing) and make its ready tasks READY."""
         try:
-            nodes, results = self._build_plan(client, symbols, labels, entries)
+            nodes, results = self._build_plan(client, symbols, labels, entries, load)
         except PlanError as error:
             result_ids = [e[0] for e in entries
                           if isinstance(e, list) and len(e) > 5 and e[5] and type(e[0]) is int]
@@ -182,7 +183,7 @@ class BrokerState:
             return
         self._link_plan(client, nodes, results)
 
-    def _build_plan(self, client, symbols, labels, entries):
+    def _build_plan(self, client, symbols, labels, entries, load=False):
         """Pass 1: check everything and make the nodes, touching no existing state."""
         types = self._intern_symbols(symbols)
         if not all(label is None or isinstance(label, str) for label in labels):
@@ -223,10 +224,24 @@ class BrokerState:
                 inputs.append(node)
             label = labels[label_index] if type(label_index) is int \
                 and 0 <= label_index < n_labels else None
-            node = Node(task_id, client, task_type, config, tuple(inputs), n_cpus, label)
+            checkpoint = entry[7] if len(entry) > 7 else None
+            if checkpoint is not None and (type(checkpoint) is not str
+                                           or not os.path.isabs(checkpoint)):
+                raise PlanError(f"task id={task_id - low}: checkpoint path must be absolute")
+            if load and checkpoint is not None and os.path.exists(checkpoint):
+                # Resume from the checkpoint: open the file instead of computing,
+                # and do not plan its inputs for its sake.
+                node = Node(task_id, client, protocol.TASK_OPEN, checkpoint.encode(), (), 0,
+                            label)
+            else:
+                node = Node(task_id, client, task_type, config, tuple(inputs), n_cpus, label)
+                if checkpoint is not None:
+                    node.get_extra().checkpoint_path = checkpoint
             new[task_id] = node
             if is_result:
                 results.append(node)
+        if load:
+            new = _reachable_from(results, new)
         return new, results
 
     def _intern_symbols(self, symbols):
@@ -558,3 +573,16 @@ class BrokerState:
         for worker in self.workers.values():
             assert worker.cpus_used == sum(n.n_cpus for n in worker.assigned)
             assert worker.n_light == sum(1 for n in worker.assigned if not n.n_cpus)
+
+
+def _reachable_from(results, nodes: dict) -> dict:
+    """The part of a new plan that results still need (after checkpoint loading)."""
+    keep = {}
+    stack = list(results)
+    while stack:
+        node = stack.pop()
+        if node.id in keep or node.id not in nodes:
+            continue
+        keep[node.id] = node
+        stack.extend(node.inputs)
+    return {task_id: node for task_id, node in nodes.items() if task_id in keep}

@@ -57,6 +57,8 @@ class Executor:
         ctx = TaskContext(task.id, task.type, task.config, inputs, cpu_ids,
                           self.work_dir, self.pin, task.label, log)
         mode = kind.mode
+        if task.checkpoint_path is not None and mode == "inline":
+            mode = "thread"  # writing the checkpoint must not hold up the loop
         if mode == "inline" and sum(obj.size for obj in inputs) <= INLINE_INPUT_BYTES:
             outcome = self._call(kind.fn, ctx)
             if isinstance(outcome[0], Redirect):
@@ -123,6 +125,10 @@ class Executor:
     # ------------------------------------------------------------ completions
 
     def _post(self, task, result, error):
+        if error is None and task.checkpoint_path is not None:
+            error = write_checkpoint(task.checkpoint_path, result)
+            if error is not None:
+                result = None
         self.completions.append((task, result, error))
         try:
             os.write(self.wake_write, b"x")
@@ -140,3 +146,18 @@ class Executor:
         while completions:
             taken.append(completions.popleft())
         return taken
+
+
+def write_checkpoint(path: str, result):
+    """Write a D-object's bytes to ``path`` atomically; return an error message or None."""
+    raw = result.raw()
+    if raw is None:
+        return f"Data '{result.info()}' cannot be checkpointed"
+    temporary = path + ".loom.tmp"
+    try:
+        with open(temporary, "wb") as f:
+            f.write(raw)
+    except OSError as error:
+        return f"Writing checkpoint '{path}' failed. Cannot create {temporary}:{error.strerror}"
+    os.replace(temporary, path)
+    return None

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from .. import data, protocol
 from .builtin import register_builtin_tasks
@@ -89,6 +90,9 @@ class WorkerServer:
         self.core = WorkerCore(config.cpus)
         self.executor = Executor(self.registry, config.cpus, self.work_dir, config.pin,
                                  _core_ids(config.cpus))
+        self.monitor = self.dealer.get_monitor_socket(
+            zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+        self.disconnected_since = None
         self.running = True
         self.worker_id = None
         self.last_broker_message = time.monotonic()
@@ -99,13 +103,12 @@ class WorkerServer:
     def run(self):
         address = f"tcp://{self.config.broker_host}:{self.config.broker_port}"
         self.dealer.connect(address)
-        self._send(protocol.encode(
-            protocol.HELLO_WORKER, protocol.PROTOCOL_VERSION, self.config.cpus,
-            self.channels.address, self.registry.symbols(), pysocket.gethostname()))
+        self._hello()
         log.info("worker started: %d cpus, data at %s, broker %s", self.config.cpus,
                  self.channels.address, address)
         poller = zmq.Poller()
         poller.register(self.dealer, zmq.POLLIN)
+        poller.register(self.monitor, zmq.POLLIN)
         poller.register(self.channels.pull, zmq.POLLIN)
         poller.register(self.executor.wake_read, zmq.POLLIN)
         interval = self.config.heartbeat_interval
@@ -113,6 +116,8 @@ class WorkerServer:
             events = dict(poller.poll(int(interval * 1000)))
             if self.dealer in events:
                 self._drain_broker()
+            if self.monitor in events:
+                self._on_connection_events()
             if self.channels.pull in events:
                 self._drain_data()
             if self.executor.wake_read in events:
@@ -137,17 +142,52 @@ class WorkerServer:
                 pass
         self.executor.close()
         self.channels.close()
+        self.monitor.close(linger=0)
         self.dealer.close(linger=100)
         self.context.term()
         shutil.rmtree(self.work_dir, ignore_errors=True)
 
+    def _hello(self):
+        self._send(protocol.encode(
+            protocol.HELLO_WORKER, protocol.PROTOCOL_VERSION, self.config.cpus,
+            self.channels.address, self.registry.symbols(), pysocket.gethostname()))
+
+    def _on_connection_events(self):
+        """The broker connection dropped or came back (libzmq reconnects by itself)."""
+        while True:
+            try:
+                event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if event["event"] == zmq.EVENT_DISCONNECTED and self.disconnected_since is None:
+                log.warning("lost the connection to the broker; retrying for %.0f s",
+                            self.config.broker_timeout)
+                self.disconnected_since = time.monotonic()
+                if self.worker_id is not None:
+                    # The broker counts this worker lost: its tasks and data are void.
+                    self._reset()
+            elif event["event"] == zmq.EVENT_CONNECTED and self.disconnected_since is not None:
+                log.info("reconnected to the broker; registering again")
+                self.disconnected_since = None
+                self.last_broker_message = time.monotonic()
+                self._hello()
+
+    def _reset(self):
+        self.worker_id = None
+        self.core = WorkerCore(self.config.cpus)
+
     def _keep_alive(self, now):
-        if now - self.last_sent >= self.config.heartbeat_interval:
+        if self.worker_id is not None and now - self.last_sent >= self.config.heartbeat_interval:
             self._send(protocol.encode(protocol.HEARTBEAT))
-        silent = now - self.last_broker_message
-        if self.worker_id is None and silent > self.config.broker_timeout:
-            raise BrokerLost(f"no answer from the broker at {self.config.broker_host}:"
-                             f"{self.config.broker_port} for {silent:.0f} s")
+        if self.disconnected_since is not None:
+            silent = now - self.disconnected_since
+        elif self.worker_id is None:
+            silent = now - self.last_broker_message
+        else:
+            return
+        if silent > self.config.broker_timeout:
+            raise BrokerLost(f"lost the broker at {self.config.broker_host}:"
+                             f"{self.config.broker_port}: no connection for {silent:.0f} s")
 
     # ------------------------------------------------------------ broker messages
 

@@ -15,9 +15,10 @@ from ..protocol import INLINE_RESULT_BYTES
 
 class WorkerTask:
     __slots__ = ("id", "type", "config", "input_ids", "n_cpus", "label", "is_result",
-                 "missing", "cpu_ids", "canceled")
+                 "missing", "cpu_ids", "canceled", "owner", "checkpoint_path")
 
-    def __init__(self, task_id, task_type, config, input_ids, n_cpus, label, is_result=False):
+    def __init__(self, task_id, task_type, config, input_ids, n_cpus, label, is_result=False,
+                 checkpoint_path=None):
         self.id = task_id
         self.type = task_type
         self.config = config
@@ -28,6 +29,8 @@ class WorkerTask:
         self.missing = 0
         self.cpu_ids = ()
         self.canceled = False
+        self.owner = None
+        self.checkpoint_path = checkpoint_path
 
     def __repr__(self):
         return f"<WorkerTask {self.id} {self.type}>"
@@ -50,10 +53,13 @@ class WorkerCore:
     # ------------------------------------------------------------ events
 
     def on_compute(self, entries):
-        """Accept ``[id, type, config, input ids, n_cpus, label, is_result]`` entries."""
+        """Accept ``[id, type, config, input ids, n_cpus, label, is_result, checkpoint]``."""
         store = self.store
-        for task_id, task_type, config, input_ids, n_cpus, label, is_result in entries:
-            task = WorkerTask(task_id, task_type, config, input_ids, n_cpus, label, is_result)
+        for task_id, task_type, config, input_ids, n_cpus, label, is_result, checkpoint \
+                in entries:
+            task = WorkerTask(task_id, task_type, config, input_ids, n_cpus, label, is_result,
+                              checkpoint)
+            task.owner = self
             self.tasks[task_id] = task
             missing = 0
             for data_id in input_ids:
@@ -130,6 +136,8 @@ class WorkerCore:
 
     def on_task_done(self, task: WorkerTask, result=None, error=None):
         """A started task ended: store its result (or failure) and free its cores."""
+        if task.owner is not self:
+            return  # started before this worker re-registered: void
         if task.cpu_ids:
             self.free_cpus.extend(task.cpu_ids)
             task.cpu_ids = ()

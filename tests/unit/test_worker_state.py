@@ -5,7 +5,7 @@ from hyperloom.worker.state import WorkerCore
 
 
 def entry(task_id, inputs=(), cpus=0):
-    return [task_id, "loom/data/merge", b"", list(inputs), cpus, None, task_id == 1]
+    return [task_id, "loom/data/merge", b"", list(inputs), cpus, None, task_id == 1, None]
 
 
 def test_task_waits_for_its_inputs():
