@@ -47,6 +47,9 @@ def broker_main(argv=None):
                         help="expected worker heartbeat interval (default 1.0)")
     parser.add_argument("--heartbeat-misses", type=int, default=5, metavar="N",
                         help="missed heartbeats before a worker is declared lost (default 5)")
+    parser.add_argument("--secret-file", metavar="PATH",
+                        help="authenticate and encrypt every connection with the CURVE key in "
+                             "PATH (make one with loom-keygen)")
     parser.add_argument("--log-level", choices=LOG_LEVELS, default="info",
                         help="logging level on stderr (default info)")
     args = parser.parse_args(argv)
@@ -55,7 +58,7 @@ def broker_main(argv=None):
     _setup_logging(args.log_level, "loom-broker")
     from .broker.server import BrokerConfig, BrokerServer
     config = BrokerConfig(host=args.host, port=args.port, heartbeat_interval=args.heartbeat,
-                          heartbeat_misses=args.heartbeat_misses)
+                          heartbeat_misses=args.heartbeat_misses, secret_file=args.secret_file)
     server = BrokerServer(config)
     server.install_signal_handlers()
     print(server.endpoint, flush=True)
@@ -89,6 +92,8 @@ def worker_main(argv=None):
                         help="heartbeat interval towards the broker (default 1.0)")
     parser.add_argument("--broker-timeout", type=float, default=30.0, metavar="SECONDS",
                         help="exit if the broker cannot be reached for this long (default 30)")
+    parser.add_argument("--secret-file", metavar="PATH",
+                        help="the cluster's CURVE key file (as given to loom-broker)")
     parser.add_argument("--log-level", choices=LOG_LEVELS, default="info",
                         help="logging level on stderr (default info)")
     args = parser.parse_args(argv)
@@ -103,7 +108,7 @@ def worker_main(argv=None):
         broker_host=args.broker_host, broker_port=args.broker_port, cpus=args.cpus,
         work_dir=args.wdir, pin=not args.nopin, host=args.host,
         heartbeat_interval=args.heartbeat, broker_timeout=args.broker_timeout,
-        extensions=extensions)
+        extensions=extensions, secret_file=args.secret_file)
     server = WorkerServer(config)
     server.install_signal_handlers()
     try:

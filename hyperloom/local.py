@@ -30,7 +30,7 @@ class LocalCluster:
 
     def __init__(self, workers: int = 2, cpus: int | None = None, host: str = "127.0.0.1",
                  log_dir: str | None = None, worker_args=(), broker_args=(),
-                 log_level: str = "warning"):
+                 log_level: str = "warning", secret_file: str | None = None):
         if cpus is None:
             cpus = max(1, (psutil.cpu_count(logical=True) or 1) // max(1, workers))
         self.n_workers = workers
@@ -41,6 +41,10 @@ class LocalCluster:
         self.worker_args = tuple(worker_args)
         self.broker_args = tuple(broker_args)
         self.log_level = log_level
+        self.secret_file = secret_file
+        secure = ("--secret-file", secret_file) if secret_file else ()
+        self.worker_args += secure
+        self.broker_args += secure
         self.broker = None
         self.workers = []
         self._clients = []
@@ -112,7 +116,7 @@ class LocalCluster:
 
     def client(self):
         from .client import Client
-        client = Client(self.host, self.port)
+        client = Client(self.host, self.port, secret_file=self.secret_file)
         self._clients.append(client)
         return client
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from .. import protocol
+from .. import protocol, security
 from ..protocol import ProtocolError
 from .state import BrokerState
 
@@ -37,6 +37,7 @@ class BrokerConfig:
     heartbeat_interval: float = 1.0     # seconds between worker heartbeats
     heartbeat_misses: int = 5           # silent intervals before a worker is lost
     overbooking: int = 3
+    secret_file: str | None = None      # CURVE: admit only peers holding this cluster key
 
 
 class BrokerServer:
@@ -44,7 +45,12 @@ class BrokerServer:
         self.config = config
         self.state = BrokerState(overbooking=config.overbooking)
         self.context = zmq.Context()
+        self.authenticator = None
         self.router = self.context.socket(zmq.ROUTER)
+        if config.secret_file:
+            keys = security.load_secret_file(config.secret_file)
+            self.authenticator = security.start_authenticator(self.context, keys, log)
+            security.secure_server(self.router, keys)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.router.setsockopt(zmq.SNDHWM, 0)
         self.router.setsockopt(zmq.RCVHWM, 0)
@@ -52,7 +58,8 @@ class BrokerServer:
         interval_ms = int(config.heartbeat_interval * 1000)
         self.router.setsockopt(zmq.HEARTBEAT_IVL, interval_ms)
         self.router.setsockopt(zmq.HEARTBEAT_TIMEOUT, interval_ms * config.heartbeat_misses)
-        self.monitor = self.router.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self.monitor = self.router.get_monitor_socket(
+            zmq.EVENT_DISCONNECTED | security.HANDSHAKE_FAILURES)
         if config.port == 0:
             self.port = self.router.bind_to_random_port(f"tcp://{config.host}")
         else:
@@ -96,6 +103,8 @@ class BrokerServer:
     def close(self):
         self.monitor.close(linger=0)
         self.router.close(linger=0)
+        if self.authenticator is not None:
+            self.authenticator.stop()
         self.context.term()
 
     def install_signal_handlers(self):
@@ -122,6 +131,9 @@ class BrokerServer:
                 event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
             except zmq.Again:
                 return
+            if event["event"] != zmq.EVENT_DISCONNECTED:
+                log.warning("refused a connection: handshake failed (%s)", event["event"].name)
+                continue
             fd = event["value"]
             stale = self.stale_disconnects.get(fd, 0)
             if stale:

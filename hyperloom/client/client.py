@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import weakref
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from .. import data, protocol
+from .. import data, protocol, security
 from ..errors import ConnectionLost, LoomError, TaskFailed
 from .future import CANCELED, FAILED, FINISHED, RELEASED, RUNNING, Future
 from .plan import PlanBuilder
@@ -29,7 +30,7 @@ class Client:
     """A connection to a broker. ``Client()`` with no address starts a local cluster."""
 
     def __init__(self, address: str | None = None, port: int = protocol.DEFAULT_PORT,
-                 connect_timeout: float = CONNECT_TIMEOUT):
+                 connect_timeout: float = CONNECT_TIMEOUT, secret_file: str | None = None):
         self._cluster = None
         if address is None:
             from ..local import LocalCluster
@@ -46,12 +47,15 @@ class Client:
         self._closed = False
         self._context = zmq.Context()
         self._socket = self._context.socket(zmq.DEALER)
+        if secret_file:
+            security.secure_client(self._socket, security.load_secret_file(secret_file))
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.SNDHWM, 0)
         self._socket.setsockopt(zmq.RCVHWM, 0)
         self._socket.setsockopt(zmq.HEARTBEAT_IVL, 2000)
         self._socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, 10000)
-        self._monitor = self._socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self._monitor = self._socket.get_monitor_socket(
+            zmq.EVENT_DISCONNECTED | security.HANDSHAKE_FAILURES)
         self._poller = zmq.Poller()
         self._poller.register(self._socket, zmq.POLLIN)
         self._poller.register(self._monitor, zmq.POLLIN)
@@ -64,9 +68,18 @@ class Client:
 
     def _handshake(self, timeout):
         self._socket.send(protocol.encode(protocol.HELLO_CLIENT, protocol.PROTOCOL_VERSION))
-        if not self._socket.poll(int(timeout * 1000)):
-            raise ConnectionLost(f"no answer from a broker at {self.server_address}:"
-                                 f"{self.server_port} within {timeout:.0f} s")
+        deadline = time.monotonic() + timeout
+        while not self._socket.poll(100):
+            if self._monitor.poll(0):
+                event = recv_monitor_message(self._monitor)
+                if event["event"] & security.HANDSHAKE_FAILURES:
+                    raise LoomError(
+                        f"the broker at {self.server_address}:{self.server_port} refused the "
+                        f"connection (security handshake failed: a missing or wrong secret "
+                        f"file?)")
+            if time.monotonic() > deadline:
+                raise ConnectionLost(f"no answer from a broker at {self.server_address}:"
+                                     f"{self.server_port} within {timeout:.0f} s")
         code, fields = protocol.decode(self._socket.recv())
         if code == protocol.ERROR:
             raise LoomError(f"the broker refused this client: {fields[0]}")
@@ -305,7 +318,7 @@ class Client:
         events = dict(self._poller.poll(timeout_ms))
         if self._monitor in events:
             event = recv_monitor_message(self._monitor)
-            if event["event"] == zmq.EVENT_DISCONNECTED:
+            if event["event"] != 0:
                 raise ConnectionLost(f"the connection to the broker at {self.server_address}:"
                                      f"{self.server_port} was lost")
         if self._socket not in events:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from .. import data, protocol
+from .. import data, protocol, security
 from .builtin import register_builtin_tasks
 from .executor import Executor
 from .state import WorkerCore
@@ -39,6 +39,7 @@ class WorkerConfig:
     heartbeat_interval: float = 1.0
     broker_timeout: float = 30.0         # give up after this long without the broker
     extensions: tuple = ()               # modules with register_tasks(registry)
+    secret_file: str | None = None       # CURVE on the broker and data connections
 
 
 def standard_registry() -> TaskRegistry:
@@ -79,14 +80,20 @@ class WorkerServer:
         os.makedirs(os.path.join(self.work_dir, "run"), exist_ok=True)
         os.makedirs(os.path.join(self.work_dir, "data"), exist_ok=True)
         self.context = zmq.Context()
+        self.keys = security.load_secret_file(config.secret_file) if config.secret_file else None
+        self.authenticator = None
+        if self.keys is not None:
+            self.authenticator = security.start_authenticator(self.context, self.keys, log)
         self.dealer = self.context.socket(zmq.DEALER)
+        if self.keys is not None:
+            security.secure_client(self.dealer, self.keys)
         self.dealer.setsockopt(zmq.LINGER, 0)
         self.dealer.setsockopt(zmq.SNDHWM, 0)
         self.dealer.setsockopt(zmq.RCVHWM, 0)
         interval_ms = int(config.heartbeat_interval * 1000)
         self.dealer.setsockopt(zmq.HEARTBEAT_IVL, interval_ms)
         self.dealer.setsockopt(zmq.HEARTBEAT_TIMEOUT, interval_ms * 5)
-        self.channels = DataChannels(self.context, host)
+        self.channels = DataChannels(self.context, host, self.keys)
         self.core = WorkerCore(config.cpus)
         self.executor = Executor(self.registry, config.cpus, self.work_dir, config.pin,
                                  _core_ids(config.cpus))
@@ -144,6 +151,8 @@ class WorkerServer:
         self.channels.close()
         self.monitor.close(linger=0)
         self.dealer.close(linger=100)
+        if self.authenticator is not None:
+            self.authenticator.stop()
         self.context.term()
         shutil.rmtree(self.work_dir, ignore_errors=True)
 

@@ -11,15 +11,18 @@ import logging
 
 import zmq
 
-from .. import data, protocol
+from .. import data, protocol, security
 
 log = logging.getLogger("hyperloom.worker")
 
 
 class DataChannels:
-    def __init__(self, context: zmq.Context, host: str):
+    def __init__(self, context: zmq.Context, host: str, keys=None):
         self.context = context
+        self.keys = keys
         self.pull = context.socket(zmq.PULL)
+        if keys is not None:
+            security.secure_server(self.pull, keys)
         self.pull.setsockopt(zmq.RCVHWM, 0)
         self.pull.setsockopt(zmq.LINGER, 0)
         port = self.pull.bind_to_random_port(f"tcp://{host}")
@@ -38,6 +41,8 @@ class DataChannels:
         socket = self._pushers.get(address)
         if socket is None:
             socket = self.context.socket(zmq.PUSH)
+            if self.keys is not None:
+                security.secure_client(socket, self.keys)
             socket.setsockopt(zmq.SNDHWM, 0)
             socket.setsockopt(zmq.LINGER, 0)
             socket.connect(address)
