@@ -17,7 +17,9 @@ from __future__ import annotations
 
 from collections import deque
 
+from . import dynamic
 from . import taskstate as ts
+from .dynamic import DYNAMIC_TYPES
 
 LIGHT_LIMIT = 4096          # light tasks queued per worker at once
 MAX_LOCALITY_INPUTS = 32    # inputs weighed for locality (bounded work per task)
@@ -70,6 +72,9 @@ class Scheduler:
             node = ready.popleft()
             if node.state != ts.READY:
                 continue  # canceled or failed while queued
+            if node.type in DYNAMIC_TYPES:
+                dynamic.expand(self.state, node)
+                continue
             n_cpus = node.n_cpus
             if n_cpus > max_cpus or (node.type not in common_types and not any(
                     node.type in w.task_types for w in workers)):

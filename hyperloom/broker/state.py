@@ -27,7 +27,7 @@ BUILTIN_TYPES = frozenset({
     protocol.TASK_CONST, protocol.TASK_MERGE, protocol.TASK_OPEN, protocol.TASK_SPLIT,
     protocol.TASK_SAVE, protocol.TASK_ARRAY_MAKE, protocol.TASK_SIZE, protocol.TASK_LENGTH,
     protocol.TASK_GET, protocol.TASK_SLICE, protocol.TASK_RUN, protocol.TASK_PY_CALL,
-    protocol.TASK_PY_VALUE,
+    protocol.TASK_PY_VALUE, protocol.TASK_DSLICE, protocol.TASK_DGET,
 })
 
 
@@ -107,10 +107,48 @@ class BrokerState:
 
     def _drop_inputs(self, node: Node):
         """``node`` will never consume its inputs: release its references."""
-        for inp in node.inputs:
+        self.drop_inputs(node.inputs)
+
+    def drop_inputs(self, inputs):
+        for inp in inputs:
             inp.refs -= 1
             if inp.refs == 0 and inp.id in self.tasks:
                 self._forget(inp)
+
+    # ------------------------------------------------------------ plan rewriting (dynamic.py)
+
+    def new_node(self, client, task_type, config, inputs, n_cpus, label) -> Node:
+        """A task the broker creates for ``client`` (ids from its reserved range)."""
+        task_id = (client.number << protocol.CLIENT_SHIFT) + protocol.BROKER_ID_BASE \
+            + client.next_broker_id
+        client.next_broker_id += 1
+        node = Node(task_id, client, task_type, config, inputs, n_cpus, label)
+        self._add_node(node)
+        return node
+
+    def link(self, node: Node):
+        """Register ``node`` as a consumer of its inputs; READY if they are all finished."""
+        remaining = 0
+        for inp in node.inputs:
+            inp.consumers = (inp.consumers or []) + [node]
+            inp.refs += 1
+            if inp.state != ts.FINISHED:
+                remaining += 1
+        node.remaining = remaining
+        if remaining == 0:
+            self.make_ready(node)
+
+    def make_ready(self, node: Node):
+        self.transition(node, ts.READY)
+        self.scheduler.add_ready([node])
+
+    def release_node(self, node: Node):
+        """Nobody refers to ``node`` any more (its readers were rewired)."""
+        if node.refs == 0 and node.id in self.tasks:
+            self._forget(node)
+
+    def fail_task(self, node: Node, message: str):
+        self._fail(node, [node.id, "broker", message])
 
     def _unassign(self, node: Node, worker: WorkerState):
         worker.assigned.discard(node)

@@ -1,0 +1,97 @@
+"""Dynamic slice and get: expand a plan when the size of a data object is known.
+
+``dslice(x)`` / ``dget(x)`` (D) with its one consumer C: once x is finished
+the broker creates, per piece k, a ``slice``/``get`` task P_k on x and a copy
+C_k of C reading P_k where C read D. Every consumer of C reads C_0 ... C_k-1
+in C's place (so ``array_make((C,))`` becomes ``array_make((C_0, ..., C_k-1))``).
+If the client holds a future for C itself, C becomes ``array_make`` of the
+copies. Pieces (the original's rule): dslice makes pieces of
+``round(length / (total cores * 4))`` elements, at least 1; dget one per
+element. A length of 0 makes no pieces (an empty list where C was).
+"""
+
+from __future__ import annotations
+
+import struct
+
+from .. import protocol
+from . import taskstate as ts
+from .model import Node
+
+DYNAMIC_TYPES = frozenset({protocol.TASK_DSLICE, protocol.TASK_DGET})
+
+
+def piece_configs(task_type: str, length: int, total_cpus: int):
+    """``[(task type, config)]`` of the pieces for an object of ``length`` elements."""
+    if task_type == protocol.TASK_DGET:
+        return [(protocol.TASK_GET, struct.pack("<Q", i)) for i in range(length)]
+    size = max(1, round(length / (max(1, total_cpus) * 4)))
+    return [(protocol.TASK_SLICE, struct.pack("<QQ", start, min(start + size, length)))
+            for start in range(0, length, size)]
+
+
+def expand(state, dynamic: Node):
+    """Replace READY ``dynamic`` and its consumer by per-piece copies."""
+    consumers = [c for c in dynamic.consumers or () if c.state == ts.WAITING]
+    if dynamic.is_result or len(consumers) != 1 or consumers[0].inputs.count(dynamic) != 1:
+        state.fail_task(dynamic, f"{dynamic.type} must have exactly one consumer, which reads "
+                                 f"it once, and must not be submitted itself")
+        return
+    consumer = consumers[0]
+    source = dynamic.inputs[0]
+    total_cpus = sum(worker.cpus for worker in state.workers.values())
+    copies = []
+    for piece_type, config in piece_configs(dynamic.type, source.length, total_cpus):
+        piece = state.new_node(consumer.client, piece_type, config, (source,), 0, dynamic.label)
+        inputs = tuple(piece if inp is dynamic else inp for inp in consumer.inputs)
+        copies.append(state.new_node(consumer.client, consumer.type, consumer.config, inputs,
+                                     consumer.n_cpus, consumer.label))
+    for piece_and_copy in copies:
+        for inp in piece_and_copy.inputs:
+            if inp.state == ts.WAITING and inp.consumers is None:
+                state.link(inp)  # the new piece: reads the finished source
+        state.link(piece_and_copy)
+    _rewire_consumers(state, consumer, copies)
+    if consumer.is_result:
+        _become_array_of(state, consumer, copies)
+    else:
+        state.release_node(consumer)
+
+
+def _rewire_consumers(state, consumer: Node, copies):
+    """Each consumer of ``consumer`` reads the copies in its place."""
+    for reader in consumer.consumers or ():
+        if reader.state != ts.WAITING:
+            continue
+        n_refs = reader.inputs.count(consumer)
+        inputs = []
+        for inp in reader.inputs:
+            if inp is consumer:
+                inputs.extend(copies)
+            else:
+                inputs.append(inp)
+        reader.inputs = tuple(inputs)
+        reader.remaining += n_refs * (len(copies) - 1)
+        consumer.refs -= n_refs
+        for copy in copies:
+            copy.refs += n_refs
+            copy.consumers = (copy.consumers or []) + [reader] * n_refs
+        if reader.remaining == 0:  # no pieces at all
+            state.make_ready(reader)
+    consumer.consumers = None
+
+
+def _become_array_of(state, consumer: Node, copies):
+    """A submitted consumer turns into ``array_make`` of its copies."""
+    old_inputs = consumer.inputs
+    consumer.type = protocol.TASK_ARRAY_MAKE
+    consumer.config = b""
+    consumer.n_cpus = 0
+    consumer.inputs = tuple(copies)
+    for copy in copies:
+        copy.refs += 1
+        copy.consumers = (copy.consumers or []) + [consumer]
+    consumer.remaining = len(copies)
+    state.drop_inputs(old_inputs)
+    if not copies:
+        state.make_ready(consumer)
