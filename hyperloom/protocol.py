@@ -100,7 +100,10 @@ MESSAGES = (
     Message("Terminate", 15, "client->broker", (), "none",
             "nothing; broker tells workers Shutdown and exits"),
     # --- broker -> client
-    Message("TasksFinished", 20, "broker->client", (("ids", _L),), "none", "nothing"),
+    Message("TasksFinished", 20, "broker->client",
+            (("ids", _L), ("done", _I), ("total", _I)), "none",
+            "nothing; ids are finished results (maybe none), done/total count every task "
+            "this client submitted (for progress bars)"),
     Message("TasksFailed", 21, "broker->client", (("failures", _L),), "none",
             "nothing; failures are [id, failed_id, worker, message]"),
     Message("SubmitRefused", 22, "broker->client",
@@ -136,7 +139,7 @@ MESSAGES = (
             "the objects' frames in order",
             "forwarded to the client as Data"),
     # --- worker -> worker (PUSH -> PULL, never through the broker)
-    Message("PushData", 50, "worker->worker", (("objects", _L),),
+    Message("PushData", 50, "worker->worker", (("source", _S), ("objects", _L)),
             "the objects' frames in order", "nothing; objects are [id, meta]"),
 )
 

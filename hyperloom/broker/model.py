@@ -98,6 +98,8 @@ class ClientState:
         self.results = set()          # ids of nodes the client holds futures for
         self.last_seen = now
         self.next_broker_id = 0       # ids the broker creates for it (dslice expansion)
+        self.n_total = 0              # tasks submitted (for progress)
+        self.n_done = 0               # of those, finished, failed or canceled
 
 
 class Outbox:
@@ -118,6 +120,7 @@ class Outbox:
         self.cancel = defaultdict(list)        # WorkerState -> [ids]
         self.remove = defaultdict(list)        # WorkerState -> [ids]
         self.finished = defaultdict(list)      # ClientState -> [ids]
+        self.progressed = set()                # ClientState whose n_done changed
         self.failed = defaultdict(list)        # ClientState -> [[id, failed id, worker, msg]]
         self.data_errors = defaultdict(list)   # (client identity, request) -> [[id, None, error]]
         self.data_inline = defaultdict(list)   # (client identity, request) -> [(id, meta, frames)]
@@ -135,6 +138,6 @@ class Outbox:
 
     def is_empty(self) -> bool:
         return not (self.compute or self.sends or self.uploads or self.cancel or self.remove
-                    or self.finished or self.failed or self.data_errors or self.data_inline
+                    or self.finished or self.progressed or self.failed or self.data_errors or self.data_inline
                     or self.refused
                     or self.errors or self.replies)

@@ -18,11 +18,13 @@ import signal
 import time
 from dataclasses import dataclass
 
+import psutil
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from .. import protocol, security
 from ..protocol import ProtocolError
+from ..trace import TraceWriter
 from .state import BrokerState
 
 log = logging.getLogger("hyperloom.broker")
@@ -73,6 +75,8 @@ class BrokerServer:
         # event must not be taken for a newer connection that reused the fd.
         self.stale_disconnects = {}
         self.running = True
+        self.process = psutil.Process()
+        self._progress_sent = {}   # ClientState -> when progress alone was last sent
         self._handlers = self._handler_table()
 
     # ------------------------------------------------------------ loop
@@ -95,7 +99,12 @@ class BrokerServer:
             if now >= next_check:
                 self._check_heartbeats(now)
                 next_check = now + self.config.heartbeat_interval
+                if self.state.tracer is not None:
+                    self.state.tracer.sample(self.process.cpu_percent(),
+                                             self.process.memory_info().rss)
         self._shutdown_workers()
+        if self.state.tracer is not None:
+            self.state.tracer.close()
 
     def stop(self, *_):
         self.running = False
@@ -235,7 +244,13 @@ class BrokerServer:
             (client.identity, protocol.encode(protocol.STATS, fields[0], self.state.stats())))
 
     def _on_set_trace(self, client, fields, frames, now):
-        log.info("tracing requested into %s", fields[0])
+        path = fields[0]
+        try:
+            self.state.start_trace(TraceWriter(path, "broker"))
+        except OSError as error:
+            self._refuse(client.identity, f"cannot write traces into {path}: {error}")
+            return
+        log.info("tracing into %s", path)
 
     def _on_terminate(self, client, fields, frames, now):
         log.info("client %d asked the broker to terminate", client.number)
@@ -268,6 +283,7 @@ class BrokerServer:
                 self.stale_disconnects[fd] = self.stale_disconnects.get(fd, 0) + 1
         if peer is None:
             return
+        self._progress_sent.pop(peer, None)
         if self._is_client(peer):
             self.state.on_client_lost(peer)
         else:
@@ -316,8 +332,18 @@ class BrokerServer:
             send([worker.identity, encode(protocol.CANCEL_TASKS, ids)])
         for worker, ids in out.remove.items():
             send([worker.identity, encode(protocol.REMOVE_DATA, ids)])
+        now = time.monotonic()
+        for client in out.progressed:
+            ids = out.finished.pop(client, None)
+            # Progress alone is sent at most 5 times a second; with results, always.
+            if ids is None and now - self._progress_sent.get(client, 0.0) < 0.2:
+                continue
+            self._progress_sent[client] = now
+            send([client.identity, encode(protocol.TASKS_FINISHED, ids or [], client.n_done,
+                                          client.n_total)])
         for client, ids in out.finished.items():
-            send([client.identity, encode(protocol.TASKS_FINISHED, ids)])
+            send([client.identity, encode(protocol.TASKS_FINISHED, ids, client.n_done,
+                                          client.n_total)])
         for client, failures in out.failed.items():
             send([client.identity, encode(protocol.TASKS_FAILED, failures)])
         for (client_identity, request), entries in out.data_errors.items():

@@ -47,6 +47,7 @@ class BrokerState:
         self.next_worker_id = 1
         self.next_client_number = 1
         self.provided_types = set(BUILTIN_TYPES)
+        self.tracer = None            # a TraceWriter while the client asked for traces
 
     # ------------------------------------------------------------ lifecycle
 
@@ -59,6 +60,10 @@ class BrokerState:
         counts[old] -= 1
         counts[new_state] += 1
         node.state = new_state
+        if new_state >= ts.FINISHED and old < ts.FINISHED:
+            client = node.client
+            client.n_done += 1
+            self.outbox.progressed.add(client)
 
     def _add_node(self, node: Node):
         self.tasks[node.id] = node
@@ -124,6 +129,9 @@ class BrokerState:
         client.next_broker_id += 1
         node = Node(task_id, client, task_type, config, inputs, n_cpus, label)
         self._add_node(node)
+        client.n_total += 1
+        if self.tracer is not None:
+            self.tracer.tasks_submitted([(task_id, task_type, label, [i.id for i in inputs])])
         return node
 
     def link(self, node: Node):
@@ -187,9 +195,24 @@ class BrokerState:
         self.provided_types.update(task_types)
         self.outbox.replies.append((identity, protocol.encode(
             protocol.WELCOME, protocol.PROTOCOL_VERSION, worker.worker_id, [])))
+        if self.tracer is not None:
+            self._start_worker_trace(worker)
         log.info("worker %d joined: %s, %d cpus", worker.worker_id, address, cpus)
         self.scheduler.on_worker_joined(worker)
         return worker
+
+    def start_trace(self, tracer):
+        """Trace from now on: the broker into ``tracer``, every worker into its own file."""
+        if self.tracer is not None:
+            self.tracer.close()
+        self.tracer = tracer
+        for worker in self.workers.values():
+            self._start_worker_trace(worker)
+
+    def _start_worker_trace(self, worker):
+        self.tracer.worker_joined(worker.worker_id, worker.address, worker.cpus)
+        self.outbox.replies.append((worker.identity, protocol.encode(
+            protocol.START_TRACE, os.path.dirname(self.tracer.path), worker.worker_id)))
 
     def _version_mismatch(self, identity, kind, version):
         message = (f"protocol version mismatch: this broker speaks version "
@@ -220,6 +243,10 @@ class BrokerState:
             log.info("client %d: plan refused: %s", client.number, error)
             return
         self._link_plan(client, nodes, results)
+        client.n_total += len(nodes)
+        if self.tracer is not None:
+            self.tracer.tasks_submitted((n.id, n.type, n.label, [i.id for i in n.inputs])
+                                        for n in nodes.values())
 
     def _build_plan(self, client, symbols, labels, entries, load=False):
         """Pass 1: check everything and make the nodes, touching no existing state."""

@@ -20,6 +20,7 @@ from .. import data, protocol, security
 from ..errors import ConnectionLost, LoomError, TaskFailed
 from .future import CANCELED, FAILED, FINISHED, RELEASED, RUNNING, Future
 from .plan import PlanBuilder
+from .progress import ProgressBar
 
 log = logging.getLogger("hyperloom.client")
 
@@ -45,6 +46,7 @@ class Client:
         self._replies = {}
         self._next_request = 1
         self._closed = False
+        self.progress = (0, 0)   # (tasks done, tasks submitted) by this client, from the broker
         self._context = zmq.Context()
         self._socket = self._context.socket(zmq.DEALER)
         if secret_file:
@@ -126,14 +128,24 @@ class Client:
 
     # ------------------------------------------------------------ wait / fetch
 
-    def wait(self, futures):
-        """Block until every future is finished; raise TaskFailed if one failed."""
+    def wait(self, futures, progress: bool = False):
+        """Block until every future is finished; raise TaskFailed if one failed.
+
+        ``progress=True`` shows a progress bar of this client's finished / submitted tasks.
+        """
         futures = list(futures)
         self._flush_releases()
         pending = [f for f in futures if f.remote_status == RUNNING]
-        while pending:
-            self._process_events()
-            pending = [f for f in pending if f.remote_status == RUNNING]
+        bar = ProgressBar(self) if progress else None
+        try:
+            while pending:
+                self._process_events()
+                pending = [f for f in pending if f.remote_status == RUNNING]
+                if bar is not None:
+                    bar.update()
+        finally:
+            if bar is not None:
+                bar.close()
         for future in futures:
             self._raise_if_unusable(future)
 
@@ -149,7 +161,10 @@ class Client:
 
     def gather(self, futures, progress: bool = False):
         """Download results and release them from the workers."""
-        return self._download(list(futures), release=True)
+        futures = list(futures)
+        if progress:
+            self.wait([f for f in futures if not f._has_result], progress=True)
+        return self._download(futures, release=True)
 
     def gather_one(self, future):
         return self.gather((future,))[0]
@@ -334,6 +349,7 @@ class Client:
         code, fields = protocol.decode(frames[0].buffer)
         futures = self.futures
         if code == protocol.TASKS_FINISHED:
+            self.progress = (fields[1], fields[2])
             for task_id in fields[0]:
                 future = futures.get(task_id)
                 if future is not None and future.remote_status == RUNNING:

@@ -15,10 +15,12 @@ import socket as pysocket
 import time
 from dataclasses import dataclass
 
+import psutil
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from .. import data, protocol, security
+from ..trace import TraceWriter
 from .builtin import register_builtin_tasks
 from .executor import Executor
 from .state import WorkerCore
@@ -100,6 +102,9 @@ class WorkerServer:
         self.monitor = self.dealer.get_monitor_socket(
             zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
         self.disconnected_since = None
+        self.tracer = None
+        self.process = psutil.Process()
+        self.last_sample = 0.0
         self.running = True
         self.worker_id = None
         self.last_broker_message = time.monotonic()
@@ -129,7 +134,7 @@ class WorkerServer:
                 self._drain_data()
             if self.executor.wake_read in events:
                 for task, result, error in self.executor.take_completions():
-                    self.core.on_task_done(task, result, error)
+                    self._task_done(task, result, error)
             self._start_tasks()
             self._flush_reports()
             self._keep_alive(time.monotonic())
@@ -147,6 +152,8 @@ class WorkerServer:
                 self.dealer.send(protocol.encode(protocol.GOODBYE), zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass
+        if self.tracer is not None:
+            self.tracer.close()
         self.executor.close()
         self.channels.close()
         self.monitor.close(linger=0)
@@ -186,6 +193,9 @@ class WorkerServer:
         self.core = WorkerCore(self.config.cpus)
 
     def _keep_alive(self, now):
+        if self.tracer is not None and now - self.last_sample >= 1.0:
+            self.last_sample = now
+            self.tracer.sample(self.process.cpu_percent(), self.process.memory_info().rss)
         if self.worker_id is not None and now - self.last_sent >= self.config.heartbeat_interval:
             self._send(protocol.encode(protocol.HEARTBEAT))
         if self.disconnected_since is not None:
@@ -226,6 +236,9 @@ class WorkerServer:
                     log.error("asked to send data this worker does not hold: %s",
                               [i for i in ids if i not in store])
                 self.channels.push(address, objects)
+                if self.tracer is not None:
+                    for data_id, obj in objects:
+                        self.tracer.data_sent(data_id, obj.size, address)
         elif code == protocol.UPLOAD:
             self._upload(*fields)
         elif code == protocol.REMOVE_DATA:
@@ -240,11 +253,21 @@ class WorkerServer:
             log.error("broker: %s", message)
             if fatal:
                 raise BrokerLost(f"the broker refused this worker: {message}")
+        elif code == protocol.START_TRACE:
+            self._start_trace(*fields)
         elif code == protocol.SHUTDOWN:
             log.info("the broker asked this worker to shut down")
             self.running = False
         else:
             log.error("unexpected %s from the broker", protocol.name_of(code))
+
+    def _start_trace(self, path, worker_id):
+        if self.tracer is not None:
+            self.tracer.close()
+        try:
+            self.tracer = TraceWriter(path, f"worker-{worker_id}")
+        except OSError as error:
+            log.error("cannot write traces into %s: %s", path, error)
 
     def _upload(self, client, request, ids):
         store = self.core.store
@@ -267,11 +290,20 @@ class WorkerServer:
 
     def _drain_data(self):
         while True:
-            received = self.channels.receive()
-            if received is None:
+            message = self.channels.receive()
+            if message is None:
                 return
+            source, received = message
             for data_id, obj in received:
                 self.core.on_data(data_id, obj)
+                if self.tracer is not None:
+                    self.tracer.data_received(data_id, obj.size, source, 0.0)
+
+    def _task_done(self, task, result, error):
+        self.core.on_task_done(task, result, error)
+        if self.tracer is not None:
+            self.tracer.task_finished(task.id, result.size if result is not None else 0,
+                                      error is None)
 
     def _start_tasks(self):
         core = self.core
@@ -280,9 +312,11 @@ class WorkerServer:
             if not started:
                 return
             for task in started:
+                if self.tracer is not None:
+                    self.tracer.task_started(task.id, task.cpu_ids)
                 outcome = self.executor.start(task, core.inputs_of(task))
                 if outcome is not None:
-                    core.on_task_done(task, *outcome)
+                    self._task_done(task, *outcome)
 
     def _flush_reports(self):
         finished, failed, results = self.core.take_reports()

@@ -53,11 +53,11 @@ class DataChannels:
             meta, _ = data.encode(obj, frames)
             entries.append([data_id, meta])
             self.bytes_sent += obj.size
-        header = protocol.encode(protocol.PUSH_DATA, entries)
+        header = protocol.encode(protocol.PUSH_DATA, self.address, entries)
         socket.send_multipart([header, *frames], copy=len(frames) == 0 or _small(frames))
 
     def receive(self):
-        """Decode one PushData message: ``[(id, DataObject)]``; None if none waits."""
+        """Decode one PushData message: ``(source, [(id, DataObject)])``; None if none waits."""
         try:
             frames = self.pull.recv_multipart(zmq.NOBLOCK, copy=False)
         except zmq.Again:
@@ -68,14 +68,14 @@ class DataChannels:
                 raise protocol.ProtocolError(f"{protocol.name_of(code)} on the data channel")
             received = []
             position = 1
-            for data_id, meta in fields[0]:
+            for data_id, meta in fields[1]:
                 obj, position = data.decode(meta, frames, position)
                 received.append((data_id, obj))
                 self.bytes_received += obj.size
-            return received
+            return fields[0], received
         except Exception as error:
             log.warning("dropped a malformed data message from a peer: %s", error)
-            return []
+            return "", []
 
 
 def _small(frames) -> bool:

@@ -1,0 +1,48 @@
+"""The HTML report (``loom-report`` / ``python -m hyperloom.report TRACE_DIR``): CLI entry point.
+
+Reads a trace directory written by the broker and workers (see ``hyperloom.trace``) and writes one
+self-contained HTML file that needs neither a server nor the network to open.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional, Sequence
+
+from hyperloom.trace import read_trace
+
+DEFAULT_OUTPUT = "output.html"  # the name the original's `python3 -m loom.lore` used
+
+
+def write_report(trace_dir: str, output: str = DEFAULT_OUTPUT, title: Optional[str] = None) -> dict:
+    """Render the report of ``trace_dir`` into ``output``; returns the embedded summary."""
+    # Imported here so that `hyperloom.trace` users never pay for importing Bokeh.
+    from hyperloom.report import page, stats
+
+    trace = read_trace(trace_dir)
+    title = title or f"hyperloom report: {os.path.basename(os.path.abspath(trace_dir))}"
+    text = page.build_html(trace, title)
+    with open(output, "w", encoding="utf-8") as file:
+        file.write(text)
+    return stats.summary(trace)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="loom-report",
+        description="Write a self-contained HTML report of a hyperloom trace directory.")
+    parser.add_argument("trace_dir", metavar="TRACE_DIR",
+                        help="directory given to Client.set_trace (holds *.ltrace files)")
+    parser.add_argument("-o", "--output", default=DEFAULT_OUTPUT,
+                        help=f"HTML file to write (default: ./{DEFAULT_OUTPUT})")
+    parser.add_argument("--title", help="page title (default: derived from TRACE_DIR)")
+    args = parser.parse_args(argv)
+    try:
+        summary = write_report(args.trace_dir, args.output, args.title)
+    except (OSError, ValueError) as error:
+        print(f"loom-report: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.output}: {summary['n_tasks']} tasks on {summary['n_workers']} workers")
+    return 0
