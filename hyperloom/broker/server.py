@@ -14,6 +14,7 @@ same way. Workers also send Heartbeat messages, checked on a monotonic clock.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import time
 from dataclasses import dataclass
@@ -245,6 +246,9 @@ class BrokerServer:
 
     def _on_set_trace(self, client, fields, frames, now):
         path = fields[0]
+        if not os.path.isabs(path):
+            self._refuse(client.identity, f"SetTrace.path must be an absolute path, got {path!r}")
+            return
         try:
             self.state.start_trace(TraceWriter(path, "broker"))
         except OSError as error:
