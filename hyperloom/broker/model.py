@@ -51,12 +51,11 @@ class Node:
 
 
 class NodeExtra:
-    """Rare per-node data: pending fetches, the failure, lost-worker count."""
+    """Rare per-node data: the failure, lost-worker count, checkpoint, inline result."""
 
-    __slots__ = ("fetchers", "error", "losses", "checkpoint_path", "inline")
+    __slots__ = ("error", "losses", "checkpoint_path", "inline")
 
     def __init__(self):
-        self.fetchers = []            # (ClientState, request, release)
         self.error = None             # [failed id, worker address, message]
         self.losses = 0               # how many workers died while running it
         self.checkpoint_path = None

@@ -164,6 +164,7 @@ class _Room:
     def __init__(self, workers, overbooking):
         self.workers = workers
         self.overbooking = overbooking
+        self.turn = 0
         self._refresh()
 
     def _refresh(self):
@@ -193,15 +194,26 @@ class _Room:
             self.light_free -= 1
 
     def least_loaded(self, n_cpus, task_type):
+        """Core-requesting tasks: the least loaded worker. Light tasks are cheap and
+        many: the next worker in turn with room (O(1) per task, not O(workers))."""
+        if not n_cpus:
+            return self._next_in_turn(task_type)
         best = None
         best_load = None
         for worker in self.workers:
             if not self.has(worker, n_cpus) or task_type not in worker.task_types:
                 continue
-            if n_cpus:
-                load = worker.cpus_used / worker.cpus
-            else:
-                load = worker.n_light / (worker.cpus or 1)
+            load = worker.cpus_used / worker.cpus
             if best is None or load < best_load:
                 best, best_load = worker, load
         return best
+
+    def _next_in_turn(self, task_type):
+        workers = self.workers
+        count = len(workers)
+        for step in range(count):
+            worker = workers[(self.turn + step) % count]
+            if worker.n_light < LIGHT_LIMIT and task_type in worker.task_types:
+                self.turn = (self.turn + step + 1) % count
+                return worker
+        return None

@@ -48,6 +48,9 @@ class BrokerState:
         self.next_client_number = 1
         self.provided_types = set(BUILTIN_TYPES)
         self.tracer = None            # a TraceWriter while the client asked for traces
+        # Fetches of unfinished tasks: id -> (client, request, release), one tuple
+        # shared by all ids of one Fetch (a list when several fetches wait on one id).
+        self.pending_fetches = {}
 
     # ------------------------------------------------------------ lifecycle
 
@@ -359,13 +362,15 @@ class BrokerState:
         node.is_result = False
         node.client.results.discard(node.id)
         node.refs -= 1
-        extra = node.extra
-        if extra is not None and extra.fetchers:
-            extra.fetchers = [f for f in extra.fetchers if f[0] is not node.client]
+        for client, request, _ in self._take_fetches(node.id):
+            self.outbox.data_errors[(client.identity, request)].append(
+                [node.id, None, f"task id={protocol.local_id(node.id)} was released while "
+                                f"being fetched"])
         if node.refs == 0:
             self._forget(node)
 
     def on_fetch(self, client: ClientState, request: int, ids, release: bool):
+        waiting = (client, request, release)
         for task_id in ids:
             node = self.tasks.get(task_id) if type(task_id) is int else None
             if node is None or node.client is not client or not node.is_result:
@@ -376,7 +381,22 @@ class BrokerState:
             if node.state in (ts.FINISHED, ts.FAILED):
                 self._serve_fetch(node, client, request, release)
             else:
-                node.get_extra().fetchers.append((client, request, release))
+                self._park_fetch(task_id, waiting)
+
+    def _park_fetch(self, task_id, waiting):
+        parked = self.pending_fetches.get(task_id)
+        if parked is None:
+            self.pending_fetches[task_id] = waiting
+        elif type(parked) is list:
+            parked.append(waiting)
+        else:
+            self.pending_fetches[task_id] = [parked, waiting]
+
+    def _take_fetches(self, task_id):
+        parked = self.pending_fetches.pop(task_id, None)
+        if parked is None:
+            return ()
+        return parked if type(parked) is list else (parked,)
 
     def _serve_fetch(self, node: Node, client, request, release):
         if node.state == ts.FAILED:
@@ -501,10 +521,8 @@ class BrokerState:
                 self._forget(inp)
         if node.is_result:
             self.outbox.finished[node.client].append(node.id)
-            extra = node.extra
-            if extra is not None and extra.fetchers:
-                fetchers, extra.fetchers = extra.fetchers, []
-                for client, request, release in fetchers:
+            if self.pending_fetches:
+                for client, request, release in self._take_fetches(node.id):
                     self._serve_fetch(node, client, request, release)
         if node.refs == 0 and node.id in self.tasks:
             self._forget(node)
@@ -521,8 +539,7 @@ class BrokerState:
             self._drop_inputs(node)
             if node.is_result:
                 self.outbox.failed[node.client].append([node.id, *error])
-                fetchers, node.extra.fetchers = node.extra.fetchers, []
-                for client, request, release in fetchers:
+                for client, request, release in self._take_fetches(node.id):
                     self._serve_fetch(node, client, request, release)
             if node.consumers:
                 stack.extend(node.consumers)
@@ -577,7 +594,7 @@ class BrokerState:
             for task_id in out.uploads.pop(key):
                 node = self.tasks.get(task_id)
                 if client is not None and node is not None:
-                    node.get_extra().fetchers.append((client, request, False))
+                    self._park_fetch(task_id, (client, request, False))
 
     def _recompute(self, first: Node):
         """Data of ``first`` is gone but needed: compute it again from its lineage."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-import weakref
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -40,7 +39,9 @@ class Client:
             address, port = self._cluster.host, self._cluster.port
         self.server_address = address
         self.server_port = port
-        self.futures = weakref.WeakValueDictionary()   # global id -> Future
+        # Unfinished futures by global id. Held strongly until they finish (events
+        # must reach them); after that only the user's references keep them.
+        self.futures = {}
         self.trace_path = None
         self._pending_release = []
         self._replies = {}
@@ -99,8 +100,8 @@ class Client:
         self._check_open()
         builder = PlanBuilder(self, self.submit_id)
         roots = [builder.add(task) for task in tasks]
-        if not builder.entries:
-            return [self._future_for(task_id) for task_id in roots]
+        if not roots:
+            return []
         result_ids = dict.fromkeys(roots)
         for task_id in result_ids:
             builder.mark_result(task_id)
@@ -119,12 +120,6 @@ class Client:
 
     def submit_one(self, task, load: bool = False) -> Future:
         return self.submit((task,), load)[0]
-
-    def _future_for(self, task_id):
-        future = self.futures.get(task_id)
-        if future is None:
-            raise LoomError(f"task id={protocol.local_id(task_id)} has no live future")
-        return future
 
     # ------------------------------------------------------------ wait / fetch
 
@@ -227,6 +222,7 @@ class Client:
     def release_one(self, future):
         if future.remote_status in (RELEASED, CANCELED):
             return
+        self.futures.pop(future._id, None)
         future.remote_status = RELEASED
         self._pending_release.append(future._id)
 
@@ -351,20 +347,20 @@ class Client:
         if code == protocol.TASKS_FINISHED:
             self.progress = (fields[1], fields[2])
             for task_id in fields[0]:
-                future = futures.get(task_id)
+                future = futures.pop(task_id, None)
                 if future is not None and future.remote_status == RUNNING:
                     future.remote_status = FINISHED
         elif code == protocol.DATA:
             self._on_data(fields[0], fields[1], frames)
         elif code == protocol.TASKS_FAILED:
             for task_id, *error in fields[0]:
-                future = futures.get(task_id)
-                if future is not None and future.remote_status in (RUNNING, FINISHED):
+                future = futures.pop(task_id, None)
+                if future is not None and future.remote_status == RUNNING:
                     self._set_failed(future, error)
         elif code == protocol.SUBMIT_REFUSED:
             ids, message = fields
             for task_id in ids:
-                future = futures.get(task_id)
+                future = futures.pop(task_id, None)
                 if future is not None:
                     self._set_failed(future, f"Plan refused: {message}")
         elif code == protocol.STATS:
@@ -379,10 +375,13 @@ class Client:
     def _on_data(self, request, objects, frames):
         replies = self._replies.get(request)
         position = 1
+        small = data.KIND_SMALL
         for entry in objects:
             task_id, meta = entry[0], entry[1]
             if meta is None:
                 outcome = (None, entry[2])
+            elif meta[0] == small:  # the common case, without building a data object
+                outcome = (meta[1], None)
             else:
                 obj, position = data.decode(meta, frames, position)
                 outcome = (obj.to_python(), None)

@@ -17,7 +17,7 @@ bug in the implementation and is reported as such, never crashing the worker.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 MODES = ("inline", "thread", "python")
 
@@ -26,17 +26,28 @@ class TaskError(Exception):
     """The task failed; the message goes to the client as TaskFailed."""
 
 
-@dataclass
 class TaskContext:
-    task_id: int
-    task_type: str
-    config: bytes
-    inputs: list
-    cpu_ids: tuple = ()
-    work_dir: str = ""
-    pin: bool = False
-    label: str | None = None
-    log: logging.Logger = field(default_factory=lambda: logging.getLogger("hyperloom.worker"))
+    """Everything one execution of a task sees. A plain slotted class: one is made
+    per task, on the hot path of tiny tasks."""
+
+    __slots__ = ("task_id", "task_type", "config", "inputs", "cpu_ids", "work_dir", "pin",
+                 "label", "log")
+
+    def __init__(self, task_id: int, task_type: str, config: bytes, inputs: list,
+                 cpu_ids: tuple = (), work_dir: str = "", pin: bool = False,
+                 label: str | None = None, log: logging.Logger | None = None):
+        self.task_id = task_id
+        self.task_type = task_type
+        self.config = config
+        self.inputs = inputs
+        self.cpu_ids = cpu_ids
+        self.work_dir = work_dir
+        self.pin = pin
+        self.label = label
+        self.log = log if log is not None else logging.getLogger("hyperloom.worker")
+
+    def __repr__(self):
+        return f"<TaskContext {self.task_id} {self.task_type}>"
 
 
 @dataclass
