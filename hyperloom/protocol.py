@@ -127,13 +127,16 @@ MESSAGES = (
     Message("StartTrace", 35, "broker->worker", (("path", _S), ("worker_id", _I)), "none",
             "nothing"),
     Message("Shutdown", 36, "broker->worker", (), "none", "nothing; the worker exits"),
+    Message("StealTasks", 37, "broker->worker", (("ids", _L),), "none",
+            "TasksDone.stolen lists those the worker had not started and dropped; "
+            "it runs the others as usual"),
     # --- worker -> broker
     Message("TasksDone", 40, "worker->broker",
-            (("finished", _L), ("failed", _L), ("results", _L)),
+            (("finished", _L), ("failed", _L), ("results", _L), ("stolen", _L)),
             "the inline results' frames in order",
             "nothing; finished are [id, size, length], failed are [id, message], results "
             "are [id, meta, n_frames]: small results of result tasks, sent along so a "
-            "fetch needs no further round trip"),
+            "fetch needs no further round trip; stolen are ids given back after StealTasks"),
     Message("Uploaded", 41, "worker->broker",
             (("client", _B), ("request", _I), ("objects", _L)),
             "the objects' frames in order",
@@ -171,6 +174,7 @@ REMOVE_DATA = BY_NAME["RemoveData"].code
 CANCEL_TASKS = BY_NAME["CancelTasks"].code
 START_TRACE = BY_NAME["StartTrace"].code
 SHUTDOWN = BY_NAME["Shutdown"].code
+STEAL_TASKS = BY_NAME["StealTasks"].code
 TASKS_DONE = BY_NAME["TasksDone"].code
 UPLOADED = BY_NAME["Uploaded"].code
 PUSH_DATA = BY_NAME["PushData"].code

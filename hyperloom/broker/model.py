@@ -77,6 +77,7 @@ class WorkerState:
         self.n_light = 0              # assigned, unfinished tasks needing no core
         self.assigned = set()         # Nodes assigned and unfinished
         self.canceled = set()         # ids canceled while assigned: their reports are expected
+        self.stealing = set()         # ids asked back with StealTasks, not answered yet
         self.bytes_held = 0
         self.bytes_received = 0       # ordered transfers to this worker
         self.bytes_sent = 0
@@ -117,6 +118,7 @@ class Outbox:
         self.sends = defaultdict(dict)         # WorkerState -> {target address: [ids]}
         self.uploads = defaultdict(list)       # (WorkerState, client identity, request) -> [ids]
         self.cancel = defaultdict(list)        # WorkerState -> [ids]
+        self.steal = defaultdict(list)         # WorkerState -> [ids]
         self.remove = defaultdict(list)        # WorkerState -> [ids]
         self.finished = defaultdict(list)      # ClientState -> [ids]
         self.progressed = set()                # ClientState whose n_done changed
@@ -136,7 +138,8 @@ class Outbox:
             ids.append(data_id)
 
     def is_empty(self) -> bool:
-        return not (self.compute or self.sends or self.uploads or self.cancel or self.remove
+        return not (self.compute or self.sends or self.uploads or self.cancel or self.steal
+                    or self.remove
                     or self.finished or self.progressed or self.failed or self.data_errors or self.data_inline
                     or self.refused
                     or self.errors or self.replies)

@@ -62,8 +62,14 @@ class Scheduler:
         """Assign as many ready tasks as the workers have room for."""
         ready = self.ready
         workers = list(self.state.workers.values())
-        if not ready or not workers:
+        if not workers:
             return
+        if ready:
+            self._place_ready(ready, workers)
+        if not ready:
+            self._steal(workers)
+
+    def _place_ready(self, ready, workers):
         max_cpus = max(w.cpus for w in workers)
         common_types = frozenset.intersection(*(w.task_types for w in workers))
         deferred = []
@@ -95,6 +101,32 @@ class Scheduler:
             room.took(worker, n_cpus)
         if deferred:
             ready.extendleft(reversed(deferred))
+
+    def _steal(self, workers):
+        """Idle cores while others have queued tasks: ask those tasks back.
+
+        Overbooking keeps workers busy between round trips but may leave tasks
+        queued on one worker while another is idle; the worker gives back the
+        ones it has not started (TasksDone.stolen) and they are placed again.
+        """
+        idle = sum(max(0, w.cpus - w.cpus_used) for w in workers)
+        if not idle:
+            return
+        steal = self.state.outbox.steal
+        tasks = self.state.tasks
+        for worker in sorted(workers, key=lambda w: w.cpus - w.cpus_used):
+            queued = worker.cpus_used - worker.cpus - sum(
+                tasks[i].n_cpus for i in worker.stealing if i in tasks)
+            if queued <= 0 or idle <= 0:
+                break
+            for node in worker.assigned:
+                if queued <= 0 or idle <= 0:
+                    break
+                if node.n_cpus and node.id not in worker.stealing:
+                    worker.stealing.add(node.id)
+                    steal[worker].append(node.id)
+                    queued -= node.n_cpus
+                    idle -= node.n_cpus
 
     def _place(self, node, workers, room):
         n_cpus = node.n_cpus

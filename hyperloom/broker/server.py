@@ -268,6 +268,8 @@ class BrokerServer:
 
     def _on_tasks_done(self, worker, fields, frames, now):
         self.state.on_tasks_done(worker, fields[0], fields[1], now, fields[2], frames[2:])
+        if fields[3]:
+            self.state.on_tasks_stolen(worker, fields[3])
 
     def _on_uploaded(self, worker, fields, frames, now):
         client_identity, request, objects = fields
@@ -334,6 +336,8 @@ class BrokerServer:
             send([worker.identity, encode(protocol.UPLOAD, client_identity, request, ids)])
         for worker, ids in out.cancel.items():
             send([worker.identity, encode(protocol.CANCEL_TASKS, ids)])
+        for worker, ids in out.steal.items():
+            send([worker.identity, encode(protocol.STEAL_TASKS, ids)])
         for worker, ids in out.remove.items():
             send([worker.identity, encode(protocol.REMOVE_DATA, ids)])
         now = time.monotonic()

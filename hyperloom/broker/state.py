@@ -163,6 +163,8 @@ class BrokerState:
 
     def _unassign(self, node: Node, worker: WorkerState):
         worker.assigned.discard(node)
+        if worker.stealing:
+            worker.stealing.discard(node.id)
         if node.n_cpus:
             worker.cpus_used -= node.n_cpus
         else:
@@ -477,6 +479,22 @@ class BrokerState:
             node = tasks.get(task_id)
             if node is not None and node.worker is worker and node.is_result:
                 node.get_extra().inline = (meta, taken)
+
+    def on_tasks_stolen(self, worker: WorkerState, ids):
+        """The worker gave back tasks it had not started: place them again."""
+        returned = []
+        for task_id in ids:
+            node = self.tasks.get(task_id) if type(task_id) is int else None
+            if node is None or node.worker is not worker or task_id not in worker.stealing:
+                if task_id not in worker.canceled:
+                    self._worker_error(worker, f"task {task_id!r:.30} was not asked back")
+                worker.canceled.discard(task_id)
+                continue
+            worker.stealing.discard(task_id)
+            self._unassign(node, worker)
+            self.transition(node, ts.READY)
+            returned.append(node)
+        self.scheduler.ready.extendleft(reversed(returned))
 
     def _unexpected_report(self, worker, task_id, finished):
         if task_id in worker.canceled:

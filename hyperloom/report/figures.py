@@ -55,40 +55,49 @@ def timeline(trace: Trace, colors: dict[str, str]) -> figure:
     _shade_workers(plot, lanes)
     # A legend placed beside the plot before the glyph exists is the one legend_field fills.
     plot.add_layout(Legend(title="label group", click_policy="none"), "right")
-    # One multi-polygon per task: a task on non-adjacent cores is still one glyph, drawn as
-    # one rectangle per run of adjacent cores rather than a block over cores it does not hold.
+    main, more = _task_columns(trace, index)
     # Colours and hatches map from the group and status columns in the browser: per-row
     # colour columns would triple the page's size and serialisation time on big traces.
-    renderer = plot.multi_polygons(
-        source=ColumnDataSource(_task_columns(trace, index)), xs="xs", ys="ys",
-        fill_color=factor_cmap("group", list(colors.values()), list(colors)),
-        line_color=factor_cmap("status", ["black", "red", "red"], _STATUSES),
-        hatch_pattern=factor_hatch("status", [" ", "x", "x"], _STATUSES),
-        hatch_color="black", hatch_alpha=0.5, legend_field="group", name=TIMELINE_RENDERER)
-    plot.add_tools(HoverTool(renderers=[renderer], tooltips=[
+    style = dict(fill_color=factor_cmap("group", list(colors.values()), list(colors)),
+                 line_color=factor_cmap("status", ["black", "red", "red"], _STATUSES),
+                 hatch_pattern=factor_hatch("status", [" ", "x", "x"], _STATUSES),
+                 hatch_color="black", hatch_alpha=0.5)
+    # Quads, not polygons: BokehJS draws 100,000 quads in seconds, polygons in minutes.  A task
+    # on non-adjacent cores gets its first block of adjacent cores here (one glyph per task)
+    # and each further block in a second renderer, not one block over cores it does not hold.
+    renderers = [plot.quad(source=ColumnDataSource(main), left="left", right="right",
+                           bottom="bottom", top="top", legend_field="group",
+                           name=TIMELINE_RENDERER, **style)]
+    if more["left"].size:
+        renderers.append(plot.quad(source=ColumnDataSource(more), left="left", right="right",
+                                   bottom="bottom", top="top", name=TIMELINE_RENDERER + "-more",
+                                   **style))
+    plot.add_tools(HoverTool(renderers=renderers, tooltips=[
         ("task", "@task_id (@task_type)"), ("label", "@label"), ("worker", "@worker cpus @cpus"),
-        ("start", "@start{0.000} s"), ("duration", "@duration{0.000000} s"), ("status", "@status")]))
+        ("start", "@left{0.000} s"), ("duration", "@duration{0.000000} s"), ("status", "@status")]))
     return plot
 
 
-def _task_columns(trace: Trace, index) -> dict[str, object]:
-    columns: dict[str, list] = {name: [] for name in (
-        "xs", "ys", "start", "duration", "task_id", "worker", "task_type", "label", "group",
-        "cpus", "status")}
+def _task_columns(trace: Trace, index) -> tuple[dict, dict]:
+    """Columns of the one-block-per-task source, and of the further blocks of split tasks."""
+    names = ("left", "right", "bottom", "top", "duration", "task_id", "worker", "task_type",
+             "label", "group", "cpus", "status")
+    main: dict[str, list] = {name: [] for name in names}
+    more: dict[str, list] = {name: [] for name in names}
     for task in trace.tasks:
         end = stats.task_end(task, trace)
-        spans = stats.task_spans(task, index)
         status = "ok" if task.ok else ("unfinished" if task.end is None else "failed")
-        values = ([[[task.start, end, end, task.start]] for _ in spans],
-                  [[[first - 0.4, first - 0.4, last + 0.4, last + 0.4]] for first, last in spans],
-                  task.start, end - task.start, task.task_id, task.worker, task.task_type or "",
-                  task.label or "", task.group, ",".join(map(str, task.cpu_ids)), status)
-        for name, value in zip(columns, values):
-            columns[name].append(value)
+        for n, (first, last) in enumerate(stats.task_spans(task, index)):
+            values = (task.start, end, first - 0.4, last + 0.4, end - task.start, task.task_id,
+                      task.worker, task.task_type or "", task.label or "", task.group,
+                      ",".join(map(str, task.cpu_ids)), status)
+            for name, value in zip(names, values):
+                (more if n else main)[name].append(value)
     # Numeric columns as arrays travel in the page as compact binary, not as JSON numbers.
-    for name in ("start", "duration", "task_id", "worker"):
-        columns[name] = np.asarray(columns[name])
-    return columns
+    for columns in (main, more):
+        for name in names[:7]:
+            columns[name] = np.asarray(columns[name])
+    return main, more
 
 
 def _shade_workers(plot: figure, lanes: list[stats.Lane]) -> None:

@@ -245,6 +245,8 @@ class WorkerServer:
             core.on_remove(fields[0])
         elif code == protocol.CANCEL_TASKS:
             core.on_cancel(fields[0])
+        elif code == protocol.STEAL_TASKS:
+            core.on_steal(fields[0])
         elif code == protocol.WELCOME:
             self.worker_id = fields[1]
             log.info("registered as worker %d", self.worker_id)
@@ -319,8 +321,8 @@ class WorkerServer:
                     self._task_done(task, *outcome)
 
     def _flush_reports(self):
-        finished, failed, results = self.core.take_reports()
-        if not (finished or failed):
+        finished, failed, results, stolen = self.core.take_reports()
+        if not (finished or failed or stolen):
             return
         entries = []
         frames = []
@@ -330,7 +332,7 @@ class WorkerServer:
             first = len(frames)
             meta, _ = data.encode(obj, frames)
             entries.append([task_id, meta, len(frames) - first])
-        header = protocol.encode(protocol.TASKS_DONE, finished, failed, entries)
+        header = protocol.encode(protocol.TASKS_DONE, finished, failed, entries, stolen)
         self.dealer.send_multipart([header, *frames], copy=False)
         self.last_sent = time.monotonic()
 

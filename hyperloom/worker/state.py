@@ -49,6 +49,7 @@ class WorkerCore:
         self.finished = []              # [id, size, length] to report
         self.failed = []                # [id, message] to report
         self.results = []               # (id, DataObject): small results sent along
+        self.stolen = []                # ids given back to the broker
 
     # ------------------------------------------------------------ events
 
@@ -97,6 +98,18 @@ class WorkerCore:
             task = self.tasks.pop(task_id, None)
             if task is not None:
                 task.canceled = True  # dropped when dequeued; a running one is not reported
+
+    def on_steal(self, ids):
+        """Give back the tasks among ``ids`` that have not started."""
+        wanted = set(ids)
+        kept = deque()
+        for task in self.queued_cpu:
+            if task.id in wanted and not task.canceled:
+                self.tasks.pop(task.id, None)
+                self.stolen.append(task.id)
+            else:
+                kept.append(task)
+        self.queued_cpu = kept
 
     def take_startable(self):
         """Tasks to start now, with ``cpu_ids`` allocated.
@@ -152,10 +165,10 @@ class WorkerCore:
                 self.results.append((task.id, result))
 
     def take_reports(self):
-        """``(finished, failed, results)`` since the last call."""
-        finished, failed, results = self.finished, self.failed, self.results
-        self.finished, self.failed, self.results = [], [], []
-        return finished, failed, results
+        """``(finished, failed, results, stolen)`` since the last call."""
+        reports = self.finished, self.failed, self.results, self.stolen
+        self.finished, self.failed, self.results, self.stolen = [], [], [], []
+        return reports
 
     def check_invariants(self):
         for data_id, waiters in self.waiting_for.items():

@@ -266,3 +266,34 @@ def test_long_chain_cancel_needs_no_deep_recursion(h):
              (n, MERGE, [n - 1], 0, True))
     h.state.on_release(h.client, [h.base + n])
     assert h.state.tasks == {}
+
+
+def test_idle_worker_steals_queued_tasks(h):
+    busy = h.add_worker(cpus=1)
+    h.submit(*[(i, RUN, [], 1, True) for i in range(3)])
+    assert h.schedule() == {busy: [0, 1, 2]}     # overbooked: 1 runs, 2 queue
+    idle = h.add_worker(cpus=1)
+    h.schedule()
+    asked = h.state.outbox.steal[busy]
+    assert len(asked) == 1                        # one idle core: one task asked back
+    h.state.on_tasks_stolen(busy, asked)
+    assert h.schedule() == {idle: [asked[0] - h.base]}
+
+
+def test_original_scheduler_expectations_two_single_core_workers(h):
+    # reference §6.4: 2 x 1 cpu, two ready independent tasks -> one on each
+    w1, w2 = h.add_worker(), h.add_worker()
+    h.submit((0, RUN, [], 1, True), (1, RUN, [], 1, True))
+    assert set(h.schedule()) == {w1, w2}
+
+
+def test_original_scheduler_expectations_cpu_requests(h):
+    # a 5-cpu worker with ready {3-cpu, 4-cpu, 4-cpu, 0-cpu} runs a 4-cpu and the 0-cpu
+    # task at once (what fits in its cores; overbooking only queues behind them)
+    h.state.scheduler.overbooking = 1
+    w = h.add_worker(cpus=5)
+    h.submit((0, RUN, [], 3, True), (1, RUN, [], 4, True), (2, RUN, [], 4, True),
+             (3, RUN, [], 0, True))
+    assigned = h.schedule()[w]
+    cpus = sorted(h.node(i).n_cpus for i in assigned)
+    assert sum(cpus) <= 5 and 0 in cpus and len(assigned) == 2

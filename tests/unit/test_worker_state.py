@@ -39,10 +39,10 @@ def test_reports_are_batched():
     first, second = core.take_startable()
     core.on_task_done(first, Plain(b"abc"))
     core.on_task_done(second, None, "boom")
-    finished, failed, results = core.take_reports()
+    finished, failed, results, stolen = core.take_reports()
     assert (finished, failed) == ([[1, 3, 0]], [[2, "boom"]])
     assert [(task_id, obj.data) for task_id, obj in results] == [(1, b"abc")]
-    assert core.take_reports() == ([], [], [])
+    assert core.take_reports() == ([], [], [], [])
     assert core.store[1].data == b"abc"
 
 
@@ -52,7 +52,7 @@ def test_canceled_task_is_not_started_nor_reported():
     core.on_cancel([1])
     core.on_data(5, Plain(b"x"))
     assert core.take_startable() == []
-    assert core.take_reports() == ([], [], [])
+    assert core.take_reports() == ([], [], [], [])
 
 
 def test_data_removed_before_it_arrives_is_dropped_on_arrival():
@@ -62,3 +62,14 @@ def test_data_removed_before_it_arrives_is_dropped_on_arrival():
     core.on_remove([5])
     core.on_data(5, Plain(b"late"))
     assert 5 not in core.store
+
+
+def test_steal_gives_back_only_tasks_not_started():
+    core = WorkerCore(cpus=1)
+    core.on_compute([entry(1, cpus=1), entry(2, cpus=1), entry(3, cpus=1)])
+    [running] = core.take_startable()
+    core.on_steal([running.id, 2, 3])
+    assert core.take_reports()[3] == [2, 3]
+    core.on_task_done(running, Plain(b"x"))
+    assert core.take_startable() == []
+    assert core.take_reports()[0] == [[running.id, 1, 0]]
