@@ -78,6 +78,8 @@ class WorkerState:
         self.assigned = set()         # Nodes assigned and unfinished
         self.canceled = set()         # ids canceled while assigned: their reports are expected
         self.stealing = set()         # ids asked back with StealTasks, not answered yet
+        self.incoming = {}            # data id -> source WorkerState: ordered, not yet used
+        self.uploads = {}             # (client identity, request) -> ids asked by Upload
         self.bytes_held = 0
         self.bytes_received = 0       # ordered transfers to this worker
         self.bytes_sent = 0

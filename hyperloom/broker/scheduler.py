@@ -184,6 +184,7 @@ class Scheduler:
         source = holders[0]
         self.state.outbox.send_data(source, worker.address, node.id)
         holders.append(worker)
+        worker.incoming[node.id] = source
         size = node.size
         worker.bytes_held += size
         worker.bytes_received += size

@@ -273,6 +273,7 @@ class BrokerServer:
 
     def _on_uploaded(self, worker, fields, frames, now):
         client_identity, request, objects = fields
+        self.state.on_uploaded(worker, client_identity, request)
         if client_identity not in self.peers:
             return  # the client left meanwhile
         header = protocol.encode(protocol.DATA, request, objects)

@@ -103,6 +103,8 @@ class BrokerState:
             for worker in holders:
                 remove[worker].append(node.id)
                 worker.bytes_held -= size
+                if worker.incoming:
+                    worker.incoming.pop(node.id, None)
             node.holders = None
 
     def _cancel(self, node: Node):
@@ -408,10 +410,20 @@ class BrokerState:
             meta, frames = node.extra.inline
             self.outbox.data_inline[(client.identity, request)].append((node.id, meta, frames))
         else:
-            holder = node.holders[0]
+            holder = self._confirmed_holder(node)
             self.outbox.uploads[(holder, client.identity, request)].append(node.id)
+            holder.uploads.setdefault((client.identity, request), []).append(node.id)
         if release and node.is_result:
             self._release(node)
+
+    def _confirmed_holder(self, node: Node) -> WorkerState:
+        for worker in node.holders:
+            if node.id not in worker.incoming:
+                return worker
+        return node.holders[0]
+
+    def on_uploaded(self, worker: WorkerState, client_identity: bytes, request: int):
+        worker.uploads.pop((client_identity, request), None)
 
     def stats(self) -> dict:
         counts = self.state_counts
@@ -510,6 +522,9 @@ class BrokerState:
 
     def _finish(self, node: Node, worker: WorkerState, size: int, length: int):
         self._unassign(node, worker)
+        if worker.incoming:  # its inputs did arrive: they are real copies now
+            for inp in node.inputs:
+                worker.incoming.pop(inp.id, None)
         self.transition(node, ts.FINISHED)
         node.size = size
         node.length = length
@@ -582,17 +597,22 @@ class BrokerState:
             else:
                 self.transition(node, ts.WAITING)
                 ready.append(node)
+        undelivered = self._void_transfers_from(worker)
         lost = []
         for node in self.tasks.values():
             holders = node.holders
-            if holders and worker in holders:
+            if holders is not None and worker in holders:
                 holders.remove(worker)
-                if not holders:
-                    node.holders = None
-                    if node.state == ts.FINISHED:
-                        lost.append(node)
+            if holders is not None and not holders:
+                node.holders = None
+                if node.state == ts.FINISHED:
+                    lost.append(node)
         for node in lost:
             self._recompute(node)
+        for node, target in undelivered:
+            if node.holders and target.identity in self.workers:
+                self.scheduler.deliver(node, target)  # again, from a live holder
+        self._redo_uploads(worker)
         for node in ready:  # their inputs may have been lost too: count again
             if node.state == ts.WAITING:
                 self._reacquire_inputs(node, refs=False)
@@ -600,6 +620,35 @@ class BrokerState:
         if lost:
             log.info("worker %d held %d needed objects; recomputing them",
                      worker.worker_id, len(lost))
+
+    def _void_transfers_from(self, lost_worker):
+        """Copies the lost worker was still to send will never arrive."""
+        undelivered = []
+        for worker in self.workers.values():
+            if not worker.incoming:
+                continue
+            for data_id in [d for d, s in worker.incoming.items() if s is lost_worker]:
+                del worker.incoming[data_id]
+                node = self.tasks.get(data_id)
+                if node is not None and node.holders and worker in node.holders:
+                    node.holders.remove(worker)
+                    worker.bytes_held -= node.size
+                    undelivered.append((node, worker))
+        return undelivered
+
+    def _redo_uploads(self, lost_worker):
+        """Fetches the lost worker was to answer: serve them again (or after recompute)."""
+        for (client_identity, request), ids in lost_worker.uploads.items():
+            client = self.clients.get(client_identity)
+            for task_id in ids:
+                node = self.tasks.get(task_id)
+                if client is None or node is None:
+                    continue
+                if node.state == ts.FINISHED:
+                    self._serve_fetch(node, client, request, False)
+                else:
+                    self._park_fetch(task_id, (client, request, False))
+        lost_worker.uploads.clear()
 
     def _drop_outbox_for(self, worker):
         """Nothing queued for a lost worker may be sent; queued fetches are redone."""

@@ -297,3 +297,42 @@ def test_original_scheduler_expectations_cpu_requests(h):
     assigned = h.schedule()[w]
     cpus = sorted(h.node(i).n_cpus for i in assigned)
     assert sum(cpus) <= 5 and 0 in cpus and len(assigned) == 2
+
+
+def test_transfer_from_a_worker_that_dies_is_ordered_again_or_recomputed(h):
+    w1, w2, w3 = h.add_worker(), h.add_worker(), h.add_worker()
+    # 0 on w1 (via locality), then 1 and 2 need it elsewhere
+    h.submit((0, RUN, [], 1, False), (1, RUN, [0], 1, True))
+    [source] = h.schedule()
+    h.finish(source, 0)
+    h.state.outbox.clear()
+    # force the consumer elsewhere: the source is full
+    source.cpus_used = source.cpus * h.state.scheduler.overbooking
+    [target] = h.schedule()
+    source.cpus_used = 0
+    assert target is not source and h.state.outbox.sends[source]
+    h.state.outbox.clear()
+    h.state.on_worker_lost(source)      # dies before pushing: the copy never arrives
+    assert h.node(0).state == ts.WAITING or h.node(0).state == ts.READY
+    # recomputed somewhere, then delivered to the waiting consumer's worker
+    [producer] = h.schedule()
+    h.finish(producer, 0)
+    if producer is not target:
+        assert h.state.outbox.sends[producer] == {target.address: [h.base + 0]}
+    h.finish(target, 1)
+    assert h.node(1).state == ts.FINISHED
+    assert not target.incoming
+
+
+def test_fetch_sent_to_a_worker_that_dies_is_served_again(h):
+    w1, w2 = h.add_worker(), h.add_worker()
+    h.submit((0, CONST, [], 0, True))
+    [worker] = h.schedule()
+    h.state.on_tasks_done(worker, [[h.base, 70000, 0]], [], 0.0)   # too big to send inline
+    h.state.on_fetch(h.client, 3, [h.base], False)
+    assert h.state.outbox.uploads == {(worker, b"client", 3): [h.base]}
+    h.state.outbox.clear()
+    h.state.on_worker_lost(worker)
+    [again] = h.schedule()               # recomputed on the survivor
+    h.state.on_tasks_done(again, [[h.base, 70000, 0]], [], 0.0)
+    assert h.state.outbox.uploads == {(again, b"client", 3): [h.base]}
