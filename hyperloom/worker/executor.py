@@ -34,6 +34,7 @@ class Executor:
         self.threads = ThreadPoolExecutor(max_workers=max(4, 2 * cpus + 1),
                                           thread_name_prefix="task")
         self._python_pool = None
+        self._pool_names = {}
         self.completions = deque()
         self.wake_read, self.wake_write = os.pipe()
         os.set_blocking(self.wake_read, False)
@@ -66,11 +67,21 @@ class Executor:
                 return None
             return outcome
         if mode == "python" and self.cpus > 1:
-            future = self._pool().submit(kind.symbol, ctx)
+            future = self._pool().submit(self._pool_name(kind), ctx)
             future.add_done_callback(lambda f: self._pool_done(task, ctx, f))
             return None
         self.threads.submit(self._run_in_thread, task, kind.fn, ctx)
         return None
+
+    def _pool_name(self, kind):
+        """How an executor process finds the function: by name, never by pickle."""
+        name = self._pool_names.get(kind.symbol)
+        if name is None:
+            from .py_task import BUILTIN_FUNCTIONS, function_name
+            builtin = {fn: n for n, fn in BUILTIN_FUNCTIONS.items()}
+            name = builtin.get(kind.fn) or function_name(kind.fn)
+            self._pool_names[kind.symbol] = name
+        return name
 
     def _pool(self):
         if self._python_pool is None:

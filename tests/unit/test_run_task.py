@@ -1,0 +1,239 @@
+"""loom/run/run on the worker: the guide's examples and the reference's §5.2, without sockets."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+
+import pytest
+
+from hyperloom.client import tasks
+from hyperloom.data import Array, File, Index, Plain, PyObj
+from hyperloom.worker.run_task import execute_run
+from hyperloom.worker.taskdef import TaskContext, TaskError
+
+
+@pytest.fixture
+def work_dir(tmp_path):
+    path = tmp_path / "worker"
+    (path / "run").mkdir(parents=True)  # as the worker lays out its directory
+    yield str(path)
+    # Every run directory is removed, after success and after failure alike.
+    assert os.listdir(path / "run") == []
+
+
+def run(work_dir, task, inputs=(), task_id=7, **ctx_options):
+    ctx = TaskContext(task_id, task.task_type, task.config, list(inputs),
+                      work_dir=work_dir, **ctx_options)
+    return execute_run(ctx)
+
+
+def fails(work_dir, task, inputs=(), **ctx_options) -> str:
+    with pytest.raises(TaskError) as info:
+        run(work_dir, task, inputs, **ctx_options)
+    return str(info.value)
+
+
+# ---------------------------------------------------------------- the guide
+
+def test_grep_maps_stdin_and_captures_stdout(work_dir):
+    task = tasks.run("/bin/grep Loom", stdin=tasks.const("x"))
+    text = Plain(b"Hello Loom\nnothing\nLoom again\n")
+    assert run(work_dir, task, [text]).data == b"Hello Loom\nLoom again\n"
+
+
+def test_explicit_arguments_keep_spaces(work_dir):
+    task = tasks.run(("printf", "%s|", "--arg1", "argument with spaces"))
+    assert run(work_dir, task).data == b"--arg1|argument with spaces|"
+
+
+def test_input_files_are_mapped_in_the_run_directory(work_dir):
+    a, b = tasks.const("a"), tasks.const("b")
+    task = tasks.run("/bin/cat file1 file2", [(a, "file1"), (b, "file2")])
+    assert run(work_dir, task, [Plain(b"first\n"), Plain(b"second\n")]).data == b"first\nsecond\n"
+
+
+def test_three_simultaneous_runs_with_the_same_file_name(work_dir, tmp_path):
+    # Each program waits until all three have started, so they really overlap.
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    script = (f"touch {marks}/$$; i=0; while [ $(ls {marks} | wc -l) -lt 3 ]; do "
+              "i=$((i+1)); [ $i -gt 1000 ] && exit 9; sleep 0.01; done; cat file1")
+    task = tasks.run(("/bin/sh", "-c", script), [(tasks.const("x"), "file1")])
+    results = {}
+
+    def one(name):
+        results[name] = run(work_dir, task, [Plain(name.encode())]).data
+
+    threads = [threading.Thread(target=one, args=(name,)) for name in ("a", "b", "c")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert results == {"a": b"a", "b": b"b", "c": b"c"}
+
+
+def test_one_output_file_is_the_result(work_dir):
+    task = tasks.run(("/bin/sh", "-c", "echo ignored; echo data > output.txt"),
+                     outputs=("output.txt",))
+    assert run(work_dir, task).data == b"data\n"
+
+
+def test_outputs_with_none_give_an_array_in_order(work_dir):
+    script = "echo one > output1.txt; echo stdout; echo two > output2.txt"
+    task = tasks.run(("/bin/sh", "-c", script), outputs=("output1.txt", None, "output2.txt"))
+    result = run(work_dir, task)
+    assert isinstance(result, Array)
+    assert result.to_python() == [b"one\n", b"stdout\n", b"two\n"]
+
+
+def test_no_outputs_give_an_empty_array(work_dir):
+    result = run(work_dir, tasks.run("/bin/true", outputs=()))
+    assert isinstance(result, Array) and result.length == 0
+
+
+def test_variable_as_the_ls_argument(work_dir, tmp_path):
+    listed = tmp_path / "listed"
+    listed.mkdir()
+    (listed / "some-file").write_bytes(b"")
+    task = tasks.run("/bin/ls $PATH", [(tasks.const(str(listed)), "$PATH")])
+    assert run(work_dir, task, [Plain(str(listed).encode())]).data == b"some-file\n"
+
+
+def test_nonzero_exit_reports_status_and_stderr(work_dir):
+    message = fails(work_dir, tasks.run("ls /non-existent-path"))
+    assert message.startswith("Program terminated with status 2\nStderr:\nls: ")
+    assert message.endswith("No such file or directory\n")
+
+
+# ---------------------------------------------------------------- the reference
+
+def test_variables_replace_only_whole_arguments(work_dir):
+    task = tasks.run("/bin/echo $xyz xyz $ab $c pre$xyz",
+                     [(tasks.const("1"), "$xyz"), (tasks.const("2"), "$c")])
+    result = run(work_dir, task, [Plain(b"123"), Plain(b"456")])
+    assert result.data == b"123 xyz $ab 456 pre$xyz\n"
+
+
+def test_variable_bytes_reach_the_program_unchanged(work_dir):
+    task = tasks.run(("printf", "%s", "$X"), [(tasks.const("x"), "$X")])
+    assert run(work_dir, task, [Plain(b"\xff\xfe ok")]).data == b"\xff\xfe ok"
+
+
+def test_run_directory_lists_err_in_out_and_mapped_files(work_dir):
+    task = tasks.run("ls", [(tasks.const("f"), "f1")], stdin=tasks.const("i"))
+    assert run(work_dir, task, [Plain(b"in"), Plain(b"f")]).data == b"+err\n+in\n+out\nf1\n"
+
+
+def test_unmapped_stdin_is_empty(work_dir):
+    assert run(work_dir, tasks.run("/bin/cat")).data == b""
+
+
+def test_killed_by_a_signal_fails(work_dir):
+    task = tasks.run(("/bin/sh", "-c", "echo dying >&2; kill -9 $$"))
+    assert fails(work_dir, task) == "Program terminated by signal 9 (SIGKILL)\nStderr:\ndying\n"
+
+
+def test_missing_output_file(work_dir):
+    task = tasks.run("/bin/true", outputs=("xxx",))
+    assert fails(work_dir, task) == "Output 'xxx' error: No such file or directory\nStderr:\n"
+
+
+def test_long_stderr_is_truncated(work_dir):
+    task = tasks.run(("/bin/sh", "-c", "head -c 200000 /dev/zero | tr '\\0' e >&2; exit 3"))
+    message = fails(work_dir, task)
+    head = "Program terminated with status 3\nStderr:\n"
+    assert message == head + "e" * 128 * 1024 + "\n ... stderr truncated by Loom"
+
+
+def test_empty_arguments(work_dir):
+    assert fails(work_dir, tasks.run("")) == "No arguments provided"
+
+
+@pytest.mark.parametrize("pin", [False, True])
+def test_missing_program(work_dir, pin):
+    task = tasks.run("/usr/bin/non-existing-program x")
+    message = fails(work_dir, task, pin=pin, cpu_ids=(0,))
+    assert message == "spawning '/usr/bin/non-existing-program': no such file or directory"
+
+
+@pytest.mark.parametrize("pin", [False, True])
+def test_program_not_on_path(work_dir, pin):
+    message = fails(work_dir, tasks.run("non-existing-program-4f1e"), pin=pin, cpu_ids=(0,))
+    assert message == "spawning 'non-existing-program-4f1e': no such file or directory"
+
+
+def test_program_that_is_not_executable(work_dir, tmp_path):
+    script = tmp_path / "script.sh"
+    script.write_text("echo hi\n")
+    message = fails(work_dir, tasks.run(str(script)))
+    assert message == f"spawning '{script}': permission denied"
+
+
+@pytest.mark.skipif(shutil.which("taskset") is None, reason="needs taskset")
+def test_pinning_restricts_the_program_to_the_task_cpus(work_dir):
+    task = tasks.run("grep Cpus_allowed_list /proc/self/status")
+    cpu = sorted(os.sched_getaffinity(0))[-1]
+    assert run(work_dir, task, pin=True, cpu_ids=(cpu,)).data == \
+        f"Cpus_allowed_list:\t{cpu}\n".encode()
+
+
+def test_no_pinning_without_cpus(work_dir):
+    task = tasks.run("grep -c Cpus_allowed_list /proc/self/status")
+    assert run(work_dir, task, pin=True, cpu_ids=()).data == b"1\n"
+
+
+# ---------------------------------------------------------------- inputs that are not bytes
+
+def test_file_object_is_symlinked(work_dir, tmp_path):
+    original = tmp_path / "original.txt"
+    original.write_bytes(b"file content")
+    task = tasks.run(("/bin/sh", "-c", "readlink f; cat f"), [(tasks.const("x"), "f")])
+    result = run(work_dir, task, [File(str(original))])
+    assert result.data == f"{original}\n".encode() + b"file content"
+
+
+@pytest.mark.parametrize("obj, kind", [
+    (Array([Plain(b"a")]), "Array"),
+    (PyObj({"a": 1}), "PyObj"),
+    (Index(Plain(b"a\nb\n"), [0, 2, 4]), "Index"),
+])
+@pytest.mark.parametrize("name", ["$X", "file", "+in"])
+def test_non_d_object_inputs_fail_cleanly(work_dir, obj, kind, name):
+    task = tasks.run("/bin/cat", [(tasks.const("a"), "ok"), (tasks.const("x"), name)])
+    message = fails(work_dir, task, [Plain(b"fine"), obj])
+    assert message == f"Input 1 mapped to '{name}' is {kind}, not a D-object"
+
+
+@pytest.mark.parametrize("name", ["../escape", "/tmp/absolute", "a/../../b", ""])
+def test_input_names_cannot_leave_the_run_directory(work_dir, name):
+    task = tasks.run("/bin/true", [(tasks.const("x"), name)])
+    assert "relative path inside the run directory" in fails(work_dir, task, [Plain(b"x")])
+
+
+def test_output_names_cannot_leave_the_run_directory(work_dir):
+    task = tasks.run("/bin/true", outputs=("/etc/hostname",))
+    assert fails(work_dir, task).startswith("Output '/etc/hostname' error: ")
+
+
+def test_inputs_cannot_be_mapped_onto_captured_streams(work_dir):
+    task = tasks.run("/bin/true", [(tasks.const("x"), "+out")])
+    assert "reserved" in fails(work_dir, task, [Plain(b"x")])
+
+
+def test_input_in_a_subdirectory(work_dir):
+    task = tasks.run("/bin/cat sub/f", [(tasks.const("x"), "sub/f")])
+    assert run(work_dir, task, [Plain(b"nested")]).data == b"nested"
+
+
+def test_mismatched_inputs_fail(work_dir):
+    task = tasks.run("/bin/cat file1", [(tasks.const("x"), "file1")])
+    assert "maps 1 inputs" in fails(work_dir, task, [])
+
+
+def test_run_directory_is_named_after_the_task_and_unique(work_dir):
+    first = run(work_dir, tasks.run("pwd"), task_id=12).data.decode()
+    second = run(work_dir, tasks.run("pwd"), task_id=12).data.decode()
+    assert first.startswith(os.path.join(os.path.realpath(work_dir), "run", "12-"))
+    assert first != second
