@@ -88,8 +88,11 @@ MESSAGES = (
             "nothing; the peer is leaving (release everything it owns)"),
     # --- client -> broker
     Message("Submit", 10, "client->broker",
-            (("symbols", _L), ("labels", _L), ("tasks", _L), ("load", (bool,))), "none",
-            "TasksFinished / TasksFailed later; SubmitRefused if the plan is invalid"),
+            (("symbols", _L), ("labels", _L), ("tasks", _L), ("load", (bool,)),
+             ("more", (bool,))), "none",
+            "TasksFinished / TasksFailed later; SubmitRefused if the plan is invalid. A big "
+            "plan comes in chunks (more=True on all but the last); symbols and labels extend "
+            "the tables of earlier chunks; the plan is accepted or refused whole"),
     Message("Fetch", 11, "client->broker",
             (("request", _I), ("ids", _L), ("release", (bool,))), "none",
             "Data with the same request number, once each task is done (one or more "

@@ -16,7 +16,7 @@ import struct
 
 from .. import protocol
 from . import taskstate as ts
-from .model import Node
+from .model import Node, add_consumer, consumers_of
 
 DYNAMIC_TYPES = frozenset({protocol.TASK_DSLICE, protocol.TASK_DGET})
 
@@ -32,7 +32,7 @@ def piece_configs(task_type: str, length: int, total_cpus: int):
 
 def expand(state, dynamic: Node):
     """Replace READY ``dynamic`` and its consumer by per-piece copies."""
-    consumers = [c for c in dynamic.consumers or () if c.state == ts.WAITING]
+    consumers = [c for c in consumers_of(dynamic) if c.state == ts.WAITING]
     if dynamic.is_result or len(consumers) != 1 or consumers[0].inputs.count(dynamic) != 1:
         state.fail_task(dynamic, f"{dynamic.type} must have exactly one consumer, which reads "
                                  f"it once, and must not be submitted itself")
@@ -60,7 +60,7 @@ def expand(state, dynamic: Node):
 
 def _rewire_consumers(state, consumer: Node, copies):
     """Each consumer of ``consumer`` reads the copies in its place."""
-    for reader in consumer.consumers or ():
+    for reader in consumers_of(consumer):
         if reader.state != ts.WAITING:
             continue
         n_refs = reader.inputs.count(consumer)
@@ -75,7 +75,7 @@ def _rewire_consumers(state, consumer: Node, copies):
         consumer.refs -= n_refs
         for copy in copies:
             copy.refs += n_refs
-            copy.consumers = (copy.consumers or []) + [reader] * n_refs
+            add_consumer(copy, reader, n_refs)
         if reader.remaining == 0:  # no pieces at all
             state.make_ready(reader)
     consumer.consumers = None
@@ -90,7 +90,7 @@ def _become_array_of(state, consumer: Node, copies):
     consumer.inputs = tuple(copies)
     for copy in copies:
         copy.refs += 1
-        copy.consumers = (copy.consumers or []) + [consumer]
+        add_consumer(copy, consumer)
     consumer.remaining = len(copies)
     state.drop_inputs(old_inputs)
     if not copies:

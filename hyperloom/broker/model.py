@@ -32,7 +32,7 @@ class Node:
         self.label = label
         self.state = WAITING
         self.remaining = 0            # inputs not finished yet
-        self.consumers = None         # list of Node, created on first use
+        self.consumers = None         # None, one Node, or a list of them (see consumers_of)
         self.refs = 0                 # unfinished consumers + 1 while the client holds it
         self.is_result = False        # the client holds a future for it
         self.worker = None            # where it is assigned (while ASSIGNED)
@@ -48,6 +48,31 @@ class Node:
 
     def __repr__(self):
         return f"<Node {self.id} {self.type} state={self.state}>"
+
+
+def consumers_of(node: Node):
+    """The consumers of ``node`` as a sequence.
+
+    Most nodes have exactly one consumer; storing it directly instead of in a
+    one-element list saves ~100 bytes per task of a long chain.
+    """
+    consumers = node.consumers
+    if consumers is None:
+        return ()
+    if type(consumers) is Node:
+        return (consumers,)
+    return consumers
+
+
+def add_consumer(node: Node, consumer: Node, times: int = 1):
+    for _ in range(times):
+        consumers = node.consumers
+        if consumers is None:
+            node.consumers = consumer
+        elif type(consumers) is Node:
+            node.consumers = [consumers, consumer]
+        else:
+            consumers.append(consumer)
 
 
 class NodeExtra:
@@ -75,7 +100,7 @@ class WorkerState:
         self.hostname = hostname
         self.cpus_used = 0            # n_cpus of assigned, unfinished tasks
         self.n_light = 0              # assigned, unfinished tasks needing no core
-        self.assigned = set()         # Nodes assigned and unfinished
+        self.assigned = {}            # Nodes assigned and unfinished, in assignment order
         self.canceled = set()         # ids canceled while assigned: their reports are expected
         self.stealing = set()         # ids asked back with StealTasks, not answered yet
         self.incoming = {}            # data id -> source WorkerState: ordered, not yet used
@@ -100,8 +125,21 @@ class ClientState:
         self.results = set()          # ids of nodes the client holds futures for
         self.last_seen = now
         self.next_broker_id = 0       # ids the broker creates for it (dslice expansion)
+        self.pending_plan = None      # PendingPlan while a chunked Submit arrives
         self.n_total = 0              # tasks submitted (for progress)
         self.n_done = 0               # of those, finished, failed or canceled
+
+
+class PendingPlan:
+    """A submit whose chunks are still arriving: checked and built, not yet linked."""
+
+    def __init__(self):
+        self.symbols = []
+        self.labels = []
+        self.nodes = {}               # id -> Node
+        self.results = []
+        self.error = None             # the first problem found: the whole plan is refused
+        self.result_ids = []          # all result ids, to name them in SubmitRefused
 
 
 class Outbox:

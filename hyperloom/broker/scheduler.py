@@ -15,11 +15,14 @@ Work per task is O(inputs) plus O(workers) only when it has no locality.
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 
 from . import dynamic
 from . import taskstate as ts
 from .dynamic import DYNAMIC_TYPES
+
+log = logging.getLogger("hyperloom.broker")
 
 LIGHT_LIMIT = 4096          # light tasks queued per worker at once
 MAX_LOCALITY_INPUTS = 32    # inputs weighed for locality (bounded work per task)
@@ -119,10 +122,11 @@ class Scheduler:
                 tasks[i].n_cpus for i in worker.stealing if i in tasks)
             if queued <= 0 or idle <= 0:
                 break
-            for node in worker.assigned:
+            for node in reversed(worker.assigned):  # the latest are the likeliest queued
                 if queued <= 0 or idle <= 0:
                     break
                 if node.n_cpus and node.id not in worker.stealing:
+                    log.debug("asking worker %d to give back task %d", worker.worker_id, node.id)
                     worker.stealing.add(node.id)
                     steal[worker].append(node.id)
                     queued -= node.n_cpus
@@ -159,7 +163,7 @@ class Scheduler:
         state = self.state
         state.transition(node, ts.ASSIGNED)
         node.worker = worker
-        worker.assigned.add(node)
+        worker.assigned[node] = None
         n_cpus = node.n_cpus
         if n_cpus:
             worker.cpus_used += n_cpus

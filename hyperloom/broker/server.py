@@ -230,8 +230,7 @@ class BrokerServer:
     # ------------------------------------------------------------ handlers
 
     def _on_submit(self, client, fields, frames, now):
-        symbols, labels, entries, load = fields
-        self.state.on_submit(client, symbols, labels, entries, load)
+        self.state.on_submit(client, *fields)
 
     def _on_fetch(self, client, fields, frames, now):
         request, ids, release = fields

@@ -17,7 +17,8 @@ import sys
 
 from .. import protocol
 from . import taskstate as ts
-from .model import ClientState, Node, Outbox, WorkerState
+from .model import (ClientState, Node, Outbox, PendingPlan, WorkerState, add_consumer,
+                    consumers_of)
 from .scheduler import Scheduler
 
 log = logging.getLogger("hyperloom.broker")
@@ -143,7 +144,7 @@ class BrokerState:
         """Register ``node`` as a consumer of its inputs; READY if they are all finished."""
         remaining = 0
         for inp in node.inputs:
-            inp.consumers = (inp.consumers or []) + [node]
+            add_consumer(inp, node)
             inp.refs += 1
             if inp.state != ts.FINISHED:
                 remaining += 1
@@ -164,7 +165,7 @@ class BrokerState:
         self._fail(node, [node.id, "broker", message])
 
     def _unassign(self, node: Node, worker: WorkerState):
-        worker.assigned.discard(node)
+        worker.assigned.pop(node, None)
         if worker.stealing:
             worker.stealing.discard(node.id)
         if node.n_cpus:
@@ -239,30 +240,53 @@ class BrokerState:
 
     # ------------------------------------------------------------ client requests
 
-    def on_submit(self, client: ClientState, symbols, labels, entries, load: bool):
-        """Accept a plan (all of it or nothing) and make its ready tasks READY."""
-        try:
-            nodes, results = self._build_plan(client, symbols, labels, entries, load)
-        except PlanError as error:
-            result_ids = [e[0] for e in entries
-                          if isinstance(e, list) and len(e) > 5 and e[5] and type(e[0]) is int]
-            self.outbox.refused.append((client.identity, result_ids, str(error)))
-            log.info("client %d: plan refused: %s", client.number, error)
+    def on_submit(self, client: ClientState, symbols, labels, entries, load: bool,
+                  more: bool = False):
+        """Accept a plan (all of it or nothing) and make its ready tasks READY.
+
+        A plan may come in chunks; each is checked and built as it arrives, and
+        nothing is linked into the running DAG before the last one.
+        """
+        plan = client.pending_plan
+        if plan is None:
+            plan = client.pending_plan = PendingPlan()
+        if plan.error is None:
+            try:
+                self._build_plan(client, plan, symbols, labels, entries, load)
+            except PlanError as error:
+                plan.error = str(error)
+                plan.result_ids = [node.id for node in plan.results]
+                plan.nodes = plan.results = None
+        if plan.error is not None:  # name every result of the refused plan
+            seen = set(plan.result_ids)
+            plan.result_ids.extend(e[0] for e in entries if isinstance(e, list) and len(e) > 5
+                                   and e[5] and type(e[0]) is int and e[0] not in seen)
+        if more:
             return
+        client.pending_plan = None
+        if plan.error is not None:
+            self.outbox.refused.append((client.identity, plan.result_ids, plan.error))
+            log.info("client %d: plan refused: %s", client.number, plan.error)
+            return
+        nodes, results = plan.nodes, plan.results
+        if load:
+            nodes = _reachable_from(results, nodes)
         self._link_plan(client, nodes, results)
         client.n_total += len(nodes)
         if self.tracer is not None:
             self.tracer.tasks_submitted((n.id, n.type, n.label, [i.id for i in n.inputs])
                                         for n in nodes.values())
 
-    def _build_plan(self, client, symbols, labels, entries, load=False):
-        """Pass 1: check everything and make the nodes, touching no existing state."""
-        types = self._intern_symbols(symbols)
+    def _build_plan(self, client, plan, symbols, labels, entries, load=False):
+        """Pass 1: check a chunk and make its nodes, touching no existing state."""
         if not all(label is None or isinstance(label, str) for label in labels):
             raise PlanError("plan labels must be strings")
+        plan.symbols.extend(self._intern_symbols(symbols))
+        plan.labels.extend(labels)
+        types, labels = plan.symbols, plan.labels
         tasks = self.tasks
-        new: dict[int, Node] = {}
-        results = []
+        new = plan.nodes
+        results = plan.results
         low = client.number << protocol.CLIENT_SHIFT
         high = low + protocol.BROKER_ID_BASE
         n_types, n_labels = len(types), len(labels)
@@ -312,9 +336,6 @@ class BrokerState:
             new[task_id] = node
             if is_result:
                 results.append(node)
-        if load:
-            new = _reachable_from(results, new)
-        return new, results
 
     def _intern_symbols(self, symbols):
         if not all(isinstance(s, str) for s in symbols):
@@ -332,7 +353,9 @@ class BrokerState:
             for inp in node.inputs:
                 consumers = inp.consumers
                 if consumers is None:
-                    inp.consumers = [node]
+                    inp.consumers = node
+                elif type(consumers) is Node:
+                    inp.consumers = [consumers, node]
                 else:
                     consumers.append(node)
                 inp.refs += 1
@@ -532,7 +555,9 @@ class BrokerState:
         worker.bytes_held += size
         worker.n_finished += 1
         consumers = node.consumers
-        if consumers:
+        if consumers is not None:
+            if type(consumers) is Node:
+                consumers = (consumers,)
             ready = None
             for consumer in consumers:
                 if consumer.state == ts.ASSIGNED:
@@ -574,8 +599,7 @@ class BrokerState:
                 self.outbox.failed[node.client].append([node.id, *error])
                 for client, request, release in self._take_fetches(node.id):
                     self._serve_fetch(node, client, request, release)
-            if node.consumers:
-                stack.extend(node.consumers)
+            stack.extend(consumers_of(node))
             if node.refs == 0 and node.id in self.tasks:
                 self._forget(node)
 
@@ -674,7 +698,7 @@ class BrokerState:
                 self.tasks[node.id] = node
             elif node.state == ts.FINISHED:
                 self.transition(node, ts.WAITING)
-                for consumer in node.consumers or ():
+                for consumer in consumers_of(node):
                     if consumer.state in (ts.WAITING, ts.READY):
                         consumer.remaining += 1
                         if consumer.state == ts.READY:
@@ -714,7 +738,7 @@ class BrokerState:
                 assert node in node.worker.assigned
             if node.state == ts.FINISHED:
                 assert node.holders, f"{node} finished but held nowhere"
-            live = sum(1 for c in node.consumers or ()
+            live = sum(1 for c in consumers_of(node)
                        if c.state in (ts.WAITING, ts.READY, ts.ASSIGNED))
             assert node.refs == live + node.is_result, f"{node}: refs {node.refs} != {live}"
         assert counts[:ts.RELEASED] == self.state_counts[:ts.RELEASED], \

@@ -24,6 +24,9 @@ from .progress import ProgressBar
 log = logging.getLogger("hyperloom.client")
 
 CONNECT_TIMEOUT = 30.0
+# Tasks per Submit message: the broker checks one chunk while the next is encoded,
+# and its temporary objects are reused instead of piling up.
+SUBMIT_CHUNK = 20000
 
 
 class Client:
@@ -113,9 +116,9 @@ class Client:
             futures[task_id] = future
             created[task_id] = future
         self._flush_releases()
-        self._socket.send(protocol.encode(
-            protocol.SUBMIT, builder.symbol_list(), builder.label_list(), builder.entries,
-            bool(load)), copy=False)
+        for chunk in builder.chunks(SUBMIT_CHUNK):
+            self._socket.send(protocol.encode(protocol.SUBMIT, *chunk, bool(load), chunk.more),
+                              copy=False)
         return [created[task_id] for task_id in roots]
 
     def submit_one(self, task, load: bool = False) -> Future:

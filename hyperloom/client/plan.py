@@ -103,3 +103,25 @@ class PlanBuilder:
 
     def label_list(self):
         return [str(label) for label in self.labels]
+
+    def chunks(self, size: int):
+        """Split into Submit chunks; each names only the symbols and labels it adds."""
+        symbols, labels = self.symbol_list(), self.label_list()
+        entries = self.entries
+        sent_symbols = sent_labels = 0
+        for start in range(0, len(entries), size):
+            chunk = entries[start:start + size]
+            need_symbols = max(sent_symbols, max(e[1] for e in chunk) + 1)
+            need_labels = max(sent_labels, max(e[6] for e in chunk) + 1)
+            yield Chunk(symbols[sent_symbols:need_symbols], labels[sent_labels:need_labels],
+                        chunk, start + size < len(entries))
+            sent_symbols, sent_labels = need_symbols, need_labels
+
+
+class Chunk(tuple):
+    """``(symbols, labels, entries)`` of one Submit message, and whether more follow."""
+
+    def __new__(cls, symbols, labels, entries, more):
+        chunk = super().__new__(cls, (symbols, labels, entries))
+        chunk.more = more
+        return chunk

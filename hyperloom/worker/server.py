@@ -247,6 +247,7 @@ class WorkerServer:
             core.on_cancel(fields[0])
         elif code == protocol.STEAL_TASKS:
             core.on_steal(fields[0])
+            log.debug("asked to give back %d tasks", len(fields[0]))
         elif code == protocol.WELCOME:
             self.worker_id = fields[1]
             log.info("registered as worker %d", self.worker_id)

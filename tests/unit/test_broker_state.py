@@ -30,7 +30,7 @@ class Harness:
         symbols = [CONST, MERGE, RUN, "my/type"]
         entries = [[self.base + i, symbols.index(t), b"", [self.base + x for x in inputs], cpus,
                     result, -1, None] for i, t, inputs, cpus, result in tasks]
-        self.state.on_submit(self.client, symbols, [], entries, False)
+        self.state.on_submit(self.client, symbols, [], entries, False, False)
 
     def node(self, local):
         return self.state.tasks.get(self.base + local)
@@ -336,3 +336,21 @@ def test_fetch_sent_to_a_worker_that_dies_is_served_again(h):
     [again] = h.schedule()               # recomputed on the survivor
     h.state.on_tasks_done(again, [[h.base, 70000, 0]], [], 0.0)
     assert h.state.outbox.uploads == {(again, b"client", 3): [h.base]}
+
+
+def test_a_chunked_plan_is_accepted_whole_or_refused_whole(h):
+    symbols = [CONST, MERGE]
+    first = [[h.base + 0, 0, b"", [], 0, False, -1, None]]
+    second = [[h.base + 1, 1, b"", [h.base + 0], 0, True, -1, None]]
+    h.state.on_submit(h.client, symbols, [], first, False, True)
+    assert h.state.tasks == {}                       # nothing linked before the last chunk
+    h.state.on_submit(h.client, [], [], second, False, False)
+    assert h.node(1).remaining == 1 and h.node(0).state == ts.READY
+    bad_first = [[h.base + 2, 5, b"", [], 0, True, -1, None]]   # invalid type index
+    h.state.on_submit(h.client, [], [], bad_first, False, True)
+    h.state.on_submit(h.client, [], [], [[h.base + 3, 0, b"", [], 0, True, -1, None]],
+                      False, False)
+    [(_, ids, message)] = h.state.outbox.refused
+    assert ids == [h.base + 2, h.base + 3] and "invalid type index" in message
+    assert h.node(2) is None and h.node(3) is None
+    h.state.on_release(h.client, [h.base + 1])

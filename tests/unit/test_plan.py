@@ -59,3 +59,17 @@ def test_resource_requests_and_labels():
     assert builder.label_list() == ["List: 1"]
     assert tasks.const("x").resource_request is None
     assert tasks.save(tasks.const("x"), "/tmp/x").resource_request == tasks.cpus(1)
+
+
+def test_chunks_carry_only_the_symbols_and_labels_they_add():
+    builder = PlanBuilder(FakeClient(), 0)
+    roots = []
+    for i in range(10):
+        task = tasks.merge((tasks.const(str(i)),))
+        task.label = f"L{i}"
+        roots.append(builder.add(task))
+    chunks = list(builder.chunks(4))
+    assert [len(c[2]) for c in chunks] == [4, 4, 4, 4, 4]
+    assert [c.more for c in chunks] == [True, True, True, True, False]
+    assert chunks[0][0] == ["loom/data/const", "loom/data/merge"] and chunks[1][0] == []
+    assert sum((c[1] for c in chunks), []) == [f"L{i}" for i in range(10)]
