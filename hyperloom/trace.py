@@ -46,12 +46,12 @@ def unescape(text: str) -> str:
 
 
 def label_group(label: str) -> str:
-    """The colour group of a label: the prefix before the first ':' (whole label if none), stripped."""
+    """A label's colour group: the prefix before the first ':' (whole label if none), stripped."""
     return label.split(":", 1)[0].strip()
 
 
 class TraceWriter:
-    """Appends events to ``<directory>/<name>.ltrace``; one writer per process, one process per file.
+    """Appends events to ``<directory>/<name>.ltrace``: one writer per process and per file.
 
     Not thread-safe: the owner's event loop is the only caller.  Events sit in the file object's
     buffer until ``flush``, ``sample`` (about once a second) or ``close``.
@@ -79,7 +79,8 @@ class TraceWriter:
     def worker_joined(self, worker_id: int, address: str, cpus: int) -> None:
         self._file.write(f"W {self._now_us()} {worker_id} {cpus} {escape(address)}\n")
 
-    def tasks_submitted(self, tasks: Iterable[tuple[int, str, Optional[str], Sequence[int]]]) -> None:
+    def tasks_submitted(self,
+                        tasks: Iterable[tuple[int, str, Optional[str], Sequence[int]]]) -> None:
         """Record a plan: (task_id, task_type, label or None, input_ids) per task."""
         now = self._now_us()
         write = self._file.write
@@ -108,7 +109,7 @@ class TraceWriter:
                          f"{escape(source)}\n")
 
     def sample(self, cpu_percent: float, mem_bytes: int) -> None:
-        """Resource usage of the process's node; also flushes, so a live trace is at most ~1 s stale."""
+        """Resource use of the process's node; also flushes, so a live trace lags ~1 s at most."""
         self._file.write(f"M {self._now_us()} {cpu_percent:.1f} {mem_bytes}\n")
         self._file.flush()
 
@@ -164,7 +165,7 @@ class Transfer:
     nbytes: int
     source: str
     target: str
-    time: float                   # when it was sent (or received, if only the receiver traced it)
+    time: float                   # when it was sent (receiver-only: when receiving began)
     seconds: Optional[float] = None  # receive duration, when the receiver traced it
 
 
@@ -310,21 +311,25 @@ class _Assembler:
         runs = self._runs + [(task_id, worker, cpus, start, None, False, None)
                              for (worker, task_id), (start, cpus) in self._open.items()]
         tasks = [self._task(*run) for run in sorted(runs, key=lambda r: (r[3], r[1], r[0]))]
+        samples = sorted(self._samples, key=lambda s: (s.time, s.worker is not None, s.worker or 0))
         return Trace(tasks=tasks, workers=self._workers(tasks), transfers=self._transfers(),
-                     samples=sorted(self._samples, key=lambda s: (s.time, -1 if s.worker is None else s.worker)),
-                     n_submitted=len(self._submitted), bad_lines=self._bad_lines)
+                     samples=samples, n_submitted=len(self._submitted), bad_lines=self._bad_lines)
 
     def _task(self, task_id, worker, cpu_ids, start, end, ok, size) -> TracedTask:
         task_type, label, inputs = self._submitted.get(task_id, (None, None, ()))
         return TracedTask(task_id, task_type, label, worker, cpu_ids, start, end, ok, size, inputs)
 
     def _workers(self, tasks: list[TracedTask]) -> list[TracedWorker]:
-        # A worker the broker never announced still gets lanes for every core it reported using.
+        # Every core a worker reported using gets a lane, even if the broker never announced the
+        # worker or announced fewer cores.
         used = {}
         for task in tasks:
             used[task.worker] = max(used.get(task.worker, 1), max(task.cpu_ids, default=0) + 1)
-        ids = sorted(set(self._joined) | self._worker_files | set(used))
-        return [TracedWorker(i, *self._joined.get(i, (None, used.get(i, 1)))) for i in ids]
+        workers = []
+        for i in sorted(set(self._joined) | self._worker_files | set(used)):
+            address, cpus = self._joined.get(i, (None, 1))
+            workers.append(TracedWorker(i, address, max(cpus, used.get(i, 1))))
+        return workers
 
     def _transfers(self) -> list[Transfer]:
         names = {address: f"worker-{wid}" for wid, (address, _) in self._joined.items()}
