@@ -196,17 +196,22 @@ class Scheduler:
 
 
 class _Room:
-    """Free capacity of each worker during one scheduling round."""
+    """Free capacity of the workers during one scheduling round.
+
+    Placement without locality is amortised O(1) per task: workers are taken
+    in turn, idle cores first, then overbooking room. ``max_cpu_free`` is an
+    upper bound during the round, made exact whenever a search fails, so a
+    task that fits nowhere costs one scan and the next ones none.
+    """
 
     def __init__(self, workers, overbooking):
         self.workers = workers
         self.overbooking = overbooking
-        self.turn = 0
-        self._refresh()
-
-    def _refresh(self):
-        self.light_free = sum(1 for w in self.workers if w.n_light < LIGHT_LIMIT)
-        self.max_cpu_free = max(self.cpu_free(w) for w in self.workers)
+        self.light_turn = 0
+        self.core_turn = 0
+        self.idle_left = True
+        self.light_free = sum(1 for w in workers if w.n_light < LIGHT_LIMIT)
+        self.max_cpu_free = max(self.cpu_free(w) for w in workers)
 
     def cpu_free(self, worker) -> int:
         return worker.cpus * self.overbooking - worker.cpus_used
@@ -224,33 +229,42 @@ class _Room:
         return worker.n_light < LIGHT_LIMIT
 
     def took(self, worker, n_cpus):
-        if n_cpus:
-            if self.cpu_free(worker) + n_cpus >= self.max_cpu_free:
-                self.max_cpu_free = max(self.cpu_free(w) for w in self.workers)
-        elif worker.n_light == LIGHT_LIMIT:
+        if not n_cpus and worker.n_light == LIGHT_LIMIT:
             self.light_free -= 1
 
     def least_loaded(self, n_cpus, task_type):
-        """Core-requesting tasks: the least loaded worker. Light tasks are cheap and
-        many: the next worker in turn with room (O(1) per task, not O(workers))."""
+        """A worker with room for a task with no locality preference, or None."""
         if not n_cpus:
-            return self._next_in_turn(task_type)
-        best = None
-        best_load = None
-        for worker in self.workers:
-            if not self.has(worker, n_cpus) or task_type not in worker.task_types:
-                continue
-            load = worker.cpus_used / worker.cpus
-            if best is None or load < best_load:
-                best, best_load = worker, load
-        return best
+            return self._next_light(task_type)
+        worker = None
+        if self.idle_left:
+            worker = self._next_core(n_cpus, task_type, idle_only=True)
+            if worker is None and n_cpus == 1:
+                self.idle_left = False   # no idle core anywhere: it stays so this round
+        if worker is None:
+            worker = self._next_core(n_cpus, task_type, idle_only=False)
+        if worker is None:
+            self.max_cpu_free = max(self.cpu_free(w) for w in self.workers)
+        return worker
 
-    def _next_in_turn(self, task_type):
+    def _next_core(self, n_cpus, task_type, idle_only):
         workers = self.workers
         count = len(workers)
         for step in range(count):
-            worker = workers[(self.turn + step) % count]
+            worker = workers[(self.core_turn + step) % count]
+            limit = worker.cpus if idle_only else worker.cpus * self.overbooking
+            if n_cpus <= worker.cpus and worker.cpus_used + n_cpus <= limit \
+                    and task_type in worker.task_types:
+                self.core_turn = (self.core_turn + step + 1) % count
+                return worker
+        return None
+
+    def _next_light(self, task_type):
+        workers = self.workers
+        count = len(workers)
+        for step in range(count):
+            worker = workers[(self.light_turn + step) % count]
             if worker.n_light < LIGHT_LIMIT and task_type in worker.task_types:
-                self.turn = (self.turn + step + 1) % count
+                self.light_turn = (self.light_turn + step + 1) % count
                 return worker
         return None
