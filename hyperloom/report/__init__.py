@@ -23,10 +23,11 @@ def write_report(trace_dir: str, output: str = DEFAULT_OUTPUT, title: Optional[s
 
     trace = read_trace(trace_dir)
     title = title or f"hyperloom report: {os.path.basename(os.path.abspath(trace_dir))}"
-    text = page.build_html(trace, title)
+    summary = stats.summary(trace)
+    text = page.build_html(trace, title, summary)
     with open(output, "w", encoding="utf-8") as file:
         file.write(text)
-    return stats.summary(trace)
+    return summary
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

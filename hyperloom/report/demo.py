@@ -8,7 +8,6 @@ their ``.ltrace`` files through the real ``TraceWriter``: labelled groups of lig
 
 from __future__ import annotations
 
-import heapq
 import random
 import sys
 from dataclasses import dataclass
@@ -48,7 +47,8 @@ def plan(n_tasks: int, rng: random.Random) -> list[_Spec]:
     n_compute = n_tasks - n_init - n_agg - 1
     if n_compute < 1:
         raise ValueError("a demo plan needs at least 4 tasks")
-    specs = [_Spec(i, "loom/data/const", "Init", (), 0, _LIGHT_SECONDS, 1000) for i in range(n_init)]
+    specs = [_Spec(i, "loom/data/const", "Init", (), 0, _LIGHT_SECONDS, 1000)
+             for i in range(n_init)]
     for i in range(n_compute):
         specs.append(_Spec(len(specs), "loom/py/call", f"Compute: {i}", (rng.randrange(n_init),),
                            1, rng.uniform(0.2, 1.5), rng.randrange(10_000, 2_000_000)))
@@ -139,7 +139,7 @@ def _task_actions(spec, placed, sizes, workers, rng, ok):
 
 
 def _sample_actions(placed, workers, cpus, end):
-    """Once a second per worker: busy share of its cores over that second, memory growing with it."""
+    """Once a second per worker: the busy share of its cores, and memory growing with it."""
     seconds = int(end) + 2
     busy = [[0.0] * seconds for _ in workers]  # core-seconds per worker per second
     for worker, cpu_ids, start, stop in placed.values():

@@ -1,7 +1,9 @@
 """The report's Bokeh figures: task timeline, CPU and memory per worker, transfers over time.
 
 The timeline's renderer is named ``timeline`` and its data source holds exactly one row per task
-execution, so the page (and the browser test) can count rendered task glyphs.
+execution, so the page (and the browser test) can count rendered task glyphs.  Two helper
+renderers may sit beside it: ``timeline-more`` (further blocks of tasks on non-adjacent cores)
+and ``timeline-failed`` (a hatched outline over failed and unfinished tasks).
 """
 
 from __future__ import annotations
@@ -11,16 +13,20 @@ from itertools import cycle
 import numpy as np
 
 from bokeh.models import (BoxAnnotation, ColumnDataSource, FixedTicker, HoverTool, Legend,
-                          NumeralTickFormatter, Range1d)
+                          LegendItem, NumeralTickFormatter, Range1d)
 from bokeh.palettes import Category10_10, Category20_20
 from bokeh.plotting import figure
-from bokeh.transform import factor_cmap, factor_hatch
+from bokeh.transform import factor_cmap
 
 from hyperloom.report import stats
 from hyperloom.trace import Trace
 
 TIMELINE_RENDERER = "timeline"
-_STATUSES = ["ok", "failed", "unfinished"]
+# Columns of the timeline's sources, in the order _task_rows builds each row.
+_COLUMNS = ("left", "right", "bottom", "top", "duration", "task_id", "worker", "task_type",
+            "label", "group", "cpus", "status")
+_FLOAT_COLUMNS = ("left", "right", "bottom", "top", "duration")
+_INT_COLUMNS = ("task_id", "worker")
 _LANE_PX = 18
 _TIMELINE_MAX_PX = 1600
 _TOOLS = "xpan,xwheel_zoom,box_zoom,reset,save"
@@ -43,7 +49,6 @@ def worker_colors(trace: Trace) -> dict[object, str]:
 def timeline(trace: Trace, colors: dict[str, str]) -> figure:
     """One lane per worker core plus a light-task lane; one glyph per task execution."""
     lanes = stats.lanes(trace)
-    index = {lane: i for i, lane in enumerate(lanes)}
     height = min(_TIMELINE_MAX_PX, max(260, _LANE_PX * len(lanes) + 110))
     plot = figure(title="Task timeline (one lane per worker core, plus light tasks)",
                   height=height, sizing_mode="stretch_width", tools=_TOOLS,
@@ -53,51 +58,65 @@ def timeline(trace: Trace, colors: dict[str, str]) -> figure:
     plot.yaxis.major_label_overrides = {i: lane.name for i, lane in enumerate(lanes)}
     plot.ygrid.grid_line_color = None
     _shade_workers(plot, lanes)
-    # A legend placed beside the plot before the glyph exists is the one legend_field fills.
-    plot.add_layout(Legend(title="label group", click_policy="none"), "right")
-    main, more = _task_columns(trace, index)
-    # Colours and hatches map from the group and status columns in the browser: per-row
-    # colour columns would triple the page's size and serialisation time on big traces.
-    style = dict(fill_color=factor_cmap("group", list(colors.values()), list(colors)),
-                 line_color=factor_cmap("status", ["black", "red", "red"], _STATUSES),
-                 hatch_pattern=factor_hatch("status", [" ", "x", "x"], _STATUSES),
-                 hatch_color="black", hatch_alpha=0.5)
-    # Quads, not polygons: BokehJS draws 100,000 quads in seconds, polygons in minutes.  A task
-    # on non-adjacent cores gets its first block of adjacent cores here (one glyph per task)
-    # and each further block in a second renderer, not one block over cores it does not hold.
-    renderers = [plot.quad(source=ColumnDataSource(main), left="left", right="right",
-                           bottom="bottom", top="top", legend_field="group",
-                           name=TIMELINE_RENDERER, **style)]
-    if more["left"].size:
-        renderers.append(plot.quad(source=ColumnDataSource(more), left="left", right="right",
-                                   bottom="bottom", top="top", name=TIMELINE_RENDERER + "-more",
-                                   **style))
-    plot.add_tools(HoverTool(renderers=renderers, tooltips=[
-        ("task", "@task_id (@task_type)"), ("label", "@label"), ("worker", "@worker cpus @cpus"),
-        ("start", "@left{0.000} s"), ("duration", "@duration{0.000000} s"), ("status", "@status")]))
+    _draw_tasks(plot, trace, {lane: i for i, lane in enumerate(lanes)}, colors)
     return plot
 
 
-def _task_columns(trace: Trace, index) -> tuple[dict, dict]:
-    """Columns of the one-block-per-task source, and of the further blocks of split tasks."""
-    names = ("left", "right", "bottom", "top", "duration", "task_id", "worker", "task_type",
-             "label", "group", "cpus", "status")
-    main: dict[str, list] = {name: [] for name in names}
-    more: dict[str, list] = {name: [] for name in names}
+def _draw_tasks(plot: figure, trace: Trace, index: dict, colors: dict[str, str]) -> None:
+    # Quads, not polygons, and no per-row hatching: BokehJS draws 100,000 plain quads in seconds
+    # but takes minutes for as many polygons or hatched quads.  A task on non-adjacent cores
+    # gets its first block of adjacent cores in the "timeline" renderer (one glyph per task) and
+    # each further block in a second one, rather than one block over cores it does not hold.
+    main, more = _task_rows(trace, index)
+    # Colours map from the group column in the browser: a per-row colour column would grow
+    # the page and its serialisation time on big traces.
+    fill = factor_cmap("group", list(colors.values()), list(colors))
+    renderers = [plot.quad(source=_source(main), left="left", right="right", bottom="bottom",
+                           top="top", fill_color=fill, line_color="black",
+                           name=TIMELINE_RENDERER)]
+    if more:
+        renderers.append(plot.quad(source=_source(more), left="left", right="right",
+                                   bottom="bottom", top="top", fill_color=fill,
+                                   line_color="black", name=TIMELINE_RENDERER + "-more"))
+    failed = [row for row in main + more if row[-1] != "ok"]  # few: a failure ends a run
+    if failed:
+        plot.quad(source=_source(failed), left="left", right="right", bottom="bottom",
+                  top="top", fill_alpha=0, line_color="red", line_width=2, hatch_pattern="x",
+                  hatch_color="black", hatch_alpha=0.6, name=TIMELINE_RENDERER + "-failed")
+    # Legend items built here, one per group pointing at a row of that group: legend_field
+    # would make the browser group every row of the source again.
+    first_row = {}
+    for i, row in enumerate(main):
+        first_row.setdefault(row[_COLUMNS.index("group")], i)
+    plot.add_layout(Legend(title="label group", click_policy="none", items=[
+        LegendItem(label=group, renderers=[renderers[0]], index=i)
+        for group, i in first_row.items()]), "right")
+    plot.add_tools(HoverTool(renderers=renderers, tooltips=[
+        ("task", "@task_id (@task_type)"), ("label", "@label"), ("worker", "@worker cpus @cpus"),
+        ("start", "@left{0.000} s"), ("duration", "@duration{0.000000} s"), ("status", "@status")]))
+
+
+def _task_rows(trace: Trace, index) -> tuple[list[tuple], list[tuple]]:
+    """Rows of the one-block-per-task source, and of the further blocks of split tasks."""
+    main, more = [], []
     for task in trace.tasks:
         end = stats.task_end(task, trace)
         status = "ok" if task.ok else ("unfinished" if task.end is None else "failed")
         for n, (first, last) in enumerate(stats.task_spans(task, index)):
-            values = (task.start, end, first - 0.4, last + 0.4, end - task.start, task.task_id,
-                      task.worker, task.task_type or "", task.label or "", task.group,
-                      ",".join(map(str, task.cpu_ids)), status)
-            for name, value in zip(names, values):
-                (more if n else main)[name].append(value)
-    # Numeric columns as arrays travel in the page as compact binary, not as JSON numbers.
-    for columns in (main, more):
-        for name in names[:7]:
-            columns[name] = np.asarray(columns[name])
+            (more if n else main).append((
+                task.start, end, first - 0.4, last + 0.4, end - task.start, task.task_id,
+                task.worker, task.task_type or "", task.label or "", task.group,
+                ",".join(map(str, task.cpu_ids)), status))
     return main, more
+
+
+def _source(rows: list[tuple]) -> ColumnDataSource:
+    columns = {name: [row[i] for row in rows] for i, name in enumerate(_COLUMNS)}
+    # Numeric columns as arrays travel in the page as compact binary, not as JSON numbers.
+    for names, dtype in ((_FLOAT_COLUMNS, float), (_INT_COLUMNS, int)):
+        for name in names:
+            columns[name] = np.asarray(columns[name], dtype=dtype)
+    return ColumnDataSource(columns)
 
 
 def _shade_workers(plot: figure, lanes: list[stats.Lane]) -> None:
@@ -112,14 +131,15 @@ def _shade_workers(plot: figure, lanes: list[stats.Lane]) -> None:
 
 def usage(trace: Trace, x_range, colors: dict[object, str]) -> tuple[figure, figure]:
     """CPU (%) and memory (MiB) per worker over time, sharing the timeline's time axis."""
-    cpu = figure(title="CPU usage per worker", height=230, sizing_mode="stretch_width",
+    cpu = figure(title="CPU usage per process", height=230, sizing_mode="stretch_width",
                  tools=_TOOLS, x_range=x_range, x_axis_label="time [s]", y_axis_label="CPU %")
-    mem = figure(title="Memory per worker", height=230, sizing_mode="stretch_width",
+    mem = figure(title="Memory per process", height=230, sizing_mode="stretch_width",
                  tools=_TOOLS, x_range=x_range, x_axis_label="time [s]", y_axis_label="MiB")
     by_worker: dict[object, list] = {}
     for sample in trace.samples:
         by_worker.setdefault(sample.worker, []).append(sample)
-    for worker, samples in by_worker.items():
+    for worker in sorted(by_worker, key=lambda w: (w is None, w or 0)):  # the broker last
+        samples = by_worker[worker]
         name = "broker" if worker is None else f"worker-{worker}"
         times = [s.time for s in samples]
         cpu.line(times, [s.cpu_percent for s in samples], color=colors[worker], legend_label=name)

@@ -97,15 +97,16 @@ _TEMPLATE = """
 """
 
 
-def build_html(trace: Trace, title: str) -> str:
-    """The complete report page for ``trace``."""
+def build_html(trace: Trace, title: str, summary: dict | None = None) -> str:
+    """The complete report page (pass ``stats.summary(trace)`` if it is already computed)."""
+    summary = stats.summary(trace) if summary is None else summary
     colors = figures.group_colors(stats.groups(trace))
     timeline = figures.timeline(trace, colors)
     if trace.samples:
         usage = list(figures.usage(trace, timeline.x_range, figures.worker_colors(trace)))
     else:
         usage = [_div("<p>No CPU or memory samples were recorded.</p>")]
-    parts = [_div(_header(trace, title)), timeline, *usage,
+    parts = [_div(_header(summary, title)), timeline, *usage,
              _div(_section("Tasks by label group", _duration_table(
                  stats.duration_table(trace, lambda t: t.group), colors))),
              _div(_section("Tasks by task type", _duration_table(
@@ -117,7 +118,7 @@ def build_html(trace: Trace, title: str) -> str:
     tail = _RENDER_CHECK % {"check_id": RENDER_CHECK_ID, "renderer": figures.TIMELINE_RENDERER}
     return file_html(layout, INLINE, title, template=_TEMPLATE, template_variables={
         "hyperloom_head": _ERROR_CATCHER + _PAGE_STYLE,
-        "hyperloom_tail": summary_script(stats.summary(trace)) + tail})
+        "hyperloom_tail": summary_script(summary) + tail})
 
 
 def _div(text: str) -> Div:
@@ -131,14 +132,13 @@ def summary_script(summary: dict) -> str:
     return f'<script type="application/json" id="{SUMMARY_ID}">{payload}</script>'
 
 
-def _header(trace: Trace, title: str) -> str:
-    facts = stats.summary(trace)
+def _header(facts: dict, title: str) -> str:
     line = (f"{facts['n_tasks']} task executions ({facts['n_failed']} failed, "
             f"{facts['n_unfinished']} unfinished) of {facts['n_submitted']} submitted, "
-            f"{facts['n_workers']} workers, {trace.duration:.3f} s, "
+            f"{facts['n_workers']} workers, {facts['duration']:.3f} s, "
             f"{facts['n_transfers']} transfers ({stats.human_bytes(facts['bytes_transferred'])})")
-    if trace.bad_lines:
-        line += f"; {trace.bad_lines} unreadable trace lines skipped"
+    if facts["bad_lines"]:
+        line += f"; {facts['bad_lines']} unreadable trace lines skipped"
     return f"<h2>{html.escape(title)}</h2><p>{html.escape(line)}</p>"
 
 

@@ -195,7 +195,15 @@ class WorkerServer:
     def _keep_alive(self, now):
         if self.tracer is not None and now - self.last_sample >= 1.0:
             self.last_sample = now
-            self.tracer.sample(self.process.cpu_percent(), self.process.memory_info().rss)
+            # The whole node's CPU (as the original), and the memory of this worker with
+            # the programs and executor processes it runs.
+            memory = self.process.memory_info().rss
+            for child in self.process.children(recursive=True):
+                try:
+                    memory += child.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.tracer.sample(psutil.cpu_percent(), memory)
         if self.worker_id is not None and now - self.last_sent >= self.config.heartbeat_interval:
             self._send(protocol.encode(protocol.HEARTBEAT))
         if self.disconnected_since is not None:

@@ -19,7 +19,8 @@ from hyperloom.trace import read_trace
 
 pytestmark = pytest.mark.timeout(180)
 
-CHECK_RE = re.compile(r'<pre id="hyperloom-render-check" data-status="(\w+)"[^>]*>(.*?)</pre>', re.S)
+CHECK_RE = re.compile(r'<pre id="hyperloom-render-check" data-status="(\w+)"[^>]*>(.*?)</pre>',
+                      re.S)
 
 
 def find_chromium():
@@ -33,7 +34,9 @@ def find_chromium():
 def run_chromium(html_path, tmp_path, *mode):
     """Chromium with everything that could reach the network or wait on a desktop turned off."""
     profile = tmp_path / f"profile-{len(list(tmp_path.glob('profile-*')))}"
+    # --disable-dev-shm-usage: containers often give /dev/shm 64 MiB, too little for big pages.
     command = [find_chromium(), "--headless", "--no-sandbox", "--disable-gpu",
+               "--disable-dev-shm-usage",
                "--disable-background-networking", "--disable-component-update", "--disable-sync",
                "--no-first-run", "--hide-scrollbars", f"--user-data-dir={profile}",
                "--virtual-time-budget=10000", *mode, f"file://{html_path}"]

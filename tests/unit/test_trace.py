@@ -154,6 +154,17 @@ def test_a_line_cut_by_a_crash_and_a_finish_without_start_are_skipped(tmp_path):
     assert trace.workers == [TracedWorker(1, None, 2)]
 
 
+def test_a_worker_using_more_cores_than_announced_gets_a_lane_for_each(tmp_path):
+    clock = FakeClock(0)
+    broker = writer(tmp_path, "broker", clock)
+    broker.worker_joined(1, "a:1", 2)
+    broker.close()
+    w = writer(tmp_path, "worker-1", clock)
+    w.task_started(1, [5])
+    w.close()
+    assert read_trace(tmp_path).workers == [TracedWorker(1, "a:1", 6)]
+
+
 def test_transfers_seen_by_one_end_only_are_kept(tmp_path):
     clock = FakeClock(0)
     w = writer(tmp_path, "worker-1", clock)
@@ -196,16 +207,18 @@ def test_writer_buffers_events_and_leaves_the_header_on_disk(tmp_path):
 
 
 def test_per_event_cost_is_small(tmp_path, capsys):
+    # CPU time of this process, best of three: the figure is for the code, not for a busy CI.
     n = 100_000
     best = float("inf")
-    for attempt in range(3):  # best of three: the figure is for the code, not for a busy CI
+    for attempt in range(3):
         w = TraceWriter(str(tmp_path), f"worker-{attempt}")
-        started = time.perf_counter()
+        started = time.process_time()
         for i in range(n // 2):
             w.task_started(i, (0,))
             w.task_finished(i, 100)
         w.close()
-        best = min(best, (time.perf_counter() - started) / n)
+        best = min(best, (time.process_time() - started) / n)
     with capsys.disabled():
-        print(f"\ntrace cost: {best * 1e6:.2f} µs per event (task_started/task_finished)")
+        print(f"\ntrace cost: {best * 1e6:.2f} µs CPU per event (task_started/task_finished, "
+              f"{n} events, write and close included)")
     assert best < 5e-6
