@@ -51,7 +51,9 @@ def standard_registry() -> TaskRegistry:
     registry = TaskRegistry()
     register_builtin_tasks(registry)
     registry.register(protocol.TASK_RUN, execute_run, "thread")
-    registry.register(protocol.TASK_PY_VALUE, execute_py_value, "python")
+    # py_value only unpickles, and its PyObj keeps the pickle: a thread is cheaper
+    # than an executor process, which would unpickle it a second time.
+    registry.register(protocol.TASK_PY_VALUE, execute_py_value, "thread")
     registry.register(protocol.TASK_PY_CALL, execute_py_call, "python")
     return registry
 
