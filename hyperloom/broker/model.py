@@ -110,7 +110,9 @@ class WorkerState:
         self.bytes_sent = 0
         self.n_finished = 0
         self.last_seen = now
-        self.task_seconds = 0.0       # sum of reported durations, for the overbooking estimate
+        self.overbooking = 3          # core tasks assigned per core (adapted to task speed)
+        self.n_core_finished = 0      # core-requesting tasks finished, for the rate
+        self.rate_mark = (0, now)     # (n_core_finished, when) at the last rate update
 
     def __repr__(self):
         return f"<Worker {self.worker_id} {self.address} cpus={self.cpus}>"

@@ -76,7 +76,7 @@ class Scheduler:
         max_cpus = max(w.cpus for w in workers)
         common_types = frozenset.intersection(*(w.task_types for w in workers))
         deferred = []
-        room = _Room(workers, self.overbooking)
+        room = _Room(workers)
         while ready and room.any():
             node = ready.popleft()
             if node.state != ts.READY:
@@ -204,9 +204,8 @@ class _Room:
     task that fits nowhere costs one scan and the next ones none.
     """
 
-    def __init__(self, workers, overbooking):
+    def __init__(self, workers):
         self.workers = workers
-        self.overbooking = overbooking
         self.light_turn = 0
         self.core_turn = 0
         self.idle_left = True
@@ -214,7 +213,7 @@ class _Room:
         self.max_cpu_free = max(self.cpu_free(w) for w in workers)
 
     def cpu_free(self, worker) -> int:
-        return worker.cpus * self.overbooking - worker.cpus_used
+        return worker.cpus * worker.overbooking - worker.cpus_used
 
     def any(self) -> bool:
         return self.light_free > 0 or self.max_cpu_free > 0
@@ -225,7 +224,7 @@ class _Room:
     def has(self, worker, n_cpus) -> bool:
         if n_cpus:
             return n_cpus <= worker.cpus and worker.cpus_used + n_cpus <= \
-                worker.cpus * self.overbooking
+                worker.cpus * worker.overbooking
         return worker.n_light < LIGHT_LIMIT
 
     def took(self, worker, n_cpus):
@@ -252,7 +251,7 @@ class _Room:
         count = len(workers)
         for step in range(count):
             worker = workers[(self.core_turn + step) % count]
-            limit = worker.cpus if idle_only else worker.cpus * self.overbooking
+            limit = worker.cpus if idle_only else worker.cpus * worker.overbooking
             if n_cpus <= worker.cpus and worker.cpus_used + n_cpus <= limit \
                     and task_type in worker.task_types:
                 self.core_turn = (self.core_turn + step + 1) % count

@@ -99,6 +99,7 @@ class BrokerServer:
             now = time.monotonic()
             if now >= next_check:
                 self._check_heartbeats(now)
+                self.state.update_overbooking(now)
                 next_check = now + self.config.heartbeat_interval
                 if self.state.tracer is not None:
                     self.state.tracer.sample(self.process.cpu_percent(),

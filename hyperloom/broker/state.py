@@ -32,6 +32,10 @@ BUILTIN_TYPES = frozenset({
 })
 
 
+MAX_OVERBOOKING = 64        # core tasks queued per core at most
+QUEUE_SECONDS = 0.02        # how much work a fast worker may have queued per core
+
+
 class PlanError(Exception):
     """A submitted plan that cannot be accepted; the message names the task."""
 
@@ -199,6 +203,7 @@ class BrokerState:
         worker = WorkerState(identity, self.next_worker_id, address, cpus, task_types,
                              hostname, now)
         self.next_worker_id += 1
+        worker.overbooking = self.scheduler.overbooking
         self.workers[identity] = worker
         self.provided_types.update(task_types)
         self.outbox.replies.append((identity, protocol.encode(
@@ -208,6 +213,22 @@ class BrokerState:
         log.info("worker %d joined: %s, %d cpus", worker.worker_id, address, cpus)
         self.scheduler.on_worker_joined(worker)
         return worker
+
+    def update_overbooking(self, now: float):
+        """Let workers that finish core tasks quickly queue ~QUEUE_SECONDS of them.
+
+        Overbooking hides the round trip to the broker between tasks; 3x cores
+        (the original's factor) is plenty for long tasks but leaves 1 ms tasks
+        waiting on round trips. Stealing undoes it where it hurts balance.
+        """
+        base = self.scheduler.overbooking
+        for worker in self.workers.values():
+            done, since = worker.rate_mark
+            if now - since < 0.5:
+                continue
+            rate = (worker.n_core_finished - done) / (now - since) / max(1, worker.cpus)
+            worker.overbooking = max(base, min(MAX_OVERBOOKING, int(rate * QUEUE_SECONDS)))
+            worker.rate_mark = (worker.n_core_finished, now)
 
     def start_trace(self, tracer):
         """Trace from now on: the broker into ``tracer``, every worker into its own file."""
@@ -554,6 +575,8 @@ class BrokerState:
         node.holders = [worker]
         worker.bytes_held += size
         worker.n_finished += 1
+        if node.n_cpus:
+            worker.n_core_finished += 1
         consumers = node.consumers
         if consumers is not None:
             if type(consumers) is Node:

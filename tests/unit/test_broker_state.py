@@ -354,3 +354,15 @@ def test_a_chunked_plan_is_accepted_whole_or_refused_whole(h):
     assert ids == [h.base + 2, h.base + 3] and "invalid type index" in message
     assert h.node(2) is None and h.node(3) is None
     h.state.on_release(h.client, [h.base + 1])
+
+
+def test_workers_finishing_core_tasks_quickly_may_queue_more(h):
+    fast, slow = h.add_worker(cpus=1), h.add_worker(cpus=1)
+    fast.n_core_finished = 2000          # 2000 core tasks in one second
+    slow.n_core_finished = 1
+    h.state.update_overbooking(1.0)
+    assert fast.overbooking == 40        # 2000/s x 20 ms
+    assert slow.overbooking == h.state.scheduler.overbooking
+    h.submit(*[(i, RUN, [], 1, True) for i in range(100)])
+    assigned = h.schedule()
+    assert len(assigned[fast]) == 40 and len(assigned[slow]) == 3
