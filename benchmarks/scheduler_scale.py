@@ -20,7 +20,7 @@ def one_round(n_tasks, n_workers, cpus, task_type, n_cpus, with_inputs=False):
     state = BrokerState()
     client = state.on_client_hello(b"c", protocol.PROTOCOL_VERSION, 0.0)
     workers = [state.on_worker_hello(b"w%d" % i, protocol.PROTOCOL_VERSION, cpus,
-                                     f"tcp://w{i}", [RUN, CONST], "h", 0.0)
+                                     f"tcp://w{i}:1", [RUN, CONST], "h", 0.0)
                for i in range(n_workers)]
     base = client.number << protocol.CLIENT_SHIFT
     entries = []

@@ -111,11 +111,16 @@ def worker_main(argv=None):
         extensions=extensions, secret_file=args.secret_file)
     server = WorkerServer(config)
     server.install_signal_handlers()
+    code = 0
     try:
         _run_profiled("worker", server.run)
     except BrokerLost as error:
         logging.getLogger("hyperloom.worker").error("%s; exiting", error)
-        return 2
+        code = 2
     finally:
         server.close()
-    return 0
+    # Threads may still run user code that cannot be interrupted (a Python task in
+    # a loop); the worker must exit anyway, so it does not wait to join them.
+    logging.shutdown()
+    sys.stdout.flush()
+    os._exit(code)

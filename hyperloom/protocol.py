@@ -99,7 +99,8 @@ MESSAGES = (
             "Data messages that together cover the ids); release=True also releases them"),
     Message("Release", 12, "client->broker", (("ids", _L),), "none", "nothing"),
     Message("GetStats", 13, "client->broker", (("request", _I),), "none", "Stats"),
-    Message("SetTrace", 14, "client->broker", (("path", _S),), "none", "nothing"),
+    Message("SetTrace", 14, "client->broker", (("path", _S),), "none",
+            "nothing; Error if the path is not absolute or cannot be written"),
     Message("Terminate", 15, "client->broker", (), "none",
             "nothing; broker tells workers Shutdown and exits"),
     # --- broker -> client
@@ -224,6 +225,15 @@ def decode(header) -> tuple[int, list]:
 def name_of(code: int) -> str:
     message = BY_CODE.get(code)
     return message.name if message else f"<code {code}>"
+
+
+def valid_data_address(address: str) -> bool:
+    """A worker's data address must be ``tcp://HOST:PORT``: peers connect to it."""
+    if not address.startswith("tcp://"):
+        return False
+    host, _, port = address[6:].rpartition(":")
+    return bool(host) and port.isdigit() and 0 < int(port) < 65536 \
+        and not any(c.isspace() for c in host)
 
 
 def client_number_of(task_id: int) -> int:

@@ -169,7 +169,23 @@ class Outbox:
         self.data_inline = defaultdict(list)   # (client identity, request) -> [(id, meta, frames)]
         self.refused = []                      # (client identity, [ids], message)
         self.errors = []                       # (identity, message, fatal)
+        self.notices = []                      # replies, errors, refusals: in the order they arose
         self.replies = []                      # (identity, header frame) ready to send
+
+    def add_reply(self, entry):
+        """``(identity, header frame)``: an immediate answer (Welcome, Stats, ...)."""
+        self.replies.append(entry)
+        self.notices.append(("reply", entry))
+
+    def add_error(self, entry):
+        """``(identity, message, fatal)``: answered in order with refusals."""
+        self.errors.append(entry)
+        self.notices.append(("error", entry))
+
+    def add_refused(self, entry):
+        """``(client identity, [ids], message)``: a refused plan."""
+        self.refused.append(entry)
+        self.notices.append(("refused", entry))
 
     def send_data(self, source, target_address: str, data_id: int):
         targets = self.sends[source]

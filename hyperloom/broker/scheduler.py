@@ -26,6 +26,7 @@ log = logging.getLogger("hyperloom.broker")
 
 LIGHT_LIMIT = 4096          # light tasks queued per worker at once
 MAX_LOCALITY_INPUTS = 32    # inputs weighed for locality (bounded work per task)
+LOCALITY_BYTES = 1 << 20    # moving this much is worth waiting for the holder
 MAX_DEFERRED = 1024         # ready tasks skipped in one round before giving up
 
 
@@ -133,31 +134,51 @@ class Scheduler:
                     idle -= node.n_cpus
 
     def _place(self, node, workers, room):
+        """Where ``node`` runs now, or None to let it wait for a better moment.
+
+        Big inputs (LOCALITY_BYTES or more to move) stay where they are: the task
+        goes to the holder if it has room, else to a worker with an idle core,
+        else it waits; moving megabytes to a worker that would only queue the
+        task gains nothing. With small inputs an idle core beats queueing on
+        the holder, and the holder beats any other busy worker.
+        """
         n_cpus = node.n_cpus
         task_type = node.type
         inputs = node.inputs
-        if inputs:
-            if len(inputs) == 1:
-                for worker in inputs[0].holders:
-                    if room.has(worker, n_cpus) and task_type in worker.task_types:
-                        return worker
-            else:
-                best = self._most_bytes(inputs, n_cpus, task_type, room)
-                if best is not None:
-                    return best
-        return room.least_loaded(n_cpus, task_type)
+        if not inputs:
+            return room.least_loaded(n_cpus, task_type)
+        best, local, total = self._most_bytes(inputs, n_cpus, task_type, room)
+        if total - local >= LOCALITY_BYTES:
+            # Megabytes would move (the holder has no room): only to start at once.
+            if best is not None and (not n_cpus or best.cpus_used + n_cpus <= best.cpus):
+                return best
+            return room.idle(n_cpus, task_type)
+        if best is not None and n_cpus and best.cpus_used + n_cpus > best.cpus:
+            idle = room.idle(n_cpus, task_type)  # the holder would only queue it
+            if idle is not None:
+                return idle
+        return best if best is not None else room.least_loaded(n_cpus, task_type)
 
     @staticmethod
     def _most_bytes(inputs, n_cpus, task_type, room):
-        scores = {}
-        for inp in inputs[:MAX_LOCALITY_INPUTS]:
-            size = inp.size + 1  # +1: a tiny input still counts as a locality hint
+        """The holder with room that holds most input bytes: (worker, its bytes, all bytes)."""
+        if len(inputs) == 1:
+            inp = inputs[0]
             for worker in inp.holders:
-                scores[worker] = scores.get(worker, 0) + size
-        for worker, _ in sorted(scores.items(), key=lambda item: -item[1]):
+                if room.has(worker, n_cpus) and task_type in worker.task_types:
+                    return worker, inp.size, inp.size
+            return None, 0, inp.size
+        scores = {}
+        total = 0
+        for inp in inputs[:MAX_LOCALITY_INPUTS]:
+            size = inp.size
+            total += size
+            for worker in inp.holders:
+                scores[worker] = scores.get(worker, 0) + size + 1  # +1: tiny inputs count too
+        for worker, score in sorted(scores.items(), key=lambda item: -item[1]):
             if room.has(worker, n_cpus) and task_type in worker.task_types:
-                return worker
-        return None
+                return worker, score - 1, total
+        return None, 0, total
 
     def _assign(self, node, worker):
         state = self.state
@@ -245,6 +266,14 @@ class _Room:
         if worker is None:
             self.max_cpu_free = max(self.cpu_free(w) for w in self.workers)
         return worker
+
+    def idle(self, n_cpus, task_type):
+        """A worker that would start the task at once (light tasks: any with room)."""
+        if not n_cpus:
+            return self._next_light(task_type)
+        if not self.idle_left:
+            return None
+        return self._next_core(n_cpus, task_type, idle_only=True)
 
     def _next_core(self, n_cpus, task_type, idle_only):
         workers = self.workers

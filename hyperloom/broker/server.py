@@ -153,9 +153,10 @@ class BrokerServer:
                 else:
                     self.stale_disconnects[fd] = stale - 1
                 continue
-            identity = self.identity_at_fd.get(fd)
+            identity = self.identity_at_fd.pop(fd, None)
             if identity is not None:
-                self._peer_lost(identity, "connection closed", disconnected=True)
+                self.fd_of.pop(identity, None)
+                self._peer_lost(identity, "connection closed")
 
     # ------------------------------------------------------------ dispatch
 
@@ -217,16 +218,19 @@ class BrokerServer:
             return
         self.peers[identity] = peer
         fd = frames[1].get(zmq.SRCFD)
-        stale = self.identity_at_fd.get(fd)
-        if stale is not None and stale != identity:
-            # The fd was reused: its previous owner is gone.
-            self._peer_lost(stale, "connection replaced")
+        previous = self.identity_at_fd.get(fd)
+        if previous is not None and previous != identity:
+            # The fd was reused: the previous connection closed and its
+            # DISCONNECTED event is still on its way; it must not drop this one.
+            self.stale_disconnects[fd] = self.stale_disconnects.get(fd, 0) + 1
+            self.fd_of.pop(previous, None)
+            self._peer_lost(previous, "connection replaced")
         self.fd_of[identity] = fd
         self.identity_at_fd[fd] = identity
 
     def _refuse(self, identity, message, fatal=False):
         log.warning("refused a message from %s: %s", identity.hex(), message)
-        self.state.outbox.errors.append((identity, message, fatal))
+        self.state.outbox.add_error((identity, message, fatal))
 
     # ------------------------------------------------------------ handlers
 
@@ -241,7 +245,7 @@ class BrokerServer:
         self.state.on_release(client, fields[0])
 
     def _on_get_stats(self, client, fields, frames, now):
-        self.state.outbox.replies.append(
+        self.state.outbox.add_reply(
             (client.identity, protocol.encode(protocol.STATS, fields[0], self.state.stats())))
 
     def _on_set_trace(self, client, fields, frames, now):
@@ -281,13 +285,10 @@ class BrokerServer:
 
     # ------------------------------------------------------------ peers
 
-    def _peer_lost(self, identity, why, disconnected=False):
+    def _peer_lost(self, identity, why):
+        """Forget a peer. Its fd stays mapped until its connection's DISCONNECTED
+        event: the same connection may say hello again (after Goodbye)."""
         peer = self.peers.pop(identity, None)
-        fd = self.fd_of.pop(identity, None)
-        if fd is not None and self.identity_at_fd.get(fd) == identity:
-            del self.identity_at_fd[fd]
-            if not disconnected:
-                self.stale_disconnects[fd] = self.stale_disconnects.get(fd, 0) + 1
         if peer is None:
             return
         self._progress_sent.pop(peer, None)
@@ -324,10 +325,15 @@ class BrokerServer:
             return
         send = self._send
         encode = protocol.encode
-        for identity, header in out.replies:
-            send([identity, header])
-        for identity, message, fatal in out.errors:
-            send([identity, encode(protocol.ERROR, message, fatal)])
+        for kind, entry in out.notices:   # in the order they arose: answers keep request order
+            if kind == "reply":
+                send(list(entry))
+            elif kind == "error":
+                identity, message, fatal = entry
+                send([identity, encode(protocol.ERROR, message, fatal)])
+            else:
+                client_identity, ids, message = entry
+                send([client_identity, encode(protocol.SUBMIT_REFUSED, ids, message)])
         for worker, entries in out.compute.items():
             send([worker.identity, encode(protocol.COMPUTE_TASKS, entries)])
         for worker, targets in out.sends.items():
@@ -364,6 +370,4 @@ class BrokerServer:
                 entries.append([task_id, meta])
                 frames.extend(object_frames)
             send([client_identity, encode(protocol.DATA, request, entries), *frames])
-        for client_identity, ids, message in out.refused:
-            send([client_identity, encode(protocol.SUBMIT_REFUSED, ids, message)])
         out.clear()

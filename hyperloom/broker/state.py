@@ -187,7 +187,7 @@ class BrokerState:
         client = ClientState(identity, self.next_client_number, now)
         self.next_client_number += 1
         self.clients[identity] = client
-        self.outbox.replies.append((identity, protocol.encode(
+        self.outbox.add_reply((identity, protocol.encode(
             protocol.WELCOME, protocol.PROTOCOL_VERSION, client.number,
             sorted(self.provided_types))))
         log.info("client %d connected", client.number)
@@ -198,7 +198,12 @@ class BrokerState:
             self._version_mismatch(identity, "worker", version)
             return None
         if cpus < 0 or not all(isinstance(t, str) for t in task_types):
-            self.outbox.errors.append((identity, "HelloWorker: invalid cpus or task types", True))
+            self.outbox.add_error((identity, "HelloWorker: invalid cpus or task types", True))
+            return None
+        if not protocol.valid_data_address(address):
+            self.outbox.add_error(
+                (identity, f"HelloWorker: data_address {address!r:.60} is not tcp://HOST:PORT",
+                 True))
             return None
         worker = WorkerState(identity, self.next_worker_id, address, cpus, task_types,
                              hostname, now)
@@ -206,7 +211,7 @@ class BrokerState:
         worker.overbooking = self.scheduler.overbooking
         self.workers[identity] = worker
         self.provided_types.update(task_types)
-        self.outbox.replies.append((identity, protocol.encode(
+        self.outbox.add_reply((identity, protocol.encode(
             protocol.WELCOME, protocol.PROTOCOL_VERSION, worker.worker_id, [])))
         if self.tracer is not None:
             self._start_worker_trace(worker)
@@ -240,14 +245,14 @@ class BrokerState:
 
     def _start_worker_trace(self, worker):
         self.tracer.worker_joined(worker.worker_id, worker.address, worker.cpus)
-        self.outbox.replies.append((worker.identity, protocol.encode(
+        self.outbox.add_reply((worker.identity, protocol.encode(
             protocol.START_TRACE, os.path.dirname(self.tracer.path), worker.worker_id)))
 
     def _version_mismatch(self, identity, kind, version):
         message = (f"protocol version mismatch: this broker speaks version "
                    f"{protocol.PROTOCOL_VERSION}, the {kind} version {version}")
         log.warning("refused a %s: %s", kind, message)
-        self.outbox.errors.append((identity, message, True))
+        self.outbox.add_error((identity, message, True))
 
     def on_client_lost(self, client: ClientState):
         """The client disconnected: cancel its tasks and release its data."""
@@ -286,7 +291,7 @@ class BrokerState:
             return
         client.pending_plan = None
         if plan.error is not None:
-            self.outbox.refused.append((client.identity, plan.result_ids, plan.error))
+            self.outbox.add_refused((client.identity, plan.result_ids, plan.error))
             log.info("client %d: plan refused: %s", client.number, plan.error)
             return
         nodes, results = plan.nodes, plan.results
@@ -331,6 +336,9 @@ class BrokerState:
                 raise PlanError(f"task id={task_id - low} has a malformed config, inputs or cpus")
             inputs = []
             for input_id in input_ids:
+                if type(input_id) is not int:
+                    raise PlanError(f"task id={task_id - low} has an input id that is not an "
+                                    f"integer: {input_id!r:.30}")
                 node = new.get(input_id)
                 if node is None:
                     node = tasks.get(input_id)
@@ -400,8 +408,12 @@ class BrokerState:
                 self._fail(node, inp.extra.error)
 
     def on_release(self, client: ClientState, ids):
+        bad = [task_id for task_id in ids if type(task_id) is not int]
+        if bad:
+            self.outbox.add_error((client.identity, f"Release: ids must be integers, got "
+                                                         f"{bad[0]!r:.30}", False))
         for task_id in ids:
-            node = self.tasks.get(task_id)
+            node = self.tasks.get(task_id) if type(task_id) is int else None
             if node is None or node.client is not client or not node.is_result:
                 continue  # already released (a Future's __del__ may race a release)
             self._release(node)
@@ -499,6 +511,10 @@ class BrokerState:
             except (TypeError, IndexError, KeyError):
                 self._worker_error(worker, f"malformed finished entry {entry!r:.60}")
                 continue
+            if type(task_id) is not int:
+                self._worker_error(worker,
+                                   f"malformed finished entry (id not an integer) {entry!r:.60}")
+                continue
             node = tasks.get(task_id)
             if node is None or node.worker is not worker or node.state != ts.ASSIGNED:
                 self._unexpected_report(worker, task_id, finished=True)
@@ -512,6 +528,10 @@ class BrokerState:
                 task_id, message = entry[0], str(entry[1])
             except (TypeError, IndexError, KeyError):
                 self._worker_error(worker, f"malformed failed entry {entry!r:.60}")
+                continue
+            if type(task_id) is not int:
+                self._worker_error(worker,
+                                   f"malformed failed entry (id not an integer) {entry!r:.60}")
                 continue
             node = tasks.get(task_id)
             if node is None or node.worker is not worker or node.state != ts.ASSIGNED:
@@ -529,6 +549,8 @@ class BrokerState:
                 task_id, meta, n_frames = entry
                 taken = frames[position:position + n_frames]
                 position += n_frames
+                if type(task_id) is not int or type(n_frames) is not int:
+                    raise TypeError
             except (TypeError, ValueError):
                 self._worker_error(worker, f"malformed inline result {entry!r:.60}")
                 return
@@ -540,7 +562,10 @@ class BrokerState:
         """The worker gave back tasks it had not started: place them again."""
         returned = []
         for task_id in ids:
-            node = self.tasks.get(task_id) if type(task_id) is int else None
+            if type(task_id) is not int:
+                self._worker_error(worker, f"malformed stolen id (not an integer): {task_id!r:.30}")
+                continue
+            node = self.tasks.get(task_id)
             if node is None or node.worker is not worker or task_id not in worker.stealing:
                 if task_id not in worker.canceled:
                     self._worker_error(worker, f"task {task_id!r:.30} was not asked back")
@@ -562,7 +587,7 @@ class BrokerState:
 
     def _worker_error(self, worker, message):
         log.warning("worker %d: %s", worker.worker_id, message)
-        self.outbox.errors.append((worker.identity, message, False))
+        self.outbox.add_error((worker.identity, message, False))
 
     def _finish(self, node: Node, worker: WorkerState, size: int, length: int):
         self._unassign(node, worker)
@@ -782,3 +807,4 @@ def _reachable_from(results, nodes: dict) -> dict:
         keep[node.id] = node
         stack.extend(node.inputs)
     return {task_id: node for task_id, node in nodes.items() if task_id in keep}
+

@@ -156,6 +156,7 @@ class WorkerServer:
                 pass
         if self.tracer is not None:
             self.tracer.close()
+        self._kill_children()
         self.executor.close()
         self.channels.close()
         self.monitor.close(linger=0)
@@ -185,14 +186,22 @@ class WorkerServer:
                     # The broker counts this worker lost: its tasks and data are void.
                     self._reset()
             elif event["event"] == zmq.EVENT_CONNECTED and self.disconnected_since is not None:
+                # A TCP connection, not yet a broker that accepts us: the timer
+                # stops only at Welcome (a refused handshake reconnects in a loop).
                 log.info("reconnected to the broker; registering again")
-                self.disconnected_since = None
-                self.last_broker_message = time.monotonic()
                 self._hello()
 
     def _reset(self):
         self.worker_id = None
         self.core = WorkerCore(self.config.cpus)
+
+    def _kill_children(self):
+        """Programs and executor processes still running die with the worker."""
+        for child in self.process.children(recursive=True):
+            try:
+                child.kill()
+            except psutil.Error:
+                pass
 
     def _keep_alive(self, now):
         if self.tracer is not None and now - self.last_sample >= 1.0:
@@ -260,6 +269,7 @@ class WorkerServer:
             log.debug("asked to give back %d tasks", len(fields[0]))
         elif code == protocol.WELCOME:
             self.worker_id = fields[1]
+            self.disconnected_since = None
             log.info("registered as worker %d", self.worker_id)
         elif code == protocol.ERROR:
             message, fatal = fields

@@ -41,11 +41,16 @@ class DataChannels:
         socket = self._pushers.get(address)
         if socket is None:
             socket = self.context.socket(zmq.PUSH)
-            if self.keys is not None:
-                security.secure_client(socket, self.keys)
-            socket.setsockopt(zmq.SNDHWM, 0)
-            socket.setsockopt(zmq.LINGER, 0)
-            socket.connect(address)
+            try:
+                if self.keys is not None:
+                    security.secure_client(socket, self.keys)
+                socket.setsockopt(zmq.SNDHWM, 0)
+                socket.setsockopt(zmq.LINGER, 0)
+                socket.connect(address)
+            except zmq.ZMQError as error:
+                socket.close(linger=0)
+                log.error("cannot send data to %r: %s", address, error)
+                return
             self._pushers[address] = socket
         entries = []
         frames = []

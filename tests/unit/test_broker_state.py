@@ -21,7 +21,7 @@ class Harness:
     def add_worker(self, cpus=1, types=(CONST, MERGE, RUN)):
         identity = b"w%d" % len(self.workers)
         worker = self.state.on_worker_hello(identity, protocol.PROTOCOL_VERSION, cpus,
-                                            f"tcp://w{len(self.workers)}", list(types), "h", 0.0)
+                                            f"tcp://w{len(self.workers)}:1", list(types), "h", 0.0)
         self.workers.append(worker)
         return worker
 
@@ -73,7 +73,7 @@ def test_a_consumer_runs_where_its_larger_input_is(h):
     h.state.outbox.clear()
     assert h.schedule() == {w1: [2]}
     # the smaller input is pushed from w2 to w1, worker to worker
-    assert h.state.outbox.sends == {w2: {"tcp://w0": [h.base + 1 - on_w1]}}
+    assert h.state.outbox.sends == {w2: {"tcp://w0:1": [h.base + 1 - on_w1]}}
 
 
 def test_cores_are_never_oversubscribed_beyond_overbooking(h):
@@ -138,7 +138,7 @@ def test_failure_propagates_to_dependents_only(h):
     h.fail(w, 0, "Program terminated with status 1")
     h.finish(w, 2)
     failed = h.state.outbox.failed[h.client]
-    assert failed == [[h.base + 1, h.base + 0, "tcp://w0", "Program terminated with status 1"]]
+    assert failed == [[h.base + 1, h.base + 0, "tcp://w0:1", "Program terminated with status 1"]]
     assert h.node(2).state == ts.FINISHED
     assert h.node(1).state == ts.FAILED
     h.state.on_release(h.client, [h.base + 1])
@@ -366,3 +366,30 @@ def test_workers_finishing_core_tasks_quickly_may_queue_more(h):
     h.submit(*[(i, RUN, [], 1, True) for i in range(100)])
     assigned = h.schedule()
     assert len(assigned[fast]) == 40 and len(assigned[slow]) == 3
+
+
+def test_big_input_waits_for_its_busy_holder_rather_than_moving(h):
+    w1, w2 = h.add_worker(cpus=1), h.add_worker(cpus=1)
+    h.submit((0, RUN, [], 1, False), (1, RUN, [0], 1, True), (2, RUN, [], 1, True),
+             (3, RUN, [], 1, True), (4, RUN, [], 1, True), (5, RUN, [], 1, True))
+    first = h.schedule()
+    holder = next(w for w, ids in first.items() if 0 in ids)
+    h.finish(holder, 0, size=20 << 20)
+    holder.overbooking = 2               # the holder is full: 2 tasks assigned to 1 core
+    h.state.outbox.clear()
+    # the other worker is busy too (overbooked): the 20 MiB input is not moved, task 1 waits
+    assert 1 not in sum(h.schedule().values(), [])
+    assert not h.state.outbox.sends
+    # the holder frees a core: task 1 runs there, nothing crossed
+    running_on_holder = [n for n in holder.assigned if n.n_cpus]
+    h.finish(holder, running_on_holder[0].id - h.base)
+    assert h.schedule() == {holder: [1]} and not h.state.outbox.sends
+
+
+def test_small_input_prefers_an_idle_core_to_queueing_on_its_holder(h):
+    w1, w2 = h.add_worker(cpus=1), h.add_worker(cpus=1)
+    h.submit((0, CONST, [], 0, False), (1, RUN, [0], 1, True), (2, RUN, [0], 1, True))
+    [holder] = h.schedule()
+    h.finish(holder, 0, size=100)
+    placed = h.schedule()
+    assert set(placed) == {w1, w2}   # one each, though the input lives on one of them

@@ -1,0 +1,175 @@
+"""Chaos: a 10,000-task plan while workers are killed (kill -9) and replaced, 20 times.
+
+Slow (skipped by default). Run it with
+
+    python -m pytest -m slow tests/integration/test_chaos.py -s
+
+``HYPERLOOM_CHAOS_RUNS`` (default 20) sets how many times the plan runs and
+``HYPERLOOM_CHAOS_PERIOD`` (default 2.5) the mean seconds between kills.
+
+Every run must complete with exactly the right results, and the broker's
+resident memory must come back to its baseline between runs (+20 MB).
+Figures printed at the end: runs, kills, and tasks recomputed. Recomputations
+are counted from the broker's own per-worker ``tasks_finished`` (``info()``):
+the chaos thread reads the victim's count just before each kill, the sum over
+every worker that ever lived minus the tasks of the plans is the number of
+re-executions of tasks that had already finished once (a lower bound: what a
+victim finished between that read and the kill is not counted).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import socket
+import tempfile
+import threading
+import time
+
+import psutil
+import pytest
+
+from hyperloom.client import tasks
+
+from ..conftest import wait_until
+
+RUNS = int(os.environ.get("HYPERLOOM_CHAOS_RUNS", "20"))
+PERIOD = float(os.environ.get("HYPERLOOM_CHAOS_PERIOD", "2.5"))
+WORKERS = 3
+CHAINS, STEPS, N_CONSTS = 100, 100, 100
+RUN_EVERY = 20                 # every 20th step of a chain is a run task (a process)
+RSS_TOLERANCE = 20 * 2 ** 20
+
+pytestmark = [pytest.mark.slow, pytest.mark.allow_crash]
+
+
+def build_plan(round_number):
+    """100 chains of 100 steps over 100 shared consts: 10,100 tasks; results, expected."""
+    values = [f"{round_number}.{i};" for i in range(N_CONSTS)]
+    consts = [tasks.const(v) for v in values]
+    results, expected = [], []
+    for chain in range(CHAINS):
+        task, value = consts[chain % N_CONSTS], values[chain % N_CONSTS]
+        for step in range(1, STEPS):
+            if step % RUN_EVERY == 0:
+                task = tasks.run(("sh", "-c", "sleep 0.02; cat"), stdin=task)
+            else:
+                i = (chain * 31 + step * 7) % N_CONSTS
+                task = tasks.merge((task, consts[i]))
+                value += values[i]
+        results.append(task)
+        expected.append(value.encode())
+    return results, expected, N_CONSTS + CHAINS * (STEPS - 1)
+
+
+def data_port(pid):
+    ports = [c.laddr.port for c in psutil.Process(pid).net_connections("tcp")
+             if c.status == psutil.CONN_LISTEN]
+    return ports[0] if len(ports) == 1 else None
+
+
+class Chaos(threading.Thread):
+    """Kills a random worker every PERIOD seconds (on average) and starts a new one."""
+
+    def __init__(self, cluster, seed):
+        super().__init__(daemon=True)
+        self.cluster = cluster
+        self.random = random.Random(seed)
+        self.stop_event = threading.Event()
+        self.active = threading.Event()      # kill only while a plan runs
+        self.kills = 0
+        self.kills_this_run = 0
+        self.finished_by_dead = 0            # tasks_finished of victims, read before the kill
+        self.dead_pids = []
+        self.error = None
+
+    def run(self):
+        try:
+            client = self.cluster.client()
+            try:
+                while not self.stop_event.wait(self.random.uniform(0.5, 1.5) * PERIOD):
+                    if self.active.is_set():
+                        self.kill_one(client)
+            finally:
+                client.close()
+        except BaseException as error:  # noqa: BLE001 - reported by the test
+            self.error = error
+
+    def kill_one(self, client):
+        live = [w for w in self.cluster.workers if w.poll() is None]
+        candidates = [w for w in live if data_port(w.pid) is not None]
+        if not candidates:
+            return
+        victim = self.random.choice(candidates)
+        port = data_port(victim.pid)
+        finished = [w["tasks_finished"] for w in client.info()["workers"]
+                    if w["address"].endswith(f":{port}")]
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.wait(10)
+        self.finished_by_dead += finished[0] if finished else 0
+        self.dead_pids.append(victim.pid)
+        self.kills += 1
+        self.kills_this_run += 1
+        self.cluster.add_worker()
+
+
+def broker_rss(cluster):
+    return psutil.Process(cluster.broker_pid).memory_info().rss
+
+
+@pytest.mark.timeout(60 + RUNS * 60)
+def test_plans_complete_while_workers_are_killed(make_cluster):
+    cluster = make_cluster(workers=WORKERS, cpus=1)
+    client = cluster.client()
+    cold = broker_rss(cluster)
+    chaos = Chaos(cluster, seed=os.environ.get("HYPERLOOM_CHAOS_SEED", "hyperloom"))
+    chaos.start()
+    figures = []
+    planned = 0
+    warm = None
+    try:
+        for run in range(RUNS):
+            results, expected, n_tasks = build_plan(run)
+            chaos.kills_this_run = 0
+            started = time.monotonic()
+            chaos.active.set()
+            futures = client.submit(results)
+            got = client.gather(futures)
+            chaos.active.clear()
+            took = time.monotonic() - started
+            assert chaos.error is None, f"the chaos thread failed: {chaos.error!r}"
+            assert got == expected, f"run {run}: wrong results"
+            planned += n_tasks
+            del futures, got
+            wait_until(lambda: client.get_stats()["n_tasks"] == 0, timeout=30,
+                       message="the broker to forget the plan")
+            rss = broker_rss(cluster)
+            if warm is None:
+                warm = rss
+            figures.append((run, took, chaos.kills_this_run, rss))
+            print(f"run {run:2d}: {n_tasks} tasks in {took:5.1f} s, "
+                  f"{chaos.kills_this_run} kills, broker RSS {rss / 2 ** 20:.1f} MiB", flush=True)
+            assert rss <= warm + RSS_TOLERANCE, \
+                f"broker RSS grew from {warm / 2 ** 20:.1f} to {rss / 2 ** 20:.1f} MiB"
+    finally:
+        chaos.active.clear()
+        chaos.stop_event.set()
+        chaos.join(30)
+        for pid in chaos.dead_pids:   # a killed worker cannot remove its work directory
+            shutil.rmtree(os.path.join(tempfile.gettempdir(),
+                                       f"worker-{socket.gethostname()}-{pid}"),
+                          ignore_errors=True)
+    info = client.info()
+    finished_total = chaos.finished_by_dead + sum(w["tasks_finished"] for w in info["workers"])
+    recomputed = finished_total - planned
+    print(f"\nchaos: {RUNS} runs of {n_tasks} tasks, {chaos.kills} workers killed "
+          f"(kill -9) and replaced, {finished_total} task completions for {planned} tasks: "
+          f"{recomputed} recomputed (lower bound, from info()['workers'][i]['tasks_finished']);"
+          f" broker RSS {cold / 2 ** 20:.1f} MiB at start, {warm / 2 ** 20:.1f} MiB after run 0,"
+          f" {figures[-1][3] / 2 ** 20:.1f} MiB after the last run; "
+          f"{sum(f[1] for f in figures):.0f} s of plans", flush=True)
+    assert info["n_workers"] == WORKERS
+    assert chaos.kills >= RUNS, "too few kills to call it chaos"
+    assert recomputed >= 0
