@@ -216,8 +216,8 @@ def main(argv=None) -> int:
     return 0
 
 
-HYPERLOOM_DESCRIPTION = ("hyperloom: hyperloom.LocalCluster(workers=W, cpus=1) "
-                         "(loom-broker + W loom-worker processes)")
+HYPERLOOM_DESCRIPTION = ("hyperloom: hyperloom.LocalCluster(workers=W, cpus=1, "
+                         "worker_args=('--nopin',)) (loom-broker + W loom-worker processes)")
 
 
 def suite_metadata() -> dict:

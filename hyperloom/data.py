@@ -20,6 +20,8 @@ Meta forms (first element is the kind code):
     [4, size]              PyObj, 1 frame: cloudpickle bytes
     [5, bytes]             Plain of at most SMALL_BYTES, carried in the meta itself
                            (a frame per tiny object would cost more than the object)
+    [6, symbol, payload]   an extension data type (ExtensionData), its frames after;
+                           decoded only where that type is registered (its workers)
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ ARRAY_SYMBOL = "loom/array"
 INDEX_SYMBOL = "loom/index"
 PYOBJ_SYMBOL = "loom/pyobj"
 
-KIND_PLAIN, KIND_FILE, KIND_ARRAY, KIND_INDEX, KIND_PYOBJ, KIND_SMALL = range(6)
+KIND_PLAIN, KIND_FILE, KIND_ARRAY, KIND_INDEX, KIND_PYOBJ, KIND_SMALL, KIND_EXTENSION = range(7)
 SMALL_BYTES = 1024
 
 
@@ -243,6 +245,40 @@ class PyObj(DataObject):
         return f"<PyObj {self.obj!r:.40}>"
 
 
+class ExtensionData(DataObject):
+    """Base of data object types that extensions define (symbol ``prefix/name``).
+
+    A subclass sets ``symbol`` and implements ``size``, ``length`` (if it has
+    inner pieces), ``encode_payload``/``decode_payload`` (how it travels
+    between workers: a msgpack-able payload plus raw frames) and
+    ``to_python`` (what a client receives: it is sent as a Python object).
+    Register it with ``TaskRegistry.register_data_type`` on every worker.
+    """
+
+    __slots__ = ()
+
+    def encode_payload(self, frames: list):
+        """Return a msgpack-able payload; append any raw buffers to ``frames``."""
+        raise NotImplementedError
+
+    @classmethod
+    def decode_payload(cls, payload, frames, position: int):
+        """Rebuild from ``payload`` and ``frames[position:]``: ``(obj, next position)``."""
+        raise NotImplementedError
+
+
+def for_client(obj: DataObject) -> DataObject:
+    """What a client can decode: files are read, extension objects become PyObjs."""
+    if isinstance(obj, File):
+        return Plain(obj.to_python())
+    if isinstance(obj, ExtensionData):
+        return PyObj(obj.to_python())
+    if isinstance(obj, Array) and any(isinstance(i, (File, ExtensionData, Array))
+                                      for i in obj.items):
+        return Array([for_client(item) for item in obj.items])
+    return obj
+
+
 def clamp_slice(length: int, start: int, end: int) -> tuple[int, int]:
     """The original's clamping: bounds past the end become the end."""
     return min(start, length), min(end, length)
@@ -270,15 +306,18 @@ def encode(obj: DataObject, frames: list | None = None):
     if cls is Index:
         frames.append(obj.offsets.tobytes())
         return [KIND_INDEX, encode(obj.base, frames)[0]], frames
+    if isinstance(obj, ExtensionData):
+        return [KIND_EXTENSION, obj.symbol, obj.encode_payload(frames)], frames
     raise DataError(f"cannot encode {obj!r}")
 
 
-def decode(meta, frames, position: int = 0):
+def decode(meta, frames, position: int = 0, types=None):
     """Rebuild an object from ``meta`` and ``frames[position:]``.
 
     Returns ``(obj, next_position)``. Frames may be bytes, memoryviews or
-    zmq.Frame objects (their buffer is used without copying). Raises
-    DataError on a malformed meta.
+    zmq.Frame objects (their buffer is used without copying). ``types`` maps
+    extension symbols to their ExtensionData classes. Raises DataError on a
+    malformed meta or an extension type that is not registered here.
     """
     try:
         kind = meta[0]
@@ -291,7 +330,7 @@ def decode(meta, frames, position: int = 0):
         if kind == KIND_ARRAY:
             items = []
             for item_meta in meta[1]:
-                item, position = decode(item_meta, frames, position)
+                item, position = decode(item_meta, frames, position, types)
                 items.append(item)
             return Array(items), position
         if kind == KIND_PYOBJ:
@@ -303,8 +342,13 @@ def decode(meta, frames, position: int = 0):
         if kind == KIND_INDEX:
             offsets = array("Q")
             offsets.frombytes(bytes(_buffer(frames[position])))
-            base, position = decode(meta[1], frames, position + 1)
+            base, position = decode(meta[1], frames, position + 1, types)
             return Index(base, offsets), position
+        if kind == KIND_EXTENSION:
+            cls = (types or {}).get(meta[1])
+            if cls is None:
+                raise DataError(f"data type '{meta[1]}' is not registered on this worker")
+            return cls.decode_payload(meta[2], frames, position)
     except DataError:
         raise
     except Exception as error:

@@ -97,7 +97,7 @@ class WorkerServer:
         interval_ms = int(config.heartbeat_interval * 1000)
         self.dealer.setsockopt(zmq.HEARTBEAT_IVL, interval_ms)
         self.dealer.setsockopt(zmq.HEARTBEAT_TIMEOUT, interval_ms * 5)
-        self.channels = DataChannels(self.context, host, self.keys)
+        self.channels = DataChannels(self.context, host, self.keys, self.registry.data_types)
         self.core = WorkerCore(config.cpus)
         self.executor = Executor(self.registry, config.cpus, self.work_dir, config.pin,
                                  _core_ids(config.cpus))
@@ -301,9 +301,8 @@ class WorkerServer:
             if obj is None:
                 entries.append([data_id, None, "the data is no longer on its worker"])
                 continue
-            if isinstance(obj, data.File):  # the client may not see our file system
-                obj = data.Plain(obj.to_python())
-            meta, _ = data.encode(obj, frames)
+            # The client may not see our file system nor know our extension types.
+            meta, _ = data.encode(data.for_client(obj), frames)
             entries.append([data_id, meta])
         header = protocol.encode(protocol.UPLOADED, client, request, entries)
         self.dealer.send_multipart([header, *frames], copy=False)
@@ -351,7 +350,7 @@ class WorkerServer:
             if isinstance(obj, data.File):
                 continue  # fetched through Upload, which reads the file
             first = len(frames)
-            meta, _ = data.encode(obj, frames)
+            meta, _ = data.encode(data.for_client(obj), frames)
             entries.append([task_id, meta, len(frames) - first])
         header = protocol.encode(protocol.TASKS_DONE, finished, failed, entries, stolen)
         self.dealer.send_multipart([header, *frames], copy=False)

@@ -73,6 +73,7 @@ class TaskRegistry:
 
     def __init__(self):
         self._kinds: dict[str, TaskKind] = {}
+        self.data_types: dict[str, type] = {}   # symbol -> ExtensionData subclass
 
     def register(self, symbol: str, fn, mode: str = "thread"):
         if not isinstance(symbol, str) or "/" not in symbol:
@@ -82,6 +83,19 @@ class TaskRegistry:
         if symbol in self._kinds:
             raise ValueError(f"task type {symbol!r} is already registered")
         self._kinds[symbol] = TaskKind(symbol, fn, mode)
+
+    def register_data_type(self, cls):
+        """Register an ``ExtensionData`` subclass under its ``symbol``."""
+        from ..data import ExtensionData
+        symbol = getattr(cls, "symbol", "")
+        if not (isinstance(cls, type) and issubclass(cls, ExtensionData)):
+            raise ValueError(f"{cls!r} is not an ExtensionData subclass")
+        if not isinstance(symbol, str) or "/" not in symbol or symbol.startswith("loom/"):
+            raise ValueError(f"data type symbol {symbol!r} must be namespaced with '/' "
+                             f"and not start with 'loom/'")
+        if symbol in self.data_types:
+            raise ValueError(f"data type {symbol!r} is already registered")
+        self.data_types[symbol] = cls
 
     def task(self, symbol: str, mode: str = "thread"):
         """Decorator form of ``register``."""

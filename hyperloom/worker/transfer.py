@@ -17,8 +17,9 @@ log = logging.getLogger("hyperloom.worker")
 
 
 class DataChannels:
-    def __init__(self, context: zmq.Context, host: str, keys=None):
+    def __init__(self, context: zmq.Context, host: str, keys=None, data_types=None):
         self.context = context
+        self.data_types = data_types if data_types is not None else {}
         self.keys = keys
         self.pull = context.socket(zmq.PULL)
         if keys is not None:
@@ -74,7 +75,7 @@ class DataChannels:
             received = []
             position = 1
             for data_id, meta in fields[1]:
-                obj, position = data.decode(meta, frames, position)
+                obj, position = data.decode(meta, frames, position, self.data_types)
                 received.append((data_id, obj))
                 self.bytes_received += obj.size
             return fields[0], received
