@@ -130,16 +130,19 @@ class LocalCluster:
         if self.broker is not None:
             named.append(("broker", self.broker))
         crashed = {name: p.returncode for name, p in named if p.poll() is not None}
-        processes = [p for _, p in named]
-        for process in processes:
-            _signal_group(process, signal.SIGTERM)
+        # Workers first, so they leave cleanly instead of seeing their broker vanish.
         deadline = time.monotonic() + timeout
-        for process in processes:
-            try:
-                process.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                _signal_group(process, signal.SIGKILL)
-                process.wait()
+        workers = [p for name, p in named if name != "broker"]
+        brokers = [p for name, p in named if name == "broker"]
+        for group in (workers, brokers):
+            for process in group:
+                _signal_group(process, signal.SIGTERM)
+            for process in group:
+                try:
+                    process.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    _signal_group(process, signal.SIGKILL)
+                    process.wait()
         if self.broker is not None and self.broker.stdout:
             self.broker.stdout.close()
         for f in self._log_files:

@@ -333,12 +333,19 @@ class WorkerServer:
             started = core.take_startable()
             if not started:
                 return
+            tracer = self.tracer
             for task in started:
-                if self.tracer is not None:
-                    self.tracer.task_started(task.id, task.cpu_ids)
+                begin = tracer.now_us() if tracer is not None else 0
                 outcome = self.executor.start(task, core.inputs_of(task))
-                if outcome is not None:
-                    self._task_done(task, *outcome)
+                if outcome is None:  # runs elsewhere: traced as start, then finish
+                    if tracer is not None:
+                        tracer.task_started(task.id, task.cpu_ids)
+                    continue
+                result, error = outcome
+                core.on_task_done(task, result, error)
+                if tracer is not None:
+                    tracer.task_ran(task.id, task.cpu_ids, begin,
+                                    result.size if result is not None else 0, error is None)
 
     def _flush_reports(self):
         finished, failed, results, stolen = self.core.take_reports()

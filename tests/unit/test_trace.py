@@ -222,3 +222,16 @@ def test_per_event_cost_is_small(tmp_path, capsys):
         print(f"\ntrace cost: {best * 1e6:.2f} µs CPU per event (task_started/task_finished, "
               f"{n} events, write and close included)")
     assert best < 5e-6
+
+
+def test_one_line_task_records_read_like_start_and_finish(tmp_path):
+    from hyperloom.trace import TraceWriter, read_trace
+    ticks = iter(range(0, 10_000_000, 1000))
+    writer = TraceWriter(str(tmp_path), "worker-1", clock=lambda: next(ticks) * 1000,
+                         wall_clock=lambda: 1_700_000_000_000_000_000)
+    begin = writer.now_us()
+    writer.task_ran(7, (0,), begin, 42, True)
+    writer.close()
+    [task] = read_trace(str(tmp_path)).tasks
+    assert (task.task_id, task.worker, task.cpu_ids, task.size, task.ok) == (7, 1, (0,), 42, True)
+    assert task.end > task.start
