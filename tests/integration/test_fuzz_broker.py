@@ -363,6 +363,8 @@ def expect(head, state):
         return state, None, "stats"
     if code == protocol.SET_TRACE:   # always relative here (see sanitize)
         return state, ("error", lambda m: "SetTrace.path" in m, False), None
+    if code == protocol.RELEASE and any(type(i) is not int for i in fields[0]):
+        return state, ("error", lambda m: "Release: ids must be integers" in m, False), None
     return state, None, None
 
 
