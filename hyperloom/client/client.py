@@ -24,6 +24,7 @@ from .progress import ProgressBar
 log = logging.getLogger("hyperloom.client")
 
 CONNECT_TIMEOUT = 30.0
+SEND_TIMEOUT = 30.0
 # Tasks per Submit message: the broker checks one chunk while the next is encoded,
 # and its temporary objects are reused instead of piling up.
 SUBMIT_CHUNK = 20000
@@ -73,7 +74,7 @@ class Client:
             raise
 
     def _handshake(self, timeout):
-        self._socket.send(protocol.encode(protocol.HELLO_CLIENT, protocol.PROTOCOL_VERSION))
+        self._send(protocol.encode(protocol.HELLO_CLIENT, protocol.PROTOCOL_VERSION))
         deadline = time.monotonic() + timeout
         while not self._socket.poll(100):
             if self._monitor.poll(0):
@@ -117,8 +118,7 @@ class Client:
             created[task_id] = future
         self._flush_releases()
         for chunk in builder.chunks(SUBMIT_CHUNK):
-            self._socket.send(protocol.encode(protocol.SUBMIT, *chunk, bool(load), chunk.more),
-                              copy=False)
+            self._send(protocol.encode(protocol.SUBMIT, *chunk, bool(load), chunk.more))
         return [created[task_id] for task_id in roots]
 
     def submit_one(self, task, load: bool = False) -> Future:
@@ -178,7 +178,7 @@ class Client:
         if missing:
             request = self._request_number()
             self._flush_releases()
-            self._socket.send(protocol.encode(protocol.FETCH, request, list(missing), release))
+            self._send(protocol.encode(protocol.FETCH, request, list(missing), release))
             replies = self._replies[request] = {}
             while len(replies) < len(missing):
                 self._process_events()
@@ -237,7 +237,7 @@ class Client:
     def _flush_releases(self):
         if self._pending_release and not self._closed:
             ids, self._pending_release = self._pending_release, []
-            self._socket.send(protocol.encode(protocol.RELEASE, ids))
+            self._send(protocol.encode(protocol.RELEASE, ids))
 
     # ------------------------------------------------------------ other requests
 
@@ -252,7 +252,7 @@ class Client:
         self._check_open()
         request = self._request_number()
         self._flush_releases()
-        self._socket.send(protocol.encode(protocol.GET_STATS, request))
+        self._send(protocol.encode(protocol.GET_STATS, request))
         self._replies[request] = None
         while self._replies[request] is None:
             self._process_events()
@@ -261,12 +261,12 @@ class Client:
     def set_trace(self, trace_path: str):
         self._check_open()
         self.trace_path = os.path.abspath(trace_path)
-        self._socket.send(protocol.encode(protocol.SET_TRACE, self.trace_path))
+        self._send(protocol.encode(protocol.SET_TRACE, self.trace_path))
 
     def terminate(self):
         """Stop the broker (and with it the workers)."""
         self._check_open()
-        self._socket.send(protocol.encode(protocol.TERMINATE))
+        self._send(protocol.encode(protocol.TERMINATE))
         self.close()
 
     def close(self):
@@ -301,6 +301,20 @@ class Client:
             pass
 
     # ------------------------------------------------------------ events
+
+    def _send(self, header):
+        """Send, or raise ConnectionLost if no broker takes it within SEND_TIMEOUT
+        (a DEALER without a connection would otherwise block forever)."""
+        try:
+            self._socket.send(header, zmq.NOBLOCK, copy=False)
+            return
+        except zmq.Again:
+            pass
+        if not self._socket.poll(int(SEND_TIMEOUT * 1000), zmq.POLLOUT):
+            raise ConnectionLost(f"cannot reach the broker at {self.server_address}:"
+                                 f"{self.server_port}: nothing accepted a message for "
+                                 f"{SEND_TIMEOUT:.0f} s")
+        self._socket.send(header, zmq.NOBLOCK, copy=False)
 
     def _request_number(self):
         request = self._next_request

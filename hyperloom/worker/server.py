@@ -304,9 +304,8 @@ class WorkerServer:
             # The client may not see our file system nor know our extension types.
             meta, _ = data.encode(data.for_client(obj), frames)
             entries.append([data_id, meta])
-        header = protocol.encode(protocol.UPLOADED, client, request, entries)
-        self.dealer.send_multipart([header, *frames], copy=False)
-        self.last_sent = time.monotonic()
+        self._send_frames([protocol.encode(protocol.UPLOADED, client, request, entries),
+                           *frames])
 
     # ------------------------------------------------------------ data and tasks
 
@@ -359,12 +358,19 @@ class WorkerServer:
             first = len(frames)
             meta, _ = data.encode(data.for_client(obj), frames)
             entries.append([task_id, meta, len(frames) - first])
-        header = protocol.encode(protocol.TASKS_DONE, finished, failed, entries, stolen)
-        self.dealer.send_multipart([header, *frames], copy=False)
-        self.last_sent = time.monotonic()
+        self._send_frames([protocol.encode(protocol.TASKS_DONE, finished, failed, entries,
+                                           stolen), *frames])
 
     def _send(self, header):
-        self.dealer.send(header)
+        self._send_frames([header])
+
+    def _send_frames(self, frames):
+        """Never block: with no connection to the broker (refused, or gone) a DEALER
+        send would wait forever; the broker counts this worker lost then anyway."""
+        try:
+            self.dealer.send_multipart(frames, zmq.NOBLOCK, copy=len(frames) == 1)
+        except zmq.Again:
+            log.debug("no connection to the broker: a message was dropped")
         self.last_sent = time.monotonic()
 
 
