@@ -406,6 +406,11 @@ class BrokerState:
         for node, inp in failed_inputs:
             if node.state == ts.WAITING:
                 self._fail(node, inp.extra.error)
+        for node in nodes.values():
+            # Neither a result nor anyone's input: nobody could ever use it (a client
+            # never sends one; a hand-made plan may). Unforgotten, it would be held forever.
+            if node.refs == 0 and node.id in self.tasks:
+                self._forget(node)
 
     def on_release(self, client: ClientState, ids):
         bad = [task_id for task_id in ids if type(task_id) is not int]

@@ -393,3 +393,10 @@ def test_small_input_prefers_an_idle_core_to_queueing_on_its_holder(h):
     h.finish(holder, 0, size=100)
     placed = h.schedule()
     assert set(placed) == {w1, w2}   # one each, though the input lives on one of them
+
+
+def test_a_task_nobody_can_use_is_not_held(h):
+    h.add_worker(cpus=1)
+    # task 0 is neither a result nor an input, and needs more cores than any worker has
+    h.submit((0, RUN, [], 64, False), (1, CONST, [], 0, True))
+    assert h.node(0) is None and h.node(1) is not None
