@@ -270,3 +270,13 @@ def errors_report(rows: list[Row]) -> str:
     lines = [f"  {r.system} {r.scenario}/{r.case}/{r.metric}: {r.error}"
              for r in rows if r.error]
     return "errors (shown as n/a):\n" + "\n".join(lines) if lines else ""
+
+
+def add_standalone_options(parser, repeat: int = 3):
+    """The options every standalone benchmark script shares."""
+    parser.add_argument("--repeat", type=int, default=repeat)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--no-dask", action="store_true")
+    parser.add_argument("--no-hyperloom", action="store_true")
+    parser.add_argument("--json", default=str(DEFAULT_JSON))
+    parser.add_argument("--timeout", type=float, default=600.0)

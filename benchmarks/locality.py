@@ -26,7 +26,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import (DEFAULT_JSON, Row, append_json,  # noqa: E402
+from benchmarks.common import (Row, add_standalone_options, append_json,  # noqa: E402
                                prepare_environment, time_limit)
 from benchmarks.run import exit_on_sigterm, log, print_report, suite_metadata  # noqa: E402
 
@@ -159,12 +159,7 @@ def parse_args(argv=None):
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--chains", type=int, default=64)
     ap.add_argument("--mb", type=int, default=20)
-    ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--no-dask", action="store_true")
-    ap.add_argument("--no-hyperloom", action="store_true")
-    ap.add_argument("--json", default=str(DEFAULT_JSON))
-    ap.add_argument("--timeout", type=float, default=600.0)
+    add_standalone_options(ap)
     return ap.parse_args(argv)
 
 

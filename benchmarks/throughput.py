@@ -20,7 +20,8 @@ if __package__ in (None, ""):  # run as a script: make the package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import dask_side, loom_side  # noqa: E402
-from benchmarks.common import DEFAULT_JSON, append_json, prepare_environment  # noqa: E402
+from benchmarks.common import (add_standalone_options, append_json,  # noqa: E402
+                               prepare_environment)
 from benchmarks.run import exit_on_sigterm, print_report, run_cases, suite_metadata  # noqa: E402
 from benchmarks.scenarios import THROUGHPUT, Case  # noqa: E402
 
@@ -29,12 +30,7 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="10000,100000")
-    ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--no-dask", action="store_true")
-    ap.add_argument("--no-hyperloom", action="store_true")
-    ap.add_argument("--json", default=str(DEFAULT_JSON))
-    ap.add_argument("--timeout", type=float, default=600.0)
+    add_standalone_options(ap)
     args = ap.parse_args(argv)
     args.sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     return args
