@@ -45,9 +45,6 @@ class Scheduler:
             self.ready.extendleft(reversed(self.unplaceable))
             self.unplaceable = []
 
-    def on_worker_left(self, worker):
-        pass  # nothing cached per worker between rounds
-
     def unplaceable_summary(self):
         return [{"id": node.id, "n_cpus": node.n_cpus, "type": node.type,
                  "reason": self._why_unplaceable(node)}

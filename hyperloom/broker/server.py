@@ -295,7 +295,10 @@ class BrokerServer:
         if self._is_client(peer):
             self.state.on_client_lost(peer)
         else:
-            log.warning("worker %d lost (%s)", peer.worker_id, why)
+            if why == "said goodbye":  # leaving cleanly, not lost
+                log.info("worker %d left (%s)", peer.worker_id, why)
+            else:
+                log.warning("worker %d lost (%s)", peer.worker_id, why)
             self.state.on_worker_lost(peer)
 
     def _check_heartbeats(self, now):

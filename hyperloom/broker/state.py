@@ -693,7 +693,6 @@ class BrokerState:
         for node in ready:  # their inputs may have been lost too: count again
             if node.state == ts.WAITING:
                 self._reacquire_inputs(node, refs=False)
-        self.scheduler.on_worker_left(worker)
         if lost:
             log.info("worker %d held %d needed objects; recomputing them",
                      worker.worker_id, len(lost))
