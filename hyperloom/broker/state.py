@@ -300,8 +300,9 @@ class BrokerState:
         self._link_plan(client, nodes, results)
         client.n_total += len(nodes)
         if self.tracer is not None:
-            self.tracer.tasks_submitted((n.id, n.type, n.label, [i.id for i in n.inputs])
-                                        for n in nodes.values())
+            self.tracer.tasks_submitted(
+                (n.id, n.type, n.label, [i.id for i in n.inputs] if n.inputs else ())
+                for n in nodes.values())
 
     def _build_plan(self, client, plan, symbols, labels, entries, load=False):
         """Pass 1: check a chunk and make its nodes, touching no existing state."""

@@ -137,8 +137,8 @@ def _header(facts: dict, title: str) -> str:
             f"{facts['n_unfinished']} unfinished) of {facts['n_submitted']} submitted, "
             f"{facts['n_workers']} workers, {facts['duration']:.3f} s, "
             f"{facts['n_transfers']} transfers ({stats.human_bytes(facts['bytes_transferred'])})")
-    if facts["bad_lines"]:
-        line += f"; {facts['bad_lines']} unreadable trace lines skipped"
+    if facts["bad_records"]:
+        line += f"; {facts['bad_records']} unreadable trace records skipped"
     return f"<h2>{html.escape(title)}</h2><p>{html.escape(line)}</p>"
 
 

@@ -133,7 +133,7 @@ def summary(trace: Trace) -> dict:
         "bytes_transferred": sum(t.nbytes for t in trace.transfers),
         "n_samples": len(trace.samples),
         "duration": trace.duration,
-        "bad_lines": trace.bad_lines,
+        "bad_records": trace.bad_records,
     }
 
 

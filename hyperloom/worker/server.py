@@ -334,7 +334,7 @@ class WorkerServer:
                 return
             tracer = self.tracer
             for task in started:
-                begin = tracer.now_us() if tracer is not None else 0
+                begin = tracer.now() if tracer is not None else 0
                 outcome = self.executor.start(task, core.inputs_of(task))
                 if outcome is None:  # runs elsewhere: traced as start, then finish
                     if tracer is not None:

@@ -3,6 +3,7 @@
 import json
 import re
 import subprocess
+import sys
 
 from hyperloom.client import tasks
 from hyperloom.trace import read_trace
@@ -40,6 +41,13 @@ def test_traces_record_tasks_workers_and_transfers(make_cluster, tmp_path):
         assert task.worker in {1, 2} and task.start <= task.end
     # the merge consumed results from both workers: some bytes crossed between them
     assert trace.transfers and all(t.nbytes > 0 for t in trace.transfers)
+    assert trace.bad_records == 0
+    # A person can read the files as text: the broker's plan and each worker's runs.
+    dump = subprocess.run([sys.executable, "-m", "hyperloom.trace", str(trace_dir)],
+                          capture_output=True, text=True, timeout=60, check=True).stdout
+    submitted = [line for line in dump.splitlines() if line.startswith("T ")]
+    assert len(submitted) == 21 and any("'Compute: 3'" in line for line in submitted)
+    assert sum(line.startswith(("S ", "X ")) for line in dump.splitlines()) == 21
 
 
 def test_report_from_a_real_trace(make_cluster, tmp_path):
