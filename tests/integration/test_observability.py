@@ -1,6 +1,7 @@
 """Traces, the report from them, progress bars and loom-status, on real processes."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -63,6 +64,23 @@ def test_report_from_a_real_trace(make_cluster, tmp_path):
     html = output.read_text()
     summary = json.loads(re.search(r'id="hyperloom-summary">(.*?)</script>', html, re.S).group(1))
     assert summary["n_tasks"] == 11 and summary["n_workers"] == 2
+
+
+def test_the_readme_example_traces_and_reports(tmp_path):
+    # The README's newcomer commands: trace examples/hello.py, then make its report.
+    root = os.path.join(os.path.dirname(__file__), "..", "..")
+    trace_dir = tmp_path / "hello-trace"
+    ran = subprocess.run([sys.executable, os.path.join(root, "examples", "hello.py"),
+                          "--trace", str(trace_dir)], capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, ran.stderr
+    assert "b'Hello world!'" in ran.stdout
+    subprocess.run(["loom-report", str(trace_dir), "-o", str(tmp_path / "report.html")],
+                   check=True, capture_output=True, timeout=120)
+    html = (tmp_path / "report.html").read_text()
+    summary = json.loads(re.search(r'id="hyperloom-summary">(.*?)</script>', html, re.S).group(1))
+    # merge of two consts; const -> run; py_value -> two consts -> merge -> py_call
+    assert summary["n_tasks"] == 10 and summary["n_workers"] == 2
+    assert summary["n_failed"] == 0
 
 
 def test_gather_with_progress_bar(client, capsys):
