@@ -49,12 +49,13 @@ def run_once(n, shape, traced):
         client.gather(client.submit(plan(min(n, 5_000), shape)))
         if traced:
             client.set_trace(f"{trace_root}/trace")
-        servers = [psutil.Process(p.pid) for p in [cluster.broker, *cluster.workers]]
-        cpu_before = cpu_seconds(servers)
+        broker = [psutil.Process(cluster.broker.pid)]
+        workers = [psutil.Process(p.pid) for p in cluster.workers]
+        cpu_before = cpu_seconds(broker), cpu_seconds(workers)
         start = time.perf_counter()
         client.gather(client.submit(plan(n, shape)))
         wall = time.perf_counter() - start
-        return wall, cpu_seconds(servers) - cpu_before
+        return wall, cpu_seconds(broker) - cpu_before[0], cpu_seconds(workers) - cpu_before[1]
 
 
 def main():
@@ -73,18 +74,22 @@ def main():
         for mode in order:
             runs[mode].append(run_once(args.tasks, args.plan,
                                        traced=mode == "traced" and not args.control))
-    wall = {mode: statistics.median(w for w, _ in runs[mode]) for mode in runs}
-    cpu = {mode: statistics.median(c for _, c in runs[mode]) for mode in runs}
+    wall = {mode: statistics.median(run[0] for run in runs[mode]) for mode in runs}
+    broker = {mode: statistics.median(run[1] for run in runs[mode]) for mode in runs}
+    workers = {mode: statistics.median(run[2] for run in runs[mode]) for mode in runs}
     ratios = [t[0] / p[0] for p, t in zip(runs["plain"], runs["traced"])]
-    cpu_ratios = [t[1] / p[1] for p, t in zip(runs["plain"], runs["traced"])]
+    cpu_ratios = [(t[1] + t[2]) / (p[1] + p[2]) for p, t in zip(runs["plain"], runs["traced"])]
     second = "plain again (control)" if args.control else "with tracing"
     print(f"{args.tasks} tasks ({args.plan}), 2 workers x 1 core, {args.repeat} repetitions:")
     for mode, label in (("plain", "without tracing"), ("traced", second)):
         print(f"  {label:<22} median {wall[mode]:.3f} s ({args.tasks / wall[mode]:,.0f} tasks/s),"
-              f" broker+workers CPU {cpu[mode]:.2f} s")
+              f" CPU: broker {broker[mode]:.2f} s, workers {workers[mode]:.2f} s")
     print(f"  overhead               {100 * (statistics.median(ratios) - 1):+.1f} % wall "
           f"(per-repetition: {', '.join(f'{100 * (r - 1):+.0f}' for r in ratios)}), "
-          f"{100 * (statistics.median(cpu_ratios) - 1):+.1f} % CPU")
+          f"{100 * (statistics.median(cpu_ratios) - 1):+.1f} % CPU of broker and workers")
+    for name, cpu in (("broker", broker), ("workers", workers)):
+        extra = (cpu["traced"] - cpu["plain"]) / args.tasks
+        print(f"  {name + ' CPU':<22} {1e6 * extra:+.2f} µs per task")
 
 
 if __name__ == "__main__":

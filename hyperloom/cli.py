@@ -6,7 +6,10 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
+import threading
+import time
 
 import psutil
 
@@ -35,6 +38,26 @@ def _run_profiled(name, fn):
         profiler.dump_stats(os.path.join(directory, f"{name}-{os.getpid()}.prof"))
 
 
+def _exit_with_parent(name):
+    """Stop this process, through its SIGTERM handler (a clean shutdown), once the process
+    that started it has ended: the embedded cluster of a client that was killed must not
+    outlive it.  A daemon thread, so the server's loop stays free of the check."""
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:  # re-parented (to init or a subreaper) once it dies
+            time.sleep(0.5)
+        logging.getLogger(f"hyperloom.{name}").info(
+            "the process that started this one (pid %d) ended: shutting down", parent)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+EXIT_WITH_PARENT_HELP = ("exit when the process that started this one ends (the embedded "
+                         "local cluster of a client uses it)")
+
+
 def broker_main(argv=None):
     parser = argparse.ArgumentParser(
         prog="loom-broker", description="Run the hyperloom broker (holds plans, schedules tasks).")
@@ -52,6 +75,7 @@ def broker_main(argv=None):
                              "PATH (make one with loom-keygen)")
     parser.add_argument("--log-level", choices=LOG_LEVELS, default="info",
                         help="logging level on stderr (default info)")
+    parser.add_argument("--exit-with-parent", action="store_true", help=EXIT_WITH_PARENT_HELP)
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535:
         parser.error("Invalid port number")
@@ -61,6 +85,8 @@ def broker_main(argv=None):
                           heartbeat_misses=args.heartbeat_misses, secret_file=args.secret_file)
     server = BrokerServer(config)
     server.install_signal_handlers()
+    if args.exit_with_parent:
+        _exit_with_parent("broker")
     print(server.endpoint, flush=True)
     logging.getLogger("hyperloom.broker").info("listening on %s", server.endpoint)
     try:
@@ -96,6 +122,7 @@ def worker_main(argv=None):
                         help="the cluster's CURVE key file (as given to loom-broker)")
     parser.add_argument("--log-level", choices=LOG_LEVELS, default="info",
                         help="logging level on stderr (default info)")
+    parser.add_argument("--exit-with-parent", action="store_true", help=EXIT_WITH_PARENT_HELP)
     args = parser.parse_args(argv)
     if args.cpus < 0:
         parser.error("Invalid number of cpus")
@@ -111,6 +138,8 @@ def worker_main(argv=None):
         extensions=extensions, secret_file=args.secret_file)
     server = WorkerServer(config)
     server.install_signal_handlers()
+    if args.exit_with_parent:
+        _exit_with_parent("worker")
     code = 0
     try:
         _run_profiled("worker", server.run)

@@ -79,7 +79,7 @@ class LocalCluster:
 
     def _start_broker(self):
         command = [sys.executable, "-m", "hyperloom.broker", "--host", self.host, "--port", "0",
-                   "--log-level", self.log_level, *self.broker_args]
+                   "--log-level", self.log_level, "--exit-with-parent", *self.broker_args]
         self.broker = subprocess.Popen(command, stdout=subprocess.PIPE,
                                        stderr=self._log("broker.log"), start_new_session=True)
         line = self.broker.stdout.readline().decode().strip()
@@ -92,7 +92,8 @@ class LocalCluster:
         """Start one more worker; returns its Popen."""
         work_dir = tempfile.gettempdir()
         command = [sys.executable, "-m", "hyperloom.worker", "--cpus", str(cpus or self.cpus),
-                   "--wdir", work_dir, "--log-level", self.log_level, *self.worker_args,
+                   "--wdir", work_dir, "--log-level", self.log_level, "--exit-with-parent",
+                   *self.worker_args,
                    *extra_args, self.host, str(self.port)]
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
                                    stderr=self._log(f"worker-{len(self.workers)}.log"),

@@ -4,6 +4,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
@@ -118,3 +119,43 @@ def test_terminate_stops_broker_and_workers(make_cluster):
     assert cluster.broker.wait(10) == 0
     for worker in cluster.workers:
         assert worker.wait(10) == 0
+
+
+def test_the_embedded_cluster_of_a_killed_client_exits(processes, tmp_path):
+    # A script using Client() (no address) is SIGKILLed: it cannot stop its cluster, so the
+    # broker and workers notice their parent is gone and shut down by themselves.
+    script = tmp_path / "owner.py"
+    script.write_text(
+        "import sys, time\n"
+        "from hyperloom.client import Client, tasks\n"
+        "client = Client()\n"
+        "assert client.submit_one(tasks.const(b'x')).gather() == b'x'\n"
+        "cluster = client._cluster\n"
+        "print(cluster.broker.pid, *[w.pid for w in cluster.workers], flush=True)\n"
+        "time.sleep(600)\n")
+    owner = processes(sys.executable, str(script), stdout=subprocess.PIPE, text=True)
+    pids = [int(pid) for pid in owner.stdout.readline().split()]
+    assert len(pids) == 3, "the script did not start a broker and two workers"
+    os.kill(owner.pid, signal.SIGKILL)
+    owner.wait(timeout=10)
+
+    def all_gone():
+        # They were the owner's children; once it has died they are reaped by init (or by
+        # this test's subreaper-less session), so a zombie counts as gone too.
+        alive = []
+        for pid in pids:
+            try:
+                with open(f"/proc/{pid}/stat") as stat:
+                    if stat.read().split(") ", 1)[1][0] != "Z":
+                        alive.append(pid)
+            except FileNotFoundError:
+                pass
+        return not alive
+    try:
+        wait_until(all_gone, timeout=20, message="the orphaned broker and workers to exit")
+    finally:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

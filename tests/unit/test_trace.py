@@ -222,7 +222,7 @@ def test_many_events_span_several_blocks(tmp_path, monkeypatch):
         clock.at(i)
         begin = w.now()
         clock.at(i + 0.5)
-        w.task_ran(i, (), begin, i)
+        w.tasks_ran([begin, i, w.now(), i, True, ()])
     w.close()
     trace = read_trace(tmp_path)
     assert trace.n_submitted == 100 and trace.bad_records == 0
@@ -234,7 +234,7 @@ def test_many_events_span_several_blocks(tmp_path, monkeypatch):
 def test_malformed_blocks_are_counted_and_skipped(tmp_path):
     clock = FakeClock(0)
     w = writer(tmp_path, "worker-1", clock)
-    w.task_ran(1, (0,), w.now(), 5)
+    w.tasks_ran([w.now(), 1, w.now(), 5, True, (0,)])
     w.close()
     bad = [["X", 1, [1, 2, 3, 4, 1, 2], [0]],        # cpu count 2, one cpu id given
            ["X", 1, [1, 2, 3, 4, 1, -1], []],        # negative count
@@ -290,8 +290,12 @@ def test_per_event_cost_is_small(tmp_path, capsys):
         w = TraceWriter(str(tmp_path), f"worker-{attempt}")
         started = time.process_time()
         broker.tasks_submitted((i, "loom/data/merge", None, [i - 1, i - 2]) for i in range(n))
-        for i in range(n):
-            w.task_ran(i, (), w.now(), 100, True)
+        now = w.now
+        for batch in range(0, n, 1000):  # the worker records each step's inline runs at once
+            runs = []
+            for i in range(batch, batch + 1000):
+                runs += (now(), i, now(), 100, True, ())
+            w.tasks_ran(runs)
         broker.close()
         w.close()
         best = min(best, (time.process_time() - started) / n)
@@ -305,9 +309,13 @@ def test_one_event_task_records_read_like_start_and_finish(tmp_path):
     ticks = iter(range(0, 10_000_000, 1000))
     writer = TraceWriter(str(tmp_path), "worker-1", clock=lambda: next(ticks) * 1000,
                          wall_clock=lambda: 1_700_000_000_000_000_000)
-    begin = writer.now()
-    writer.task_ran(7, (0,), begin, 42, True)
+    first = writer.now()
+    second = writer.now()
+    writer.tasks_ran([first, 7, second, 42, True, (0, 2), second, 8, writer.now(), 0, False, ()])
     writer.close()
-    [task] = read_trace(str(tmp_path)).tasks
-    assert (task.task_id, task.worker, task.cpu_ids, task.size, task.ok) == (7, 1, (0,), 42, True)
-    assert task.end == pytest.approx(task.start + 1e-3)
+    seven, eight = read_trace(str(tmp_path)).tasks
+    assert (seven.task_id, seven.worker, seven.cpu_ids, seven.size, seven.ok) == \
+        (7, 1, (0, 2), 42, True)
+    assert (eight.task_id, eight.cpu_ids, eight.size, eight.ok) == (8, (), 0, False)
+    assert seven.end == pytest.approx(seven.start + 1e-3) == eight.start
+    assert eight.end == pytest.approx(eight.start + 1e-3)
