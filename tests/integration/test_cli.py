@@ -56,6 +56,9 @@ def test_invalid_arguments_are_refused():
     assert result.returncode != 0 and "Invalid number of cpus" in result.stderr
     result = subprocess.run(["loom-broker", "--port", "70000"], capture_output=True, text=True)
     assert result.returncode != 0 and "Invalid port number" in result.stderr
+    result = subprocess.run(["loom-broker", "--port", "0"], capture_output=True, text=True,
+                            env={**os.environ, "HYPERLOOM_GC_THRESHOLDS": "lots"}, timeout=30)
+    assert result.returncode != 0 and "HYPERLOOM_GC_THRESHOLDS" in result.stderr
 
 
 def test_broker_prints_its_endpoint_first(processes):
