@@ -155,8 +155,11 @@ class TraceWriter:
     def data_sent(self, data_id: int, nbytes: int, target: str) -> None:
         self._add("D", (self.now(), data_id, nbytes, self._string(target)))
 
-    def data_received(self, data_id: int, nbytes: int, source: str, seconds: float) -> None:
-        self._add("R", (self.now(), data_id, nbytes, round(seconds * 1e9), self._string(source)))
+    def data_received(self, data_id: int, nbytes: int, source: str,
+                      seconds: Optional[float] = None) -> None:
+        """``seconds``: how long receiving took, if the receiver knows (-1 in the file if not)."""
+        duration = -1 if seconds is None else round(seconds * 1e9)
+        self._add("R", (self.now(), data_id, nbytes, duration, self._string(source)))
 
     def sample(self, cpu_percent: float, mem_bytes: int) -> None:
         """Resource use of the process's node; also flushes, so a live trace lags ~1 s at most."""
@@ -249,7 +252,7 @@ class Transfer:
     source: str
     target: str
     time: float                   # when it was sent (receiver-only: when receiving began)
-    seconds: Optional[float] = None  # receive duration, when the receiver traced it
+    seconds: Optional[float] = None  # receive duration, when the receiver knew it
 
 
 @dataclass(frozen=True)
@@ -477,7 +480,8 @@ class _Assembler:
                           for t, data_id, nbytes, target in events)
 
     def _on_data_received(self, _worker, endpoint, events):
-        self._received.extend((data_id, nbytes, source or "", endpoint, t, duration / 1e9)
+        self._received.extend((data_id, nbytes, source or "", endpoint, t,
+                               duration / 1e9 if duration >= 0 else None)
                               for t, data_id, nbytes, duration, source in events)
 
     def _on_samples(self, worker, _endpoint, events):
@@ -551,7 +555,8 @@ class _Assembler:
             seconds = matches.pop(0)[1] if matches else None
             transfers.append(Transfer(*key, t, seconds))
         for key, rest in pending.items():
-            transfers.extend(Transfer(*key, max(t - seconds, 0.0), seconds) for t, seconds in rest)
+            transfers.extend(Transfer(*key, max(t - (seconds or 0.0), 0.0), seconds)
+                             for t, seconds in rest)
         return sorted(transfers, key=attrgetter("time", "data_id"))
 
 

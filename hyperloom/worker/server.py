@@ -318,7 +318,7 @@ class WorkerServer:
             for data_id, obj in received:
                 self.core.on_data(data_id, obj)
                 if self.tracer is not None:
-                    self.tracer.data_received(data_id, obj.size, source, 0.0)
+                    self.tracer.data_received(data_id, obj.size, source)  # duration unknown
 
     def _task_done(self, task, result, error):
         self.core.on_task_done(task, result, error)

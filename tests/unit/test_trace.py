@@ -171,12 +171,15 @@ def test_transfers_seen_by_one_end_only_are_kept(tmp_path):
     w.data_sent(5, 10, "client")
     clock.at(2.0)
     w.data_received(6, 20, "10.9.9.9:1", 0.5)
+    clock.at(3.0)
+    w.data_received(7, 30, "10.9.9.9:1")  # how long it took is not known
     w.close()
     transfers = read_trace(tmp_path).transfers
     # Times are relative to the first event (the send at 1.0 s); a receive-only transfer is
     # dated when it began, the receive time less its duration.
     assert transfers == [Transfer(5, 10, "worker-1", "client", 0.0, None),
-                         Transfer(6, 20, "10.9.9.9:1", "worker-1", 0.5, 0.5)]
+                         Transfer(6, 20, "10.9.9.9:1", "worker-1", 0.5, 0.5),
+                         Transfer(7, 30, "10.9.9.9:1", "worker-1", 2.0, None)]
 
 
 def test_reading_refuses_what_is_not_a_trace(tmp_path):
