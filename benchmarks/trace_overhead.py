@@ -41,7 +41,8 @@ def cpu_seconds(processes):
     return total
 
 
-def run_once(n, shape, traced):
+def measure_plan(n, shape, traced):
+    """(wall s, broker CPU s, workers' CPU s) of one timed run of the plan on a fresh cluster."""
     with hyperloom.LocalCluster(workers=2, cpus=1) as cluster, \
             tempfile.TemporaryDirectory() as trace_root:
         client = cluster.client()
@@ -72,8 +73,8 @@ def main():
     for i in range(args.repeat):
         order = ("plain", "traced") if i % 2 == 0 else ("traced", "plain")
         for mode in order:
-            runs[mode].append(run_once(args.tasks, args.plan,
-                                       traced=mode == "traced" and not args.control))
+            runs[mode].append(measure_plan(args.tasks, args.plan,
+                                          traced=mode == "traced" and not args.control))
     wall = {mode: statistics.median(run[0] for run in runs[mode]) for mode in runs}
     broker = {mode: statistics.median(run[1] for run in runs[mode]) for mode in runs}
     workers = {mode: statistics.median(run[2] for run in runs[mode]) for mode in runs}
