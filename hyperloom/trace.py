@@ -141,9 +141,11 @@ class TraceWriter:
         a task: start_ns, task_id, end_ns (both read from ``now``), result size, ok, cpu_ids.
         One event each instead of an ``S`` and an ``F``, one call per batch, and flat because
         this is the event of every tiny task: a tuple per task, alive until the batch ends,
-        would be tracked and scanned by the garbage collector (measured: +1 µs a task)."""
+        would be tracked and scanned by the garbage collector (measured: +1 µs a task).
+        The writer takes ``runs`` over: it rewrites the list in place."""
         cpu_ids = runs[5::6]
         runs[5::6] = map(len, cpu_ids)
+        runs[4::6] = map(int, runs[4::6])  # ok: True/False -> 1/0, as the format says
         self._ran += runs
         self._extras["X"].extend(chain.from_iterable(cpu_ids))
         if len(self._ran) >= BLOCK_INTS:
