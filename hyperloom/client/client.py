@@ -8,6 +8,8 @@ sent with the next request.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import os
 import time
@@ -102,6 +104,10 @@ class Client:
     def submit(self, tasks, load: bool = False) -> list:
         """Submit tasks (and what they need); one Future per task, same order."""
         self._check_open()
+        with _collection_paused():
+            return self._submit(tasks, load)
+
+    def _submit(self, tasks, load):
         builder = PlanBuilder(self, self.submit_id)
         roots = [builder.add(task) for task in tasks]
         if not roots:
@@ -404,3 +410,18 @@ class Client:
                 outcome = (obj.to_python(), None)
             if replies is not None:
                 replies[task_id] = outcome
+
+
+@contextlib.contextmanager
+def _collection_paused():
+    """No garbage collection while a plan is walked and encoded: it allocates an object or two
+    per task and keeps all of them, so every collection in between scans and promotes them for
+    nothing (measured: 40-50 % of submitting 200,000 tasks).  Only for the call; a collector
+    that was already off stays off."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()

@@ -75,6 +75,25 @@ def test_garbage_collected_futures_are_released(client):
     assert client.get_stats()["n_data_objects"] == 0
 
 
+def test_submit_leaves_the_garbage_collector_as_it_found_it(client):
+    # submit pauses collection while it walks the plan; it must always switch it back on,
+    # also when the plan is refused, and never switch on a collector the user turned off.
+    assert gc.isenabled()
+    client.gather(client.submit([tasks.const("x")]))
+    assert gc.isenabled()
+    a = tasks.merge(())
+    a.inputs = (tasks.merge((a,)),)
+    with pytest.raises(LoomError, match="not a DAG"):
+        client.submit_one(a)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        client.gather(client.submit([tasks.const("y")]))
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
 def test_client_level_fetch_wait_release(client):
     futures = client.submit([tasks.const(str(i)) for i in range(10)])
     client.wait(futures)
