@@ -50,17 +50,15 @@ GC_THRESHOLDS = (20_000, 10, 10)
 def _tune_gc():
     """Freeze what importing created (never garbage) and collect less often; see GC_THRESHOLDS.
     HYPERLOOM_GC_THRESHOLDS="700,10,10" (CPython's default) overrides them, for comparisons."""
-    thresholds = GC_THRESHOLDS
     override = os.environ.get("HYPERLOOM_GC_THRESHOLDS")
     if override:
         try:
-            thresholds = tuple(int(x) for x in override.split(","))
-            gc.set_threshold(*thresholds)
+            gc.set_threshold(*(int(x) for x in override.split(",")))
         except (ValueError, TypeError):
             sys.exit(f"HYPERLOOM_GC_THRESHOLDS must be up to three integers, got {override!r}")
         return
     gc.freeze()
-    gc.set_threshold(*thresholds)
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def _exit_with_parent(name):

@@ -284,10 +284,7 @@ def worker_id_of(name: str) -> Optional[int]:
 
 def read_trace(directory: str | os.PathLike) -> Trace:
     """Parse every ``*.ltrace`` file of ``directory`` into one time-aligned ``Trace``."""
-    paths = sorted(Path(directory).glob("*" + SUFFIX))
-    if not paths:
-        raise FileNotFoundError(f"no {SUFFIX} files in {directory}")
-    files = [read_file(path) for path in paths]
+    files = [read_file(path) for path in _trace_files_in(directory)]
     first = [f.first_event for f in files if f.first_event is not None]
     last = [f.last_event for f in files if f.last_event is not None]
     origin = min(first, default=min(f.start_ns for f in files))
@@ -299,6 +296,13 @@ def read_trace(directory: str | os.PathLike) -> Trace:
     return trace
 
 
+def _trace_files_in(directory: str | os.PathLike) -> list[Path]:
+    paths = sorted(Path(directory).glob("*" + SUFFIX))
+    if not paths:
+        raise FileNotFoundError(f"no {SUFFIX} files in {directory}")
+    return paths
+
+
 # ---- reading -----------------------------------------------------------------------------------
 
 @dataclass
@@ -307,7 +311,7 @@ class TraceFile:
     kept as integers: a float of seconds since 1970 would round them to ~0.4 µs)."""
     name: str
     start_ns: int                                  # wall clock at the writer's start
-    blocks: list[tuple[str, list[list]]]           # (kind, columns); column 0 is the time
+    blocks: list[tuple[str, list[tuple]]]          # (kind, events); an event's field 0 is its time
     bad_records: int = 0
     first_event: Optional[int] = None
     last_event: Optional[int] = None
@@ -417,7 +421,7 @@ class _BlockDecoder:
 class _Assembler:
     """Folds the events of all files into the records of a ``Trace``."""
 
-    def __init__(self, origin: float):
+    def __init__(self, origin: int):  # wall clock ns of the earliest event
         self._origin = origin
         self._submitted: dict[int, tuple[str, Optional[str], tuple[int, ...]]] = {}
         self._joined: dict[int, tuple[str, int]] = {}
@@ -567,10 +571,7 @@ class _Assembler:
 def dump(path: str | os.PathLike, out=sys.stdout) -> None:
     """Print a trace file (or every file of a directory) as text: the header, then one event per
     line, ``<kind> <µs since the file's start> <fields...>`` in the order they were written."""
-    paths = sorted(Path(path).glob("*" + SUFFIX)) if os.path.isdir(path) else [Path(path)]
-    if not paths:
-        raise FileNotFoundError(f"no {SUFFIX} files in {path}")
-    for file_path in paths:
+    for file_path in _trace_files_in(path) if os.path.isdir(path) else [Path(path)]:
         parsed = read_file(file_path)
         print(f"# {file_path}: {parsed.name}, started at wall clock {parsed.start_ns / 1e9:.6f} s"
               + (f", {parsed.bad_records} unreadable records" if parsed.bad_records else ""),
