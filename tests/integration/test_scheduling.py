@@ -1,6 +1,5 @@
 """Resources and placement on real workers: cores never oversubscribed, stealing, fit."""
 
-import pytest
 
 from hyperloom.client import tasks
 
