@@ -1,6 +1,5 @@
 """Resources and placement on real workers: cores never oversubscribed, stealing, fit."""
 
-
 from hyperloom.client import tasks
 
 from ..conftest import wait_until
