@@ -1,9 +1,10 @@
 """Client: connect to a broker, submit plans, wait for, fetch and release results.
 
-One DEALER socket, used only from the calling thread. Nothing runs in the
-background: events from the broker are processed whenever a call waits.
-Releases (including those from garbage-collected futures) are batched and
-sent with the next request.
+One DEALER socket, used by one thread at a time under ``_lock``: events from
+the broker are processed whenever a call waits. ``release()`` is sent at once;
+releases noted by garbage-collected futures (``Future.__del__`` does no socket
+I/O) are sent on the client's next wake-up inside a call, or by a small timer
+thread while the client is idle, so an idle client never keeps data alive.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ import contextlib
 import gc
 import logging
 import os
+import threading
 import time
+import weakref
+from collections import deque
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -30,6 +34,9 @@ SEND_TIMEOUT = 30.0
 # Tasks per Submit message: the broker checks one chunk while the next is encoded,
 # and its temporary objects are reused instead of piling up.
 SUBMIT_CHUNK = 20000
+# How often an idle client sends the releases of garbage-collected futures, and
+# how long a waiting call blocks before it looks at them again.
+RELEASE_INTERVAL = 0.2
 
 
 class Client:
@@ -49,10 +56,14 @@ class Client:
         # must reach them); after that only the user's references keep them.
         self.futures = {}
         self.trace_path = None
-        self._pending_release = []
+        # Ids to release: appended by release_one and Future.__del__ (deque appends and
+        # pops are atomic, so the timer thread and __del__ need no lock between them).
+        self._pending_release = deque()
+        self._lock = threading.RLock()   # whoever uses the socket holds it
         self._replies = {}
         self._next_request = 1
         self._closed = False
+        self._timer = None
         self.progress = (0, 0)   # (tasks done, tasks submitted) by this client, from the broker
         self._context = zmq.Context()
         self._socket = self._context.socket(zmq.DEALER)
@@ -72,8 +83,14 @@ class Client:
         try:
             self._handshake(connect_timeout)
         except BaseException:
+            self._closed = True
             self._close_sockets()
             raise
+        self._timer_stop = threading.Event()
+        self._timer = threading.Thread(
+            target=_release_timer, args=(weakref.ref(self), self._timer_stop),
+            name="hyperloom-client-releases", daemon=True)
+        self._timer.start()
 
     def _handshake(self, timeout):
         self._send(protocol.encode(protocol.HELLO_CLIENT, protocol.PROTOCOL_VERSION))
@@ -192,7 +209,8 @@ class Client:
             for task_id, (value, error) in replies.items():
                 future = missing[task_id]
                 if error is not None:
-                    self._set_failed(future, error)
+                    if future.remote_status != FAILED:  # a refusal that came first explains more
+                        self._set_failed(future, error)
                 else:
                     future._result = value
                     future._has_result = True
@@ -223,12 +241,15 @@ class Client:
     # ------------------------------------------------------------ release
 
     def release(self, futures):
-        """Release results from the workers; running tasks are canceled."""
+        """Release results from the workers; running tasks are canceled. Sent at once."""
         for future in futures:
-            self.release_one(future)
+            self._note_release(future)
         self._flush_releases()
 
     def release_one(self, future):
+        self.release((future,))
+
+    def _note_release(self, future):
         if future.remote_status in (RELEASED, CANCELED):
             return
         self.futures.pop(future._id, None)
@@ -236,14 +257,32 @@ class Client:
         self._pending_release.append(future._id)
 
     def _release_later(self, future):
-        """Called from Future.__del__: no socket I/O here, only a note."""
+        """Called from Future.__del__: no socket I/O here, only a note (sent by the next
+        wake-up of a waiting call or by the release timer)."""
         if not self._closed:
             self._pending_release.append(future._id)
 
     def _flush_releases(self):
-        if self._pending_release and not self._closed:
-            ids, self._pending_release = self._pending_release, []
+        pending = self._pending_release
+        if not pending or self._closed:
+            return
+        ids = []
+        while pending:
+            ids.append(pending.popleft())
+        with self._lock:
             self._send(protocol.encode(protocol.RELEASE, ids))
+
+    def _flush_releases_if_idle(self):
+        """From the timer thread: send noted releases unless a call is using the socket
+        (that call sends them on its next wake-up)."""
+        if not self._pending_release or not self._lock.acquire(blocking=False):
+            return
+        try:
+            self._flush_releases()
+        except LoomError as error:  # nobody to tell from this thread; the next call raises
+            log.warning("could not send releases: %s", error)
+        finally:
+            self._lock.release()
 
     # ------------------------------------------------------------ other requests
 
@@ -278,13 +317,18 @@ class Client:
     def close(self):
         if self._closed:
             return
-        try:
-            self._flush_releases()
-            self._socket.send(protocol.encode(protocol.GOODBYE), zmq.NOBLOCK)
-        except zmq.ZMQError:
-            pass
-        self._closed = True
-        self._close_sockets()
+        if self._timer is not None:
+            self._timer_stop.set()
+            if self._timer is not threading.current_thread():  # __del__ may run on it
+                self._timer.join()
+        with self._lock:
+            try:
+                self._flush_releases()
+                self._socket.send(protocol.encode(protocol.GOODBYE), zmq.NOBLOCK)
+            except (zmq.ZMQError, LoomError):
+                pass
+            self._closed = True
+            self._close_sockets()
         if self._cluster is not None:
             self._cluster.stop()
             self._cluster = None
@@ -311,16 +355,17 @@ class Client:
     def _send(self, header):
         """Send, or raise ConnectionLost if no broker takes it within SEND_TIMEOUT
         (a DEALER without a connection would otherwise block forever)."""
-        try:
+        with self._lock:
+            try:
+                self._socket.send(header, zmq.NOBLOCK, copy=False)
+                return
+            except zmq.Again:
+                pass
+            if not self._socket.poll(int(SEND_TIMEOUT * 1000), zmq.POLLOUT):
+                raise ConnectionLost(f"cannot reach the broker at {self.server_address}:"
+                                     f"{self.server_port}: nothing accepted a message for "
+                                     f"{SEND_TIMEOUT:.0f} s")
             self._socket.send(header, zmq.NOBLOCK, copy=False)
-            return
-        except zmq.Again:
-            pass
-        if not self._socket.poll(int(SEND_TIMEOUT * 1000), zmq.POLLOUT):
-            raise ConnectionLost(f"cannot reach the broker at {self.server_address}:"
-                                 f"{self.server_port}: nothing accepted a message for "
-                                 f"{SEND_TIMEOUT:.0f} s")
-        self._socket.send(header, zmq.NOBLOCK, copy=False)
 
     def _request_number(self):
         request = self._next_request
@@ -347,9 +392,19 @@ class Client:
         else:
             future.error = LoomError(str(error))
 
-    def _process_events(self, timeout_ms: int = -1):
-        """Wait for and handle everything the broker sent."""
-        events = dict(self._poller.poll(timeout_ms))
+    def _process_events(self):
+        """Wait a while for, and handle, everything the broker sent.
+
+        Returns after at most RELEASE_INTERVAL so that releases noted by
+        garbage-collected futures during a long wait go out without delay;
+        callers loop until what they wait for has arrived.
+        """
+        with self._lock:
+            self._flush_releases()
+            events = dict(self._poller.poll(int(RELEASE_INTERVAL * 1000)))
+            self._handle_events(events)
+
+    def _handle_events(self, events):
         if self._monitor in events:
             event = recv_monitor_message(self._monitor)
             if event["event"] != 0:
@@ -410,6 +465,18 @@ class Client:
                 outcome = (obj.to_python(), None)
             if replies is not None:
                 replies[task_id] = outcome
+
+
+def _release_timer(client_ref, stop: threading.Event):
+    """Send the releases of garbage-collected futures while the client is idle.
+
+    Holds only a weak reference, so an unclosed client can still be collected."""
+    while not stop.wait(RELEASE_INTERVAL):
+        client = client_ref()
+        if client is None:
+            return
+        client._flush_releases_if_idle()
+        del client
 
 
 @contextlib.contextmanager

@@ -1,10 +1,13 @@
 """Client and Future API (guide + reference §3) against real processes."""
 
 import gc
+import threading
 
 import pytest
 
 from hyperloom.client import Client, LoomError, TaskFailed, tasks
+
+from ..conftest import wait_until
 
 
 def test_future_states_and_repr(client):
@@ -159,3 +162,62 @@ def test_client_without_address_starts_a_local_cluster():
     with Client() as client:
         assert client.submit_one(tasks.const("embedded")).gather() == b"embedded"
         assert client.get_stats()["n_workers"] >= 1
+
+
+def _held_objects(observer):
+    return observer.get_stats()["n_data_objects"]
+
+
+def test_release_reaches_the_broker_while_the_owner_stays_quiet(make_cluster):
+    # Issue 11.2: release() used to be queued until the owner's next call.
+    cluster = make_cluster()
+    owner, observer = cluster.client(), cluster.client()
+    future = owner.submit_one(tasks.const("x" * 1000))
+    future.wait()
+    assert _held_objects(observer) == 1
+    future.release()
+    # The owner makes no further call: the broker must have heard it anyway.
+    wait_until(lambda: _held_objects(observer) == 0, timeout=5,
+               message="the released object to leave the workers")
+
+
+def test_collected_futures_are_released_while_the_owner_stays_quiet(make_cluster):
+    cluster = make_cluster()
+    owner, observer = cluster.client(), cluster.client()
+    futures = owner.submit([tasks.const("y%d" % i) for i in range(5)])
+    owner.wait(futures)
+    assert _held_objects(observer) == 5
+    del futures
+    gc.collect()  # Future.__del__ only notes the ids; the owner stays idle from here on
+    wait_until(lambda: _held_objects(observer) == 0, timeout=5,
+               message="the collected futures' objects to leave the workers")
+
+
+def test_collected_futures_are_released_during_a_long_wait(make_cluster):
+    # While the owner blocks in wait(), releases noted by __del__ go out at its next
+    # wake-up, not after the wait returns.
+    cluster = make_cluster()
+    owner, observer = cluster.client(), cluster.client()
+    held = [owner.submit_one(tasks.const("z"))]
+    held[0].wait()
+    slow = owner.submit_one(tasks.run("sleep 3"))
+    seen = []
+
+    def owner_is_waiting():
+        free = owner._lock.acquire(blocking=False)
+        if free:
+            owner._lock.release()
+        return not free
+
+    def collect_and_watch():
+        wait_until(owner_is_waiting, timeout=2, message="the owner to block in wait()")
+        held.clear()
+        gc.collect()
+        seen.append(wait_until(lambda: _held_objects(observer) == 0, timeout=2.5,
+                               message="the object released during the wait"))
+
+    watcher = threading.Thread(target=collect_and_watch)
+    watcher.start()
+    slow.wait()  # 3 s; the watcher must see the release well before it returns
+    watcher.join()
+    assert seen == [True]

@@ -38,6 +38,20 @@ def test_unknown_task_type_is_refused_naming_type_and_task(client):
     assert client.submit_one(tasks.const("ok")).gather() == b"ok"
 
 
+def test_every_call_on_a_refused_plan_raises_the_refusal(client):
+    # Issue 11.3: gather()/fetch() at once raced the refusal and reported "Invalid id".
+    for call in ("gather", "fetch", "wait"):
+        task = Task()
+        task.task_type = "my/unknown"
+        future = client.submit_one(task)
+        with pytest.raises(LoomError, match=r"Plan refused: task id=\d+ has unknown task type "
+                                            r"'my/unknown'"):
+            getattr(future, call)()
+        with pytest.raises(LoomError, match="unknown task type 'my/unknown'"):
+            client.gather([future])  # and again, through the client
+    assert client.submit_one(tasks.const("ok")).gather() == b"ok"
+
+
 def test_malformed_messages_are_answered_and_the_broker_keeps_serving(shared_cluster, client):
     context = zmq.Context()
     rogue = context.socket(zmq.DEALER)
