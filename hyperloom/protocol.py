@@ -144,7 +144,8 @@ MESSAGES = (
     Message("Uploaded", 41, "worker->broker",
             (("client", _B), ("request", _I), ("objects", _L)),
             "the objects' frames in order",
-            "forwarded to the client as Data"),
+            "forwarded as Data to the client that asked, only as the answer to an Upload "
+            "the broker sent (of the ids it named); anything else is answered with Error"),
     # --- worker -> worker (PUSH -> PULL, never through the broker)
     Message("PushData", 50, "worker->worker", (("source", _S), ("objects", _L)),
             "the objects' frames in order", "nothing; objects are [id, meta]"),

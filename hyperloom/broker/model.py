@@ -173,7 +173,8 @@ class Outbox:
         self.replies = []                      # (identity, header frame) ready to send
 
     def add_reply(self, entry):
-        """``(identity, header frame)``: an immediate answer (Welcome, Stats, ...)."""
+        """``(identity, header frame, *payload frames)``: an answer (Welcome, Stats, a
+        relayed Uploaded as Data, ...)."""
         self.replies.append(entry)
         self.notices.append(("reply", entry))
 

@@ -277,11 +277,7 @@ class BrokerServer:
 
     def _on_uploaded(self, worker, fields, frames, now):
         client_identity, request, objects = fields
-        self.state.on_uploaded(worker, client_identity, request)
-        if client_identity not in self.peers:
-            return  # the client left meanwhile
-        header = protocol.encode(protocol.DATA, request, objects)
-        self._send([client_identity, header, *frames[2:]])
+        self.state.on_uploaded(worker, client_identity, request, objects, frames[2:])
 
     # ------------------------------------------------------------ peers
 

@@ -68,9 +68,11 @@ class BrokerState:
         counts[old] -= 1
         counts[new_state] += 1
         node.state = new_state
-        if new_state >= ts.FINISHED and old < ts.FINISHED:
+        # Progress counts each task once: one that must run again (recomputed after a
+        # worker loss) is not done any more until it finishes again.
+        if (new_state >= ts.FINISHED) != (old >= ts.FINISHED):
             client = node.client
-            client.n_done += 1
+            client.n_done += 1 if new_state >= ts.FINISHED else -1
             self.outbox.progressed.add(client)
 
     def _add_node(self, node: Node):
@@ -486,8 +488,29 @@ class BrokerState:
                 return worker
         return node.holders[0]
 
-    def on_uploaded(self, worker: WorkerState, client_identity: bytes, request: int):
-        worker.uploads.pop((client_identity, request), None)
+    def on_uploaded(self, worker: WorkerState, client_identity: bytes, request: int,
+                    objects, frames):
+        """Relay a worker's answer to an Upload as Data to the client that asked.
+
+        Only answers to uploads this broker ordered, of the ids it ordered, go on: a
+        confused or hostile worker cannot push data into any client (or worker).
+        """
+        key = (client_identity, request)
+        ordered = worker.uploads.get(key)
+        answered = {entry[0] if type(entry) is list and entry and type(entry[0]) is int
+                    else None for entry in objects}
+        if ordered is None or not answered or not answered.issubset(ordered):
+            self._worker_error(worker, f"Uploaded for request {request!r:.20} of "
+                                       f"{client_identity!r:.40} answers no Upload of those ids")
+            return
+        remaining = [task_id for task_id in ordered if task_id not in answered]
+        if remaining:
+            worker.uploads[key] = remaining
+        else:
+            del worker.uploads[key]
+        if client_identity in self.clients:  # else the client left meanwhile
+            self.outbox.add_reply((client_identity, protocol.encode(protocol.DATA, request,
+                                                                    objects), *frames))
 
     def stats(self) -> dict:
         counts = self.state_counts

@@ -359,6 +359,8 @@ def expect(head, state):
         lists = dict(zip(TASKS_DONE_FIELDS, fields))
         due = sum(len(lists.get(name, ())) for name in REPORT_LISTS)
         return state, ("tasks_done", due, bool(lists["results"])), None
+    if code == protocol.UPLOADED:   # fuzz workers are never sent an Upload to answer
+        return state, ("error", lambda m: "answers no Upload" in m, False), None
     if code == protocol.GET_STATS:
         return state, None, "stats"
     if code == protocol.SET_TRACE:   # always relative here (see sanitize)

@@ -400,3 +400,89 @@ def test_a_task_nobody_can_use_is_not_held(h):
     # task 0 is neither a result nor an input, and needs more cores than any worker has
     h.submit((0, RUN, [], 64, False), (1, CONST, [], 0, True))
     assert h.node(0) is None and h.node(1) is not None
+
+
+def test_progress_counts_a_recomputed_task_once(h):
+    # Issue 11.5: a task recomputed after a worker loss was counted done twice (2/1).
+    w1, w2 = h.add_worker(), h.add_worker()
+    h.submit((0, CONST, [], 0, False), (1, MERGE, [0], 0, True))
+    first = next(iter(h.schedule()))
+    h.finish(first, 0)
+    h.schedule()
+    h.finish(first, 1)
+    assert (h.client.n_done, h.client.n_total) == (2, 2)
+    h.state.on_worker_lost(first)   # the result lived only there: computed again
+    assert h.client.n_done < h.client.n_total
+    survivor = w2 if first is w1 else w1
+    for local in (0, 1):
+        h.schedule()
+        h.finish(survivor, local)
+        assert h.client.n_done <= h.client.n_total
+    assert h.node(1).state == ts.FINISHED
+    assert (h.client.n_done, h.client.n_total) == (2, 2)
+
+
+def _ordered_upload(h):
+    """A finished result held on w1 and fetched by the client as request 7."""
+    w1, w2 = h.add_worker(), h.add_worker()
+    h.submit((0, CONST, [], 0, True), (1, CONST, [], 0, True))
+    for worker, ids in h.schedule().items():
+        h.finish(worker, *ids)
+    holder = h.node(0).holders[0]
+    h.state.outbox.clear()
+    h.state.on_fetch(h.client, 7, [h.base], False)
+    assert h.state.outbox.uploads == {(holder, b"client", 7): [h.base]}
+    h.state.outbox.clear()
+    return holder, (w2 if holder is w1 else w1)
+
+
+def _relayed(h):
+    """Data messages the broker would send to clients."""
+    return [entry for kind, entry in h.state.outbox.notices
+            if kind == "reply" and protocol.decode(entry[1])[0] == protocol.DATA]
+
+
+def _errors_to(h, worker):
+    return [message for identity, message, fatal in h.state.outbox.errors
+            if identity == worker.identity]
+
+
+def test_an_ordered_upload_is_relayed_to_the_client_that_asked(h):
+    holder, _ = _ordered_upload(h)
+    h.state.on_uploaded(holder, b"client", 7, [[h.base, [0]]], [b"payload"])
+    [(identity, header, frame)] = _relayed(h)
+    assert identity == b"client" and frame == b"payload"
+    assert protocol.decode(header) == (protocol.DATA, [7, [[h.base, [0]]]])
+    assert not holder.uploads
+
+
+def test_an_upload_nobody_ordered_is_refused_not_relayed(h):
+    # Issue 11.6: the broker relayed any Uploaded to whatever identity a worker named.
+    holder, other = _ordered_upload(h)
+    other_worker_identity = other.identity
+    h.state.on_uploaded(other, b"client", 7, [[h.base, [0]]], [b"forged"])
+    h.state.on_uploaded(holder, other_worker_identity, 7, [[h.base, [0]]], [b"to a worker"])
+    h.state.on_uploaded(holder, b"client", 8, [[h.base, [0]]], [b"wrong request"])
+    h.state.on_uploaded(holder, b"client", 7, [[h.base + 1, [0]]], [b"an id not asked for"])
+    h.state.on_uploaded(holder, b"client", 7, [], [])
+    assert _relayed(h) == []
+    assert len(_errors_to(h, other)) == 1 and len(_errors_to(h, holder)) == 4
+    assert all("answers no Upload" in m for m in _errors_to(h, holder))
+    # the genuine answer still goes through afterwards
+    h.state.on_uploaded(holder, b"client", 7, [[h.base, [0]]], [b"payload"])
+    assert len(_relayed(h)) == 1
+
+
+def test_an_upload_answered_in_two_parts_is_relayed_twice_then_refused(h):
+    w = h.add_worker()
+    h.submit((0, RUN, [], 1, True), (1, RUN, [], 1, True))
+    h.state.on_fetch(h.client, 3, [h.base, h.base + 1], False)
+    h.schedule()
+    h.finish(w, 0)
+    h.finish(w, 1)  # two Upload orders of the same request
+    assert w.uploads == {(b"client", 3): [h.base, h.base + 1]}
+    h.state.on_uploaded(w, b"client", 3, [[h.base, [0]]], [b"a"])
+    h.state.on_uploaded(w, b"client", 3, [[h.base + 1, [0]]], [b"b"])
+    assert len(_relayed(h)) == 2 and not w.uploads
+    h.state.on_uploaded(w, b"client", 3, [[h.base + 1, [0]]], [b"b again"])
+    assert len(_relayed(h)) == 2 and len(_errors_to(h, w)) == 1
