@@ -1,4 +1,4 @@
-"""What the broker remembers: task nodes, workers, clients, and the outbox.
+"""What the broker remembers: task nodes, workers, clients.
 
 Kept compact on purpose: a plan of a million tasks is a million Node objects,
 so a Node has slots only, refers to its inputs and consumers directly (no id
@@ -7,8 +7,6 @@ holders beyond the first) out of line until it is needed.
 """
 
 from __future__ import annotations
-
-from collections import defaultdict
 
 from .taskstate import WAITING
 
@@ -36,7 +34,7 @@ class Node:
         self.refs = 0                 # unfinished consumers + 1 while the client holds it
         self.is_result = False        # the client holds a future for it
         self.worker = None            # where it is assigned (while ASSIGNED)
-        self.holders = None           # list of WorkerState holding (or receiving) the data
+        self.holders = None           # list of WorkerRecord holding (or receiving) the data
         self.size = 0
         self.length = 0
         self.extra = None             # NodeExtra, rarely needed
@@ -87,8 +85,9 @@ class NodeExtra:
         self.inline = None            # (meta, frames) of a small result sent along
 
 
-class WorkerState:
-    """A connected worker as the broker sees it."""
+class WorkerRecord:
+    """The broker's record of a connected worker (not the worker's own state:
+    that is ``hyperloom.worker.state.WorkerCore``)."""
 
     def __init__(self, identity: bytes, worker_id: int, address: str, cpus: int,
                  task_types, hostname: str, now: float):
@@ -103,7 +102,7 @@ class WorkerState:
         self.assigned = {}            # Nodes assigned and unfinished, in assignment order
         self.canceled = set()         # ids canceled while assigned: their reports are expected
         self.stealing = set()         # ids asked back with StealTasks, not answered yet
-        self.incoming = {}            # data id -> source WorkerState: ordered, not yet used
+        self.incoming = {}            # data id -> source WorkerRecord: ordered, not yet used
         self.uploads = {}             # (client identity, request) -> ids asked by Upload
         self.bytes_held = 0
         self.bytes_received = 0       # ordered transfers to this worker
@@ -118,8 +117,9 @@ class WorkerState:
         return f"<Worker {self.worker_id} {self.address} cpus={self.cpus}>"
 
 
-class ClientState:
-    """A connected client: its number (id range) and the futures it holds."""
+class ClientRecord:
+    """The broker's record of a connected client: its number (id range), the
+    futures it holds, its progress."""
 
     def __init__(self, identity: bytes, number: int, now: float):
         self.identity = identity
@@ -130,6 +130,7 @@ class ClientState:
         self.pending_plan = None      # PendingPlan while a chunked Submit arrives
         self.n_total = 0              # tasks submitted (for progress)
         self.n_done = 0               # of those, finished, failed or canceled
+        self.progress_sent = float("-inf")  # when progress alone was last sent
 
 
 class PendingPlan:
@@ -142,63 +143,3 @@ class PendingPlan:
         self.results = []
         self.error = None             # the first problem found: the whole plan is refused
         self.result_ids = []          # all result ids, to name them in SubmitRefused
-
-
-class Outbox:
-    """What the broker core wants sent; the server turns it into messages.
-
-    The core never touches sockets: handlers append here, tests read it.
-    Batches are per destination, so one flush sends one message per peer and
-    message type however many tasks are involved.
-    """
-
-    def __init__(self):
-        self.clear()
-
-    def clear(self):
-        self.compute = defaultdict(list)       # WorkerState -> [task entries]
-        self.sends = defaultdict(dict)         # WorkerState -> {target address: [ids]}
-        self.uploads = defaultdict(list)       # (WorkerState, client identity, request) -> [ids]
-        self.cancel = defaultdict(list)        # WorkerState -> [ids]
-        self.steal = defaultdict(list)         # WorkerState -> [ids]
-        self.remove = defaultdict(list)        # WorkerState -> [ids]
-        self.finished = defaultdict(list)      # ClientState -> [ids]
-        self.progressed = set()                # ClientState whose n_done changed
-        self.failed = defaultdict(list)        # ClientState -> [[id, failed id, worker, msg]]
-        self.data_errors = defaultdict(list)   # (client identity, request) -> [[id, None, error]]
-        self.data_inline = defaultdict(list)   # (client identity, request) -> [(id, meta, frames)]
-        self.refused = []                      # (client identity, [ids], message)
-        self.errors = []                       # (identity, message, fatal)
-        self.notices = []                      # replies, errors, refusals: in the order they arose
-        self.replies = []                      # (identity, header frame) ready to send
-
-    def add_reply(self, entry):
-        """``(identity, header frame, *payload frames)``: an answer (Welcome, Stats, a
-        relayed Uploaded as Data, ...)."""
-        self.replies.append(entry)
-        self.notices.append(("reply", entry))
-
-    def add_error(self, entry):
-        """``(identity, message, fatal)``: answered in order with refusals."""
-        self.errors.append(entry)
-        self.notices.append(("error", entry))
-
-    def add_refused(self, entry):
-        """``(client identity, [ids], message)``: a refused plan."""
-        self.refused.append(entry)
-        self.notices.append(("refused", entry))
-
-    def send_data(self, source, target_address: str, data_id: int):
-        targets = self.sends[source]
-        ids = targets.get(target_address)
-        if ids is None:
-            targets[target_address] = [data_id]
-        else:
-            ids.append(data_id)
-
-    def is_empty(self) -> bool:
-        return not (self.compute or self.sends or self.uploads or self.cancel or self.steal
-                    or self.remove
-                    or self.finished or self.progressed or self.failed or self.data_errors or self.data_inline
-                    or self.refused
-                    or self.errors or self.replies)

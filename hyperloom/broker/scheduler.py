@@ -1,28 +1,28 @@
-"""Placement of ready tasks on workers: ready tasks x workers -> assignments.
+"""Placement of ready tasks on workers: a pure function of what it is given.
+
+``schedule(ready, workers)`` takes ready tasks off the front of ``ready`` and
+answers with a ``Placement``: (task, worker) assignments, tasks deferred to a
+later round, tasks no connected worker can ever run. ``choose_steals`` picks
+queued tasks to ask back for idle cores. Neither holds state, changes a task
+or a worker record, or writes the outbox: the broker state applies the answer
+(``BrokerState.apply_placement`` / ``apply_steals``).
 
 Policy, cheapest first:
 - a task goes to a worker with room for it: light tasks (no core requested)
-  up to ``light_limit`` queued per worker; core-requesting tasks while the
+  up to ``LIGHT_LIMIT`` queued per worker; core-requesting tasks while the
   worker's assigned cores stay within ``cpus * overbooking`` (the worker
   queues what it cannot start yet, so it never idles between round trips);
 - among workers with room, the one already holding the most input bytes
   (no transfer at all in the common case); otherwise the least loaded;
 - a task that no worker can ever run (more cores than any worker has, or a
-  type nobody provides) is parked as unplaceable, visible in ``info()``, and
-  retried when a worker joins.
+  type nobody provides) is unplaceable; the state parks it (visible in
+  ``info()``) and retries it when a worker joins.
 Work per task is O(inputs) plus O(workers) only when it has no locality.
 """
 
 from __future__ import annotations
 
-import logging
-from collections import deque
-
-from . import dynamic
 from . import taskstate as ts
-from .dynamic import DYNAMIC_TYPES
-
-log = logging.getLogger("hyperloom.broker")
 
 LIGHT_LIMIT = 4096          # light tasks queued per worker at once
 MAX_LOCALITY_INPUTS = 32    # inputs weighed for locality (bounded work per task)
@@ -30,200 +30,149 @@ LOCALITY_BYTES = 1 << 20    # moving this much is worth waiting for the holder
 MAX_DEFERRED = 1024         # ready tasks skipped in one round before giving up
 
 
-class Scheduler:
-    def __init__(self, state, overbooking: int = 3):
-        self.state = state
-        self.overbooking = overbooking
-        self.ready = deque()
-        self.unplaceable = []
+class Placement:
+    """The answer of one scheduling round."""
 
-    def add_ready(self, nodes):
-        self.ready.extend(nodes)
+    __slots__ = ("assignments", "deferred", "unplaceable")
 
-    def on_worker_joined(self, worker):
-        if self.unplaceable:
-            self.ready.extendleft(reversed(self.unplaceable))
-            self.unplaceable = []
+    def __init__(self):
+        self.assignments = []     # (Node, WorkerRecord) in placement order
+        self.deferred = []        # READY tasks to put back at the front of the queue
+        self.unplaceable = []     # READY tasks no connected worker can run
 
-    def unplaceable_summary(self):
-        return [{"id": node.id, "n_cpus": node.n_cpus, "type": node.type,
-                 "reason": self._why_unplaceable(node)}
-                for node in self.unplaceable if node.state == ts.READY]
 
-    def _why_unplaceable(self, node) -> str:
-        workers = self.state.workers.values()
-        if not any(node.type in w.task_types for w in workers):
-            return f"no connected worker provides task type '{node.type}'"
-        return (f"needs {node.n_cpus} cpus; no connected worker has that many "
-                f"(largest: {max((w.cpus for w in workers), default=0)})")
+def schedule(ready, workers) -> Placement:
+    """Place tasks from the front of the deque ``ready`` on ``workers`` (a list).
 
-    # ------------------------------------------------------------ one round
+    Every READY task taken off ``ready`` is in exactly one list of the
+    answer; tasks that are no longer READY (canceled or failed while queued)
+    are dropped. Stops when no worker has room left.
+    """
+    placement = Placement()
+    if not workers or not ready:
+        return placement
+    max_cpus = max(w.cpus for w in workers)
+    common_types = frozenset.intersection(*(w.task_types for w in workers))
+    deferred = placement.deferred
+    assignments = placement.assignments
+    room = _Room(workers)
+    while ready and room.any():
+        node = ready.popleft()
+        if node.state != ts.READY:
+            continue
+        n_cpus = node.n_cpus
+        if n_cpus > max_cpus or (node.type not in common_types and not any(
+                node.type in w.task_types for w in workers)):
+            placement.unplaceable.append(node)
+            continue
+        worker = _place(node, room) if room.fits(n_cpus) else None
+        if worker is None:
+            deferred.append(node)
+            if len(deferred) >= MAX_DEFERRED:
+                break
+            continue
+        assignments.append((node, worker))
+        room.took(worker, n_cpus)
+    return placement
 
-    def schedule(self):
-        """Assign as many ready tasks as the workers have room for."""
-        ready = self.ready
-        workers = list(self.state.workers.values())
-        if not workers:
-            return
-        if ready:
-            self._place_ready(ready, workers)
-        if not ready:
-            self._steal(workers)
 
-    def _place_ready(self, ready, workers):
-        max_cpus = max(w.cpus for w in workers)
-        common_types = frozenset.intersection(*(w.task_types for w in workers))
-        deferred = []
-        room = _Room(workers)
-        while ready and room.any():
-            node = ready.popleft()
-            if node.state != ts.READY:
-                continue  # canceled or failed while queued
-            if node.type in DYNAMIC_TYPES:
-                dynamic.expand(self.state, node)
-                continue
-            n_cpus = node.n_cpus
-            if n_cpus > max_cpus or (node.type not in common_types and not any(
-                    node.type in w.task_types for w in workers)):
-                self.unplaceable.append(node)
-                continue
-            if not room.fits(n_cpus):
-                deferred.append(node)
-                if len(deferred) >= MAX_DEFERRED:
-                    break
-                continue
-            worker = self._place(node, workers, room)
-            if worker is None:
-                deferred.append(node)
-                if len(deferred) >= MAX_DEFERRED:
-                    break
-                continue
-            self._assign(node, worker)
-            room.took(worker, n_cpus)
-        if deferred:
-            ready.extendleft(reversed(deferred))
+def choose_steals(workers, tasks):
+    """Idle cores while others have queued tasks: ``[(worker, node)]`` to ask back.
 
-    def _steal(self, workers):
-        """Idle cores while others have queued tasks: ask those tasks back.
-
-        Overbooking keeps workers busy between round trips but may leave tasks
-        queued on one worker while another is idle; the worker gives back the
-        ones it has not started (TasksDone.stolen) and they are placed again.
-        """
-        idle = sum(max(0, w.cpus - w.cpus_used) for w in workers)
-        if not idle:
-            return
-        steal = self.state.outbox.steal
-        tasks = self.state.tasks
-        for worker in sorted(workers, key=lambda w: w.cpus - w.cpus_used):
-            queued = worker.cpus_used - worker.cpus - sum(
-                tasks[i].n_cpus for i in worker.stealing if i in tasks)
+    Overbooking keeps workers busy between round trips but may leave tasks
+    queued on one worker while another is idle; the worker gives back the
+    ones it has not started (TasksDone.stolen) and they are placed again.
+    """
+    idle = sum(max(0, w.cpus - w.cpus_used) for w in workers)
+    if not idle:
+        return ()
+    steals = []
+    for worker in sorted(workers, key=lambda w: w.cpus - w.cpus_used):
+        queued = worker.cpus_used - worker.cpus - sum(
+            tasks[i].n_cpus for i in worker.stealing if i in tasks)
+        if queued <= 0 or idle <= 0:
+            break
+        for node in reversed(worker.assigned):  # the latest are the likeliest queued
             if queued <= 0 or idle <= 0:
                 break
-            for node in reversed(worker.assigned):  # the latest are the likeliest queued
-                if queued <= 0 or idle <= 0:
-                    break
-                if node.n_cpus and node.id not in worker.stealing:
-                    log.debug("asking worker %d to give back task %d", worker.worker_id, node.id)
-                    worker.stealing.add(node.id)
-                    steal[worker].append(node.id)
-                    queued -= node.n_cpus
-                    idle -= node.n_cpus
+            if node.n_cpus and node.id not in worker.stealing:
+                steals.append((worker, node))
+                queued -= node.n_cpus
+                idle -= node.n_cpus
+    return steals
 
-    def _place(self, node, workers, room):
-        """Where ``node`` runs now, or None to let it wait for a better moment.
 
-        Big inputs (LOCALITY_BYTES or more to move) stay where they are: the task
-        goes to the holder if it has room, else to a worker with an idle core,
-        else it waits; moving megabytes to a worker that would only queue the
-        task gains nothing. With small inputs an idle core beats queueing on
-        the holder, and the holder beats any other busy worker.
-        """
-        n_cpus = node.n_cpus
-        task_type = node.type
-        inputs = node.inputs
-        if not inputs:
-            return room.least_loaded(n_cpus, task_type)
-        best, local, total = self._most_bytes(inputs, n_cpus, task_type, room)
-        if total - local >= LOCALITY_BYTES:
-            # Megabytes would move (the holder has no room): only to start at once.
-            if best is not None and (not n_cpus or best.cpus_used + n_cpus <= best.cpus):
-                return best
-            return room.idle(n_cpus, task_type)
-        if best is not None and n_cpus and best.cpus_used + n_cpus > best.cpus:
-            idle = room.idle(n_cpus, task_type)  # the holder would only queue it
-            if idle is not None:
-                return idle
-        return best if best is not None else room.least_loaded(n_cpus, task_type)
+def why_unplaceable(node, workers) -> str:
+    if not any(node.type in w.task_types for w in workers):
+        return f"no connected worker provides task type '{node.type}'"
+    return (f"needs {node.n_cpus} cpus; no connected worker has that many "
+            f"(largest: {max((w.cpus for w in workers), default=0)})")
 
-    @staticmethod
-    def _most_bytes(inputs, n_cpus, task_type, room):
-        """The holder with room that holds most input bytes: (worker, its bytes, all bytes)."""
-        if len(inputs) == 1:
-            inp = inputs[0]
-            for worker in inp.holders:
-                if room.has(worker, n_cpus) and task_type in worker.task_types:
-                    return worker, inp.size, inp.size
-            return None, 0, inp.size
-        scores = {}
-        total = 0
-        for inp in inputs[:MAX_LOCALITY_INPUTS]:
-            size = inp.size
-            total += size
-            for worker in inp.holders:
-                scores[worker] = scores.get(worker, 0) + size + 1  # +1: tiny inputs count too
-        for worker, score in sorted(scores.items(), key=lambda item: -item[1]):
+
+def _place(node, room):
+    """Where ``node`` runs now, or None to let it wait for a better moment.
+
+    Big inputs (LOCALITY_BYTES or more to move) stay where they are: the task
+    goes to the holder if it has room, else to a worker with an idle core,
+    else it waits; moving megabytes to a worker that would only queue the
+    task gains nothing. With small inputs an idle core beats queueing on
+    the holder, and the holder beats any other busy worker.
+    """
+    n_cpus = node.n_cpus
+    task_type = node.type
+    inputs = node.inputs
+    if not inputs:
+        return room.least_loaded(n_cpus, task_type)
+    best, local, total = _most_bytes(inputs, n_cpus, task_type, room)
+    if total - local >= LOCALITY_BYTES:
+        # Megabytes would move (the holder has no room): only to start at once.
+        if best is not None and (not n_cpus or room.starts_at_once(best, n_cpus)):
+            return best
+        return room.idle(n_cpus, task_type)
+    if best is not None and n_cpus and not room.starts_at_once(best, n_cpus):
+        idle = room.idle(n_cpus, task_type)  # the holder would only queue it
+        if idle is not None:
+            return idle
+    return best if best is not None else room.least_loaded(n_cpus, task_type)
+
+
+def _most_bytes(inputs, n_cpus, task_type, room):
+    """The holder with room that holds most input bytes: (worker, its bytes, all bytes)."""
+    if len(inputs) == 1:
+        inp = inputs[0]
+        for worker in inp.holders:
             if room.has(worker, n_cpus) and task_type in worker.task_types:
-                return worker, score - 1, total
-        return None, 0, total
-
-    def _assign(self, node, worker):
-        state = self.state
-        state.transition(node, ts.ASSIGNED)
-        node.worker = worker
-        worker.assigned[node] = None
-        n_cpus = node.n_cpus
-        if n_cpus:
-            worker.cpus_used += n_cpus
-        else:
-            worker.n_light += 1
-        input_ids = []
-        for inp in node.inputs:
-            input_ids.append(inp.id)
-            if worker not in inp.holders:
-                self.deliver(inp, worker)
-        extra = node.extra
-        checkpoint = extra.checkpoint_path if extra is not None else None
-        state.outbox.compute[worker].append([node.id, node.type, node.config, input_ids, n_cpus,
-                                             node.label, node.is_result, checkpoint])
-
-
-    def deliver(self, node, worker):
-        """Order a holder of ``node``'s data to push it to ``worker``."""
-        holders = node.holders
-        if worker in holders:
-            return
-        source = holders[0]
-        self.state.outbox.send_data(source, worker.address, node.id)
-        holders.append(worker)
-        worker.incoming[node.id] = source
-        size = node.size
-        worker.bytes_held += size
-        worker.bytes_received += size
-        source.bytes_sent += size
+                return worker, inp.size, inp.size
+        return None, 0, inp.size
+    scores = {}
+    total = 0
+    for inp in inputs[:MAX_LOCALITY_INPUTS]:
+        size = inp.size
+        total += size
+        for worker in inp.holders:
+            scores[worker] = scores.get(worker, 0) + size + 1  # +1: tiny inputs count too
+    for worker, score in sorted(scores.items(), key=lambda item: -item[1]):
+        if room.has(worker, n_cpus) and task_type in worker.task_types:
+            return worker, score - 1, total
+    return None, 0, total
 
 
 class _Room:
     """Free capacity of the workers during one scheduling round.
 
-    Placement without locality is amortised O(1) per task: workers are taken
-    in turn, idle cores first, then overbooking room. ``max_cpu_free`` is an
-    upper bound during the round, made exact whenever a search fails, so a
-    task that fits nowhere costs one scan and the next ones none.
+    It counts what this round assigned in its own tables (``used``: cores,
+    ``light``: light tasks per worker) so that placing never touches a worker
+    record. Placement without locality is amortised O(1) per task: workers
+    are taken in turn, idle cores first, then overbooking room.
+    ``max_cpu_free`` is an upper bound during the round, made exact whenever
+    a search fails, so a task that fits nowhere costs one scan and the next
+    ones none.
     """
 
     def __init__(self, workers):
         self.workers = workers
+        self.used = {w: w.cpus_used for w in workers}
+        self.light = {w: w.n_light for w in workers}
         self.light_turn = 0
         self.core_turn = 0
         self.idle_left = True
@@ -231,7 +180,7 @@ class _Room:
         self.max_cpu_free = max(self.cpu_free(w) for w in workers)
 
     def cpu_free(self, worker) -> int:
-        return worker.cpus * worker.overbooking - worker.cpus_used
+        return worker.cpus * worker.overbooking - self.used[worker]
 
     def any(self) -> bool:
         return self.light_free > 0 or self.max_cpu_free > 0
@@ -241,13 +190,21 @@ class _Room:
 
     def has(self, worker, n_cpus) -> bool:
         if n_cpus:
-            return n_cpus <= worker.cpus and worker.cpus_used + n_cpus <= \
+            return n_cpus <= worker.cpus and self.used[worker] + n_cpus <= \
                 worker.cpus * worker.overbooking
-        return worker.n_light < LIGHT_LIMIT
+        return self.light[worker] < LIGHT_LIMIT
+
+    def starts_at_once(self, worker, n_cpus) -> bool:
+        return self.used[worker] + n_cpus <= worker.cpus
 
     def took(self, worker, n_cpus):
-        if not n_cpus and worker.n_light == LIGHT_LIMIT:
-            self.light_free -= 1
+        if n_cpus:
+            self.used[worker] += n_cpus
+        else:
+            light = self.light[worker] + 1
+            self.light[worker] = light
+            if light == LIGHT_LIMIT:
+                self.light_free -= 1
 
     def least_loaded(self, n_cpus, task_type):
         """A worker with room for a task with no locality preference, or None."""
@@ -274,11 +231,12 @@ class _Room:
 
     def _next_core(self, n_cpus, task_type, idle_only):
         workers = self.workers
+        used = self.used
         count = len(workers)
         for step in range(count):
             worker = workers[(self.core_turn + step) % count]
             limit = worker.cpus if idle_only else worker.cpus * worker.overbooking
-            if n_cpus <= worker.cpus and worker.cpus_used + n_cpus <= limit \
+            if n_cpus <= worker.cpus and used[worker] + n_cpus <= limit \
                     and task_type in worker.task_types:
                 self.core_turn = (self.core_turn + step + 1) % count
                 return worker
@@ -286,10 +244,11 @@ class _Room:
 
     def _next_light(self, task_type):
         workers = self.workers
+        light = self.light
         count = len(workers)
         for step in range(count):
             worker = workers[(self.light_turn + step) % count]
-            if worker.n_light < LIGHT_LIMIT and task_type in worker.task_types:
+            if light[worker] < LIGHT_LIMIT and task_type in worker.task_types:
                 self.light_turn = (self.light_turn + step + 1) % count
                 return worker
         return None

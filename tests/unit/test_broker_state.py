@@ -37,7 +37,7 @@ class Harness:
 
     def schedule(self):
         self.state.outbox.compute.clear()
-        self.state.scheduler.schedule()
+        self.state.on_drained(0.0)
         out = self.state.outbox
         assigned = {w: [e[0] - self.base for e in entries] for w, entries in out.compute.items()}
         return assigned
@@ -80,7 +80,7 @@ def test_cores_are_never_oversubscribed_beyond_overbooking(h):
     w = h.add_worker(cpus=2)
     h.submit(*[(i, RUN, [], 1, True) for i in range(20)])
     assigned = h.schedule()
-    assert len(assigned[w]) == 2 * h.state.scheduler.overbooking
+    assert len(assigned[w]) == 2 * h.state.overbooking
     assert w.cpus_used == 6
 
 
@@ -290,7 +290,7 @@ def test_original_scheduler_expectations_two_single_core_workers(h):
 def test_original_scheduler_expectations_cpu_requests(h):
     # a 5-cpu worker with ready {3-cpu, 4-cpu, 4-cpu, 0-cpu} runs a 4-cpu and the 0-cpu
     # task at once (what fits in its cores; overbooking only queues behind them)
-    h.state.scheduler.overbooking = 1
+    h.state.overbooking = 1
     w = h.add_worker(cpus=5)
     h.submit((0, RUN, [], 3, True), (1, RUN, [], 4, True), (2, RUN, [], 4, True),
              (3, RUN, [], 0, True))
@@ -307,7 +307,7 @@ def test_transfer_from_a_worker_that_dies_is_ordered_again_or_recomputed(h):
     h.finish(source, 0)
     h.state.outbox.clear()
     # force the consumer elsewhere: the source is full
-    source.cpus_used = source.cpus * h.state.scheduler.overbooking
+    source.cpus_used = source.cpus * h.state.overbooking
     [target] = h.schedule()
     source.cpus_used = 0
     assert target is not source and h.state.outbox.sends[source]
@@ -362,7 +362,7 @@ def test_workers_finishing_core_tasks_quickly_may_queue_more(h):
     slow.n_core_finished = 1
     h.state.update_overbooking(1.0)
     assert fast.overbooking == 40        # 2000/s x 20 ms
-    assert slow.overbooking == h.state.scheduler.overbooking
+    assert slow.overbooking == h.state.overbooking
     h.submit(*[(i, RUN, [], 1, True) for i in range(100)])
     assigned = h.schedule()
     assert len(assigned[fast]) == 40 and len(assigned[slow]) == 3
