@@ -163,7 +163,7 @@ class Lifecycle:
         transition = self.transition
         compute = self.outbox.compute
         deliver = self.deliver
-        for node, worker in placement.assignments:
+        for node, worker in zip(placement.nodes, placement.workers):
             transition(node, ts.ASSIGNED)
             node.worker = worker
             worker.assigned[node] = None
