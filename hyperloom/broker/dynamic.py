@@ -18,7 +18,7 @@ import struct
 
 from .. import protocol
 from . import taskstate as ts
-from .model import Node, add_consumer, consumers_of
+from .model import Node, add_consumer, consumers_of, remove_consumer
 
 DYNAMIC_TYPES = frozenset({protocol.TASK_DSLICE, protocol.TASK_DGET})
 
@@ -130,6 +130,8 @@ def _become_array_of(state, consumer: Node, copies):
         copy.refs += 1
         add_consumer(copy, consumer)
     consumer.remaining = len(copies)
+    for inp in set(old_inputs):  # it reads none of them now: no stale consumer edges
+        remove_consumer(inp, consumer)
     state.drop_inputs(old_inputs)
     if not copies:
         state.make_ready(consumer)

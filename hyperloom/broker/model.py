@@ -73,6 +73,16 @@ def add_consumer(node: Node, consumer: Node, times: int = 1):
             consumers.append(consumer)
 
 
+def remove_consumer(node: Node, consumer: Node):
+    """``consumer`` no longer reads ``node`` (every edge between them goes)."""
+    consumers = node.consumers
+    if consumers is consumer:
+        node.consumers = None
+    elif type(consumers) is list:
+        kept = [c for c in consumers if c is not consumer]
+        node.consumers = kept if len(kept) > 1 else (kept[0] if kept else None)
+
+
 class NodeExtra:
     """Rare per-node data: the failure, lost-worker count, checkpoint, inline result."""
 
