@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import msgpack
 
+from .errors import LoomError
+
 PROTOCOL_VERSION = 1
 DEFAULT_PORT = 9010
 
@@ -49,8 +51,8 @@ MAX_HEADER_BYTES = 256 * 1024 * 1024
 INLINE_RESULT_BYTES = 64 * 1024
 
 
-class ProtocolError(Exception):
-    """A message that does not follow this contract."""
+class ProtocolError(LoomError):
+    """A message that does not follow this contract (a LoomError, so users catch one base)."""
 
 
 @dataclass(frozen=True)

@@ -11,12 +11,13 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from hyperloom.errors import LoomException
 from hyperloom.trace import read_trace
 
 DEFAULT_OUTPUT = "output.html"  # the name the original's `python3 -m loom.lore` used
 
 
-class MissingExtra(ImportError):
+class MissingExtra(LoomException, ImportError):
     """An optional dependency of the report is not installed; the message says how to get it."""
 
 
