@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cache
-from typing import NamedTuple, Optional, Union, get_type_hints
+from typing import Any, NamedTuple, Optional, Union, get_args, get_origin, get_type_hints
 
 import msgpack
 
@@ -70,7 +70,7 @@ class SubmitTask(NamedTuple):
     id: int                      # global id in the client's range
     type_index: int              # into Submit.symbols
     config: bytes                # the task type's configuration (see Task configs)
-    input_ids: list              # ids of its inputs, in order
+    input_ids: list[int]         # ids of its inputs, in order
     n_cpus: int                  # cores it needs (0: a light task)
     is_result: bool              # the client holds a future for it
     label_index: int             # into Submit.labels; -1: no label
@@ -82,7 +82,7 @@ class ComputeTask(NamedTuple):
     id: int                      # global id of the task
     type: str                    # the task type's symbol
     config: bytes                # the task type's configuration (see Task configs)
-    input_ids: list              # inputs, held by the worker or pushed to it (SendData)
+    input_ids: list[int]         # inputs, held by the worker or pushed to it (SendData)
     n_cpus: int                  # cores it takes while it runs (0: a light task)
     label: Optional[str]         # the label the client gave it, for traces
     is_result: bool              # small results travel back with TasksDone
@@ -106,7 +106,7 @@ class InlineResult(NamedTuple):
     """A result of a result task of at most 64 KiB, sent along so that a fetch needs no
     further round trip; its frames follow the header in entry order."""
     id: int                      # the task
-    meta: list                   # the data object's meta (see Framing)
+    meta: list[Any]              # the data object's meta (see Framing)
     n_frames: int                # how many payload frames are its own
 
 
@@ -122,26 +122,26 @@ class DataEntry(NamedTuple):
     """A fetched object: ``[id, meta]`` (its frames follow in entry order), or
     ``[id, nil, error]`` when there is no data to send."""
     id: int                      # the fetched task
-    meta: Optional[list]         # the data object's meta (see Framing), or nil
-    error: Union[str, list, None]  # request invalid: a string; task failed: TaskFailure[1:]
+    meta: Optional[list[Any]]    # the data object's meta (see Framing), or nil
+    error: Union[str, list[Any], None]  # request invalid: a string; task failed: TaskFailure[1:]
 
 
 class DataSend(NamedTuple):
     """Push these objects to the worker whose data address this is."""
     address: str                 # the receiving worker's data address (tcp://HOST:PORT)
-    ids: list                    # the objects to push, held by this worker
+    ids: list[int]               # the objects to push, held by this worker
 
 
 class PushedObject(NamedTuple):
     """An object on a data channel; its frames follow in entry order."""
     id: int                      # the object's (task's) id
-    meta: list                   # the data object's meta (see Framing)
+    meta: list[Any]              # the data object's meta (see Framing)
 
 
-def check_entry(record, entry) -> None:
+def check_entry(record: type[tuple[Any, ...]], entry: object) -> None:
     """Raise ProtocolError unless ``entry`` has ``record``'s fields, in order, with their
     types (an entry may stop before trailing fields whose type allows nil)."""
-    names = record._fields
+    names: tuple[str, ...] = getattr(record, "_fields")
     hints = field_types(record)
     if not isinstance(entry, (list, tuple)) or len(entry) > len(names):
         raise ProtocolError(f"{record.__name__} entry {entry!r:.80} has the wrong shape")
@@ -158,16 +158,18 @@ def check_entry(record, entry) -> None:
 
 
 @cache
-def field_types(record) -> dict:
+def field_types(record: type[tuple[Any, ...]]) -> dict[str, Any]:
     """``{field: type}`` of a record (its annotations, resolved)."""
     return get_type_hints(record)
 
 
-def _allowed_types(hint) -> tuple:
-    return tuple(getattr(hint, "__args__", None) or (hint,))
+def _allowed_types(hint: Any) -> tuple[type, ...]:
+    """The runtime types a field's annotation allows (``Optional[list[int]]``: list, None)."""
+    options = get_args(hint) if get_origin(hint) is Union else (hint,)
+    return tuple(get_origin(option) or option for option in options)
 
 
-def type_name(hint) -> str:
+def type_name(hint: Any) -> str:
     names = [t.__name__ if t is not type(None) else "nil" for t in _allowed_types(hint)]
     return " or ".join(names)
 
@@ -177,10 +179,11 @@ class Message:
     name: str
     code: int
     direction: str       # "client->broker", "broker->worker", ...
-    fields: tuple        # ((name, type or tuple of types), ...)
+    fields: tuple[tuple[str, tuple[type, ...]], ...]   # ((name, allowed types), ...)
     frames: str          # what payload frames follow the header
     answer: str          # what the receiver sends back, if anything
-    items: dict = field(default_factory=dict)   # list field -> its entries' record (or int)
+    # list field -> the record of its entries (or int / str for plain lists)
+    items: dict[str, type] = field(default_factory=dict)
 
 
 _B = (bytes,)
@@ -315,12 +318,13 @@ PUSH_DATA = BY_NAME["PushData"].code
 _packer = msgpack.Packer(use_bin_type=True)
 
 
-def encode(code: int, *fields) -> bytes:
+def encode(code: int, *fields: Any) -> bytes:
     """The header frame of message ``code`` with ``fields`` (not checked)."""
-    return _packer.pack([code, *fields])
+    header: bytes = _packer.pack([code, *fields])
+    return header
 
 
-def decode(header) -> tuple[int, list]:
+def decode(header: Any) -> tuple[int, list[Any]]:
     """Decode and check a header frame; return ``(code, fields)``.
 
     Checks the header is a msgpack list of a known code with the right number
@@ -382,11 +386,12 @@ def local_id(task_id: int) -> int:
 #   py_value: cloudpickle of the object
 #   py_call: cloudpickle of (direct_args tuple, context flag)
 
-def encode_run_config(args, input_names, output_names) -> bytes:
-    return msgpack.packb([list(args), list(input_names), list(output_names)])
+def encode_run_config(args: Any, input_names: Any, output_names: Any) -> bytes:
+    config: bytes = msgpack.packb([list(args), list(input_names), list(output_names)])
+    return config
 
 
-def decode_run_config(config) -> tuple[list, list, list]:
+def decode_run_config(config: bytes) -> tuple[list[str], list[str], list[str]]:
     try:
         args, input_names, output_names = msgpack.unpackb(config, raw=False)
         if not all(isinstance(x, str) for x in args + input_names + output_names):
@@ -396,6 +401,7 @@ def decode_run_config(config) -> tuple[list, list, list]:
     return args, input_names, output_names
 
 
-def encode_py_call_config(direct_args: tuple, context: bool) -> bytes:
+def encode_py_call_config(direct_args: tuple[Any, ...], context: bool) -> bytes:
     import cloudpickle
-    return cloudpickle.dumps((tuple(direct_args), bool(context)))
+    config: bytes = cloudpickle.dumps((tuple(direct_args), bool(context)))
+    return config

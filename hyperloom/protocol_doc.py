@@ -10,11 +10,12 @@ from __future__ import annotations
 import inspect
 import re
 import sys
+from typing import Any
 
 from . import protocol
 
 
-def _field_type(message: protocol.Message, name: str, types: tuple) -> str:
+def _field_type(message: protocol.Message, name: str, types: tuple[type, ...]) -> str:
     item = message.items.get(name)
     if item is not None:
         return f"list of {item.__name__}"
@@ -33,8 +34,8 @@ def messages_table() -> str:
     return "\n".join(rows)
 
 
-def _records():
-    seen = {}
+def _records() -> dict[Any, list[str]]:
+    seen: dict[Any, list[str]] = {}
     for message in protocol.MESSAGES:
         for name, item in message.items.items():
             if isinstance(item, type) and issubclass(item, tuple):
@@ -42,7 +43,7 @@ def _records():
     return seen
 
 
-def _field_comments(record) -> dict:
+def _field_comments(record: type) -> dict[str, str]:
     """The ``# comment`` after each field in the record's source: its description."""
     comments = {}
     for line in inspect.getsource(record).splitlines():
@@ -80,7 +81,7 @@ def render(document: str) -> str:
     return document
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv:
         for make in SECTIONS.values():
