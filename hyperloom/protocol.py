@@ -141,7 +141,7 @@ class PushedObject(NamedTuple):
 def check_entry(record: type[tuple[Any, ...]], entry: object) -> None:
     """Raise ProtocolError unless ``entry`` has ``record``'s fields, in order, with their
     types (an entry may stop before trailing fields whose type allows nil)."""
-    names: tuple[str, ...] = getattr(record, "_fields")
+    names: tuple[str, ...] = record._fields  # type: ignore[attr-defined]
     hints = field_types(record)
     if not isinstance(entry, (list, tuple)) or len(entry) > len(names):
         raise ProtocolError(f"{record.__name__} entry {entry!r:.80} has the wrong shape")
@@ -347,11 +347,11 @@ def decode(header: Any) -> tuple[int, list[Any]]:
     if len(fields) != len(message.fields):
         raise ProtocolError(
             f"{message.name} takes {len(message.fields)} fields, got {len(fields)}")
-    for (name, types), field in zip(message.fields, fields):
-        if not isinstance(field, types) or (type(field) is bool and bool not in types):
+    for (name, types), value in zip(message.fields, fields):
+        if not isinstance(value, types) or (type(value) is bool and bool not in types):
             raise ProtocolError(
                 f"{message.name}.{name} must be {'/'.join(t.__name__ for t in types)}, "
-                f"got {type(field).__name__}")
+                f"got {type(value).__name__}")
     return value[0], fields
 
 

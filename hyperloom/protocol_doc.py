@@ -76,8 +76,8 @@ def render(document: str) -> str:
         pattern = re.compile(rf"(<!-- generated:{name} -->\n).*?(\n<!-- end:{name} -->)", re.S)
         if not pattern.search(document):
             raise ValueError(f"the document has no generated:{name} section")
-        document = pattern.sub(lambda m: m.group(1) + make().rstrip("\n") + m.group(2),
-                               document)
+        text = make().rstrip("\n")
+        document = pattern.sub(lambda m: m.group(1) + text + m.group(2), document)
     return document
 
 

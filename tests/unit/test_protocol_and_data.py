@@ -92,8 +92,8 @@ def test_data_objects_round_trip_with_size_and_length(tmp_path):
     path = tmp_path / "f"
     path.write_bytes(b"12345")
     base = Plain(b"a\nb")
-    objects = [Plain(b"xyz"), Plain(b"L" * 5000), File(str(path)), Index(base, [0, 2, 3]), PyObj(("t", 1)),
-               Array([Plain(b"a"), Array([Plain(b"b")]), PyObj({"k": 1})])]
+    objects = [Plain(b"xyz"), Plain(b"L" * 5000), File(str(path)), Index(base, [0, 2, 3]),
+               PyObj(("t", 1)), Array([Plain(b"a"), Array([Plain(b"b")]), PyObj({"k": 1})])]
     for obj in objects:
         copy = roundtrip(obj)
         assert type(copy) is type(obj)
