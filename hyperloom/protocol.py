@@ -347,11 +347,11 @@ def decode(header: Any) -> tuple[int, list[Any]]:
     if len(fields) != len(message.fields):
         raise ProtocolError(
             f"{message.name} takes {len(message.fields)} fields, got {len(fields)}")
-    for (name, types), value in zip(message.fields, fields):
-        if not isinstance(value, types) or (type(value) is bool and bool not in types):
+    for (name, types), given in zip(message.fields, fields):
+        if not isinstance(given, types) or (type(given) is bool and bool not in types):
             raise ProtocolError(
                 f"{message.name}.{name} must be {'/'.join(t.__name__ for t in types)}, "
-                f"got {type(value).__name__}")
+                f"got {type(given).__name__}")
     return value[0], fields
 
 

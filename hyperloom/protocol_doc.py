@@ -70,14 +70,17 @@ def entries_tables() -> str:
 SECTIONS = {"messages": messages_table, "entries": entries_tables}
 
 
+def _replacement(text: str) -> Any:
+    return lambda match: match.group(1) + text + match.group(2)
+
+
 def render(document: str) -> str:
     """``document`` with every generated section replaced by its current text."""
     for name, make in SECTIONS.items():
         pattern = re.compile(rf"(<!-- generated:{name} -->\n).*?(\n<!-- end:{name} -->)", re.S)
         if not pattern.search(document):
             raise ValueError(f"the document has no generated:{name} section")
-        text = make().rstrip("\n")
-        document = pattern.sub(lambda m: m.group(1) + text + m.group(2), document)
+        document = pattern.sub(_replacement(make().rstrip("\n")), document)
     return document
 
 
