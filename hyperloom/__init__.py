@@ -1,7 +1,16 @@
-"""hyperloom: a ZeroMQ workflow runtime for plans of millions of tasks (HyperLoom in Python)."""
+"""hyperloom: a ZeroMQ workflow runtime for plans of millions of tasks (HyperLoom in Python).
+
+``hyperloom.LocalCluster`` is imported on first use, so that ``import hyperloom.protocol``
+(which every process does) loads nothing but msgpack.
+"""
 
 __version__ = "0.1.0"
 
-from .local import LocalCluster  # noqa: E402
-
 __all__ = ["LocalCluster", "__version__"]
+
+
+def __getattr__(name):
+    if name == "LocalCluster":
+        from .local import LocalCluster
+        return LocalCluster
+    raise AttributeError(f"module 'hyperloom' has no attribute {name!r}")

@@ -31,6 +31,8 @@ import os
 import sys
 from array import array
 
+from .errors import LoomError
+
 PLAIN_SYMBOL = "loom/data"
 FILE_SYMBOL = "loom/file"
 ARRAY_SYMBOL = "loom/array"
@@ -41,7 +43,7 @@ KIND_PLAIN, KIND_FILE, KIND_ARRAY, KIND_INDEX, KIND_PYOBJ, KIND_SMALL, KIND_EXTE
 SMALL_BYTES = 1024
 
 
-class DataError(Exception):
+class DataError(LoomError):
     """An operation that the data object does not support (the task fails)."""
 
 

@@ -17,7 +17,7 @@ class TaskFailed(LoomException):
     ``error_msg`` the cause.
     """
 
-    def __init__(self, id, worker, error_msg):
+    def __init__(self, id: int, worker: str, error_msg: str) -> None:
         self.id = id
         self.worker = worker
         self.error_msg = error_msg

@@ -11,9 +11,13 @@ messages are never pickled. Every message that concerns tasks carries a batch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any, NamedTuple, Optional, Union, get_args, get_origin, get_type_hints
 
 import msgpack
+
+from .errors import LoomError
 
 PROTOCOL_VERSION = 1
 DEFAULT_PORT = 9010
@@ -49,8 +53,125 @@ MAX_HEADER_BYTES = 256 * 1024 * 1024
 INLINE_RESULT_BYTES = 64 * 1024
 
 
-class ProtocolError(Exception):
-    """A message that does not follow this contract."""
+class ProtocolError(LoomError):
+    """A message that does not follow this contract (a LoomError, so users catch one base)."""
+
+
+# ---------------------------------------------------------------- batch entries
+# One record type per entry of a batch. Senders build plain lists in this field
+# order (msgpack writes tuples and lists alike; a list literal is cheaper on the hot
+# path); ``check_entry`` holds an entry to its record, and docs/protocol.md's entry
+# tables are generated from these (``python -m hyperloom.protocol``, checked by a test).
+
+
+class SubmitTask(NamedTuple):
+    """A task of a Submit, in post-order: every input is earlier in the same submit or
+    an unreleased result of the same client."""
+    id: int                      # global id in the client's range
+    type_index: int              # into Submit.symbols
+    config: bytes                # the task type's configuration (see Task configs)
+    input_ids: list[int]         # ids of its inputs, in order
+    n_cpus: int                  # cores it needs (0: a light task)
+    is_result: bool              # the client holds a future for it
+    label_index: int             # into Submit.labels; -1: no label
+    checkpoint: Optional[str]    # absolute path its result is written to, or nil
+
+
+class ComputeTask(NamedTuple):
+    """A task the worker must run once its inputs are there."""
+    id: int                      # global id of the task
+    type: str                    # the task type's symbol
+    config: bytes                # the task type's configuration (see Task configs)
+    input_ids: list[int]         # inputs, held by the worker or pushed to it (SendData)
+    n_cpus: int                  # cores it takes while it runs (0: a light task)
+    label: Optional[str]         # the label the client gave it, for traces
+    is_result: bool              # small results travel back with TasksDone
+    checkpoint: Optional[str]    # write the result there (atomically) once computed
+
+
+class FinishedTask(NamedTuple):
+    """A task that finished on the reporting worker; its result stays there."""
+    id: int                      # the task
+    size: int                    # bytes of the result
+    length: int                  # elements of the result (0 for plain data)
+
+
+class FailedTask(NamedTuple):
+    """A task that failed on the reporting worker."""
+    id: int                      # the task
+    message: str                 # why it failed
+
+
+class InlineResult(NamedTuple):
+    """A result of a result task of at most 64 KiB, sent along so that a fetch needs no
+    further round trip; its frames follow the header in entry order."""
+    id: int                      # the task
+    meta: list[Any]              # the data object's meta (see Framing)
+    n_frames: int                # how many payload frames are its own
+
+
+class TaskFailure(NamedTuple):
+    """A result of the client that failed, or one whose dependency failed."""
+    id: int                      # the waited-on task
+    failed_id: int               # the task that failed (itself or a dependency)
+    worker: str                  # data address of the worker it failed on, or "broker"
+    message: str                 # why it failed (a traceback, a program's stderr, ...)
+
+
+class DataEntry(NamedTuple):
+    """A fetched object: ``[id, meta]`` (its frames follow in entry order), or
+    ``[id, nil, error]`` when there is no data to send."""
+    id: int                      # the fetched task
+    meta: Optional[list[Any]]    # the data object's meta (see Framing), or nil
+    error: Union[str, list[Any], None]  # request invalid: a string; task failed: TaskFailure[1:]
+
+
+class DataSend(NamedTuple):
+    """Push these objects to the worker whose data address this is."""
+    address: str                 # the receiving worker's data address (tcp://HOST:PORT)
+    ids: list[int]               # the objects to push, held by this worker
+
+
+class PushedObject(NamedTuple):
+    """An object on a data channel; its frames follow in entry order."""
+    id: int                      # the object's (task's) id
+    meta: list[Any]              # the data object's meta (see Framing)
+
+
+def check_entry(record: type[tuple[Any, ...]], entry: object) -> None:
+    """Raise ProtocolError unless ``entry`` has ``record``'s fields, in order, with their
+    types (an entry may stop before trailing fields whose type allows nil)."""
+    names: tuple[str, ...] = record._fields  # type: ignore[attr-defined]
+    hints = field_types(record)
+    if not isinstance(entry, (list, tuple)) or len(entry) > len(names):
+        raise ProtocolError(f"{record.__name__} entry {entry!r:.80} has the wrong shape")
+    for position, name in enumerate(names):
+        allowed = _allowed_types(hints[name])
+        if position >= len(entry):
+            if type(None) not in allowed:
+                raise ProtocolError(f"{record.__name__} entry {entry!r:.80} lacks {name}")
+            continue
+        value = entry[position]
+        if not isinstance(value, allowed) or (type(value) is bool and bool not in allowed):
+            raise ProtocolError(f"{record.__name__}.{name} must be "
+                                f"{type_name(hints[name])}, got {type(value).__name__}")
+
+
+@cache
+def field_types(record: type[tuple[Any, ...]]) -> dict[str, Any]:
+    """``{field: type}`` of a record (its annotations, resolved)."""
+    return get_type_hints(record)
+
+
+def _allowed_types(hint: Any) -> tuple[type, ...]:
+    """The runtime types a field's annotation allows (``Optional[list[int]]``: list, None)."""
+    options = get_args(hint) if get_origin(hint) is Union else (hint,)
+    return tuple(get_origin(option) or option for option in options)
+
+
+def type_name(hint: Any) -> str:
+    names = [t.__name__ if t is not type(None) else "nil" for t in _allowed_types(hint)]
+    return " or ".join(names)
 
 
 @dataclass(frozen=True)
@@ -58,16 +179,17 @@ class Message:
     name: str
     code: int
     direction: str       # "client->broker", "broker->worker", ...
-    fields: tuple        # ((name, type or tuple of types), ...)
+    fields: tuple[tuple[str, tuple[type, ...]], ...]   # ((name, allowed types), ...)
     frames: str          # what payload frames follow the header
     answer: str          # what the receiver sends back, if anything
+    # list field -> the record of its entries (or int / str for plain lists)
+    items: dict[str, type] = field(default_factory=dict)
 
 
 _B = (bytes,)
 _S = (str,)
 _I = (int,)
 _L = (list,)
-_N = (type(None),)
 
 MESSAGES = (
     # --- handshake
@@ -76,14 +198,16 @@ MESSAGES = (
     Message("HelloWorker", 2, "worker->broker",
             (("version", _I), ("cpus", _I), ("data_address", _S), ("task_types", _L),
              ("hostname", _S)), "none",
-            "Welcome, or Error(fatal) on a version mismatch"),
+            "Welcome, or Error(fatal) on a version mismatch", {"task_types": str}),
     Message("Welcome", 3, "broker->client|worker",
             (("version", _I), ("peer_number", _I), ("task_types", _L)), "none",
-            "nothing; peer_number is the client number or the worker id"),
+            "nothing; peer_number is the client number or the worker id; task_types are "
+            "those some worker provides (to clients)", {"task_types": str}),
     Message("Error", 4, "broker->any",
             (("message", _S), ("fatal", (bool,))), "none",
             "nothing; fatal errors end the connection"),
-    Message("Heartbeat", 5, "any->broker|broker->any", (), "none", "nothing"),
+    Message("Heartbeat", 5, "client|worker->broker", (), "none",
+            "nothing; workers send one in every heartbeat interval they send nothing else"),
     Message("Goodbye", 6, "client|worker->broker", (), "none",
             "nothing; the peer is leaving (release everything it owns)"),
     # --- client -> broker
@@ -92,12 +216,15 @@ MESSAGES = (
              ("more", (bool,))), "none",
             "TasksFinished / TasksFailed later; SubmitRefused if the plan is invalid. A big "
             "plan comes in chunks (more=True on all but the last); symbols and labels extend "
-            "the tables of earlier chunks; the plan is accepted or refused whole"),
+            "the tables of earlier chunks; the plan is accepted or refused whole",
+            {"symbols": str, "labels": str, "tasks": SubmitTask}),
     Message("Fetch", 11, "client->broker",
             (("request", _I), ("ids", _L), ("release", (bool,))), "none",
             "Data with the same request number, once each task is done (one or more "
-            "Data messages that together cover the ids); release=True also releases them"),
-    Message("Release", 12, "client->broker", (("ids", _L),), "none", "nothing"),
+            "Data messages that together cover the ids); release=True also releases them",
+            {"ids": int}),
+    Message("Release", 12, "client->broker", (("ids", _L),), "none", "nothing",
+            {"ids": int}),
     Message("GetStats", 13, "client->broker", (("request", _I),), "none", "Stats"),
     Message("SetTrace", 14, "client->broker", (("path", _S),), "none",
             "nothing; Error if the path is not absolute or cannot be written"),
@@ -107,48 +234,52 @@ MESSAGES = (
     Message("TasksFinished", 20, "broker->client",
             (("ids", _L), ("done", _I), ("total", _I)), "none",
             "nothing; ids are finished results (maybe none), done/total count every task "
-            "this client submitted (for progress bars)"),
-    Message("TasksFailed", 21, "broker->client", (("failures", _L),), "none",
-            "nothing; failures are [id, failed_id, worker, message]"),
+            "this client submitted (for progress bars)", {"ids": int}),
+    Message("TasksFailed", 21, "broker->client", (("failures", _L),), "none", "nothing",
+            {"failures": TaskFailure}),
     Message("SubmitRefused", 22, "broker->client",
             (("ids", _L), ("message", _S)), "none",
-            "nothing; ids are the result tasks of the refused submit"),
+            "nothing; ids are the result tasks of the refused submit", {"ids": int}),
     Message("Data", 23, "broker->client",
-            (("request", _I), ("objects", _L)), "the objects' frames in order",
-            "nothing; objects are [id, meta] or [id, None, error message]"),
+            (("request", _I), ("objects", _L)), "the objects' frames in order", "nothing",
+            {"objects": DataEntry}),
     Message("Stats", 24, "broker->client", (("request", _I), ("stats", (dict,))), "none",
-            "nothing"),
+            "nothing; stats is what Client.info() returns"),
     # --- broker -> worker
     Message("ComputeTasks", 30, "broker->worker", (("tasks", _L),), "none",
-            "TasksDone later; tasks are [id, type, config, input ids, n_cpus, label, "
-            "is_result]"),
+            "TasksDone later", {"tasks": ComputeTask}),
     Message("SendData", 31, "broker->worker", (("sends", _L),), "none",
-            "PushData to each target; sends are [target data address, [ids]]"),
+            "PushData to each target", {"sends": DataSend}),
     Message("Upload", 32, "broker->worker",
-            (("client", _B), ("request", _I), ("ids", _L)), "none", "Uploaded"),
-    Message("RemoveData", 33, "broker->worker", (("ids", _L),), "none", "nothing"),
-    Message("CancelTasks", 34, "broker->worker", (("ids", _L),), "none", "nothing"),
+            (("client", _B), ("request", _I), ("ids", _L)), "none", "Uploaded",
+            {"ids": int}),
+    Message("RemoveData", 33, "broker->worker", (("ids", _L),), "none", "nothing",
+            {"ids": int}),
+    Message("CancelTasks", 34, "broker->worker", (("ids", _L),), "none", "nothing",
+            {"ids": int}),
     Message("StartTrace", 35, "broker->worker", (("path", _S), ("worker_id", _I)), "none",
             "nothing"),
     Message("Shutdown", 36, "broker->worker", (), "none", "nothing; the worker exits"),
     Message("StealTasks", 37, "broker->worker", (("ids", _L),), "none",
             "TasksDone.stolen lists those the worker had not started and dropped; "
-            "it runs the others as usual"),
+            "it runs the others as usual", {"ids": int}),
     # --- worker -> broker
     Message("TasksDone", 40, "worker->broker",
             (("finished", _L), ("failed", _L), ("results", _L), ("stolen", _L)),
             "the inline results' frames in order",
-            "nothing; finished are [id, size, length], failed are [id, message], results "
-            "are [id, meta, n_frames]: small results of result tasks, sent along so a "
-            "fetch needs no further round trip; stolen are ids given back after StealTasks"),
+            "nothing; stolen are ids given back after StealTasks",
+            {"finished": FinishedTask, "failed": FailedTask, "results": InlineResult,
+             "stolen": int}),
     Message("Uploaded", 41, "worker->broker",
             (("client", _B), ("request", _I), ("objects", _L)),
             "the objects' frames in order",
             "forwarded as Data to the client that asked, only as the answer to an Upload "
-            "the broker sent (of the ids it named); anything else is answered with Error"),
+            "the broker sent (of the ids it named); anything else is answered with Error",
+            {"objects": DataEntry}),
     # --- worker -> worker (PUSH -> PULL, never through the broker)
     Message("PushData", 50, "worker->worker", (("source", _S), ("objects", _L)),
-            "the objects' frames in order", "nothing; objects are [id, meta]"),
+            "the objects' frames in order", "nothing; source is the sender's data address",
+            {"objects": PushedObject}),
 )
 
 BY_NAME = {message.name: message for message in MESSAGES}
@@ -187,12 +318,13 @@ PUSH_DATA = BY_NAME["PushData"].code
 _packer = msgpack.Packer(use_bin_type=True)
 
 
-def encode(code: int, *fields) -> bytes:
+def encode(code: int, *fields: Any) -> bytes:
     """The header frame of message ``code`` with ``fields`` (not checked)."""
-    return _packer.pack([code, *fields])
+    header: bytes = _packer.pack([code, *fields])
+    return header
 
 
-def decode(header) -> tuple[int, list]:
+def decode(header: Any) -> tuple[int, list[Any]]:
     """Decode and check a header frame; return ``(code, fields)``.
 
     Checks the header is a msgpack list of a known code with the right number
@@ -215,11 +347,11 @@ def decode(header) -> tuple[int, list]:
     if len(fields) != len(message.fields):
         raise ProtocolError(
             f"{message.name} takes {len(message.fields)} fields, got {len(fields)}")
-    for (name, types), field in zip(message.fields, fields):
-        if not isinstance(field, types) or (type(field) is bool and bool not in types):
+    for (name, types), given in zip(message.fields, fields):
+        if not isinstance(given, types) or (type(given) is bool and bool not in types):
             raise ProtocolError(
                 f"{message.name}.{name} must be {'/'.join(t.__name__ for t in types)}, "
-                f"got {type(field).__name__}")
+                f"got {type(given).__name__}")
     return value[0], fields
 
 
@@ -254,11 +386,12 @@ def local_id(task_id: int) -> int:
 #   py_value: cloudpickle of the object
 #   py_call: cloudpickle of (direct_args tuple, context flag)
 
-def encode_run_config(args, input_names, output_names) -> bytes:
-    return msgpack.packb([list(args), list(input_names), list(output_names)])
+def encode_run_config(args: Any, input_names: Any, output_names: Any) -> bytes:
+    config: bytes = msgpack.packb([list(args), list(input_names), list(output_names)])
+    return config
 
 
-def decode_run_config(config) -> tuple[list, list, list]:
+def decode_run_config(config: bytes) -> tuple[list[str], list[str], list[str]]:
     try:
         args, input_names, output_names = msgpack.unpackb(config, raw=False)
         if not all(isinstance(x, str) for x in args + input_names + output_names):
@@ -268,6 +401,7 @@ def decode_run_config(config) -> tuple[list, list, list]:
     return args, input_names, output_names
 
 
-def encode_py_call_config(direct_args: tuple, context: bool) -> bytes:
+def encode_py_call_config(direct_args: tuple[Any, ...], context: bool) -> bytes:
     import cloudpickle
-    return cloudpickle.dumps((tuple(direct_args), bool(context)))
+    config: bytes = cloudpickle.dumps((tuple(direct_args), bool(context)))
+    return config

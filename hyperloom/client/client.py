@@ -106,7 +106,11 @@ class Client:
             if time.monotonic() > deadline:
                 raise ConnectionLost(f"no answer from a broker at {self.server_address}:"
                                      f"{self.server_port} within {timeout:.0f} s")
-        code, fields = protocol.decode(self._socket.recv())
+        try:
+            code, fields = protocol.decode(self._socket.recv())
+        except protocol.ProtocolError as error:
+            raise LoomError(f"{self.server_address}:{self.server_port} does not speak the "
+                            f"hyperloom protocol (is it a loom-broker?): {error}") from None
         if code == protocol.ERROR:
             raise LoomError(f"the broker refused this client: {fields[0]}")
         if code != protocol.WELCOME:
@@ -420,7 +424,11 @@ class Client:
             self._on_message(frames)
 
     def _on_message(self, frames):
-        code, fields = protocol.decode(frames[0].buffer)
+        try:
+            code, fields = protocol.decode(frames[0].buffer)
+        except protocol.ProtocolError as error:
+            raise LoomError(f"the broker at {self.server_address}:{self.server_port} sent a "
+                            f"malformed message: {error}") from None
         futures = self.futures
         if code == protocol.TASKS_FINISHED:
             self.progress = (fields[1], fields[2])

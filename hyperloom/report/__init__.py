@@ -11,15 +11,25 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from hyperloom.errors import LoomException
 from hyperloom.trace import read_trace
 
 DEFAULT_OUTPUT = "output.html"  # the name the original's `python3 -m loom.lore` used
 
 
+class MissingExtra(LoomException, ImportError):
+    """An optional dependency of the report is not installed; the message says how to get it."""
+
+
 def write_report(trace_dir: str, output: str = DEFAULT_OUTPUT, title: Optional[str] = None) -> dict:
     """Render the report of ``trace_dir`` into ``output``; returns the embedded summary."""
-    # Imported here so that `hyperloom.trace` users never pay for importing Bokeh.
-    from hyperloom.report import page, stats
+    # Imported here so that `hyperloom.trace` users never pay for importing Bokeh, and a
+    # runtime installed without the report extra still says what is missing.
+    try:
+        from hyperloom.report import page, stats
+    except ImportError as error:
+        raise MissingExtra(f"the report needs Bokeh, which is not installed ({error}); "
+                           f"install it with: pip install 'hyperloom[report]'") from None
 
     trace = read_trace(trace_dir)
     title = title or f"hyperloom report: {os.path.basename(os.path.abspath(trace_dir))}"
@@ -42,7 +52,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         summary = write_report(args.trace_dir, args.output, args.title)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, MissingExtra) as error:
         print(f"loom-report: {error}", file=sys.stderr)
         return 1
     print(f"wrote {args.output}: {summary['n_tasks']} tasks on {summary['n_workers']} workers")

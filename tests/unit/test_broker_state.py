@@ -486,3 +486,41 @@ def test_an_upload_answered_in_two_parts_is_relayed_twice_then_refused(h):
     assert len(_relayed(h)) == 2 and not w.uploads
     h.state.on_uploaded(w, b"client", 3, [[h.base + 1, [0]]], [b"b again"])
     assert len(_relayed(h)) == 2 and len(_errors_to(h, w)) == 1
+
+
+def test_every_batch_entry_the_broker_sends_has_its_protocol_record(h):
+    # The wire contract (issue 12.5): what the core puts into its batches is held to the
+    # record types docs/protocol.md is generated from.
+    w1, w2 = h.add_worker(), h.add_worker()
+    h.submit((0, RUN, [], 1, False), (1, RUN, [], 1, False), (2, MERGE, [0, 1], 0, True),
+             (3, RUN, [], 1, True))
+    h.state.on_fetch(h.client, 1, [h.base + 2, h.base + 99], False)  # 99: an invalid id
+    seen = {"compute": 0, "sends": 0, "failed": 0, "data_errors": 0}
+    for _ in range(4):
+        h.schedule()
+        out = h.state.outbox
+        for entries in out.compute.values():
+            for entry in entries:
+                protocol.check_entry(protocol.ComputeTask, entry)
+                seen["compute"] += 1
+        for targets in out.sends.values():
+            for address, ids in targets.items():
+                protocol.check_entry(protocol.DataSend, [address, ids])
+                seen["sends"] += 1
+        for failures in out.failed.values():
+            for entry in failures:
+                protocol.check_entry(protocol.TaskFailure, entry)
+                seen["failed"] += 1
+        for entries in out.data_errors.values():
+            for entry in entries:
+                protocol.check_entry(protocol.DataEntry, entry)
+                seen["data_errors"] += 1
+        out.clear()
+        for worker in (w1, w2):
+            running = [n.id - h.base for n in worker.assigned]
+            for local in running:
+                if local == 3:
+                    h.fail(worker, 3)
+                else:
+                    h.finish(worker, local)
+    assert all(seen.values()), seen

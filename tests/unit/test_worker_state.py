@@ -1,5 +1,6 @@
 """The worker core without sockets: inputs, cores, cancel, tombstones."""
 
+from hyperloom import protocol
 from hyperloom.data import Plain
 from hyperloom.worker.state import WorkerCore
 
@@ -73,3 +74,21 @@ def test_steal_gives_back_only_tasks_not_started():
     core.on_task_done(running, Plain(b"x"))
     assert core.take_startable() == []
     assert core.take_reports()[0] == [[running.id, 1, 0]]
+
+
+def test_reports_have_their_protocol_records():
+    core = WorkerCore(cpus=1)
+    sent = [entry(1), entry(2), entry(3, cpus=1), entry(4, cpus=1)]
+    for compute in sent:
+        protocol.check_entry(protocol.ComputeTask, compute)
+    core.on_compute(sent)
+    started = core.take_startable()
+    core.on_task_done(started[0], Plain(b"result"))
+    core.on_task_done(started[1], None, "it broke")
+    core.on_steal([4])  # queued behind 3 on the only core
+    finished, failed, results, stolen = core.take_reports()
+    assert finished and failed and results and stolen == [4]
+    for report in finished:
+        protocol.check_entry(protocol.FinishedTask, report)
+    for report in failed:
+        protocol.check_entry(protocol.FailedTask, report)
