@@ -46,6 +46,19 @@ class UnexpectedMessage(AssertionError):
     """The broker sent something its receiver does not expect."""
 
 
+def check_entries(code, fields):
+    """Every batch entry of a message matches its record in hyperloom.protocol."""
+    message = protocol.BY_CODE[code]
+    for (name, _), value in zip(message.fields, fields):
+        record = message.items.get(name)
+        if record is not None and hasattr(record, "_fields"):
+            for entry in value:
+                try:
+                    protocol.check_entry(record, entry)
+                except protocol.ProtocolError as error:
+                    raise UnexpectedMessage(f"{message.name}.{name}: {error}") from None
+
+
 class SimWorker:
     """One worker: a real WorkerCore, fed decoded messages, running built-ins inline.
 
@@ -325,6 +338,7 @@ class Cluster:
 
     def to_broker(self, identity, header, *payload):
         code, fields = protocol.decode(header)
+        check_entries(code, fields)
         self.transcript.append((identity, b"broker", protocol.name_of(code), fields))
         if code in (protocol.HELLO_CLIENT, protocol.HELLO_WORKER):
             self.ever.add(identity)
@@ -340,6 +354,7 @@ class Cluster:
         out.clear()
         for identity, frames in batch:
             code, fields = protocol.decode(frames[0])
+            check_entries(code, fields)
             self.transcript.append((b"broker", identity, protocol.name_of(code), fields))
             self._deliver(identity, code, fields, frames)
         return True
