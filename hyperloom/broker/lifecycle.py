@@ -13,13 +13,11 @@ from .dynamic import DYNAMIC_TYPES
 from .model import Node, WorkerRecord
 from .scheduler import Placement, choose_steals, schedule
 
-_N_STATES = len(ts.TaskState)
-
 
 class Lifecycle:
     # ------------------------------------------------------------ states
 
-    def transition(self, node: Node, new_state: ts.TaskState):
+    def transition(self, node: Node, new_state: int):
         old = node.state
         if new_state not in ts.ALLOWED[old]:
             raise ts.IllegalTransition(

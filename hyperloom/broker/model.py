@@ -8,7 +8,7 @@ holders beyond the first) out of line until it is needed.
 
 from __future__ import annotations
 
-from .taskstate import WAITING
+from .taskstate import WAITING, TaskState
 
 
 class Node:
@@ -45,7 +45,7 @@ class Node:
         return self.extra
 
     def __repr__(self):
-        return f"<Node {self.id} {self.type} state={self.state}>"
+        return f"<Node {self.id} {self.type} {TaskState(self.state).name}>"
 
 
 def consumers_of(node: Node):
