@@ -67,7 +67,6 @@ _B = (bytes,)
 _S = (str,)
 _I = (int,)
 _L = (list,)
-_N = (type(None),)
 
 MESSAGES = (
     # --- handshake
@@ -234,10 +233,6 @@ def valid_data_address(address: str) -> bool:
     host, _, port = address[6:].rpartition(":")
     return bool(host) and port.isdigit() and 0 < int(port) < 65536 \
         and not any(c.isspace() for c in host)
-
-
-def client_number_of(task_id: int) -> int:
-    return task_id >> CLIENT_SHIFT
 
 
 def local_id(task_id: int) -> int:

@@ -43,8 +43,6 @@ SCHEDULER_DGET = protocol.TASK_DGET
 PY_CALL = protocol.TASK_PY_CALL
 PY_VALUE = protocol.TASK_PY_VALUE
 
-_open = open  # the builtin, before ``open`` below shadows it
-
 
 def _make(task_type, inputs=(), config=b"", request=None, label=None) -> Task:
     task = Task()
