@@ -364,12 +364,3 @@ def _buffer(frame):
     if len(frame) < 65536:
         return frame.bytes
     return frame.buffer
-
-
-def from_python(value) -> DataObject:
-    """Data object for a client-side constant value (bytes or str)."""
-    if isinstance(value, str):
-        return Plain(value.encode())
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return Plain(bytes(value))
-    raise DataError(f"cannot make a data object from {type(value).__name__}")

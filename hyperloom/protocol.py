@@ -369,10 +369,6 @@ def valid_data_address(address: str) -> bool:
         and not any(c.isspace() for c in host)
 
 
-def client_number_of(task_id: int) -> int:
-    return task_id >> CLIENT_SHIFT
-
-
 def local_id(task_id: int) -> int:
     """The id a user sees: the task's number within its client."""
     return task_id & LOCAL_MASK

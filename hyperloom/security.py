@@ -102,3 +102,7 @@ def keygen_main(argv=None):
     generate_secret_file(args.path)
     print(f"wrote {args.path}")
     return 0
+
+
+if __name__ == "__main__":   # python -m hyperloom.security PATH, as loom-keygen
+    raise SystemExit(keygen_main())

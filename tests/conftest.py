@@ -1,6 +1,7 @@
 """Fixtures shared by all tests: real clusters on free loopback ports, cleaned up."""
 
 import os
+import sys
 import time
 
 import pytest
@@ -9,6 +10,30 @@ import hyperloom
 
 # Exit codes of a process stopped by us: 0 (clean SIGTERM handling) or -15/-9 (signal).
 CLEAN_EXIT = {0, -15}
+
+
+# Each console script of setup.cfg and the module that ``python -m`` runs for it.
+PROGRAM_MODULES = {
+    "loom-broker": "hyperloom.broker",
+    "loom-worker": "hyperloom.worker",
+    "loom-keygen": "hyperloom.security",
+    "loom-report": "hyperloom.report",
+    "loom-status": "hyperloom.status",
+}
+
+
+def loom_program(name):
+    """The command line that starts program ``name`` of the interpreter running the tests.
+
+    Never the bare name: PATH may hold no ``loom-*`` at all (a venv that was never
+    activated) or another installation's. The console script beside
+    ``sys.executable`` is what a user of this interpreter runs; where there is
+    none (the package imported from a source tree), ``python -m`` runs the same code.
+    """
+    script = os.path.join(os.path.dirname(sys.executable), name)
+    if os.access(script, os.X_OK):
+        return [script]
+    return [sys.executable, "-m", PROGRAM_MODULES[name]]
 
 
 def wait_until(predicate, timeout=10.0, interval=0.02, message="condition"):

@@ -5,13 +5,14 @@ and sends: every decision is the core's. Everything readable is drained
 before anything is sent, so one flush carries the effects of many messages:
 batching comes from the loop itself.
 
-Peer loss: libzmq does not tell a ROUTER which peer left, so the loop records
-each peer's socket fd from its first message (``SRCFD``) and watches the
-socket monitor for DISCONNECTED events on that fd. ZMTP heartbeats make
-libzmq close connections to peers that went silent, which then shows up the
-same way. Workers also send Heartbeat messages; the core checks them on the
-monotonic clock this loop passes in (``on_tick``). The fd <-> identity map is
-the one piece of peer bookkeeping kept here: it is about sockets.
+Peer loss: libzmq does not tell a ROUTER which peer left, so the loop follows
+the socket monitor's ACCEPTED and DISCONNECTED events per fd and ties each peer
+to the connection its Hello came in on (``SRCFD``; see connections.py). ZMTP
+heartbeats make libzmq close connections to peers that went silent, which then
+shows up the same way. Workers also send Heartbeat messages; the core checks
+them on the monotonic clock this loop passes in (``on_tick``). Which peer a
+connection carries is the one piece of peer bookkeeping kept here: it is about
+sockets.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from zmq.utils.monitor import recv_monitor_message
 from .. import protocol, security
 from ..protocol import ProtocolError
 from ..trace import TraceWriter
+from .connections import ConnectionTable
 from .outbox import messages
 from .state import BrokerState
 
@@ -70,18 +72,15 @@ class BrokerServer:
         self.router.setsockopt(zmq.HEARTBEAT_IVL, interval_ms)
         self.router.setsockopt(zmq.HEARTBEAT_TIMEOUT, interval_ms * config.heartbeat_misses)
         self.monitor = self.router.get_monitor_socket(
-            zmq.EVENT_DISCONNECTED | security.HANDSHAKE_FAILURES)
+            zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | security.HANDSHAKE_FAILURES)
         if config.port == 0:
             self.port = self.router.bind_to_random_port(f"tcp://{config.host}")
         else:
             self.router.bind(f"tcp://{config.host}:{config.port}")
             self.port = config.port
         self.endpoint = f"tcp://{config.host}:{self.port}"
-        self.fd_of = {}          # identity -> socket fd of its connection
-        self.identity_at_fd = {}
-        # fds of peers dropped before their DISCONNECTED event was read: that
-        # event must not be taken for a newer connection that reused the fd.
-        self.stale_disconnects = {}
+        self.connections = ConnectionTable()
+        self._disconnected = []  # peers whose connection closed, dropped after their messages
         self.running = True
         self.process = psutil.Process()
 
@@ -102,8 +101,9 @@ class BrokerServer:
             events = dict(poller.poll(timeout_ms))
             # Messages first: a peer's last messages precede its disconnect event.
             drained = self._drain_router() if self.router in events else True
-            if self.monitor in events and drained:
-                self._drain_monitor()
+            if drained and (self.monitor in events or self._disconnected):
+                self._read_monitor()
+                self._drop_disconnected()
             now = time.monotonic()
             core.on_drained(now)
             self._flush()
@@ -143,27 +143,29 @@ class BrokerServer:
                 log.exception("error while handling a message; message dropped")
         return False
 
-    def _drain_monitor(self):
+    def _read_monitor(self):
+        """Follow the connections; peers whose connection closed wait in _disconnected
+        until the messages they sent before have been handled."""
         while True:
             try:
                 event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
             except zmq.Again:
                 return
-            if event["event"] != zmq.EVENT_DISCONNECTED:
-                log.warning("refused a connection: handshake failed (%s)", event["event"].name)
-                continue
-            fd = event["value"]
-            stale = self.stale_disconnects.get(fd, 0)
-            if stale:
-                if stale == 1:
-                    del self.stale_disconnects[fd]
-                else:
-                    self.stale_disconnects[fd] = stale - 1
-                continue
-            identity = self.identity_at_fd.pop(fd, None)
-            if identity is not None:
-                self.fd_of.pop(identity, None)
-                self.core.on_peer_disconnected(identity, time.monotonic())
+            kind, fd = event["event"], event["value"]
+            if kind == zmq.EVENT_ACCEPTED:
+                self.connections.accepted(fd)
+            elif kind == zmq.EVENT_DISCONNECTED:
+                identity = self.connections.disconnected(fd)
+                if identity is not None:
+                    self._disconnected.append(identity)
+            else:
+                log.warning("refused a connection: handshake failed (%s)", kind.name)
+
+    def _drop_disconnected(self):
+        lost, self._disconnected = self._disconnected, []
+        now = time.monotonic()
+        for identity in lost:
+            self.core.on_peer_disconnected(identity, now)
 
     def _on_message(self, frames):
         identity = frames[0].bytes
@@ -182,16 +184,14 @@ class BrokerServer:
             self._map_fd(identity, frames[1].get(zmq.SRCFD))
 
     def _map_fd(self, identity, fd):
-        """A peer said hello: tie its connection's fd to it, to see it disconnect."""
-        previous = self.identity_at_fd.get(fd)
-        if previous is not None and previous != identity:
-            # The fd was reused: the previous connection closed and its
-            # DISCONNECTED event is still on its way; it must not drop this one.
-            self.stale_disconnects[fd] = self.stale_disconnects.get(fd, 0) + 1
-            self.fd_of.pop(previous, None)
+        """A peer said hello: tie it to its connection, to see that close."""
+        # The ACCEPTED event of this connection precedes its first message: read it (and
+        # what came before) so the Hello is tied to this connection, not to an older
+        # one on the same fd whose DISCONNECTED event is still unread.
+        self._read_monitor()
+        previous = self.connections.claimed(fd, identity)
+        if previous is not None:
             self.core.on_peer_disconnected(previous, time.monotonic(), "connection replaced")
-        self.fd_of[identity] = fd
-        self.identity_at_fd[fd] = identity
 
     # ------------------------------------------------------------ output
 

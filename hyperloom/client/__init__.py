@@ -6,10 +6,5 @@ from .client import Client
 from .future import Future
 from .task import ResourceRequest, Task
 
-
-def make_dry_report(tasks, report_filename):
-    raise LoomException("Not implemented in this version")
-
-
 __all__ = ["Client", "Future", "Task", "ResourceRequest", "tasks", "LoomException",
-           "LoomError", "TaskFailed", "make_dry_report"]
+           "LoomError", "TaskFailed"]

@@ -18,11 +18,30 @@ __all__ = [
     "Task", "ResourceRequest", "cpus", "cpu1", "const", "merge", "open", "split", "save",
     "array_make", "make_array", "size", "length", "get", "slice", "dslice", "dget", "run",
     "py_value", "py_call", "py_task",
+    "BASE_GET", "BASE_SLICE", "BASE_SIZE", "BASE_LENGTH", "DATA_CONST", "DATA_MERGE",
+    "DATA_OPEN", "DATA_SPLIT", "DATA_SAVE", "ARRAY_MAKE", "RUN", "SCHEDULER_DSLICE",
+    "SCHEDULER_DGET", "PY_CALL", "PY_VALUE",
 ]
 
 cpu1 = cpus(1)
 
-_open = open  # the builtin, before ``open`` below shadows it
+# The original module's names for the task types, for code that builds its own Task
+# objects (``task.task_type = tasks.RUN``).
+BASE_GET = protocol.TASK_GET
+BASE_SLICE = protocol.TASK_SLICE
+BASE_SIZE = protocol.TASK_SIZE
+BASE_LENGTH = protocol.TASK_LENGTH
+DATA_CONST = protocol.TASK_CONST
+DATA_MERGE = protocol.TASK_MERGE
+DATA_OPEN = protocol.TASK_OPEN
+DATA_SPLIT = protocol.TASK_SPLIT
+DATA_SAVE = protocol.TASK_SAVE
+ARRAY_MAKE = protocol.TASK_ARRAY_MAKE
+RUN = protocol.TASK_RUN
+SCHEDULER_DSLICE = protocol.TASK_DSLICE
+SCHEDULER_DGET = protocol.TASK_DGET
+PY_CALL = protocol.TASK_PY_CALL
+PY_VALUE = protocol.TASK_PY_VALUE
 
 
 def _make(task_type, inputs=(), config=b"", request=None, label=None) -> Task:

@@ -17,10 +17,6 @@ from .taskdef import TaskContext, TaskError, TaskRegistry
 _U64 = struct.Struct("<Q")
 _U64X2 = struct.Struct("<QQ")
 
-# merge runs in the loop unless it is big enough to hold it up (as the original).
-MERGE_INLINE_INPUTS = 50
-MERGE_INLINE_BYTES = 200 * 1024
-
 
 def _raw(ctx: TaskContext, index: int):
     obj = ctx.inputs[index]
@@ -128,9 +124,3 @@ def register_builtin_tasks(registry: TaskRegistry):
     registry.register(protocol.TASK_LENGTH, length, "inline")
     registry.register(protocol.TASK_GET, get, "inline")
     registry.register(protocol.TASK_SLICE, slice_, "inline")
-
-
-def merge_is_cheap(ctx: TaskContext) -> bool:
-    """Big merges go to a thread so they do not hold up the loop."""
-    return len(ctx.inputs) <= MERGE_INLINE_INPUTS and \
-        sum(obj.size for obj in ctx.inputs) <= MERGE_INLINE_BYTES

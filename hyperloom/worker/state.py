@@ -37,9 +37,9 @@ class WorkerTask:
 
 
 class WorkerCore:
-    def __init__(self, cpus: int, core_ids=None):
+    def __init__(self, cpus: int):
         self.cpus = cpus
-        self.free_cpus = list(core_ids if core_ids is not None else range(cpus))
+        self.free_cpus = list(range(cpus))  # slots; the executor maps them to cores
         self.store = {}                 # data id -> DataObject
         self.waiting_for = {}           # data id -> [WorkerTask] that need it
         self.queued = deque()           # tasks whose inputs just became complete

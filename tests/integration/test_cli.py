@@ -1,5 +1,6 @@
 """loom-broker and loom-worker as a user starts them."""
 
+import configparser
 import os
 import signal
 import socket
@@ -11,7 +12,10 @@ import pytest
 
 from hyperloom.client import Client, tasks
 
-from ..conftest import wait_until
+from ..conftest import PROGRAM_MODULES, loom_program, wait_until
+
+BROKER = loom_program("loom-broker")
+WORKER = loom_program("loom-worker")
 
 
 def free_port():
@@ -38,12 +42,29 @@ def processes():
                 stream.close()
 
 
+def test_every_program_starts_without_loom_on_path(tmp_path):
+    # A venv that was never activated: PATH holds no loom-* program, yet the tests
+    # (and a user of this interpreter) start each one, as a script or with python -m.
+    config = configparser.ConfigParser()
+    config.read(os.path.join(os.path.dirname(__file__), "..", "..", "setup.cfg"))
+    scripts = config["options.entry_points"]["console_scripts"].split()
+    assert set(scripts[::3]) == set(PROGRAM_MODULES)
+    bare = {**os.environ, "PATH": "/usr/bin:/bin"}
+    for name, module in PROGRAM_MODULES.items():
+        for command in (loom_program(name), [sys.executable, "-m", module]):
+            assert os.path.isabs(command[0])
+            result = subprocess.run([*command, "--help"], capture_output=True, text=True,
+                                    env=bare, cwd=tmp_path, timeout=60)
+            assert result.returncode == 0, f"{command}: {result.stderr}"
+            assert result.stdout.startswith(f"usage: {name}"), result.stdout
+
+
 def test_help_lists_every_option():
-    broker_help = subprocess.run(["loom-broker", "--help"], capture_output=True, text=True)
+    broker_help = subprocess.run([*BROKER, "--help"], capture_output=True, text=True)
     assert broker_help.returncode == 0
     for option in ("--host", "--port", "--log-level", "--heartbeat"):
         assert option in broker_help.stdout
-    worker_help = subprocess.run(["loom-worker", "--help"], capture_output=True, text=True)
+    worker_help = subprocess.run([*WORKER, "--help"], capture_output=True, text=True)
     assert worker_help.returncode == 0
     for option in ("--cpus", "--wdir", "--nopin", "--host", "--log-level", "--extension",
                    "BROKER_HOST", "BROKER_PORT"):
@@ -51,18 +72,18 @@ def test_help_lists_every_option():
 
 
 def test_invalid_arguments_are_refused():
-    result = subprocess.run(["loom-worker", "--cpus", "-1", "localhost", "9010"],
+    result = subprocess.run([*WORKER, "--cpus", "-1", "localhost", "9010"],
                             capture_output=True, text=True)
     assert result.returncode != 0 and "Invalid number of cpus" in result.stderr
-    result = subprocess.run(["loom-broker", "--port", "70000"], capture_output=True, text=True)
+    result = subprocess.run([*BROKER, "--port", "70000"], capture_output=True, text=True)
     assert result.returncode != 0 and "Invalid port number" in result.stderr
-    result = subprocess.run(["loom-broker", "--port", "0"], capture_output=True, text=True,
+    result = subprocess.run([*BROKER, "--port", "0"], capture_output=True, text=True,
                             env={**os.environ, "HYPERLOOM_GC_THRESHOLDS": "lots"}, timeout=30)
     assert result.returncode != 0 and "HYPERLOOM_GC_THRESHOLDS" in result.stderr
 
 
 def test_broker_prints_its_endpoint_first(processes):
-    broker = processes("loom-broker", "--port", "0", stdout=subprocess.PIPE,
+    broker = processes(*BROKER, "--port", "0", stdout=subprocess.PIPE,
                        stderr=subprocess.DEVNULL)
     line = broker.stdout.readline().decode().strip()
     assert line.startswith("tcp://127.0.0.1:") and int(line.rsplit(":", 1)[1]) > 0
@@ -72,11 +93,11 @@ def test_worker_started_before_the_broker_retries_and_joins(processes, tmp_path)
     port = free_port()
     wdir = tmp_path / "wdir"
     wdir.mkdir()
-    worker = processes("loom-worker", "--cpus", "1", "--wdir", str(wdir), "127.0.0.1", str(port),
+    worker = processes(*WORKER, "--cpus", "1", "--wdir", str(wdir), "127.0.0.1", str(port),
                        stderr=subprocess.DEVNULL)
     time.sleep(0.5)  # the worker is up and retrying before any broker exists
     assert worker.poll() is None
-    processes("loom-broker", "--port", str(port), stdout=subprocess.DEVNULL,
+    processes(*BROKER, "--port", str(port), stdout=subprocess.DEVNULL,
               stderr=subprocess.DEVNULL)
     client = Client("127.0.0.1", port)
     wait_until(lambda: client.get_stats()["n_workers"] == 1, timeout=15, message="worker to join")
@@ -94,21 +115,21 @@ def test_worker_started_before_the_broker_retries_and_joins(processes, tmp_path)
 
 def test_worker_joining_mid_plan_gets_work(processes, tmp_path):
     port = free_port()
-    processes("loom-broker", "--port", str(port), stdout=subprocess.DEVNULL,
+    processes(*BROKER, "--port", str(port), stdout=subprocess.DEVNULL,
               stderr=subprocess.DEVNULL)
     client = Client("127.0.0.1", port)
     # no worker yet: the plan waits
     futures = client.submit([tasks.run(("sh", "-c", "echo $$")) for _ in range(4)])
     time.sleep(0.3)
     assert all(f.running() for f in futures)
-    processes("loom-worker", "--cpus", "1", "--wdir", str(tmp_path), "--nopin",
+    processes(*WORKER, "--cpus", "1", "--wdir", str(tmp_path), "--nopin",
               "127.0.0.1", str(port), stderr=subprocess.DEVNULL)
     assert len(client.gather(futures)) == 4
     client.close()
 
 
 def test_broker_exits_cleanly_on_sigterm(processes):
-    broker = processes("loom-broker", "--port", "0", stdout=subprocess.PIPE,
+    broker = processes(*BROKER, "--port", "0", stdout=subprocess.PIPE,
                        stderr=subprocess.DEVNULL)
     broker.stdout.readline()
     os.killpg(broker.pid, signal.SIGTERM)

@@ -9,6 +9,11 @@ import sys
 from hyperloom.client import tasks
 from hyperloom.trace import read_trace
 
+from ..conftest import loom_program
+
+REPORT = loom_program("loom-report")
+STATUS = loom_program("loom-status")
+
 
 def labelled_plan(n=20):
     parts = []
@@ -59,7 +64,7 @@ def test_report_from_a_real_trace(make_cluster, tmp_path):
     client.close()
     cluster.stop()
     output = tmp_path / "report.html"
-    subprocess.run(["loom-report", str(tmp_path / "trace"), "-o", str(output)], check=True,
+    subprocess.run([*REPORT, str(tmp_path / "trace"), "-o", str(output)], check=True,
                    capture_output=True)
     html = output.read_text()
     summary = json.loads(re.search(r'id="hyperloom-summary">(.*?)</script>', html, re.S).group(1))
@@ -74,7 +79,7 @@ def test_the_readme_example_traces_and_reports(tmp_path):
                           "--trace", str(trace_dir)], capture_output=True, text=True, timeout=120)
     assert ran.returncode == 0, ran.stderr
     assert "b'Hello world!'" in ran.stdout
-    subprocess.run(["loom-report", str(trace_dir), "-o", str(tmp_path / "report.html")],
+    subprocess.run([*REPORT, str(trace_dir), "-o", str(tmp_path / "report.html")],
                    check=True, capture_output=True, timeout=120)
     html = (tmp_path / "report.html").read_text()
     summary = json.loads(re.search(r'id="hyperloom-summary">(.*?)</script>', html, re.S).group(1))
@@ -92,7 +97,7 @@ def test_gather_with_progress_bar(client, capsys):
 
 
 def test_loom_status_prints_workers_and_states(shared_cluster):
-    result = subprocess.run(["loom-status", shared_cluster.host, str(shared_cluster.port)],
+    result = subprocess.run([*STATUS, shared_cluster.host, str(shared_cluster.port)],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
@@ -103,6 +108,6 @@ def test_loom_status_prints_workers_and_states(shared_cluster):
 
 
 def test_loom_status_without_a_broker_fails_clearly():
-    result = subprocess.run(["loom-status", "127.0.0.1", "1", "--timeout", "1"],
+    result = subprocess.run([*STATUS, "127.0.0.1", "1", "--timeout", "1"],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 1 and "no answer from a broker" in result.stderr

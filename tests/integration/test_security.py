@@ -6,11 +6,17 @@ import pytest
 
 from hyperloom.client import Client, LoomError, tasks
 
+from ..conftest import loom_program
+
+KEYGEN = loom_program("loom-keygen")
+BROKER = loom_program("loom-broker")
+WORKER = loom_program("loom-worker")
+
 
 @pytest.fixture
 def secret(tmp_path):
     path = tmp_path / "cluster.secret"
-    subprocess.run(["loom-keygen", str(path)], check=True, capture_output=True)
+    subprocess.run([*KEYGEN, str(path)], check=True, capture_output=True)
     assert oct(path.stat().st_mode & 0o777) == "0o600"
     return str(path)
 
@@ -30,7 +36,7 @@ def test_client_without_the_key_is_refused_and_logged(make_cluster, secret, tmp_
     with pytest.raises(LoomError, match="refused the connection"):
         Client(cluster.host, cluster.port, connect_timeout=10)
     other = tmp_path / "other.secret"
-    subprocess.run(["loom-keygen", str(other)], check=True, capture_output=True)
+    subprocess.run([*KEYGEN, str(other)], check=True, capture_output=True)
     with pytest.raises(LoomError, match="refused the connection"):
         Client(cluster.host, cluster.port, connect_timeout=10, secret_file=str(other))
     client = cluster.client()
@@ -42,7 +48,7 @@ def test_client_without_the_key_is_refused_and_logged(make_cluster, secret, tmp_
 def test_worker_without_the_key_never_joins(make_cluster, secret):
     cluster = make_cluster(workers=1, cpus=1, secret_file=secret)
     intruder = subprocess.Popen(
-        ["loom-worker", "--cpus", "1", "--broker-timeout", "2", cluster.host, str(cluster.port)],
+        [*WORKER, "--cpus", "1", "--broker-timeout", "2", cluster.host, str(cluster.port)],
         stderr=subprocess.PIPE)
     try:
         assert intruder.wait(20) != 0
@@ -54,9 +60,9 @@ def test_worker_without_the_key_never_joins(make_cluster, secret):
 
 
 def test_broker_listens_on_loopback_by_default():
-    help_text = subprocess.run(["loom-broker", "--help"], capture_output=True, text=True).stdout
+    help_text = subprocess.run([*BROKER, "--help"], capture_output=True, text=True).stdout
     assert "default: loopback only" in help_text
-    process = subprocess.Popen(["loom-broker", "--port", "0"], stdout=subprocess.PIPE,
+    process = subprocess.Popen([*BROKER, "--port", "0"], stdout=subprocess.PIPE,
                                stderr=subprocess.DEVNULL)
     try:
         assert process.stdout.readline().decode().startswith("tcp://127.0.0.1:")

@@ -314,11 +314,14 @@ def test_transfer_from_a_worker_that_dies_is_ordered_again_or_recomputed(h):
     h.state.outbox.clear()
     h.state.on_worker_lost(source)      # dies before pushing: the copy never arrives
     assert h.node(0).state == ts.WAITING or h.node(0).state == ts.READY
-    # recomputed somewhere, then delivered to the waiting consumer's worker
+    # recomputed on the third worker (the consumer's is kept full), then delivered to
+    # the waiting consumer's worker
+    busy, target.cpus_used = target.cpus_used, target.cpus * h.state.scheduler.overbooking
     [producer] = h.schedule()
+    target.cpus_used = busy
+    assert producer not in (source, target)
     h.finish(producer, 0)
-    if producer is not target:
-        assert h.state.outbox.sends[producer] == {target.address: [h.base + 0]}
+    assert h.state.outbox.sends[producer] == {target.address: [h.base + 0]}
     h.finish(target, 1)
     assert h.node(1).state == ts.FINISHED
     assert not target.incoming
