@@ -316,7 +316,7 @@ def test_transfer_from_a_worker_that_dies_is_ordered_again_or_recomputed(h):
     assert h.node(0).state == ts.WAITING or h.node(0).state == ts.READY
     # recomputed on the third worker (the consumer's is kept full), then delivered to
     # the waiting consumer's worker
-    busy, target.cpus_used = target.cpus_used, target.cpus * h.state.scheduler.overbooking
+    busy, target.cpus_used = target.cpus_used, target.cpus * h.state.overbooking
     [producer] = h.schedule()
     target.cpus_used = busy
     assert producer not in (source, target)
