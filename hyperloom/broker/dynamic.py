@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import struct
 
+from .base import CoreBase
 from .. import protocol
 from . import taskstate as ts
 from .model import Node, add_consumer, consumers_of, remove_consumer
@@ -32,7 +33,7 @@ def piece_configs(task_type: str, length: int, total_cpus: int):
             for start in range(0, length, size)]
 
 
-class DynamicPass:
+class DynamicPass(CoreBase):
     """A mixin of ``BrokerState``: the expansion pass and the nodes it creates."""
 
     def expand_dynamic(self):

@@ -17,6 +17,7 @@ import logging
 import os
 import sys
 
+from .base import CoreBase
 from .. import protocol
 from . import taskstate as ts
 from .model import ClientRecord, Node, PendingPlan
@@ -28,7 +29,7 @@ class PlanError(Exception):
     """A submitted plan that cannot be accepted; the message names the task."""
 
 
-class PlanIntake:
+class PlanIntake(CoreBase):
     def on_submit(self, client: ClientRecord, symbols, labels, entries, load: bool,
                   more: bool = False):
         """Accept a plan (all of it or nothing) and make its ready tasks READY.

@@ -8,13 +8,14 @@ holding it (if finished) or its execution canceled (if not).
 
 from __future__ import annotations
 
+from .base import CoreBase
 from . import taskstate as ts
 from .dynamic import DYNAMIC_TYPES
 from .model import Node, WorkerRecord
 from .scheduler import Placement, choose_steals, schedule
 
 
-class Lifecycle:
+class Lifecycle(CoreBase):
     # ------------------------------------------------------------ states
 
     def transition(self, node: Node, new_state: int):

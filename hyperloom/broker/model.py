@@ -39,7 +39,7 @@ class Node:
         self.length = 0
         self.extra = None             # NodeExtra, rarely needed
 
-    def get_extra(self) -> "NodeExtra":
+    def get_extra(self) -> NodeExtra:
         if self.extra is None:
             self.extra = NodeExtra()
         return self.extra
@@ -109,11 +109,13 @@ class WorkerRecord:
         self.hostname = hostname
         self.cpus_used = 0            # n_cpus of assigned, unfinished tasks
         self.n_light = 0              # assigned, unfinished tasks needing no core
-        self.assigned = {}            # Nodes assigned and unfinished, in assignment order
-        self.canceled = set()         # ids canceled while assigned: their reports are expected
-        self.stealing = set()         # ids asked back with StealTasks, not answered yet
-        self.incoming = {}            # data id -> source WorkerRecord: ordered, not yet used
-        self.uploads = {}             # (client identity, request) -> ids asked by Upload
+        self.assigned: dict[Node, None] = {}  # Nodes assigned and unfinished, in assignment order
+        self.canceled: set[int] = set()  # ids canceled while assigned: their reports are expected
+        self.stealing: set[int] = set()  # ids asked back with StealTasks, not answered yet
+        # data id -> the WorkerRecord sending it here: ordered, not yet used
+        self.incoming: dict[int, WorkerRecord] = {}
+        # (client identity, request) -> ids asked by Upload
+        self.uploads: dict[tuple[bytes, int], list[int]] = {}
         self.bytes_held = 0
         self.bytes_received = 0       # ordered transfers to this worker
         self.bytes_sent = 0
@@ -134,10 +136,10 @@ class ClientRecord:
     def __init__(self, identity: bytes, number: int, now: float):
         self.identity = identity
         self.number = number
-        self.results = set()          # ids of nodes the client holds futures for
+        self.results: set[int] = set()  # ids of nodes the client holds futures for
         self.last_seen = now
         self.next_broker_id = 0       # ids the broker creates for it (dslice expansion)
-        self.pending_plan = None      # PendingPlan while a chunked Submit arrives
+        self.pending_plan: PendingPlan | None = None  # PendingPlan while a chunked Submit arrives
         self.n_total = 0              # tasks submitted (for progress)
         self.n_done = 0               # of those, finished, failed or canceled
         self.progress_sent = float("-inf")  # when progress alone was last sent

@@ -67,10 +67,9 @@ class Outbox:
 
     def is_empty(self) -> bool:
         return not (self.compute or self.sends or self.uploads or self.cancel or self.steal
-                    or self.remove
-                    or self.finished or self.progressed or self.failed or self.data_errors or self.data_inline
-                    or self.refused
-                    or self.errors or self.replies)
+                    or self.remove or self.finished or self.progressed or self.failed
+                    or self.data_errors or self.data_inline or self.refused or self.errors
+                    or self.replies)
 
 
 def messages(out: Outbox):

@@ -8,7 +8,8 @@ it gives the core; tests pass a recording fake.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Optional, Protocol, Sequence
+from typing import Optional, Protocol
+from collections.abc import Callable, Iterable, Sequence
 
 
 class Recorder(Protocol):

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import logging
 
+from .base import CoreBase
 from . import taskstate as ts
 from .model import Node, WorkerRecord, consumers_of
 
 log = logging.getLogger("hyperloom.broker")
 
 
-class Recovery:
+class Recovery(CoreBase):
     def expire_silent_workers(self, now: float):
         """Workers silent for longer than ``heartbeat_timeout`` are lost."""
         limit = self.heartbeat_timeout

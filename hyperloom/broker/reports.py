@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 
+from .base import CoreBase
 from . import taskstate as ts
 from .model import Node, WorkerRecord
 
 log = logging.getLogger("hyperloom.broker")
 
 
-class WorkerReports:
+class WorkerReports(CoreBase):
     def on_tasks_done(self, worker: WorkerRecord, finished, failed, now: float,
                       results=(), frames=()):
         if results:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 
+from .base import CoreBase
 from .. import protocol
 from . import taskstate as ts
 from .model import ClientRecord, Node, WorkerRecord
@@ -18,7 +19,7 @@ from .scheduler import why_unplaceable
 log = logging.getLogger("hyperloom.broker")
 
 
-class ClientRequests:
+class ClientRequests(CoreBase):
     def on_client_lost(self, client: ClientRecord):
         """The client disconnected: cancel its tasks and release its data."""
         del self.clients[client.identity]
@@ -57,8 +58,9 @@ class ClientRequests:
         for task_id in ids:
             node = self.tasks.get(task_id) if type(task_id) is int else None
             if node is None or node.client is not client or not node.is_result:
+                shown = protocol.local_id(task_id) if type(task_id) is int else repr(task_id)
                 self.outbox.data_errors[(client.identity, request)].append(
-                    [task_id, None, f"Invalid id: {protocol.local_id(task_id) if type(task_id) is int else task_id!r}"
+                    [task_id, None, f"Invalid id: {shown}"
                      " (not a result held by this client; was it released?)"])
                 continue
             if node.state in (ts.FINISHED, ts.FAILED):

@@ -80,7 +80,8 @@ class BrokerServer:
             self.port = config.port
         self.endpoint = f"tcp://{config.host}:{self.port}"
         self.connections = ConnectionTable()
-        self._disconnected = []  # peers whose connection closed, dropped after their messages
+        # peers whose connection closed, dropped after their messages are handled
+        self._disconnected: list[bytes] = []
         self.running = True
         self.process = psutil.Process()
 

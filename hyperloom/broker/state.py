@@ -173,8 +173,9 @@ class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery
         """Progress alone goes out at most every PROGRESS_INTERVAL; with results, always."""
         finished = self.outbox.finished
         for client in list(self.outbox.progressed):
-            if self.clients.get(client.identity) is not client or (
-                    client not in finished and now - client.progress_sent < PROGRESS_INTERVAL):
+            gone = self.clients.get(client.identity) is not client
+            if gone or (client not in finished
+                        and now - client.progress_sent < PROGRESS_INTERVAL):
                 self.outbox.progressed.discard(client)
             else:
                 client.progress_sent = now
@@ -244,7 +245,7 @@ class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery
         peer = self.peers.pop(identity, None)
         if peer is None:
             return
-        if type(peer) is ClientRecord:
+        if isinstance(peer, ClientRecord):
             self.on_client_lost(peer)
             return
         if why == "said goodbye":  # leaving cleanly, not lost

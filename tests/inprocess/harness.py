@@ -66,7 +66,7 @@ class SimWorker:
     until ``finish_running()`` (to keep tasks queued, e.g. to be stolen).
     """
 
-    def __init__(self, cluster: "Cluster", index: int, cpus: int, task_types, auto_run: bool):
+    def __init__(self, cluster: Cluster, index: int, cpus: int, task_types, auto_run: bool):
         self.cluster = cluster
         self.identity = b"worker-%d" % index
         self.address = f"tcp://sim-worker-{index}:1"
@@ -100,7 +100,8 @@ class SimWorker:
             if code == protocol.ERROR and self.cluster.expect_errors:
                 self.errors.append(fields[0])
                 return
-            raise UnexpectedMessage(f"{self.identity!r} got {protocol.name_of(code)} {fields!r:.200}")
+            raise UnexpectedMessage(
+                f"{self.identity!r} got {protocol.name_of(code)} {fields!r:.200}")
         handler = getattr(self, "_on_" + protocol.name_of(code).lower(), None)
         handler(*fields)
 
@@ -211,7 +212,7 @@ class SimWorker:
 class SimClient:
     """A client: submits plans built with the real client API, keeps what it is told."""
 
-    def __init__(self, cluster: "Cluster", identity: bytes = b"client"):
+    def __init__(self, cluster: Cluster, identity: bytes = b"client"):
         self.cluster = cluster
         self.identity = identity
         self.number = None
@@ -257,7 +258,8 @@ class SimClient:
             if code == protocol.ERROR and self.cluster.expect_errors:
                 self.errors.append(fields[0])
                 return
-            raise UnexpectedMessage(f"{self.identity!r} got {protocol.name_of(code)} {fields!r:.200}")
+            raise UnexpectedMessage(
+                f"{self.identity!r} got {protocol.name_of(code)} {fields!r:.200}")
         if code == protocol.WELCOME:
             self.number = fields[1]
             self.next_id = self.number << protocol.CLIENT_SHIFT

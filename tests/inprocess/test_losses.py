@@ -77,7 +77,7 @@ def test_a_task_lost_with_three_workers_fails_with_a_clear_error():
     cluster = Cluster(workers=1, cpus=1, auto_run=False)
     [task_id] = cluster.client.submit([tasks._make(protocol.TASK_CONST, config=b"v",
                                                    request=tasks.cpus(1))])
-    for attempt in range(3):
+    for _ in range(3):
         cluster.run()
         cluster.kill(cluster.live_workers()[0])
         cluster.add_worker(cpus=1, auto_run=False)
