@@ -527,3 +527,49 @@ def test_every_batch_entry_the_broker_sends_has_its_protocol_record(h):
                 else:
                     h.finish(worker, local)
     assert all(seen.values()), seen
+
+
+def test_check_invariants_flags_data_held_by_a_worker_that_is_not_live():
+    h = Harness()
+    w = h.add_worker()
+    h.submit((0, CONST, [], 0, True))
+    h.schedule()
+    h.finish(w, 0)
+    h.state.check_invariants()
+    del h.state.workers[w.identity]      # a loss whose bookkeeping forgot the holders
+    del h.state.peers[w.identity]
+    with pytest.raises(AssertionError, match="not a live worker"):
+        h.state.check_invariants()
+
+
+def test_check_invariants_flags_more_tasks_done_than_submitted():
+    h = Harness()
+    h.submit((0, CONST, [], 0, True))
+    h.client.n_done = h.client.n_total + 1
+    with pytest.raises(AssertionError, match="2 done of 1"):
+        h.state.check_invariants()
+
+
+def test_state_counts_change_only_in_transition_and_match_the_dag(h):
+    w = h.add_worker()
+    h.submit((0, CONST, [], 0, False), (1, MERGE, [0], 0, True))
+    counts = h.state.state_counts
+    assert (counts[ts.WAITING], counts[ts.READY]) == (1, 1)
+    h.schedule()
+    h.finish(w, 0)
+    h.schedule()
+    h.finish(w, 1)                       # 0 is forgotten: RELEASED, out of the DAG
+    counts = h.state.state_counts
+    assert counts[ts.FINISHED] == 1 and counts[ts.RELEASED] == 1 and sum(counts[:6]) == 1
+    h.state.on_worker_lost(w)            # 1 held only there: recomputed, 0 with it
+    counts = h.state.state_counts
+    assert (counts[ts.WAITING], counts[ts.READY], counts[ts.RELEASED]) == (1, 1, 0)
+
+
+def test_transitions_nobody_makes_are_refused(h):
+    h.submit((0, CONST, [], 0, True))
+    node = h.node(0)
+    assert node.state == ts.READY
+    with pytest.raises(ts.IllegalTransition, match="ready -> released"):
+        h.state.transition(node, ts.RELEASED)
+    assert ts.READY not in ts.ALLOWED[ts.FINISHED] and ts.READY not in ts.ALLOWED[ts.RELEASED]
