@@ -45,7 +45,7 @@ class PlanIntake(CoreBase):
                 self._build_plan(client, plan, symbols, labels, entries, load)
             except PlanError as error:
                 plan.error = str(error)
-                plan.result_ids = [node.id for node in plan.results]
+                plan.result_ids = [node.id for node in plan.results or ()]
                 plan.nodes = plan.results = None
         if plan.error is not None:  # name every result of the refused plan
             seen = set(plan.result_ids)
@@ -59,6 +59,7 @@ class PlanIntake(CoreBase):
             log.info("client %d: plan refused: %s", client.number, plan.error)
             return
         nodes, results = plan.nodes, plan.results
+        assert nodes is not None and results is not None  # not refused
         if load:
             nodes = _reachable_from(results, nodes)
         self._link_plan(client, nodes, results)

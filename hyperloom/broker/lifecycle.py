@@ -11,7 +11,7 @@ from __future__ import annotations
 from .base import CoreBase
 from . import taskstate as ts
 from .dynamic import DYNAMIC_TYPES
-from .model import Node, WorkerRecord
+from .model import Node, WorkerRecord, consumers_of
 from .scheduler import Placement, choose_steals, schedule
 
 
@@ -82,6 +82,7 @@ class Lifecycle(CoreBase):
     def _cancel(self, node: Node):
         if node.state == ts.ASSIGNED:
             worker = node.worker
+            assert worker is not None  # ASSIGNED (taskstate.py)
             self._unassign(node, worker)
             worker.canceled.add(node.id)
             self.outbox.cancel[worker].append(node.id)
@@ -123,9 +124,7 @@ class Lifecycle(CoreBase):
                 self.outbox.failed[node.client].append([node.id, *error])
                 for client, request, release in self._take_fetches(node.id):
                     self._serve_fetch(node, client, request, release)
-            consumers = node.consumers
-            if consumers is not None:
-                stack.extend((consumers,) if type(consumers) is Node else consumers)
+            stack.extend(consumers_of(node))
             if node.refs == 0 and node.id in self.tasks:
                 self._forget(node)
 
@@ -174,7 +173,7 @@ class Lifecycle(CoreBase):
             input_ids = []
             for inp in node.inputs:
                 input_ids.append(inp.id)
-                if worker not in inp.holders:
+                if worker not in inp.holders:  # type: ignore[operator]  # FINISHED: a list
                     deliver(inp, worker)
             extra = node.extra
             checkpoint = extra.checkpoint_path if extra is not None else None
@@ -190,6 +189,7 @@ class Lifecycle(CoreBase):
     def deliver(self, node: Node, worker: WorkerRecord):
         """Order a holder of ``node``'s data to push it to ``worker``."""
         holders = node.holders
+        assert holders, f"{node} is delivered but held nowhere"
         if worker in holders:
             return
         source = holders[0]

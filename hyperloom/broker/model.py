@@ -8,6 +8,9 @@ holders beyond the first) out of line until it is needed.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+from typing import Any
+
 from .taskstate import WAITING, TaskState
 
 
@@ -20,7 +23,8 @@ class Node:
         "size", "length", "extra",
     )
 
-    def __init__(self, task_id, client, task_type, config, inputs, n_cpus, label):
+    def __init__(self, task_id: int, client: ClientRecord, task_type: str, config: bytes,
+                 inputs: tuple[Node, ...], n_cpus: int, label: str | None):
         self.id = task_id
         self.client = client
         self.type = task_type
@@ -28,27 +32,28 @@ class Node:
         self.inputs = inputs          # tuple of Node
         self.n_cpus = n_cpus
         self.label = label
-        self.state = WAITING
+        self.state: int = WAITING
         self.remaining = 0            # inputs not finished yet
-        self.consumers = None         # None, one Node, or a list of them (see consumers_of)
+        self.consumers: Node | list[Node] | None = None  # see consumers_of
         self.refs = 0                 # unfinished consumers + 1 while the client holds it
         self.is_result = False        # the client holds a future for it
-        self.worker = None            # where it is assigned (while ASSIGNED)
-        self.holders = None           # list of WorkerRecord holding (or receiving) the data
+        self.worker: WorkerRecord | None = None  # where it is assigned (while ASSIGNED)
+        # the WorkerRecords holding (or receiving) the data (while FINISHED)
+        self.holders: list[WorkerRecord] | None = None
         self.size = 0
         self.length = 0
-        self.extra = None             # NodeExtra, rarely needed
+        self.extra: NodeExtra | None = None  # rarely needed
 
     def get_extra(self) -> NodeExtra:
         if self.extra is None:
             self.extra = NodeExtra()
         return self.extra
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<Node {self.id} {self.type} {TaskState(self.state).name}>"
 
 
-def consumers_of(node: Node):
+def consumers_of(node: Node) -> Sequence[Node]:
     """The consumers of ``node`` as a sequence.
 
     Most nodes have exactly one consumer; storing it directly instead of in a
@@ -57,28 +62,28 @@ def consumers_of(node: Node):
     consumers = node.consumers
     if consumers is None:
         return ()
-    if type(consumers) is Node:
+    if isinstance(consumers, Node):
         return (consumers,)
     return consumers
 
 
-def add_consumer(node: Node, consumer: Node, times: int = 1):
+def add_consumer(node: Node, consumer: Node, times: int = 1) -> None:
     for _ in range(times):
         consumers = node.consumers
         if consumers is None:
             node.consumers = consumer
-        elif type(consumers) is Node:
+        elif isinstance(consumers, Node):
             node.consumers = [consumers, consumer]
         else:
             consumers.append(consumer)
 
 
-def remove_consumer(node: Node, consumer: Node):
+def remove_consumer(node: Node, consumer: Node) -> None:
     """``consumer`` no longer reads ``node`` (every edge between them goes)."""
     consumers = node.consumers
     if consumers is consumer:
         node.consumers = None
-    elif type(consumers) is list:
+    elif isinstance(consumers, list):
         kept = [c for c in consumers if c is not consumer]
         node.consumers = kept if len(kept) > 1 else (kept[0] if kept else None)
 
@@ -88,11 +93,11 @@ class NodeExtra:
 
     __slots__ = ("error", "losses", "checkpoint_path", "inline")
 
-    def __init__(self):
-        self.error = None             # [failed id, worker address, message]
+    def __init__(self) -> None:
+        self.error: list[Any] | None = None  # [failed id, worker address, message]
         self.losses = 0               # how many workers died while running it
-        self.checkpoint_path = None
-        self.inline = None            # (meta, frames) of a small result sent along
+        self.checkpoint_path: str | None = None
+        self.inline: tuple[Any, Any] | None = None  # (meta, frames): a small result sent along
 
 
 class WorkerRecord:
@@ -100,7 +105,7 @@ class WorkerRecord:
     that is ``hyperloom.worker.state.WorkerCore``)."""
 
     def __init__(self, identity: bytes, worker_id: int, address: str, cpus: int,
-                 task_types, hostname: str, now: float):
+                 task_types: Iterable[str], hostname: str, now: float):
         self.identity = identity
         self.worker_id = worker_id
         self.address = address
@@ -125,7 +130,7 @@ class WorkerRecord:
         self.n_core_finished = 0      # core-requesting tasks finished, for the rate
         self.rate_mark = (0, now)     # (n_core_finished, when) at the last rate update
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<Worker {self.worker_id} {self.address} cpus={self.cpus}>"
 
 
@@ -148,10 +153,10 @@ class ClientRecord:
 class PendingPlan:
     """A submit whose chunks are still arriving: checked and built, not yet linked."""
 
-    def __init__(self):
-        self.symbols = []
-        self.labels = []
-        self.nodes = {}               # id -> Node
-        self.results = []
-        self.error = None             # the first problem found: the whole plan is refused
-        self.result_ids = []          # all result ids, to name them in SubmitRefused
+    def __init__(self) -> None:
+        self.symbols: list[str] = []
+        self.labels: list[str | None] = []
+        self.nodes: dict[int, Node] | None = {}  # id -> Node (None once refused)
+        self.results: list[Node] | None = []
+        self.error: str | None = None  # the first problem found: the whole plan is refused
+        self.result_ids: list[int] = []  # all result ids, to name them in SubmitRefused

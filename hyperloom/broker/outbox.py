@@ -9,8 +9,15 @@ flush sends one message per peer and message type however many tasks moved.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from .. import protocol
+from .model import ClientRecord, WorkerRecord
+
+ErrorNotice = tuple[bytes, str, bool]           # (identity, message, fatal)
+Refusal = tuple[bytes, list[int], str]          # (client identity, result ids, message)
+Message = tuple[bytes, list[Any]]               # (identity, frames after it)
 
 
 class Outbox:
@@ -21,43 +28,49 @@ class Outbox:
     message type however many tasks are involved.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.clear()
 
-    def clear(self):
-        self.compute = defaultdict(list)       # WorkerRecord -> [task entries]
-        self.sends = defaultdict(dict)         # WorkerRecord -> {target address: [ids]}
-        self.uploads = defaultdict(list)       # (WorkerRecord, client identity, request) -> [ids]
-        self.cancel = defaultdict(list)        # WorkerRecord -> [ids]
-        self.steal = defaultdict(list)         # WorkerRecord -> [ids]
-        self.remove = defaultdict(list)        # WorkerRecord -> [ids]
-        self.finished = defaultdict(list)      # ClientRecord -> [ids]
-        self.progressed = set()                # ClientRecord whose n_done changed
-        self.failed = defaultdict(list)        # ClientRecord -> [[id, failed id, worker, msg]]
-        self.data_errors = defaultdict(list)   # (client identity, request) -> [[id, None, error]]
-        self.data_inline = defaultdict(list)   # (client identity, request) -> [(id, meta, frames)]
-        self.refused = []                      # (client identity, [ids], message)
-        self.errors = []                       # (identity, message, fatal)
-        self.notices = []                      # replies, errors, refusals: in the order they arose
-        self.replies = []                      # (identity, header frame) ready to send
+    def clear(self) -> None:
+        # per worker: ComputeTask entries; {target address: ids} to push
+        self.compute: defaultdict[WorkerRecord, list[list[Any]]] = defaultdict(list)
+        self.sends: defaultdict[WorkerRecord, dict[str, list[int]]] = defaultdict(dict)
+        # (holder, client identity, request) -> ids to upload
+        self.uploads: defaultdict[tuple[WorkerRecord, bytes, int], list[int]] = defaultdict(list)
+        self.cancel: defaultdict[WorkerRecord, list[int]] = defaultdict(list)
+        self.steal: defaultdict[WorkerRecord, list[int]] = defaultdict(list)
+        self.remove: defaultdict[WorkerRecord, list[int]] = defaultdict(list)
+        self.finished: defaultdict[ClientRecord, list[int]] = defaultdict(list)
+        self.progressed: set[ClientRecord] = set()   # clients whose n_done changed
+        # per client: TaskFailure entries
+        self.failed: defaultdict[ClientRecord, list[list[Any]]] = defaultdict(list)
+        # (client identity, request) -> [[id, None, error]] / [(id, meta, frames)]
+        self.data_errors: defaultdict[tuple[bytes, int], list[list[Any]]] = defaultdict(list)
+        self.data_inline: defaultdict[tuple[bytes, int], list[tuple[int, Any, Any]]] = \
+            defaultdict(list)
+        self.refused: list[Refusal] = []       # (client identity, [ids], message)
+        self.errors: list[ErrorNotice] = []    # (identity, message, fatal)
+        # replies, errors, refusals: in the order they arose
+        self.notices: list[tuple[str, Any]] = []
+        self.replies: list[tuple[Any, ...]] = []  # (identity, header frame, *payload frames)
 
-    def add_reply(self, entry):
+    def add_reply(self, entry: tuple[Any, ...]) -> None:
         """``(identity, header frame, *payload frames)``: an answer (Welcome, Stats, a
         relayed Uploaded as Data, ...)."""
         self.replies.append(entry)
         self.notices.append(("reply", entry))
 
-    def add_error(self, entry):
+    def add_error(self, entry: ErrorNotice) -> None:
         """``(identity, message, fatal)``: answered in order with refusals."""
         self.errors.append(entry)
         self.notices.append(("error", entry))
 
-    def add_refused(self, entry):
+    def add_refused(self, entry: Refusal) -> None:
         """``(client identity, [ids], message)``: a refused plan."""
         self.refused.append(entry)
         self.notices.append(("refused", entry))
 
-    def send_data(self, source, target_address: str, data_id: int):
+    def send_data(self, source: WorkerRecord, target_address: str, data_id: int) -> None:
         targets = self.sends[source]
         ids = targets.get(target_address)
         if ids is None:
@@ -72,7 +85,7 @@ class Outbox:
                     or self.replies)
 
 
-def messages(out: Outbox):
+def messages(out: Outbox) -> Iterator[Message]:
     """``(identity, frames)`` for every message ``out`` holds, in sending order.
 
     Notices (replies, errors, refusals) go first, in the order they arose, so
@@ -93,7 +106,7 @@ def messages(out: Outbox):
     yield from _client_messages(out, encode)
 
 
-def _worker_messages(out: Outbox, encode):
+def _worker_messages(out: Outbox, encode: Callable[..., bytes]) -> Iterator[Message]:
     for worker, entries in out.compute.items():
         yield worker.identity, [encode(protocol.COMPUTE_TASKS, entries)]
     for worker, targets in out.sends.items():
@@ -109,7 +122,7 @@ def _worker_messages(out: Outbox, encode):
         yield worker.identity, [encode(protocol.REMOVE_DATA, ids)]
 
 
-def _client_messages(out: Outbox, encode):
+def _client_messages(out: Outbox, encode: Callable[..., bytes]) -> Iterator[Message]:
     finished = out.finished
     for client in out.progressed:  # progress the core chose to send (with results or not)
         ids = finished.pop(client, None)
@@ -123,7 +136,7 @@ def _client_messages(out: Outbox, encode):
     for (client_identity, request), entries in out.data_errors.items():
         yield client_identity, [encode(protocol.DATA, request, entries)]
     for (client_identity, request), inline in out.data_inline.items():
-        frames = []
+        frames: list[Any] = []
         entries = []
         for task_id, meta, object_frames in inline:
             entries.append([task_id, meta])

@@ -133,12 +133,11 @@ class WorkerReports(CoreBase):
     def _input_finished(self, node: Node):
         """``node`` finished: its consumers have one input less to wait for."""
         consumers = node.consumers
-        if type(consumers) is Node:
-            consumers = (consumers,)
         ready = None
-        for consumer in consumers:
+        for consumer in (consumers,) if isinstance(consumers, Node) else consumers or ():
             if consumer.state == ts.ASSIGNED:
                 # Recomputed after a loss: the consumer already waits on its worker.
+                assert consumer.worker is not None
                 self.deliver(node, consumer.worker)
                 continue
             consumer.remaining -= 1

@@ -85,6 +85,7 @@ class ClientRequests(CoreBase):
 
     def _serve_fetch(self, node: Node, client, request, release):
         if node.state == ts.FAILED:
+            assert node.extra is not None  # FAILED: it holds the error (taskstate.py)
             self.outbox.data_errors[(client.identity, request)].append(
                 [node.id, None, node.extra.error])
         elif node.extra is not None and node.extra.inline is not None:
@@ -98,10 +99,12 @@ class ClientRequests(CoreBase):
             self._release(node)
 
     def _confirmed_holder(self, node: Node) -> WorkerRecord:
-        for worker in node.holders:
+        holders = node.holders
+        assert holders, f"{node} is fetched but held nowhere"
+        for worker in holders:
             if node.id not in worker.incoming:
                 return worker
-        return node.holders[0]
+        return holders[0]
 
     def on_uploaded(self, worker: WorkerRecord, client_identity: bytes, request: int,
                     objects, frames):

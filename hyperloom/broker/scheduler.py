@@ -22,7 +22,11 @@ Work per task is O(inputs) plus O(workers) only when it has no locality.
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Iterable, Sequence
+
 from . import taskstate as ts
+from .model import Node, WorkerRecord
 
 LIGHT_LIMIT = 4096          # light tasks queued per worker at once
 MAX_LOCALITY_INPUTS = 32    # inputs weighed for locality (bounded work per task)
@@ -35,17 +39,17 @@ class Placement:
 
     __slots__ = ("nodes", "workers", "deferred", "unplaceable")
 
-    def __init__(self):
+    def __init__(self) -> None:
         # Assignments in placement order: nodes[i] goes to workers[i]. Two flat lists,
         # not a tuple per task: 200k tuples more cost ~0.5 µs per task in allocation and
         # garbage collection (benchmarks/scheduler_scale.py).
-        self.nodes = []
-        self.workers = []
-        self.deferred = []        # READY tasks to put back at the front of the queue
-        self.unplaceable = []     # READY tasks no connected worker can run
+        self.nodes: list[Node] = []
+        self.workers: list[WorkerRecord] = []
+        self.deferred: list[Node] = []   # READY tasks to put back at the front of the queue
+        self.unplaceable: list[Node] = []   # READY tasks no connected worker can run
 
 
-def schedule(ready, workers) -> Placement:
+def schedule(ready: deque[Node], workers: list[WorkerRecord]) -> Placement:
     """Place tasks from the front of the deque ``ready`` on ``workers`` (a list).
 
     Every READY task taken off ``ready`` is in exactly one list of the
@@ -81,7 +85,8 @@ def schedule(ready, workers) -> Placement:
     return placement
 
 
-def choose_steals(workers, tasks):
+def choose_steals(workers: list[WorkerRecord],
+                  tasks: dict[int, Node]) -> list[tuple[WorkerRecord, Node]]:
     """Idle cores while others have queued tasks: ``[(worker, node)]`` to ask back.
 
     Overbooking keeps workers busy between round trips but may leave tasks
@@ -90,7 +95,7 @@ def choose_steals(workers, tasks):
     """
     idle = sum(max(0, w.cpus - w.cpus_used) for w in workers)
     if not idle:
-        return ()
+        return []
     steals = []
     for worker in sorted(workers, key=lambda w: w.cpus - w.cpus_used):
         queued = worker.cpus_used - worker.cpus - sum(
@@ -107,14 +112,15 @@ def choose_steals(workers, tasks):
     return steals
 
 
-def why_unplaceable(node, workers) -> str:
+def why_unplaceable(node: Node, workers: Iterable[WorkerRecord]) -> str:
+    workers = list(workers)
     if not any(node.type in w.task_types for w in workers):
         return f"no connected worker provides task type '{node.type}'"
     return (f"needs {node.n_cpus} cpus; no connected worker has that many "
             f"(largest: {max((w.cpus for w in workers), default=0)})")
 
 
-def _place(node, room):
+def _place(node: Node, room: _Room) -> WorkerRecord | None:
     """Where ``node`` runs now, or None to let it wait for a better moment.
 
     Big inputs (LOCALITY_BYTES or more to move) stay where they are: the task
@@ -141,20 +147,21 @@ def _place(node, room):
     return best if best is not None else room.least_loaded(n_cpus, task_type)
 
 
-def _most_bytes(inputs, n_cpus, task_type, room):
+def _most_bytes(inputs: Sequence[Node], n_cpus: int, task_type: str,
+                room: _Room) -> tuple[WorkerRecord | None, int, int]:
     """The holder with room that holds most input bytes: (worker, its bytes, all bytes)."""
     if len(inputs) == 1:
         inp = inputs[0]
-        for worker in inp.holders:
+        for worker in inp.holders or ():
             if room.has(worker, n_cpus) and task_type in worker.task_types:
                 return worker, inp.size, inp.size
         return None, 0, inp.size
-    scores = {}
+    scores: dict[WorkerRecord, int] = {}
     total = 0
     for inp in inputs[:MAX_LOCALITY_INPUTS]:
         size = inp.size
         total += size
-        for worker in inp.holders:
+        for worker in inp.holders or ():
             scores[worker] = scores.get(worker, 0) + size + 1  # +1: tiny inputs count too
     for worker, score in sorted(scores.items(), key=lambda item: -item[1]):
         if room.has(worker, n_cpus) and task_type in worker.task_types:
@@ -174,7 +181,7 @@ class _Room:
     ones none.
     """
 
-    def __init__(self, workers):
+    def __init__(self, workers: list[WorkerRecord]) -> None:
         self.workers = workers
         self.used = {w: w.cpus_used for w in workers}
         self.light = {w: w.n_light for w in workers}
@@ -184,25 +191,25 @@ class _Room:
         self.light_free = sum(1 for w in workers if w.n_light < LIGHT_LIMIT)
         self.max_cpu_free = max(self.cpu_free(w) for w in workers)
 
-    def cpu_free(self, worker) -> int:
+    def cpu_free(self, worker: WorkerRecord) -> int:
         return worker.cpus * worker.overbooking - self.used[worker]
 
     def any(self) -> bool:
         return self.light_free > 0 or self.max_cpu_free > 0
 
-    def fits(self, n_cpus) -> bool:
+    def fits(self, n_cpus: int) -> bool:
         return self.max_cpu_free >= n_cpus if n_cpus else self.light_free > 0
 
-    def has(self, worker, n_cpus) -> bool:
+    def has(self, worker: WorkerRecord, n_cpus: int) -> bool:
         if n_cpus:
             return n_cpus <= worker.cpus and self.used[worker] + n_cpus <= \
                 worker.cpus * worker.overbooking
         return self.light[worker] < LIGHT_LIMIT
 
-    def starts_at_once(self, worker, n_cpus) -> bool:
+    def starts_at_once(self, worker: WorkerRecord, n_cpus: int) -> bool:
         return self.used[worker] + n_cpus <= worker.cpus
 
-    def took(self, worker, n_cpus):
+    def took(self, worker: WorkerRecord, n_cpus: int) -> None:
         if n_cpus:
             self.used[worker] += n_cpus
         else:
@@ -211,7 +218,7 @@ class _Room:
             if light == LIGHT_LIMIT:
                 self.light_free -= 1
 
-    def least_loaded(self, n_cpus, task_type):
+    def least_loaded(self, n_cpus: int, task_type: str) -> WorkerRecord | None:
         """A worker with room for a task with no locality preference, or None."""
         if not n_cpus:
             return self._next_light(task_type)
@@ -226,7 +233,7 @@ class _Room:
             self.max_cpu_free = max(self.cpu_free(w) for w in self.workers)
         return worker
 
-    def idle(self, n_cpus, task_type):
+    def idle(self, n_cpus: int, task_type: str) -> WorkerRecord | None:
         """A worker that would start the task at once (light tasks: any with room)."""
         if not n_cpus:
             return self._next_light(task_type)
@@ -234,7 +241,8 @@ class _Room:
             return None
         return self._next_core(n_cpus, task_type, idle_only=True)
 
-    def _next_core(self, n_cpus, task_type, idle_only):
+    def _next_core(self, n_cpus: int, task_type: str,
+                   idle_only: bool) -> WorkerRecord | None:
         workers = self.workers
         used = self.used
         count = len(workers)
@@ -247,7 +255,7 @@ class _Room:
                 return worker
         return None
 
-    def _next_light(self, task_type):
+    def _next_light(self, task_type: str) -> WorkerRecord | None:
         workers = self.workers
         light = self.light
         count = len(workers)
