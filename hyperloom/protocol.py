@@ -103,6 +103,8 @@ MESSAGES = (
             "nothing; Error if the path is not absolute or cannot be written"),
     Message("Terminate", 15, "client->broker", (), "none",
             "nothing; broker tells workers Shutdown and exits"),
+    Message("GetSnapshot", 16, "client->broker", (("request", _I), ("since", _I)), "none",
+            "Snapshot; asking makes the broker record dashboard events for a few seconds"),
     # --- broker -> client
     Message("TasksFinished", 20, "broker->client",
             (("ids", _L), ("done", _I), ("total", _I)), "none",
@@ -118,6 +120,8 @@ MESSAGES = (
             "nothing; objects are [id, meta] or [id, None, error message]"),
     Message("Stats", 24, "broker->client", (("request", _I), ("stats", (dict,))), "none",
             "nothing"),
+    Message("Snapshot", 25, "broker->client", (("request", _I), ("snapshot", (dict,))), "none",
+            "nothing; counters now and the events after GetSnapshot.since (docs/dashboard.md)"),
     # --- broker -> worker
     Message("ComputeTasks", 30, "broker->worker", (("tasks", _L),), "none",
             "TasksDone later; tasks are [id, type, config, input ids, n_cpus, label, "
@@ -145,6 +149,10 @@ MESSAGES = (
             (("client", _B), ("request", _I), ("objects", _L)),
             "the objects' frames in order",
             "forwarded to the client as Data"),
+    Message("WorkerUsage", 42, "worker->broker",
+            (("cpu_percent", _I), ("memory", _I)), "none",
+            "nothing; the node's CPU use (whole percent) and the worker's memory (with "
+            "its children), every few seconds, for dashboards"),
     # --- worker -> worker (PUSH -> PULL, never through the broker)
     Message("PushData", 50, "worker->worker", (("source", _S), ("objects", _L)),
             "the objects' frames in order", "nothing; objects are [id, meta]"),
@@ -166,6 +174,9 @@ RELEASE = BY_NAME["Release"].code
 GET_STATS = BY_NAME["GetStats"].code
 SET_TRACE = BY_NAME["SetTrace"].code
 TERMINATE = BY_NAME["Terminate"].code
+GET_SNAPSHOT = BY_NAME["GetSnapshot"].code
+SNAPSHOT = BY_NAME["Snapshot"].code
+WORKER_USAGE = BY_NAME["WorkerUsage"].code
 TASKS_FINISHED = BY_NAME["TasksFinished"].code
 TASKS_FAILED = BY_NAME["TasksFailed"].code
 SUBMIT_REFUSED = BY_NAME["SubmitRefused"].code
