@@ -89,8 +89,8 @@ class DashboardModel:
 
     def _update_workers(self, snapshot):
         for row in snapshot["departed"]:  # ids are never reused: a departed worker stays so
-            self.workers[row["id"]] = dict(self.workers.get(row["id"], {}), **row,
-                                           cpus_used=0, running=0, bytes_held=0)
+            self.workers[row["id"]] = {**self.workers.get(row["id"], {}), **row,
+                                       "cpus_used": 0, "running": 0, "bytes_held": 0}
         live = set()
         for row in snapshot["workers"]:
             live.add(row["id"])

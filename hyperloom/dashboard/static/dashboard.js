@@ -69,7 +69,7 @@
       return `<tr data-worker="${w.id}" data-state="${esc(w.state)}">` +
         `<td class="id">${w.id}</td><td class="host">${esc(w.hostname)}</td>` +
         `<td class="address">${esc(w.address)}</td><td class="state">${esc(w.state)}${w.why ? " (" + esc(w.why) + ")" : ""}</td>` +
-        `<td class="cores">${w.cpus_used} / ${w.cpus}</td><td class="running">${w.running}</td>` +
+        `<td class="cores" data-cpus-used="${w.cpus_used}">${Math.min(w.cpus_used, w.cpus)} / ${w.cpus}</td><td class="running">${w.running}</td>` +
         `<td class="finished">${w.tasks_finished}</td><td class="held" data-bytes="${w.bytes_held}">${bytes(w.bytes_held)}</td>` +
         `<td class="cpu">${cpu}</td><td class="memory">${bytes(w.memory)}</td>` +
         `<td class="received" data-bytes="${w.bytes_received}">${bytes(w.bytes_received)}</td>` +
