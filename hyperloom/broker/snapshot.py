@@ -24,7 +24,8 @@ from ..trace import label_group
 from . import taskstate as ts
 
 WATCH_SECONDS = 5.0         # recording stops this long after the last GetSnapshot
-EVENT_CAPACITY = 50_000     # events kept for a dashboard that polls late (oldest dropped)
+EVENT_CAPACITY = 20_000     # events kept between snapshots (oldest dropped; the page shows
+#                             at most 20,000 task bars anyway)
 MAX_GROUPS = 40             # label groups per client; more are counted as "(other groups)"
 OTHER_GROUPS = "(other groups)"
 LAST_FAILURES = 20
@@ -48,6 +49,7 @@ class DashboardFeed:
         self.sent_at = {}           # task id -> when its ComputeTasks left (while active)
         self.groups = {}            # client number -> {group: [total, finished, failed, canceled]}
         self._group_of = {}         # (label, type) -> group, so each label is split once
+        self._counts_of = {}        # (client, label, type) -> its group's counts (fast path)
         self.failures = deque(maxlen=LAST_FAILURES)     # always: failures are rare
         self.departed = deque(maxlen=LAST_DEPARTURES)   # always: departures are rare
         self.usage = {}             # worker id -> (cpu percent, memory bytes)
@@ -69,10 +71,12 @@ class DashboardFeed:
             self.sent_at.clear()
             self.groups.clear()
             self._group_of.clear()
+            self._counts_of.clear()
 
     def _scan(self, state):
         """Counters for the tasks the broker holds now (once, when watching starts)."""
         self.groups.clear()
+        self._counts_of.clear()
         for node in state.tasks.values():
             counts = self._counts(node)
             counts[0] += 1
@@ -82,6 +86,13 @@ class DashboardFeed:
             self.worker_of_address[worker.address] = worker.worker_id
 
     def _counts(self, node) -> list:
+        counts = self._counts_of.get((node.client, node.label, node.type))
+        if counts is None:
+            counts = self._counts_of[(node.client, node.label, node.type)] = \
+                self._counts_slow(node)
+        return counts
+
+    def _counts_slow(self, node) -> list:
         key = (node.label, node.type)
         group = self._group_of.get(key)
         if group is None:
@@ -156,23 +167,24 @@ class DashboardFeed:
             sent_at[entry[0]] = now
 
     def on_tasks_done(self, worker, tasks: dict, finished, failed, now: float):
-        """A worker's report, before the state handles it (the nodes are still assigned)."""
+        """A worker's report, before the state handles it (the nodes are still assigned).
+
+        Per task while watching: kept lean (locals, no calls on the common path)."""
+        events, sent_at, group_of = self.events, self.sent_at, self._group_of
+        worker_id, seq, mask = worker.worker_id, self.seq, protocol.LOCAL_MASK
         for entries, ok in ((finished, True), (failed, False)):
             for entry in entries:
-                node = tasks.get(entry[0]) if isinstance(entry, list) and entry else None
+                node = tasks.get(entry[0]) if type(entry) is list and entry else None
                 if node is None or node.worker is not worker:
-                    continue
-                self._event(TASK, worker.worker_id, node.client.number, self._group(node),
-                            self.sent_at.pop(node.id, None), now, node.n_cpus, ok,
-                            protocol.local_id(node.id))
-
-    def _group(self, node) -> str:
-        group = self._group_of.get((node.label, node.type))
-        return group if group is not None else self._group_of_now(node)
-
-    def _group_of_now(self, node) -> str:
-        self._counts(node)  # fills the cache (and a zero row, which is harmless)
-        return self._group_of[(node.label, node.type)]
+                    continue  # the state's handler reports the problem
+                group = group_of.get((node.label, node.type))
+                if group is None:
+                    self._counts(node)  # fills the cache (a zero row if new, harmless)
+                    group = group_of[(node.label, node.type)]
+                seq += 1
+                events.append([seq, TASK, worker_id, node.client.number, group,
+                               sent_at.pop(node.id, None), now, node.n_cpus, ok, node.id & mask])
+        self.seq = seq
 
     def on_sends(self, source, targets: dict, tasks: dict, now: float):
         """SendData left for ``source``: one event per target; only while active."""

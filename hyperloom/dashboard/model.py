@@ -28,8 +28,9 @@ MAX_BARS = 20_000           # newest task bars kept for the page (it must stay l
 STATES = ("waiting", "ready", "running", "finished", "failed")
 EARLIER = "(before the dashboard)"
 
-# Category20's strong colours first, then its light ones (as loom-report does).
-_C20 = ("#1f77b4", "#aec7e8", "#ff7f0e", "#ffbb78", "#2ca02c", "#98df8a", "#d62728", "#ff9896",
+# Category20's strong colours first, then its light ones (as loom-report does), without its
+# reds: red marks failures on the page.
+_C20 = ("#1f77b4", "#aec7e8", "#ff7f0e", "#ffbb78", "#2ca02c", "#98df8a",
         "#9467bd", "#c5b0d5", "#8c564b", "#c49c94", "#e377c2", "#f7b6d2", "#7f7f7f", "#c7c7c7",
         "#bcbd22", "#dbdb8d", "#17becf", "#9edae5")
 PALETTE = _C20[0::2] + _C20[1::2]

@@ -49,8 +49,8 @@ def _plots():
                     y_range=FactorRange(name="lanes"))
     bars = ColumnDataSource(name="stream", data={k: [] for k in (
         "left", "right", "lane", "color", "group", "worker", "client", "id", "ok")})
-    glyph = stream.hbar(y="lane", left="left", right="right", height=0.8, color="color",
-                        source=bars)
+    glyph = stream.hbar(y="lane", left="left", right="right", height=0.8, fill_color="color",
+                        line_color="white", line_width=0.5, source=bars)
     stream.add_tools(HoverTool(renderers=[glyph], tooltips=[
         ("group", "@group"), ("worker", "@worker"), ("client", "@client"), ("task", "@id"),
         ("ok", "@ok")]))

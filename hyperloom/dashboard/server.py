@@ -1,10 +1,11 @@
 """The dashboard process: a broker poller, an optional squeue poller, and a small HTTP server.
 
-Three threads, one owner each: the poller owns the broker connection (a
-Client) and the model; the squeue poller only runs squeue; HTTP handler
-threads only read the latest page data, which the poller renders to JSON
-after each snapshot. A page that is closed, reloaded or opened ten times
-costs the broker nothing: only the poller talks to it, at its own pace.
+Threads, one job each: the poller owns the broker connection (a Client) and
+feeds snapshots to the model; the squeue poller only runs squeue; HTTP
+handler threads render the model's page data to JSON when a page asks (at
+most once per snapshot, under the model's lock), so with no page open the
+dashboard does no rendering at all. A page that is closed, reloaded or opened
+ten times costs the broker nothing: only the poller talks to it, at its own pace.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class Dashboard:
         self.stopping = threading.Event()
         self.page = page.render_page(broker, config.token, bool(config.slurm_job_name)).encode()
         self.files = page.static_files()
-        self.data = json.dumps(self.model.page_data()).encode()
+        self._data = None             # page data as JSON, rendered on demand
         self.http = ThreadingHTTPServer((config.host, config.port), self._handler_class())
         self.http.daemon_threads = True
         self.threads = [threading.Thread(target=self._poll_broker, name="broker-poller",
@@ -112,8 +113,13 @@ class Dashboard:
     def _update(self, change):
         with self.lock:
             change()
-            data = json.dumps(self.model.page_data()).encode()
-        self.data = data
+            self._data = None
+
+    def page_data(self) -> bytes:
+        with self.lock:
+            if self._data is None:
+                self._data = json.dumps(self.model.page_data()).encode()
+            return self._data
 
     # ------------------------------------------------------------ HTTP
 
@@ -143,7 +149,7 @@ class Dashboard:
                 elif url.path == "/":
                     self._send(200, "text/html", dashboard.page)
                 else:
-                    self._send(200, "application/json", dashboard.data)
+                    self._send(200, "application/json", dashboard.page_data())
 
             def _send(self, status, content_type, body, cache=False):
                 self.send_response(status)
