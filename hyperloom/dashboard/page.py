@@ -56,7 +56,7 @@ def _plots():
         ("ok", "@ok")]))
     transfers = ColumnDataSource(name="transfers", data={"x": [], "y0": [], "y1": []})
     stream.segment(x0="x", y0="y0", x1="x", y1="y1", source=transfers, color="black",
-                   alpha=0.6, line_width=1.5)
+                   alpha=0.25, line_width=1)
     failed = ColumnDataSource(name="stream_failed", data={"x": [], "lane": []})
     stream.scatter("x", "lane", source=failed, marker="x", size=12, color="red", line_width=3)
     return column(states, stream, sizing_mode="stretch_width")

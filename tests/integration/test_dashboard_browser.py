@@ -229,16 +229,35 @@ def test_with_a_secret_file_the_page_needs_the_printed_token(make_cluster, tmp_p
 
 
 def test_loom_dashboard_prints_its_url_first_and_listens_on_loopback(tmp_path):
+    squeue = tmp_path / "squeue"  # a fake Slurm: the page shows what squeue says
+    squeue.write_text("#!/bin/sh\necho '77 RUNNING loom-w node3'\n")
+    squeue.chmod(0o755)
+    env = dict(os.environ, PATH=f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
     process = subprocess.Popen([sys.executable, "-m", "hyperloom.dashboard", "127.0.0.1", "1",
-                                "--port", "0"], stdout=subprocess.PIPE,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
+                                "--port", "0", "--slurm-job-name", "loom-w"],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                               start_new_session=True, env=env)
     try:
         url = process.stdout.readline().decode().strip()
         assert url.startswith("http://127.0.0.1:") and url.endswith("/")
         # No broker at port 1: the page says so instead of failing.
         wait_until(lambda: "broker unreachable" in page_data(url)["status"], timeout=30,
                    message="the dashboard to report the missing broker")
+        assert page_data(url)["slurm"]["jobs"] == [
+            {"id": "77", "state": "RUNNING", "name": "loom-w", "nodes": "node3"}]
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         assert process.wait(10) == 0
         process.stdout.close()
+
+
+def test_client_dashboard_true_starts_one_with_its_cluster_and_stops_it():
+    from hyperloom.client import Client
+    with Client(dashboard=True) as client:
+        url = client.dashboard_url
+        process = client._cluster.dashboard.process
+        wait_until(lambda: len(page_data(url).get("workers", [])) == client.info()["n_workers"],
+                   timeout=30, message="the dashboard to list the workers")
+    assert process.wait(10) == 0
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(url, timeout=5)
