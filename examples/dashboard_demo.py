@@ -21,7 +21,8 @@ def build_plan(n_chunks):
     """chunks of random bytes -> compressed -> sizes -> one summary; plus a broken task."""
     results = []
     for i in range(n_chunks):
-        make = tasks.run(["sh", "-c", f"sleep 0.{3 + i % 5}; head -c {20000 + 997 * i} /dev/urandom"])
+        script = f"sleep 0.{3 + i % 5}; head -c {20000 + 997 * i} /dev/urandom"
+        make = tasks.run(["sh", "-c", script])
         make.label = f"generate:{i}"
         pack = tasks.run("gzip -1", stdin=make)
         pack.label = f"compress:{i}"

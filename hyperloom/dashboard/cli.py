@@ -64,6 +64,9 @@ def parse_args(argv=None):
                              "printed (in the URL) at start")
     parser.add_argument("--interval", type=float, default=0.5, metavar="SECONDS",
                         help="seconds between snapshots asked of the broker (default 0.5)")
+    parser.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS",
+                        help="how long to wait for the broker before saying so on the page "
+                             "and trying again (default 10)")
     parser.add_argument("--slurm-job-name", metavar="NAME",
                         help="also show the Slurm jobs named NAME (squeue every few seconds)")
     parser.add_argument("--log-level", choices=LOG_LEVELS, default="warning")
@@ -82,8 +85,8 @@ def parse_args(argv=None):
         parser.error(f"invalid broker port {args.broker_port}")
     if not 0 <= args.port <= 65535:
         parser.error(f"invalid port {args.port}")
-    if not args.interval > 0:
-        parser.error("--interval must be positive")
+    if not args.interval > 0 or not args.connect_timeout > 0:
+        parser.error("--interval and --connect-timeout must be positive")
     return args
 
 
@@ -100,7 +103,7 @@ def main(argv=None):
         broker_host=args.broker_host, broker_port=args.broker_port, host=args.host,
         port=args.port, secret_file=args.secret_file, interval=args.interval,
         token=secrets.token_urlsafe(16) if args.secret_file else None,
-        slurm_job_name=args.slurm_job_name)
+        slurm_job_name=args.slurm_job_name, connect_timeout=args.connect_timeout)
     try:
         dashboard = Dashboard(config)
     except OSError as error:

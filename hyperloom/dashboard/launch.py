@@ -1,4 +1,4 @@
-"""Start loom-dashboard as a subprocess (``LocalCluster(dashboard=True)``, ``Client(dashboard=True)``)."""
+"""Start loom-dashboard as a subprocess: LocalCluster(dashboard=True), Client(dashboard=True)."""
 
 from __future__ import annotations
 

@@ -98,9 +98,13 @@ class Dashboard:
                     snapshot = client.snapshot(self.model.seq)
                     self._update(lambda: self.model.on_snapshot(snapshot, time.time()))
                     self.stopping.wait(config.interval)
-            except LoomException as error:
+            except Exception as error:  # noqa: BLE001 - the page says what went wrong, and
+                # the poller tries again: a dashboard outlives its broker's restarts
+                if not isinstance(error, LoomException):
+                    log.exception("unexpected error while asking the broker")
                 log.warning("lost the broker: %s", error)
                 self._update(lambda: self.model.on_broker_error(str(error)))
+                self.stopping.wait(2.0)
             finally:
                 client.close()
 

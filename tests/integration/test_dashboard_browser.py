@@ -234,7 +234,8 @@ def test_loom_dashboard_prints_its_url_first_and_listens_on_loopback(tmp_path):
     squeue.chmod(0o755)
     env = dict(os.environ, PATH=f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
     process = subprocess.Popen([sys.executable, "-m", "hyperloom.dashboard", "127.0.0.1", "1",
-                                "--port", "0", "--slurm-job-name", "loom-w"],
+                                "--port", "0", "--slurm-job-name", "loom-w",
+                                "--connect-timeout", "1"],
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                start_new_session=True, env=env)
     try:
