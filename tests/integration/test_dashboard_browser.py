@@ -161,6 +161,18 @@ def test_the_page_follows_a_running_plan_and_matches_client_info(make_cluster, t
     client.wait(futures[:-1])
     with pytest.raises(TaskFailed, match="status 3"):
         client.wait(futures[-1:])
+    # A worker that joins and leaves stays on the page, marked as gone.
+    extra = cluster.add_worker()
+    wait_until(lambda: len(page_data(url)["workers"]) == 3, timeout=30,
+               message="the dashboard to list the third worker")
+    extra.send_signal(signal.SIGTERM)
+    assert extra.wait(10) == 0
+    wait_until(lambda: [w["state"] for w in page_data(url)["workers"]].count("left") == 1,
+               timeout=30, message="the dashboard to show the worker that left")
+    # Every worker reports its CPU and memory (every 2 s).
+    wait_until(lambda: all(w.get("memory") for w in page_data(url)["workers"]
+                           if w["state"] == "running"), timeout=30,
+               message="the workers' memory on the page")
     info = client.info()
     wait_until(lambda: page_data(url)["tasks"] == info["tasks"], timeout=30,
                message="the dashboard to catch up")
@@ -172,12 +184,15 @@ def test_the_page_follows_a_running_plan_and_matches_client_info(make_cluster, t
         [row] = rows.where(state=name)
         assert row["count"] == str(count), name
     assert len(info["workers"]) == 2
+    [left] = rows.where(state="left")
+    assert left["state"].startswith("left (said goodbye)")
     for worker in info["workers"]:
         [row] = rows.where(worker=worker["id"])
         assert row["address"] == worker["address"] and row["host"] == worker["hostname"]
         assert row["finished"] == str(worker["tasks_finished"])
         assert row["running"] == str(worker["running"])
         assert row["cores"] == f"{min(worker['cpus_used'], worker['cpus'])} / {worker['cpus']}"
+        assert row["memory"].endswith("MiB") and row["cpu"].endswith("%")
     assert check["errors"] == []
 
 
