@@ -59,10 +59,13 @@ class DashboardModel:
     # ------------------------------------------------------------ events in
 
     def on_connected(self, client_number: int):
+        """A (new) connection: maybe to a restarted broker, whose clock, event numbers and
+        worker ids start over; what the broker still knows comes with the next snapshot."""
         self.own_client = client_number
-        self.seq = 0                  # a new connection may be a new broker: start over
+        self.seq = 0
         self.first_seen = None
-        self.lanes.clear()
+        for kept in (self.lanes, self.bars, self.transfers, self.workers):
+            kept.clear()
 
     def on_broker_error(self, message: str):
         self.status = f"broker unreachable: {message}"

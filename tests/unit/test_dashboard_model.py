@@ -68,6 +68,18 @@ def test_tasks_fill_a_workers_cores_one_lane_each_without_overlap():
     assert data["lanes"] == ["w1.1", "w1.0"]  # bottom to top
 
 
+def test_a_new_connection_starts_the_stream_and_workers_over():
+    # A restarted broker's clock, event numbers and worker ids mean nothing to the old ones.
+    model = DashboardModel("b:1")
+    model.on_connected(1)
+    model.on_snapshot(snapshot(500.0, [task(1, 1, 490.0, 499.0)], workers=[worker(1)]), 1.0)
+    model.on_connected(1)
+    assert model.seq == 0
+    model.on_snapshot(snapshot(2.0, [task(1, 7, 0.5, 1.5)], workers=[worker(7)]), 2.0)
+    data = model.page_data()
+    assert data["stream"]["right"] == [-0.5] and [w["id"] for w in data["workers"]] == [7]
+
+
 def test_the_stream_keeps_the_last_minute():
     model = DashboardModel("b:1")
     model.on_snapshot(snapshot(10.0, [task(1, 1, 0.0, 5.0)], workers=[worker(1)]), 1.0)
