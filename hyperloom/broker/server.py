@@ -100,6 +100,7 @@ class BrokerServer:
             if now >= next_check:
                 self._check_heartbeats(now)
                 self.state.update_overbooking(now)
+                self.state.feed.tick(now)
                 next_check = now + self.config.heartbeat_interval
                 if self.state.tracer is not None:
                     self.state.tracer.sample(self.process.cpu_percent(),
@@ -194,6 +195,8 @@ class BrokerServer:
             ("ClientState", protocol.TERMINATE): self._on_terminate,
             ("ClientState", protocol.HEARTBEAT): self._on_heartbeat,
             ("ClientState", protocol.GOODBYE): self._on_goodbye,
+            ("ClientState", protocol.GET_SNAPSHOT): self._on_get_snapshot,
+            ("WorkerState", protocol.WORKER_USAGE): self._on_worker_usage,
             ("WorkerState", protocol.TASKS_DONE): self._on_tasks_done,
             ("WorkerState", protocol.UPLOADED): self._on_uploaded,
             ("WorkerState", protocol.HEARTBEAT): self._on_heartbeat,
@@ -218,6 +221,8 @@ class BrokerServer:
         if peer is None:
             return
         self.peers[identity] = peer
+        if code == protocol.HELLO_WORKER:
+            self.state.feed.on_worker_joined(peer, now)
         # The ACCEPTED event of this connection precedes its first message: read it (and
         # what came before) so the Hello is tied to this connection, not to an older
         # one on the same fd whose DISCONNECTED event is still unread.
@@ -246,6 +251,15 @@ class BrokerServer:
         self.state.outbox.add_reply(
             (client.identity, protocol.encode(protocol.STATS, fields[0], self.state.stats())))
 
+    def _on_get_snapshot(self, client, fields, frames, now):
+        request, since = fields
+        snapshot = self.state.feed.snapshot(self.state, since, now)
+        self.state.outbox.add_reply(
+            (client.identity, protocol.encode(protocol.SNAPSHOT, request, snapshot)))
+
+    def _on_worker_usage(self, worker, fields, frames, now):
+        self.state.feed.on_usage(worker, *fields)
+
     def _on_set_trace(self, client, fields, frames, now):
         path = fields[0]
         if not os.path.isabs(path):
@@ -269,6 +283,8 @@ class BrokerServer:
         self._peer_lost(peer.identity, "said goodbye")
 
     def _on_tasks_done(self, worker, fields, frames, now):
+        if self.state.feed.active:
+            self.state.feed.on_tasks_done(worker, self.state.tasks, fields[0], fields[1], now)
         self.state.on_tasks_done(worker, fields[0], fields[1], now, fields[2], frames[2:])
         if fields[3]:
             self.state.on_tasks_stolen(worker, fields[3])
@@ -294,6 +310,7 @@ class BrokerServer:
             else:
                 log.warning("worker %d lost (%s)", peer.worker_id, why)
             self.state.on_worker_lost(peer)
+            self.state.feed.on_worker_gone(peer, why == "said goodbye", why, time.monotonic())
 
     def _check_heartbeats(self, now):
         limit = self.config.heartbeat_interval * self.config.heartbeat_misses
@@ -331,11 +348,17 @@ class BrokerServer:
             else:
                 client_identity, ids, message = entry
                 send([client_identity, encode(protocol.SUBMIT_REFUSED, ids, message)])
+        feed = self.state.feed if self.state.feed.active else None
+        sent = time.monotonic() if feed is not None else 0.0
         for worker, entries in out.compute.items():
             send([worker.identity, encode(protocol.COMPUTE_TASKS, entries)])
+            if feed is not None:
+                feed.on_compute_sent(entries, sent)
         for worker, targets in out.sends.items():
             send([worker.identity, encode(protocol.SEND_DATA,
                                           [[address, ids] for address, ids in targets.items()])])
+            if feed is not None:
+                feed.on_sends(worker, targets, self.state.tasks, sent)
         for (worker, client_identity, request), ids in out.uploads.items():
             send([worker.identity, encode(protocol.UPLOAD, client_identity, request, ids)])
         for worker, ids in out.cancel.items():

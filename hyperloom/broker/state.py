@@ -20,6 +20,7 @@ from . import taskstate as ts
 from .model import (ClientState, Node, Outbox, PendingPlan, WorkerState, add_consumer,
                     consumers_of)
 from .scheduler import Scheduler
+from .snapshot import DashboardFeed
 
 log = logging.getLogger("hyperloom.broker")
 
@@ -56,6 +57,7 @@ class BrokerState:
         # Fetches of unfinished tasks: id -> (client, request, release), one tuple
         # shared by all ids of one Fetch (a list when several fetches wait on one id).
         self.pending_fetches = {}
+        self.feed = DashboardFeed()   # what live dashboards ask for (snapshot.py)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -74,6 +76,8 @@ class BrokerState:
             client = node.client
             client.n_done += 1 if new_state >= ts.FINISHED else -1
             self.outbox.progressed.add(client)
+            if self.feed.active:
+                self.feed.on_task_ended(node, new_state)
 
     def _add_node(self, node: Node):
         self.tasks[node.id] = node
@@ -142,6 +146,8 @@ class BrokerState:
         node = Node(task_id, client, task_type, config, inputs, n_cpus, label)
         self._add_node(node)
         client.n_total += 1
+        if self.feed.active:
+            self.feed.on_tasks_added((node,))
         if self.tracer is not None:
             self.tracer.tasks_submitted([(task_id, task_type, label, [i.id for i in inputs])])
         return node
@@ -301,6 +307,8 @@ class BrokerState:
             nodes = _reachable_from(results, nodes)
         self._link_plan(client, nodes, results)
         client.n_total += len(nodes)
+        if self.feed.active:
+            self.feed.on_tasks_added(nodes.values())
         if self.tracer is not None:
             self.tracer.tasks_submitted(
                 (n.id, n.type, n.label, [i.id for i in n.inputs] if n.inputs else ())
@@ -666,6 +674,7 @@ class BrokerState:
 
     def _fail(self, root: Node, error):
         """``root`` failed: it and everything waiting on it fail with ``error``."""
+        self.feed.on_failed(root, error)
         stack = [root]
         while stack:
             node = stack.pop()

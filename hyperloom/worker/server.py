@@ -29,6 +29,8 @@ from .transfer import DataChannels
 
 log = logging.getLogger("hyperloom.worker")
 
+USAGE_INTERVAL = 2.0        # seconds between WorkerUsage reports (CPU, memory) to the broker
+
 
 @dataclass(frozen=True)
 class WorkerConfig:
@@ -107,6 +109,7 @@ class WorkerServer:
         self.tracer = None
         self.process = psutil.Process()
         self.last_sample = 0.0
+        self.last_usage = 0.0         # when WorkerUsage was last sent (for dashboards)
         self.running = True
         self.worker_id = None
         self.last_broker_message = time.monotonic()
@@ -203,18 +206,25 @@ class WorkerServer:
             except psutil.Error:
                 pass
 
+    def _memory(self) -> int:
+        """The memory of this worker with the programs and executor processes it runs."""
+        memory = self.process.memory_info().rss
+        for child in self.process.children(recursive=True):
+            try:
+                memory += child.memory_info().rss
+            except psutil.Error:
+                pass
+        return memory
+
     def _keep_alive(self, now):
         if self.tracer is not None and now - self.last_sample >= 1.0:
             self.last_sample = now
-            # The whole node's CPU (as the original), and the memory of this worker with
-            # the programs and executor processes it runs.
-            memory = self.process.memory_info().rss
-            for child in self.process.children(recursive=True):
-                try:
-                    memory += child.memory_info().rss
-                except psutil.Error:
-                    pass
-            self.tracer.sample(psutil.cpu_percent(), memory)
+            # The whole node's CPU (as the original), and the memory of this worker.
+            self.tracer.sample(psutil.cpu_percent(), self._memory())
+        if self.worker_id is not None and now - self.last_usage >= USAGE_INTERVAL:
+            self.last_usage = now
+            self._send(protocol.encode(protocol.WORKER_USAGE, round(psutil.cpu_percent()),
+                                       self._memory()))
         if self.worker_id is not None and now - self.last_sent >= self.config.heartbeat_interval:
             self._send(protocol.encode(protocol.HEARTBEAT))
         if self.disconnected_since is not None:
