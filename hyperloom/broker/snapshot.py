@@ -174,7 +174,8 @@ class DashboardFeed:
         worker_id, seq, mask = worker.worker_id, self.seq, protocol.LOCAL_MASK
         for entries, ok in ((finished, True), (failed, False)):
             for entry in entries:
-                node = tasks.get(entry[0]) if type(entry) is list and entry else None
+                node = tasks.get(entry[0]) if type(entry) is list and entry \
+                    and type(entry[0]) is int else None
                 if node is None or node.worker is not worker:
                     continue  # the state's handler reports the problem
                 group = group_of.get((node.label, node.type))

@@ -205,3 +205,16 @@ def test_a_group_is_the_label_before_its_first_colon_or_the_task_type(label, gro
     c.report(w, finished=c.schedule(now=0.0)[w], now=1.0)
     [event] = c.snapshot(now=1.0)["events"][-1:]
     assert event[4] == group
+
+
+def test_a_malformed_report_does_not_break_the_feed_before_the_state_sees_it():
+    # Fuzzed TasksDone entries with unhashable ids reached tasks.get() and raised, so the
+    # state's own handler (which answers them with Errors) never ran.
+    from hyperloom.broker.snapshot import DashboardFeed
+
+    class Worker:
+        worker_id = 1
+
+    feed = DashboardFeed()
+    feed.on_tasks_done(Worker(), {}, [[[1, 2], 3, 4], [{"a": 1}], "x", []], [[{}, "m"]], 0.0)
+    assert len(feed.events) == 0
