@@ -36,8 +36,13 @@ class Client:
     """A connection to a broker. ``Client()`` with no address starts a local cluster."""
 
     def __init__(self, address: str | None = None, port: int = protocol.DEFAULT_PORT,
-                 connect_timeout: float = CONNECT_TIMEOUT, secret_file: str | None = None):
+                 connect_timeout: float = CONNECT_TIMEOUT, secret_file: str | None = None,
+                 scheduler_file: str | None = None):
         self._cluster = None
+        if scheduler_file is not None:  # waits up to connect_timeout for the file
+            from ..scheduler_file import connect_address
+            address, port = connect_address(scheduler_file, address, connect_timeout,
+                                            secret_file)
         if address is None:
             from ..local import LocalCluster
             self._cluster = LocalCluster()

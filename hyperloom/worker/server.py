@@ -109,6 +109,7 @@ class WorkerServer:
         self.last_sample = 0.0
         self.running = True
         self.worker_id = None
+        self.ever_registered = False
         self.last_broker_message = time.monotonic()
         self.last_sent = 0.0
 
@@ -224,8 +225,13 @@ class WorkerServer:
         else:
             return
         if silent > self.config.broker_timeout:
-            raise BrokerLost(f"lost the broker at {self.config.broker_host}:"
-                             f"{self.config.broker_port}: no connection for {silent:.0f} s")
+            where = f"{self.config.broker_host}:{self.config.broker_port}"
+            if self.ever_registered:
+                raise BrokerLost(f"lost the broker at {where}: no connection for {silent:.0f} s")
+            raise BrokerLost(
+                f"could not reach a broker at tcp://{where} (tried for {silent:.0f} s); if "
+                f"this node cannot reach that address, start loom-broker with --interface "
+                f"NAME of a network this node shares with it (and check --secret-file)")
 
     # ------------------------------------------------------------ broker messages
 
@@ -269,6 +275,7 @@ class WorkerServer:
             log.debug("asked to give back %d tasks", len(fields[0]))
         elif code == protocol.WELCOME:
             self.worker_id = fields[1]
+            self.ever_registered = True
             self.disconnected_since = None
             log.info("registered as worker %d", self.worker_id)
         elif code == protocol.ERROR:
