@@ -3,5 +3,6 @@
 __version__ = "0.1.0"
 
 from .local import LocalCluster  # noqa: E402
+from .cluster import SlurmCluster  # noqa: E402
 
-__all__ = ["LocalCluster", "__version__"]
+__all__ = ["LocalCluster", "SlurmCluster", "__version__"]

@@ -29,6 +29,8 @@ from .transfer import DataChannels
 
 log = logging.getLogger("hyperloom.worker")
 
+TERM_GRACE = 0.5    # seconds a program's SIGTERM death waits for the worker's own SIGTERM
+
 
 @dataclass(frozen=True)
 class WorkerConfig:
@@ -328,6 +330,16 @@ class WorkerServer:
                     self.tracer.data_received(data_id, obj.size, source)  # duration unknown
 
     def _task_done(self, task, result, error):
+        if error is not None and "terminated by signal 15 (SIGTERM)" in str(error):
+            # A batch system ending the job (scancel, preemption) signals this worker and
+            # its programs at once; give our own SIGTERM a moment to arrive.
+            deadline = time.monotonic() + TERM_GRACE
+            while self.running and time.monotonic() < deadline:
+                time.sleep(0.01)
+        if not self.running:
+            # Stopping: a program killed with us has not failed. The broker takes back
+            # what this worker held when it says goodbye, and runs it elsewhere.
+            return
         self.core.on_task_done(task, result, error)
         if self.tracer is not None:
             self.tracer.task_finished(task.id, result.size if result is not None else 0,
