@@ -208,6 +208,10 @@ def worker_main(argv=None):
                         help="logging level on stderr (default info)")
     parser.add_argument("--exit-with-parent", action="store_true", help=EXIT_WITH_PARENT_HELP)
     _add_cluster_options(parser, "worker")
+    parser.add_argument("--lifetime", default="auto", metavar="SECONDS",
+                        help="retire after SECONDS: take no new tasks, let the broker copy "
+                             "the data only this worker holds, exit (default 'auto': in a "
+                             "Slurm job, shortly before the job's end time; else never)")
     parser.add_argument("--scheduler-file-timeout", type=float, metavar="SECONDS",
                         default=scheduler_file.DEFAULT_WAIT,
                         help="how long to wait for the scheduler file to appear (default "
@@ -220,6 +224,7 @@ def worker_main(argv=None):
     if not 1 <= args.broker_port <= 65535:
         parser.error("Invalid port number")
     _tune_gc()
+    lifetime = _lifetime(parser, args.lifetime)
     args.host = _interface_or(parser, args.interface, args.host)
     _raise_fd_limit("loom-worker")
     extensions = tuple(importlib.import_module(name) for name in args.extension)
@@ -228,7 +233,7 @@ def worker_main(argv=None):
         broker_host=args.broker_host, broker_port=args.broker_port, cpus=args.cpus,
         work_dir=args.wdir, pin=not args.nopin, host=args.host,
         heartbeat_interval=args.heartbeat, broker_timeout=args.broker_timeout,
-        extensions=extensions, secret_file=args.secret_file)
+        extensions=extensions, secret_file=args.secret_file, lifetime=lifetime)
     server = WorkerServer(config)
     server.install_signal_handlers()
     if args.exit_with_parent:
@@ -263,3 +268,16 @@ def _broker_address(parser, args):
         args.broker_host, args.broker_port = info.host, info.port
     elif args.broker_host is None or args.broker_port is None:
         parser.error("give BROKER_HOST BROKER_PORT or --scheduler-file PATH")
+
+
+def _lifetime(parser, value):
+    if value == "auto":
+        from .cluster.walltime import slurm_lifetime
+        return slurm_lifetime()
+    try:
+        seconds = float(value)
+    except ValueError:
+        parser.error(f"--lifetime must be a number of seconds or 'auto', got {value!r}")
+    if seconds <= 0:
+        parser.error(f"--lifetime must be positive, got {value}")
+    return seconds

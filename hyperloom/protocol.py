@@ -141,6 +141,9 @@ MESSAGES = (
             "nothing; finished are [id, size, length], failed are [id, message], results "
             "are [id, meta, n_frames]: small results of result tasks, sent along so a "
             "fetch needs no further round trip; stolen are ids given back after StealTasks"),
+    Message("Retiring", 47, "worker->broker", (), "none",
+            "StealTasks for its queued tasks, SendData copying what only it holds to other "
+            "workers, then Shutdown; the broker places nothing more on it meanwhile"),
     Message("Uploaded", 41, "worker->broker",
             (("client", _B), ("request", _I), ("objects", _L)),
             "the objects' frames in order",
@@ -182,6 +185,7 @@ STEAL_TASKS = BY_NAME["StealTasks"].code
 TASKS_DONE = BY_NAME["TasksDone"].code
 UPLOADED = BY_NAME["Uploaded"].code
 PUSH_DATA = BY_NAME["PushData"].code
+RETIRING = BY_NAME["Retiring"].code
 
 _packer = msgpack.Packer(use_bin_type=True)
 

@@ -26,6 +26,7 @@ from zmq.utils.monitor import recv_monitor_message
 from .. import protocol, security
 from ..protocol import ProtocolError
 from ..trace import TraceWriter
+from .retire import Retirements
 from .state import BrokerState
 
 log = logging.getLogger("hyperloom.broker")
@@ -79,6 +80,7 @@ class BrokerServer:
         self.process = psutil.Process()
         self._progress_sent = {}   # ClientState -> when progress alone was last sent
         self._handlers = self._handler_table()
+        self.retirements = Retirements(self.state)
 
     # ------------------------------------------------------------ loop
 
@@ -95,7 +97,10 @@ class BrokerServer:
             if self.monitor in events and drained:
                 self._drain_monitor()
             self.state.scheduler.schedule()
+            leaving = self.retirements.advance() if self.retirements.workers else ()
             self._flush()
+            for worker in leaving:   # after the flush: its SendData orders go first
+                self._send([worker.identity, protocol.encode(protocol.SHUTDOWN)])
             now = time.monotonic()
             if now >= next_check:
                 self._check_heartbeats(now)
@@ -197,6 +202,7 @@ class BrokerServer:
             ("WorkerState", protocol.UPLOADED): self._on_uploaded,
             ("WorkerState", protocol.HEARTBEAT): self._on_heartbeat,
             ("WorkerState", protocol.GOODBYE): self._on_goodbye,
+            ("WorkerState", protocol.RETIRING): self._on_retiring,
         }
 
     @staticmethod
@@ -270,6 +276,9 @@ class BrokerServer:
     def _on_goodbye(self, peer, fields, frames, now):
         self._peer_lost(peer.identity, "said goodbye")
 
+    def _on_retiring(self, worker, fields, frames, now):
+        self.retirements.on_retiring(worker)
+
     def _on_tasks_done(self, worker, fields, frames, now):
         self.state.on_tasks_done(worker, fields[0], fields[1], now, fields[2], frames[2:])
         if fields[3]:
@@ -299,6 +308,8 @@ class BrokerServer:
                 log.info("worker %d left (%s)", peer.worker_id, why)
             else:
                 log.warning("worker %d lost (%s)", peer.worker_id, why)
+            if peer.retiring:
+                self.retirements.on_left(peer, clean=why == "said goodbye")
             self.state.on_worker_lost(peer)
 
     def _check_heartbeats(self, now):

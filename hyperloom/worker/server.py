@@ -29,6 +29,7 @@ from .transfer import DataChannels
 
 log = logging.getLogger("hyperloom.worker")
 
+RETIRE_LINGER_MS = 30_000   # how long a retired worker's last pushes may take to leave
 TERM_GRACE = 0.5    # seconds a program's SIGTERM death waits for the worker's own SIGTERM
 
 
@@ -44,6 +45,8 @@ class WorkerConfig:
     broker_timeout: float = 30.0         # give up after this long without the broker
     extensions: tuple = ()               # modules with register_tasks(registry)
     secret_file: str | None = None       # CURVE on the broker and data connections
+    lifetime: float | None = None        # retire this many seconds after start (walltime)
+    retire_grace: float = 60.0           # after retiring, exit anyway this much later
 
 
 def standard_registry() -> TaskRegistry:
@@ -112,6 +115,8 @@ class WorkerServer:
         self.running = True
         self.worker_id = None
         self.ever_registered = False
+        self.retiring = False
+        self.retire_at = time.monotonic() + config.lifetime if config.lifetime else None
         self.last_broker_message = time.monotonic()
         self.last_sent = 0.0
 
@@ -161,7 +166,8 @@ class WorkerServer:
             self.tracer.close()
         self._kill_children()
         self.executor.close()
-        self.channels.close()
+        # Retired: what it was told to push must still reach the peers (see retire.py).
+        self.channels.close(linger_ms=RETIRE_LINGER_MS if self.retiring else 0)
         self.monitor.close(linger=0)
         self.dealer.close(linger=100)
         if self.authenticator is not None:
@@ -206,7 +212,24 @@ class WorkerServer:
             except psutil.Error:
                 pass
 
+    def _retire_when_due(self, now):
+        """At the end of its lifetime the worker tells the broker, which takes its work
+        back and copies its data away, then sends Shutdown (broker/retire.py)."""
+        if not self.retiring:
+            if self.worker_id is not None and now >= self.retire_at:
+                log.info("lifetime of %.0f s reached: retiring (no new tasks; the broker "
+                         "copies the data only this worker holds, then lets it go)",
+                         self.config.lifetime)
+                self.retiring = True
+                self._send(protocol.encode(protocol.RETIRING))
+        elif now >= self.retire_at + self.config.retire_grace:
+            log.warning("retired %.0f s ago and not let go by the broker: exiting",
+                        now - self.retire_at)
+            self.running = False
+
     def _keep_alive(self, now):
+        if self.retire_at is not None:
+            self._retire_when_due(now)
         if self.tracer is not None and now - self.last_sample >= 1.0:
             self.last_sample = now
             # The whole node's CPU (as the original), and the memory of this worker with

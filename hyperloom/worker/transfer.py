@@ -32,9 +32,9 @@ class DataChannels:
         self.bytes_sent = 0
         self.bytes_received = 0
 
-    def close(self):
+    def close(self, linger_ms: int = 0):
         for socket in self._pushers.values():
-            socket.close(linger=0)
+            socket.close(linger=linger_ms)
         self.pull.close(linger=0)
 
     def push(self, address: str, objects):
