@@ -107,10 +107,11 @@ def broker_main(argv=None):
     _setup_logging(args.log_level, "loom-broker")
     _tune_gc()
     host = _interface_or(parser, args.interface, args.host)
-    _raise_fd_limit("loom-broker")
+    max_peers = _raise_fd_limit("loom-broker")
     from .broker.server import BrokerConfig, BrokerServer
     config = BrokerConfig(host=host, port=args.port, heartbeat_interval=args.heartbeat,
-                          heartbeat_misses=args.heartbeat_misses, secret_file=args.secret_file)
+                          heartbeat_misses=args.heartbeat_misses, secret_file=args.secret_file,
+                          max_peers=max_peers)
     server = BrokerServer(config)
     server.install_signal_handlers()
     if args.exit_with_parent:
@@ -152,30 +153,34 @@ def _interface_or(parser, interface, host):
         parser.error(str(error))
 
 
-def _raise_fd_limit(name):
-    """Each peer connection costs file descriptors: lift the soft limit to the hard one,
-    and say so when the hard one is low, instead of failing later on the Nth peer."""
+def _raise_fd_limit(name) -> int | None:
+    """Each peer connection costs a file descriptor: lift the soft limit to the hard one,
+    warn when that is low, and return how many peers fit (None: no limit to speak of)."""
     try:
         import resource
     except ImportError:  # not on POSIX
-        return
+        return None
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return None
     wanted = hard if hard != resource.RLIM_INFINITY else max(soft, FD_WANTED)
-    if soft != resource.RLIM_INFINITY and soft < wanted:
+    if soft < wanted:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
             soft = wanted
         except (ValueError, OSError) as error:
             logging.getLogger(f"hyperloom.{name}").warning(
                 "cannot raise the open-file limit from %d to %d (%s)", soft, wanted, error)
-    if soft != resource.RLIM_INFINITY and soft < FD_WANTED:
+    peers = max(1, soft - FD_RESERVE)
+    if soft < FD_WANTED:
         logging.getLogger(f"hyperloom.{name}").warning(
-            "%s may open at most %d files (ulimit -n; hard limit %s): each peer costs about "
-            "two, so about %d peers at most; ask for a higher hard limit for more",
-            name, soft, hard, soft // 2 - 20)
+            "%s may open at most %d files (ulimit -n; hard limit %s): room for about %d "
+            "peers, more are refused; ask for a higher hard limit", name, soft, hard, peers)
+    return peers
 
 
-FD_WANTED = 4096    # two per peer connection and some spare: about 2,000 peers
+FD_RESERVE = 48     # descriptors the process itself uses (zmq context, sockets, logs, pipes)
+FD_WANTED = 4096    # one per peer connection and some spare: about 4,000 peers
 
 
 def worker_main(argv=None):

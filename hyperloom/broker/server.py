@@ -42,6 +42,7 @@ class BrokerConfig:
     heartbeat_misses: int = 5           # silent intervals before a worker is lost
     overbooking: int = 3
     secret_file: str | None = None      # CURVE: admit only peers holding this cluster key
+    max_peers: int | None = None        # refuse more (the open-file limit allows no more)
 
 
 class BrokerServer:
@@ -210,6 +211,13 @@ class BrokerServer:
         return type(peer).__name__ == "ClientState"
 
     def _on_hello(self, identity, code, fields, frames, now):
+        limit = self.config.max_peers
+        if limit is not None and len(self.peers) >= limit and code in (
+                protocol.HELLO_CLIENT, protocol.HELLO_WORKER):
+            self._refuse(identity, f"the broker already has {len(self.peers)} peers, the most "
+                                   f"its open-file limit allows (ulimit -n; raise the hard "
+                                   f"limit for more)", fatal=True)
+            return
         if code == protocol.HELLO_CLIENT:
             peer = self.state.on_client_hello(identity, fields[0], now)
         elif code == protocol.HELLO_WORKER:

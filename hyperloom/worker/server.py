@@ -116,6 +116,7 @@ class WorkerServer:
         self.worker_id = None
         self.ever_registered = False
         self.retiring = False
+        self.last_idle_check = time.monotonic()
         self.retire_at = time.monotonic() + config.lifetime if config.lifetime else None
         self.last_broker_message = time.monotonic()
         self.last_sent = 0.0
@@ -230,6 +231,9 @@ class WorkerServer:
     def _keep_alive(self, now):
         if self.retire_at is not None:
             self._retire_when_due(now)
+        if now - self.last_idle_check >= 1.0:
+            self.last_idle_check = now
+            self.channels.close_idle(now)
         if self.tracer is not None and now - self.last_sample >= 1.0:
             self.last_sample = now
             # The whole node's CPU (as the original), and the memory of this worker with

@@ -170,3 +170,53 @@ def test_unreachable_broker_names_the_address_and_suggests_interface(tmp_path):
     assert result.returncode == 2
     assert f"could not reach a broker at tcp://127.0.0.1:{port} (tried for" in result.stderr
     assert "--interface" in result.stderr
+
+
+def test_broker_at_its_open_file_limit_refuses_more_peers_saying_why(processes, tmp_path):
+    import resource
+
+    def low_limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (60, 60))   # soft = hard: cannot raise
+    path = str(tmp_path / "s.json")
+    broker = processes(*BROKER, "--port", "0", "--scheduler-file", path,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=low_limit)
+    assert broker.stdout.readline().startswith(b"tcp://")
+    clients = []
+    try:
+        with pytest.raises(LoomError, match="the broker already has 12 peers, the most its "
+                                            "open-file limit allows"):
+            for _ in range(13):
+                clients.append(Client(scheduler_file=path, connect_timeout=10))
+        assert len(clients) == 12
+        assert clients[-1].get_stats()["n_workers"] == 0, "the admitted ones still work"
+    finally:
+        for client in clients:
+            client.close()
+    broker.send_signal(signal.SIGTERM)
+    assert broker.wait(timeout=20) == 0
+    assert b"room for about 12 peers, more are refused" in broker.stderr.read()
+
+
+def test_broker_and_worker_raise_their_open_file_soft_limit(processes, tmp_path):
+    import resource
+
+    import psutil
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard <= 100:
+        pytest.skip(f"the hard open-file limit here is {hard}: nothing to raise to")
+
+    def low_soft_limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (100, hard))
+    path = str(tmp_path / "s.json")
+    broker = processes(*BROKER, "--port", "0", "--scheduler-file", path,
+                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                       preexec_fn=low_soft_limit)
+    assert broker.stdout.readline().startswith(b"tcp://")
+    worker = processes(*WORKER, "--cpus", "1", "--scheduler-file", path,
+                       stderr=subprocess.DEVNULL, preexec_fn=low_soft_limit)
+    with Client(scheduler_file=path) as client:
+        wait_until(lambda: client.get_stats()["n_workers"] == 1, timeout=30,
+                   message="the worker to register")
+    expected = hard if hard != resource.RLIM_INFINITY else 4096
+    for process in (broker, worker):
+        assert psutil.Process(process.pid).rlimit(psutil.RLIMIT_NOFILE)[0] == expected
