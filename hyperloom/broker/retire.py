@@ -33,6 +33,7 @@ class Retirements:
         self.state = state
         self.workers = {}       # WorkerState -> True once its sole data was copied
         self.told_to_go = set()  # told Shutdown: its Goodbye is a clean retirement
+        self.stuck = set()       # retiring workers already logged as having nowhere to copy
 
     def on_retiring(self, worker):
         if worker.retiring:
@@ -70,9 +71,13 @@ class Retirements:
         sole = [node for node in self.state.tasks.values()
                 if node.state == ts.FINISHED and node.holders == [worker]]
         if sole and not targets:
+            if worker in self.stuck:
+                return False
+            self.stuck.add(worker)
             log.warning("retiring worker %d holds %d objects no other worker has, and there is "
                         "no other worker to copy them to: it waits", worker.worker_id, len(sole))
             return False
+        self.stuck.discard(worker)
         deliver = self.state.scheduler.deliver
         for node in sole:
             deliver(node, min(targets, key=lambda w: w.bytes_held))
@@ -85,6 +90,7 @@ class Retirements:
         """``worker`` leaves. After Shutdown and with a Goodbye (``clean``), the copies it
         pushed before going arrive (it lingers on close): real copies, not transfers to void."""
         self.workers.pop(worker, None)
+        self.stuck.discard(worker)
         if worker not in self.told_to_go or not clean:
             self.told_to_go.discard(worker)
             return      # lost before it was told to go: what it pushed may not have arrived

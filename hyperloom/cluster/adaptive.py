@@ -14,6 +14,7 @@ class Backlog:
     cpus_wanted: int        # cores the ready, running and unplaceable tasks ask for
     busy: bool              # some task is ready or running: no worker may be released
     too_big: tuple = ()     # ids of tasks that need more cores than one worker has
+    retiring: int = 0       # workers retiring at walltime: their jobs end soon
 
 
 def backlog(info: dict, cpus_per_worker: int) -> Backlog:
@@ -28,7 +29,17 @@ def backlog(info: dict, cpus_per_worker: int) -> Backlog:
     plain_ready = max(0, counts.get("ready", 0) - len(unplaceable))
     cpus = plain_ready + counts.get("assigned", 0) + sum(entry["n_cpus"] for entry in fits)
     busy = counts.get("ready", 0) + counts.get("assigned", 0) > len(too_big)
-    return Backlog(cpus_wanted=cpus, busy=busy, too_big=too_big)
+    workers = info.get("workers", [])
+    retiring = sum(1 for w in workers if w.get("retiring"))
+    if retiring and retiring == len(workers):
+        # Every worker retires: the data they hold needs somewhere to go, work or not.
+        cpus = max(cpus, 1)
+    return Backlog(cpus_wanted=cpus, busy=busy, too_big=too_big, retiring=retiring)
+
+
+def retiring_jobs(need: Backlog, workers_per_job: int) -> int:
+    """Jobs about to end at walltime, which therefore count as no capacity."""
+    return math.ceil(need.retiring / max(1, workers_per_job))
 
 
 def jobs_wanted(need: Backlog, cpus_per_job: int, minimum: int, maximum: int) -> int:

@@ -314,15 +314,19 @@ class JobQueueCluster:
                         "of this cluster can run them", list(need.too_big)[:5], spec.cpus)
         wanted = adaptive.jobs_wanted(need, spec.cpus * spec.workers_per_job,
                                       policy.minimum, policy.maximum)
+        leaving = adaptive.retiring_jobs(need, spec.workers_per_job)
         with self._lock:
             if self._adapt_stop.is_set():
                 return
             active = self._refresh()
-            if wanted > len(active):
-                policy.shrink.surplus(len(active), wanted, now)   # resets the idle timer
-                self._grow(wanted - len(active), policy, now)
+            # Jobs whose workers retire at walltime are no capacity: replace them now (so
+            # for a while there may be up to `maximum` plus those).
+            current = max(0, len(active) - leaving)
+            if wanted > current:
+                policy.shrink.surplus(current, wanted, now)   # resets the idle timer
+                self._grow(wanted - current, policy, now)
                 return
-            surplus = policy.shrink.surplus(len(active), wanted, now)
+            surplus = policy.shrink.surplus(current, wanted, now)
             if surplus:
                 victims = self._victims(active, surplus, running_too=not need.busy)
                 if victims:

@@ -28,7 +28,11 @@ def slurm_lifetime(environ=None, now=None) -> float | None:
         log.warning("cannot ask Slurm when job %s ends (%s): no walltime retirement",
                     job_id, error)
         return None
-    return lifetime_from_end(result.stdout.strip(), now)
+    lifetime = lifetime_from_end(result.stdout.strip(), now)
+    if lifetime is not None:
+        log.info("Slurm job %s ends at %s: retiring in %.0f s", job_id,
+                 result.stdout.strip(), lifetime)
+    return lifetime
 
 
 def lifetime_from_end(end: str, now: datetime.datetime | None = None) -> float | None:

@@ -91,3 +91,35 @@ def test_adapt_grows_with_the_backlog_and_releases_idle_jobs(slurm, tmp_path):
         assert client.gather_one(future).decode().strip() in cluster.submitted
         name = cluster.job_name
     assert queued(name) == []
+
+
+def test_worker_reads_its_walltime_from_the_job(slurm, tmp_path):
+    logs = tmp_path / "logs"
+    with SlurmCluster(jobs=1, cpus=1, walltime="00:02:00", log_directory=str(logs)) as cluster:
+        client = cluster.client()
+        wait_for_workers(client, 1)
+        (job,) = cluster.submitted
+        output = (logs / f"{cluster.job_name}-{job}.out").read_text()
+    line = next(line for line in output.splitlines() if "retiring in" in line)
+    seconds = float(line.rsplit("retiring in ", 1)[1].split()[0])
+    # two minutes of walltime, retiring a fifth of it (24 s) early
+    assert 80 <= seconds <= 96, line
+
+
+@pytest.mark.slow
+def test_adapt_replaces_a_job_whose_worker_retired_at_walltime(slurm, tmp_path):
+    counter = tmp_path / "runs"
+    with SlurmCluster(cpus=1, walltime="00:10:00", worker_args=("--lifetime", "4"),
+                      log_directory=str(tmp_path / "logs")) as cluster:
+        client = cluster.client()
+        cluster.adapt(minimum=0, maximum=1, interval=0.5, idle_timeout=30)
+        parts = [tasks.run(["sh", "-c", f"sleep 0.5; echo $SLURM_JOB_ID >> {counter}; "
+                                        f"echo {i}"]) for i in range(16)]
+        futures = client.submit([tasks.merge(parts, " ")])
+        result = client.gather_one(futures[0]).decode().split()
+        assert result == [str(i) for i in range(16)]
+        jobs = counter.read_text().split()
+        assert len(jobs) == 16, "each task ran once: the retired worker's data was copied"
+        assert len(set(jobs)) >= 2, "a second job took over after the first one's walltime"
+        name = cluster.job_name
+    assert queued(name) == []

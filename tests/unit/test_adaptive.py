@@ -38,3 +38,13 @@ def test_surplus_is_released_only_after_lasting_the_idle_timeout():
     assert shrink.surplus(current=3, wanted=0, now=107) == 0
     assert shrink.surplus(current=3, wanted=0, now=116.9) == 0
     assert shrink.surplus(current=3, wanted=0, now=117) == 3
+
+
+def test_retiring_workers_count_as_leaving_and_their_data_asks_for_a_worker():
+    retiring = {**info(), "workers": [{"id": 1, "retiring": True}]}
+    need = adaptive.backlog(retiring, cpus_per_worker=1)
+    assert need.retiring == 1 and need.cpus_wanted == 1, "its data needs a new home"
+    assert adaptive.retiring_jobs(need, workers_per_job=2) == 1
+    mixed = {**info(ready=3), "workers": [{"id": 1, "retiring": True}, {"id": 2}]}
+    need = adaptive.backlog(mixed, cpus_per_worker=1)
+    assert need.retiring == 1 and need.cpus_wanted == 3
