@@ -5,8 +5,6 @@ temporary directory and always tears it down. Where the programs are missing, or
 not root, the tests are skipped with the reason.
 """
 
-import os
-
 import pytest
 
 from . import minislurm

@@ -42,7 +42,7 @@ def test_retiring_worker_gets_nothing_new_gives_back_queued_and_copies_sole_data
 
 def test_retiring_worker_lost_before_shutdown_is_an_ordinary_loss():
     h = Harness()
-    old, new = h.add_worker(cpus=1), h.add_worker(cpus=1)
+    old, _ = h.add_worker(cpus=1), h.add_worker(cpus=1)
     retire = Retirements(h.state)
     h.submit((0, RUN, [], 1, True), (1, RUN, [], 1, True))
     assigned = h.schedule()
