@@ -75,7 +75,8 @@ class JobQueueCluster:
     def __init__(self, jobs: int = 0, spec: JobSpec = JobSpec(), *, name: str | None = None,
                  log_directory: str | None = None, shared_directory: str | None = None,
                  interface: str | None = None, secret_file: str | None = None,
-                 log_level: str = "info"):
+                 log_level: str = "info", broker_job: bool = False,
+                 broker_wait: float = 600.0):
         self.spec = spec
         self.job_name = name or f"hyperloom-{uuid.uuid4().hex[:8]}"
         self.log_directory = os.path.abspath(log_directory) if log_directory else None
@@ -94,21 +95,32 @@ class JobQueueCluster:
         self._adapt_stop = threading.Event()
         self._next_submit = 0.0
         self._backoff = None
-        self._broker = None
+        self._broker = None             # the LocalCluster holding the broker subprocess
+        self.broker_job = broker_job    # or: the broker runs in a job of its own
+        self.broker_wait = broker_wait  # seconds for that job to start and write its file
+        self.broker_job_id = None
+        self._started = False
         self._clients = []
 
     # ------------------------------------------------------------ what a subclass gives
 
-    def job_header(self) -> list[str]:
+    def job_header(self, name: str, ntasks: int, cpus: int) -> list[str]:
+        """The directives of a job named ``name`` running ``ntasks`` processes of ``cpus``
+        cores each (plus the spec's memory, walltime, queue, account, extra lines)."""
         raise NotImplementedError
 
-    def launcher(self) -> list[str]:
-        """The command prefix that starts ``workers_per_job`` copies of the worker."""
+    def launcher(self, ntasks: int, cpus: int) -> list[str]:
+        """The command prefix that starts ``ntasks`` copies of a program in the job."""
         raise NotImplementedError
 
-    def list_jobs(self) -> list[dict]:
-        """This cluster's jobs in the queue: dicts with job_id, state, name, nodes."""
+    def list_jobs(self, name: str | None = None) -> list[dict]:
+        """Jobs named ``name`` (default: this cluster's worker jobs) in the queue: dicts
+        with job_id, state, name, nodes."""
         raise NotImplementedError
+
+    @property
+    def broker_job_name(self) -> str:
+        return f"{self.job_name}-broker"
 
     def parse_job_id(self, stdout: str) -> str:
         return stdout.strip().split(";")[0]
@@ -117,20 +129,51 @@ class JobQueueCluster:
 
     def start(self):
         os.makedirs(self.directory, exist_ok=True)
-        broker_args = ["--scheduler-file", self.scheduler_file]
-        if self.interface:
-            broker_args += ["--interface", self.interface]
-        self._broker = LocalCluster(workers=0, host="0.0.0.0", log_dir=self.log_directory,
-                                    broker_args=broker_args, log_level=self.log_level,
-                                    secret_file=self.secret_file)
+        self._started = True
         try:
-            self._broker.start()
+            if self.broker_job:
+                self._start_broker_job()
+            else:
+                self._start_local_broker()
             if self._initial_jobs:
                 self.scale(jobs=self._initial_jobs)
         except BaseException:
             self.close()
             raise
         return self
+
+    def _start_local_broker(self):
+        broker_args = ["--scheduler-file", self.scheduler_file]
+        if self.interface:
+            broker_args += ["--interface", self.interface]
+        self._broker = LocalCluster(workers=0, host="0.0.0.0", log_dir=self.log_directory,
+                                    broker_args=broker_args, log_level=self.log_level,
+                                    secret_file=self.secret_file)
+        self._broker.start()
+
+    def _start_broker_job(self):
+        """Submit the broker as a job of its own and wait for its scheduler file."""
+        from .. import scheduler_file
+        path = os.path.join(self.directory, f"{self.broker_job_name}.sh")
+        with open(path, "w") as f:
+            f.write(self.broker_script())
+        self.broker_job_id = self._submit_script(path)
+        log.info("submitted the broker as job %s; waiting up to %.0f s for %s",
+                 self.broker_job_id, self.broker_wait, self.scheduler_file)
+        scheduler_file.read(self.scheduler_file, self.broker_wait)
+
+    def broker_script(self) -> str:
+        """The script of the broker's own job (``broker_job=True``)."""
+        broker = [self.spec.python, "-m", "hyperloom.broker", "--host", "0.0.0.0", "--port",
+                  "0", "--scheduler-file", self.scheduler_file, "--log-level",
+                  self.log_level, *self._worker_options()]
+        # Its endpoint line goes nowhere: peers read the scheduler file.
+        launch = " ".join([*self.launcher(1, 1), *map(shlex.quote, broker)]) + " > /dev/null"
+        return self._script(self.job_header(self.broker_job_name, 1, 1), launch)
+
+    def _script(self, header, launch) -> str:
+        lines = ["#!/usr/bin/env bash", *header, "", *self.spec.prologue, launch]
+        return "\n".join(lines) + "\n"
 
     def client(self):
         from ..client import Client
@@ -146,15 +189,20 @@ class JobQueueCluster:
             self._adapt_thread.join()
             self._adapt_thread = None
         with self._lock:
-            if self._broker is not None:   # started: the queue may hold our jobs
+            if self._started:   # the queue may hold our jobs
                 listed = [job["job_id"] for job in self.list_jobs()]
                 self._cancel(list(dict.fromkeys([*self._submitted, *listed])))
-                self._wait_for_empty_queue(timeout)
+                self._wait_for_empty_queue(self.job_name, timeout)
         for client in self._clients:
             client.close()
         self._clients = []
         codes = self._broker.stop() if self._broker is not None else {}
         self._broker = None
+        if self.broker_job and self._started:
+            listed = [job["job_id"] for job in self.list_jobs(self.broker_job_name)]
+            self._cancel(list(dict.fromkeys(filter(None, [self.broker_job_id, *listed]))))
+            self._wait_for_empty_queue(self.broker_job_name, timeout)
+        self._started = False
         if self._own_directory:
             shutil.rmtree(self.directory, ignore_errors=True)
         return codes
@@ -175,11 +223,12 @@ class JobQueueCluster:
         worker = [spec.python, "-m", "hyperloom.worker", "--scheduler-file",
                   self.scheduler_file, "--cpus", str(spec.cpus), "--nopin",
                   "--log-level", self.log_level, *self._worker_options(), *spec.worker_args]
-        launch = " ".join([*self.launcher(), *map(shlex.quote, worker)])
+        launch = " ".join([*self.launcher(spec.workers_per_job, spec.cpus),
+                           *map(shlex.quote, worker)])
         # $TMPDIR is node-local on most clusters; the work directory goes there.
         launch += ' --wdir "${TMPDIR:-/tmp}"'
-        lines = ["#!/usr/bin/env bash", *self.job_header(), "", *spec.prologue, launch]
-        return "\n".join(lines) + "\n"
+        header = self.job_header(self.job_name, spec.workers_per_job, spec.cpus)
+        return self._script(header, launch)
 
     def _worker_options(self) -> list[str]:
         options = []
@@ -232,13 +281,17 @@ class JobQueueCluster:
         path = os.path.join(self.directory, f"{self.job_name}.sh")
         with open(path, "w") as f:
             f.write(self.job_script())
+        job_id = self._submit_script(path)
+        self._submitted[job_id] = time.monotonic()
+        return job_id
+
+    def _submit_script(self, path: str) -> str:
         result = self._run([*self.submit_command, path])
         if result.returncode != 0:
             raise SubmitError(f"{self.submit_command[0]} refused the job (exit "
                               f"{result.returncode}): {result.stderr.strip() or result.stdout}")
         job_id = self.parse_job_id(result.stdout)
-        self._submitted[job_id] = time.monotonic()
-        log.info("submitted job %s (%s)", job_id, self.job_name)
+        log.info("submitted job %s (%s)", job_id, os.path.basename(path))
         return job_id
 
     def _cancel(self, job_ids):
@@ -250,12 +303,13 @@ class JobQueueCluster:
                         result.returncode, result.stderr.strip())
         log.info("cancelled jobs %s", " ".join(job_ids))
 
-    def _wait_for_empty_queue(self, timeout: float):
+    def _wait_for_empty_queue(self, name: str, timeout: float):
         deadline = time.monotonic() + timeout
         while True:
-            left = self.list_jobs()
+            left = self.list_jobs(name)
             if not left:
-                self._submitted.clear()
+                if name == self.job_name:
+                    self._submitted.clear()
                 return
             if time.monotonic() > deadline:
                 log.warning("jobs %s still queued %.0f s after being cancelled",

@@ -17,7 +17,9 @@ class SlurmCluster(JobQueueCluster):
     ``job_directives`` (lines without ``#SBATCH``), ``prologue`` shell lines (``module
     load``, activating an environment), ``log_directory`` (job output, broker log and the
     scheduler file; default ``~/.hyperloom/JOB_NAME``, removed at close). Every job is
-    named ``cluster.job_name``, so ``squeue -h -n NAME`` shows them.
+    named ``cluster.job_name``, so ``squeue -h -n NAME`` shows them. ``broker_job=True``
+    runs the broker in a job of its own (named ``cluster.broker_job_name``) instead of
+    here; ``broker_wait`` is how long to wait for it to start.
     """
 
     submit_command = ("sbatch", "--parsable")
@@ -36,12 +38,11 @@ class SlurmCluster(JobQueueCluster):
             raise ValueError("cpus and workers_per_job must be at least 1")
         super().__init__(jobs, spec, log_directory=log_directory, **options)
 
-    def job_header(self) -> list[str]:
+    def job_header(self, name: str, ntasks: int, cpus: int) -> list[str]:
         spec = self.spec
-        output = f"{self.log_directory or self.directory}/{self.job_name}-%j.out"
-        lines = [f"--job-name={self.job_name}", f"--ntasks={spec.workers_per_job}",
-                 f"--cpus-per-task={spec.cpus}", f"--time={spec.walltime}",
-                 f"--output={output}"]
+        output = f"{self.log_directory or self.directory}/{name}-%j.out"
+        lines = [f"--job-name={name}", f"--ntasks={ntasks}", f"--cpus-per-task={cpus}",
+                 f"--time={spec.walltime}", f"--output={output}"]
         if spec.memory:
             lines.append(f"--mem={spec.memory}")
         if spec.queue:
@@ -51,13 +52,13 @@ class SlurmCluster(JobQueueCluster):
         lines += list(spec.job_directives)
         return [f"#SBATCH {line}" for line in lines]
 
-    def launcher(self) -> list[str]:
+    def launcher(self, ntasks: int, cpus: int) -> list[str]:
         # --cpus-per-task again: since Slurm 22.05 srun does not take it from sbatch.
-        return ["srun", f"--ntasks={self.spec.workers_per_job}",
-                f"--cpus-per-task={self.spec.cpus}"]
+        return ["srun", f"--ntasks={ntasks}", f"--cpus-per-task={cpus}"]
 
-    def list_jobs(self) -> list[dict]:
-        result = self._run(["squeue", "-h", "-n", self.job_name, "-o", SQUEUE_FORMAT])
+    def list_jobs(self, name: str | None = None) -> list[dict]:
+        name = name or self.job_name
+        result = self._run(["squeue", "-h", "-n", name, "-o", SQUEUE_FORMAT])
         if result.returncode != 0:
             raise RuntimeError(f"squeue failed (exit {result.returncode}): "
                                f"{result.stderr.strip()}")

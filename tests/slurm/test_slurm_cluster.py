@@ -123,3 +123,24 @@ def test_adapt_replaces_a_job_whose_worker_retired_at_walltime(slurm, tmp_path):
         assert len(set(jobs)) >= 2, "a second job took over after the first one's walltime"
         name = cluster.job_name
     assert queued(name) == []
+
+
+def test_broker_in_a_job_of_its_own(slurm, tmp_path):
+    import json
+    import os
+
+    import psutil
+    logs = tmp_path / "logs"
+    with SlurmCluster(jobs=1, cpus=1, walltime="00:10:00", broker_job=True,
+                      log_directory=str(logs)) as cluster:
+        (broker_job,) = queued(cluster.broker_job_name)
+        assert broker_job == cluster.broker_job_id
+        broker_pid = json.load(open(cluster.scheduler_file))["pid"]
+        ancestors = {p.pid for p in psutil.Process(broker_pid).parents()}
+        assert os.getpid() not in ancestors, "the broker is Slurm's child, not ours"
+        client = cluster.client()
+        wait_for_workers(client, 1)
+        results = client.gather(client.submit([job_id_task() for _ in range(4)]))
+        assert {r.decode().strip() for r in results} == set(cluster.submitted)
+        names = (cluster.job_name, cluster.broker_job_name)
+    assert [queued(name) for name in names] == [[], []]
