@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from ..errors import LoomError
 from ..local import LocalCluster
 from . import adaptive
+from .adapt import Adaptor, AdaptPolicy
 
 log = logging.getLogger("hyperloom.cluster")
 
@@ -57,16 +58,6 @@ class JobSpec:
     python: str = sys.executable
 
 
-@dataclass
-class AdaptPolicy:
-    minimum: int
-    maximum: int
-    interval: float
-    shrink: adaptive.Shrink
-    backoff_first: float
-    backoff_max: float
-
-
 class JobQueueCluster:
     submit_command: tuple = ()      # + the script path; prints the job id
     cancel_command: tuple = ()      # + job ids
@@ -91,10 +82,7 @@ class JobQueueCluster:
         self._initial_jobs = jobs
         self._submitted = {}            # job id -> monotonic submit time, in submit order
         self._lock = threading.RLock()  # the adapt thread and the user's calls share jobs
-        self._adapt_thread = None
-        self._adapt_stop = threading.Event()
-        self._next_submit = 0.0
-        self._backoff = None
+        self._adaptor = None            # the adapt() loop, when adapting
         self._broker = None             # the LocalCluster holding the broker subprocess
         self.broker_job = broker_job    # or: the broker runs in a job of its own
         self.broker_wait = broker_wait  # seconds for that job to start and write its file
@@ -184,10 +172,9 @@ class JobQueueCluster:
     def close(self, timeout: float = CLOSE_TIMEOUT):
         """Stop adapting, cancel every job this cluster submitted (waiting until the queue no
         longer lists them), stop the broker."""
-        self._adapt_stop.set()
-        if self._adapt_thread is not None:
-            self._adapt_thread.join()
-            self._adapt_thread = None
+        if self._adaptor is not None:
+            self._adaptor.stop()
+            self._adaptor = None
         with self._lock:
             if self._started:   # the queue may hold our jobs
                 listed = [job["job_id"] for job in self.list_jobs()]
@@ -332,72 +319,13 @@ class JobQueueCluster:
         """Size the allocation from the broker's backlog, every ``interval`` seconds, within
         [minimum, maximum] jobs; release surplus jobs once it has lasted ``idle_timeout``
         seconds; after a refused submission, wait ``backoff[0]`` seconds, doubling up to
-        ``backoff[1]``, before trying again."""
+        ``backoff[1]``, before trying again. See adapt.py."""
         if not 0 <= minimum <= maximum:
             raise ValueError(f"need 0 <= minimum <= maximum, got {minimum}, {maximum}")
         policy = AdaptPolicy(minimum, maximum, interval, adaptive.Shrink(idle_timeout),
                              *backoff)
-        if self._adapt_thread is not None:
-            self._adapt_stop.set()
-            self._adapt_thread.join()
-        self._adapt_stop = threading.Event()
-        self._adapt_thread = threading.Thread(target=self._adapt_loop, args=(policy,),
-                                              name=f"adapt-{self.job_name}", daemon=True)
-        self._adapt_thread.start()
+        if self._adaptor is not None:
+            self._adaptor.stop()
+        self._adaptor = Adaptor(self, policy)
+        self._adaptor.start()
         return self
-
-    def _adapt_loop(self, policy: AdaptPolicy):
-        from ..client import Client
-        client = Client(scheduler_file=self.scheduler_file, secret_file=self.secret_file)
-        try:
-            while True:
-                try:
-                    self._adapt_once(client.info(), policy, time.monotonic())
-                except Exception:  # a broken round must not end adapting for good
-                    log.exception("adapt: a round failed; trying again")
-                if self._adapt_stop.wait(policy.interval):
-                    return
-        finally:
-            client.close()
-
-    def _adapt_once(self, info: dict, policy: AdaptPolicy, now: float):
-        spec = self.spec
-        need = adaptive.backlog(info, spec.cpus)
-        if need.too_big:
-            log.warning("adapt: tasks %s need more than the %d cpus of a worker; no job "
-                        "of this cluster can run them", list(need.too_big)[:5], spec.cpus)
-        wanted = adaptive.jobs_wanted(need, spec.cpus * spec.workers_per_job,
-                                      policy.minimum, policy.maximum)
-        leaving = adaptive.retiring_jobs(need, spec.workers_per_job)
-        with self._lock:
-            if self._adapt_stop.is_set():
-                return
-            active = self._refresh()
-            # Jobs whose workers retire at walltime are no capacity: replace them now (so
-            # for a while there may be up to `maximum` plus those).
-            current = max(0, len(active) - leaving)
-            if wanted > current:
-                policy.shrink.surplus(current, wanted, now)   # resets the idle timer
-                self._grow(wanted - current, policy, now)
-                return
-            surplus = policy.shrink.surplus(current, wanted, now)
-            if surplus:
-                victims = self._victims(active, surplus, running_too=not need.busy)
-                if victims:
-                    log.info("adapt: backlog wants %d jobs, have %d; releasing %s",
-                             wanted, len(active), " ".join(victims))
-                    self._cancel(victims)
-
-    def _grow(self, count: int, policy: AdaptPolicy, now: float):
-        if now < self._next_submit:
-            return
-        for _ in range(count):
-            try:
-                self._submit()
-            except SubmitError as error:
-                self._backoff = min(policy.backoff_max,
-                                    self._backoff * 2 if self._backoff else policy.backoff_first)
-                self._next_submit = now + self._backoff
-                log.warning("adapt: %s; not submitting again for %.0f s", error, self._backoff)
-                return
-        self._backoff = None

@@ -11,7 +11,7 @@ import pytest
 from hyperloom import SlurmCluster
 from hyperloom.client import tasks
 from hyperloom.cluster import adaptive
-from hyperloom.cluster.jobqueue import AdaptPolicy
+from hyperloom.cluster.adapt import Adaptor, AdaptPolicy
 
 from ..conftest import wait_until
 
@@ -89,23 +89,24 @@ def test_refused_submission_backs_off_with_a_log_line(fake_batch, tmp_path, capl
     policy = AdaptPolicy(minimum=0, maximum=3, interval=1, shrink=adaptive.Shrink(60),
                          backoff_first=5, backoff_max=8)
     with SlurmCluster(cpus=1, log_directory=str(tmp_path / "logs")) as cluster:
+        adaptor = Adaptor(cluster, policy)   # driven by hand, with made-up clock readings
         with caplog.at_level(logging.WARNING, logger="hyperloom.cluster"):
             for now in (0, 1, 4.9):       # one try, then quiet for 5 s
-                cluster._adapt_once(backlog(10), policy, now)
+                adaptor.once(backlog(10), now)
             assert len(fake_batch.calls("sbatch")) == 1
             for now in (5, 6, 12.9):      # second try, then quiet for 8 s (the maximum)
-                cluster._adapt_once(backlog(10), policy, now)
+                adaptor.once(backlog(10), now)
             assert len(fake_batch.calls("sbatch")) == 2
-            cluster._adapt_once(backlog(10), policy, 13)
+            adaptor.once(backlog(10), 13)
             assert len(fake_batch.calls("sbatch")) == 3
         messages = [r.getMessage() for r in caplog.records]
         assert ("adapt: sbatch refused the job (exit 1): sbatch: error: "
                 "QOSMaxSubmitJobPerUserLimit; not submitting again for 5 s") in messages
         assert any(m.endswith("not submitting again for 8 s") for m in messages)
         fake_batch.mode("accept")
-        cluster._adapt_once(backlog(10), policy, 21)
+        adaptor.once(backlog(10), 21)
         assert len(fake_batch.jobs()) == 3, "accepted again once the back-off is over"
-        assert cluster._backoff is None
+        assert adaptor.backoff is None
     assert fake_batch.jobs() == [], "close() cancelled them"
 
 
