@@ -177,18 +177,15 @@ class JobQueueCluster:
             self._adaptor = None
         with self._lock:
             if self._started:   # the queue may hold our jobs
-                listed = [job["job_id"] for job in self.list_jobs()]
-                self._cancel(list(dict.fromkeys([*self._submitted, *listed])))
-                self._wait_for_empty_queue(self.job_name, timeout)
+                self._cancel_all(self.job_name, list(self._submitted), timeout)
         for client in self._clients:
             client.close()
         self._clients = []
         codes = self._broker.stop() if self._broker is not None else {}
         self._broker = None
         if self.broker_job and self._started:
-            listed = [job["job_id"] for job in self.list_jobs(self.broker_job_name)]
-            self._cancel(list(dict.fromkeys(filter(None, [self.broker_job_id, *listed]))))
-            self._wait_for_empty_queue(self.broker_job_name, timeout)
+            self._cancel_all(self.broker_job_name, [self.broker_job_id] if self.broker_job_id
+                             else [], timeout)
         self._started = False
         if self._own_directory:
             shutil.rmtree(self.directory, ignore_errors=True)
@@ -289,6 +286,22 @@ class JobQueueCluster:
             log.warning("%s %s failed (exit %d): %s", self.cancel_command[0], " ".join(job_ids),
                         result.returncode, result.stderr.strip())
         log.info("cancelled jobs %s", " ".join(job_ids))
+
+    def _cancel_all(self, name: str, known: list, timeout: float):
+        """Cancel ``known`` jobs and any the queue lists under ``name``, and wait for the
+        queue to let them go; a failing queue command is logged, not raised, so close()
+        still stops the broker."""
+        try:
+            listed = [job["job_id"] for job in self.list_jobs(name)]
+        except RuntimeError as error:
+            log.warning("cannot list jobs named %s (%s); cancelling the ones submitted",
+                        name, error)
+            listed = []
+        self._cancel(list(dict.fromkeys([*known, *listed])))
+        try:
+            self._wait_for_empty_queue(name, timeout)
+        except RuntimeError as error:
+            log.warning("cannot check that jobs named %s left the queue: %s", name, error)
 
     def _wait_for_empty_queue(self, name: str, timeout: float):
         deadline = time.monotonic() + timeout

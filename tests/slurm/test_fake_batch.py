@@ -133,3 +133,17 @@ def test_jobs_stuck_pending_are_not_resubmitted_and_are_cancelled_at_close(fake_
     assert fake_batch.jobs() == []
     cancelled = " ".join(fake_batch.calls("scancel"))
     assert all(job_id in cancelled for job_id in ids)
+
+
+def test_close_stops_the_broker_even_when_squeue_fails(fake_batch, tmp_path, caplog):
+    fake_batch.mode("accept")
+    cluster = SlurmCluster(jobs=1, log_directory=str(tmp_path / "logs")).start()
+    broker = cluster._broker.broker
+    (job,) = cluster.submitted
+    (tmp_path / "bin" / "squeue").write_text("#!/bin/sh\necho 'slurm_load_jobs error' >&2\n"
+                                             "exit 1\n")
+    with caplog.at_level(logging.WARNING, logger="hyperloom.cluster"):
+        cluster.close()
+    assert broker.poll() is not None, "the broker was stopped"
+    assert any(line.endswith(job) for line in fake_batch.calls("scancel"))
+    assert any("cannot list jobs named" in r.getMessage() for r in caplog.records)
