@@ -105,7 +105,7 @@ def test_worker_client_and_status_find_the_broker_through_the_file(processes, tm
     path = str(tmp_path / "shared" / "scheduler.json")
     # The worker starts first and waits for the file, as a batch job may start first.
     worker = processes(*WORKER, "--cpus", "1", "--scheduler-file", path, "--exit-with-parent",
-                       stderr=subprocess.DEVNULL)
+                       "--interface", "lo", stderr=subprocess.DEVNULL)
     broker, endpoint = _start_broker(processes, path, "--interface", "lo")
     info = json.load(open(path))
     assert info["address"] == endpoint == f"tcp://127.0.0.1:{info['port']}"
@@ -114,6 +114,8 @@ def test_worker_client_and_status_find_the_broker_through_the_file(processes, tm
         wait_until(lambda: client.get_stats()["n_workers"] == 1, timeout=30,
                    message="the worker to register through the scheduler file")
         assert client.gather_one(client.submit_one(tasks.const(b"found"))) == b"found"
+        (registered,) = client.info()["workers"]
+        assert registered["address"].startswith("tcp://127.0.0.1:"), "data address on lo"
     status = subprocess.run([*STATUS, "--scheduler-file", path], capture_output=True,
                             text=True, timeout=30)
     assert status.returncode == 0 and status.stdout.startswith("1 workers"), status.stderr
