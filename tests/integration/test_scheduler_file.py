@@ -105,7 +105,7 @@ def test_worker_client_and_status_find_the_broker_through_the_file(processes, tm
     path = str(tmp_path / "shared" / "scheduler.json")
     # The worker starts first and waits for the file, as a batch job may start first.
     worker = processes(*WORKER, "--cpus", "1", "--scheduler-file", path, "--exit-with-parent",
-                       "--interface", "lo", stderr=subprocess.DEVNULL)
+                       stderr=subprocess.DEVNULL)
     broker, endpoint = _start_broker(processes, path, "--interface", "lo")
     info = json.load(open(path))
     assert info["address"] == endpoint == f"tcp://127.0.0.1:{info['port']}"
@@ -114,8 +114,6 @@ def test_worker_client_and_status_find_the_broker_through_the_file(processes, tm
         wait_until(lambda: client.get_stats()["n_workers"] == 1, timeout=30,
                    message="the worker to register through the scheduler file")
         assert client.gather_one(client.submit_one(tasks.const(b"found"))) == b"found"
-        (registered,) = client.info()["workers"]
-        assert registered["address"].startswith("tcp://127.0.0.1:"), "data address on lo"
     status = subprocess.run([*STATUS, "--scheduler-file", path], capture_output=True,
                             text=True, timeout=30)
     assert status.returncode == 0 and status.stdout.startswith("1 workers"), status.stderr
@@ -222,3 +220,30 @@ def test_broker_and_worker_raise_their_open_file_soft_limit(processes, tmp_path)
     expected = hard if hard != resource.RLIM_INFINITY else 4096
     for process in (broker, worker):
         assert psutil.Process(process.pid).rlimit(psutil.RLIMIT_NOFILE)[0] == expected
+
+
+def _other_interface():
+    """A non-loopback interface with an IPv4 address: (name, address), or None."""
+    import psutil
+    for name, entries in sorted(psutil.net_if_addrs().items()):
+        for entry in entries:
+            if entry.family == socket.AF_INET and not entry.address.startswith("127."):
+                return name, entry.address
+    return None
+
+
+def test_worker_interface_sets_its_data_address(processes, tmp_path):
+    other = _other_interface()
+    if other is None:
+        pytest.skip("no network interface besides loopback here")
+    name, address = other
+    path = str(tmp_path / "s.json")
+    _start_broker(processes, path, "--host", "0.0.0.0")
+    processes(*WORKER, "--cpus", "1", "--scheduler-file", path, "--interface", name,
+              stderr=subprocess.DEVNULL)
+    with Client(scheduler_file=path) as client:
+        wait_until(lambda: client.get_stats()["n_workers"] == 1, timeout=30,
+                   message="the worker to register")
+        (worker,) = client.info()["workers"]
+        assert worker["address"].startswith(f"tcp://{address}:"), (name, worker["address"])
+        assert client.gather_one(client.submit_one(tasks.const(b"ok"))) == b"ok"
