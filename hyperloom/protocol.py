@@ -284,6 +284,9 @@ MESSAGES = (
             (("cpu_percent", _I), ("memory", _I)), "none",
             "nothing; the node's CPU use (whole percent) and the worker's memory (with "
             "its children), every few seconds, for dashboards"),
+    Message("Retiring", 47, "worker->broker", (), "none",
+            "StealTasks for its queued tasks, SendData copying what only it holds to other "
+            "workers, then Shutdown; the broker places nothing more on it meanwhile"),
     # --- worker -> worker (PUSH -> PULL, never through the broker)
     Message("PushData", 50, "worker->worker", (("source", _S), ("objects", _L)),
             "the objects' frames in order", "nothing; source is the sender's data address",
@@ -325,6 +328,7 @@ STEAL_TASKS = BY_NAME["StealTasks"].code
 TASKS_DONE = BY_NAME["TasksDone"].code
 UPLOADED = BY_NAME["Uploaded"].code
 PUSH_DATA = BY_NAME["PushData"].code
+RETIRING = BY_NAME["Retiring"].code
 
 _packer = msgpack.Packer(use_bin_type=True)
 

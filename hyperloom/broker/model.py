@@ -105,6 +105,7 @@ class WorkerState:
         self.stealing = set()         # ids asked back with StealTasks, not answered yet
         self.incoming = {}            # data id -> source WorkerState: ordered, not yet used
         self.uploads = {}             # (client identity, request) -> ids asked by Upload
+        self.retiring = False         # leaving (walltime): nothing new is placed here (retire.py)
         self.bytes_held = 0
         self.bytes_received = 0       # ordered transfers to this worker
         self.bytes_sent = 0

@@ -62,7 +62,7 @@ class Scheduler:
     def schedule(self):
         """Assign as many ready tasks as the workers have room for."""
         ready = self.ready
-        workers = list(self.state.workers.values())
+        workers = [w for w in self.state.workers.values() if not w.retiring]
         if not workers:
             return
         if ready:

@@ -28,6 +28,7 @@ from .. import protocol, security
 from ..protocol import ProtocolError
 from ..trace import TraceWriter
 from .connections import ConnectionTable
+from .retire import Retirements
 from .state import BrokerState
 
 log = logging.getLogger("hyperloom.broker")
@@ -43,6 +44,7 @@ class BrokerConfig:
     heartbeat_misses: int = 5           # silent intervals before a worker is lost
     overbooking: int = 3
     secret_file: str | None = None      # CURVE: admit only peers holding this cluster key
+    max_peers: int | None = None        # refuse more (the open-file limit allows no more)
 
 
 class BrokerServer:
@@ -78,6 +80,7 @@ class BrokerServer:
         self.process = psutil.Process()
         self._progress_sent = {}   # ClientState -> when progress alone was last sent
         self._handlers = self._handler_table()
+        self.retirements = Retirements(self.state)
 
     # ------------------------------------------------------------ loop
 
@@ -95,7 +98,10 @@ class BrokerServer:
                 self._read_monitor()
                 self._drop_disconnected()
             self.state.scheduler.schedule()
+            leaving = self.retirements.advance() if self.retirements.workers else ()
             self._flush()
+            for worker in leaving:   # after the flush: its SendData orders go first
+                self._send([worker.identity, protocol.encode(protocol.SHUTDOWN)])
             now = time.monotonic()
             if now >= next_check:
                 self._check_heartbeats(now)
@@ -201,6 +207,7 @@ class BrokerServer:
             ("WorkerState", protocol.UPLOADED): self._on_uploaded,
             ("WorkerState", protocol.HEARTBEAT): self._on_heartbeat,
             ("WorkerState", protocol.GOODBYE): self._on_goodbye,
+            ("WorkerState", protocol.RETIRING): self._on_retiring,
         }
 
     @staticmethod
@@ -208,6 +215,13 @@ class BrokerServer:
         return type(peer).__name__ == "ClientState"
 
     def _on_hello(self, identity, code, fields, frames, now):
+        limit = self.config.max_peers
+        if limit is not None and len(self.peers) >= limit and code in (
+                protocol.HELLO_CLIENT, protocol.HELLO_WORKER):
+            self._refuse(identity, f"the broker already has {len(self.peers)} peers, the most "
+                                   f"its open-file limit allows (ulimit -n; raise the hard "
+                                   f"limit for more)", fatal=True)
+            return
         if code == protocol.HELLO_CLIENT:
             peer = self.state.on_client_hello(identity, fields[0], now)
         elif code == protocol.HELLO_WORKER:
@@ -282,6 +296,9 @@ class BrokerServer:
     def _on_goodbye(self, peer, fields, frames, now):
         self._peer_lost(peer.identity, "said goodbye")
 
+    def _on_retiring(self, worker, fields, frames, now):
+        self.retirements.on_retiring(worker)
+
     def _on_tasks_done(self, worker, fields, frames, now):
         if self.state.feed.active:
             self.state.feed.on_tasks_done(worker, self.state.tasks, fields[0], fields[1], now)
@@ -309,6 +326,8 @@ class BrokerServer:
                 log.info("worker %d left (%s)", peer.worker_id, why)
             else:
                 log.warning("worker %d lost (%s)", peer.worker_id, why)
+            if peer.retiring:
+                self.retirements.on_left(peer, clean=why == "said goodbye")
             self.state.on_worker_lost(peer)
             self.state.feed.on_worker_gone(peer, why == "said goodbye", why, time.monotonic())
 

@@ -48,10 +48,14 @@ class Client:
 
     def __init__(self, address: str | None = None, port: int = protocol.DEFAULT_PORT,
                  connect_timeout: float = CONNECT_TIMEOUT, secret_file: str | None = None,
-                 dashboard: bool = False):
+                 dashboard: bool = False, scheduler_file: str | None = None):
         self._cluster = None
         self._dashboard = None
         self.dashboard_url = None
+        if scheduler_file is not None:  # waits up to connect_timeout for the file
+            from ..scheduler_file import connect_address
+            address, port = connect_address(scheduler_file, address, connect_timeout,
+                                            secret_file)
         if address is None:
             from ..local import LocalCluster
             self._cluster = LocalCluster(dashboard=dashboard)
