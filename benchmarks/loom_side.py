@@ -7,6 +7,7 @@ hyperloom is imported lazily so the Dask side runs even when it is broken.
 
 from __future__ import annotations
 
+import os
 import time
 
 from benchmarks.common import PeakRss, rss, wait_until
@@ -29,8 +30,10 @@ class LoomCluster:
 
     def start(self) -> "LoomCluster":
         import hyperloom
+        # benchmarks/dashboard_overhead.py sets this to measure a connected loom-dashboard.
+        dashboard = os.environ.get("HYPERLOOM_BENCH_DASHBOARD") == "1"
         self.cluster = hyperloom.LocalCluster(workers=self.n_workers, cpus=1,
-                                              worker_args=("--nopin",))
+                                              worker_args=("--nopin",), dashboard=dashboard)
         self.cluster.__enter__()
         return self
 

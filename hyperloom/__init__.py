@@ -6,11 +6,14 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["LocalCluster", "__version__"]
+__all__ = ["LocalCluster", "SlurmCluster", "__version__"]
 
 
 def __getattr__(name):
     if name == "LocalCluster":
         from .local import LocalCluster
         return LocalCluster
+    if name == "SlurmCluster":
+        from .cluster import SlurmCluster
+        return SlurmCluster
     raise AttributeError(f"module 'hyperloom' has no attribute {name!r}")

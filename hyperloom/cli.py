@@ -14,7 +14,8 @@ import time
 
 import psutil
 
-from . import protocol
+from . import protocol, scheduler_file
+from .errors import LoomError
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -99,32 +100,96 @@ def broker_main(argv=None):
     parser.add_argument("--log-level", choices=LOG_LEVELS, default="info",
                         help="logging level on stderr (default info)")
     parser.add_argument("--exit-with-parent", action="store_true", help=EXIT_WITH_PARENT_HELP)
+    _add_cluster_options(parser, "broker")
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535:
         parser.error("Invalid port number")
     _setup_logging(args.log_level, "loom-broker")
     _tune_gc()
+    host = _interface_or(parser, args.interface, args.host)
+    max_peers = _raise_fd_limit("loom-broker")
     from .broker.server import BrokerConfig, BrokerServer
-    config = BrokerConfig(host=args.host, port=args.port, heartbeat_interval=args.heartbeat,
-                          heartbeat_misses=args.heartbeat_misses, secret_file=args.secret_file)
+    config = BrokerConfig(host=host, port=args.port, heartbeat_interval=args.heartbeat,
+                          heartbeat_misses=args.heartbeat_misses, secret_file=args.secret_file,
+                          max_peers=max_peers)
     server = BrokerServer(config)
     server.install_signal_handlers()
     if args.exit_with_parent:
         _exit_with_parent("broker")
+    if args.scheduler_file:  # before the endpoint line: who read that line finds the file
+        info = scheduler_file.describe(scheduler_file.advertised_host(host), server.port,
+                                       curve=bool(args.secret_file))
+        scheduler_file.write(args.scheduler_file, info)
+        logging.getLogger("hyperloom.broker").info(
+            "wrote scheduler file %s (%s)", args.scheduler_file, info.address)
     print(server.endpoint, flush=True)
     logging.getLogger("hyperloom.broker").info("listening on %s", server.endpoint)
     try:
         _run_profiled("broker", server.run)
     finally:
         server.close()
+        if args.scheduler_file:
+            scheduler_file.remove(args.scheduler_file)
     return 0
+
+
+def _add_cluster_options(parser, role):
+    parser.add_argument("--scheduler-file", metavar="PATH",
+                        help="write the broker's address to PATH (JSON, atomically; removed at "
+                             "exit)" if role == "broker" else
+                        "read the broker's address from PATH, as written by loom-broker "
+                        "--scheduler-file (waits for it to appear)")
+    parser.add_argument("--interface", metavar="NAME",
+                        help="listen on and advertise the IPv4 address of network interface "
+                             "NAME (e.g. ib0, eth0); overrides --host")
+
+
+def _interface_or(parser, interface, host):
+    if not interface:
+        return host
+    try:
+        return scheduler_file.interface_address(interface)
+    except LoomError as error:
+        parser.error(str(error))
+
+
+def _raise_fd_limit(name) -> int | None:
+    """Each peer connection costs a file descriptor: lift the soft limit to the hard one,
+    warn when that is low, and return how many peers fit (None: no limit to speak of)."""
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, FD_WANTED)
+    if soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError) as error:
+            logging.getLogger(f"hyperloom.{name}").warning(
+                "cannot raise the open-file limit from %d to %d (%s)", soft, wanted, error)
+    peers = max(1, soft - FD_RESERVE)
+    if soft < FD_WANTED:
+        logging.getLogger(f"hyperloom.{name}").warning(
+            "%s may open at most %d files (ulimit -n; hard limit %s): room for about %d "
+            "peers, more are refused; ask for a higher hard limit", name, soft, hard, peers)
+    return peers
+
+
+FD_RESERVE = 48     # descriptors the process itself uses (zmq context, sockets, logs, pipes)
+FD_WANTED = 4096    # one per peer connection and some spare: about 4,000 peers
 
 
 def worker_main(argv=None):
     parser = argparse.ArgumentParser(
         prog="loom-worker", description="Run a hyperloom worker and connect it to a broker.")
-    parser.add_argument("broker_host", metavar="BROKER_HOST", help="broker address")
-    parser.add_argument("broker_port", metavar="BROKER_PORT", type=int, help="broker port")
+    parser.add_argument("broker_host", metavar="BROKER_HOST", nargs="?",
+                        help="broker address (or give --scheduler-file)")
+    parser.add_argument("broker_port", metavar="BROKER_PORT", type=int, nargs="?",
+                        help="broker port")
     parser.add_argument("--cpus", type=int, default=psutil.cpu_count(logical=True) or 1,
                         help="cores this worker offers (default: all cores psutil reports)")
     parser.add_argument("--wdir", default="/tmp",
@@ -147,20 +212,33 @@ def worker_main(argv=None):
     parser.add_argument("--log-level", choices=LOG_LEVELS, default="info",
                         help="logging level on stderr (default info)")
     parser.add_argument("--exit-with-parent", action="store_true", help=EXIT_WITH_PARENT_HELP)
+    _add_cluster_options(parser, "worker")
+    parser.add_argument("--lifetime", default="auto", metavar="SECONDS",
+                        help="retire after SECONDS: take no new tasks, let the broker copy "
+                             "the data only this worker holds, exit (default 'auto': in a "
+                             "Slurm job, shortly before the job's end time; else never)")
+    parser.add_argument("--scheduler-file-timeout", type=float, metavar="SECONDS",
+                        default=scheduler_file.DEFAULT_WAIT,
+                        help="how long to wait for the scheduler file to appear (default "
+                             f"{scheduler_file.DEFAULT_WAIT:g})")
     args = parser.parse_args(argv)
     if args.cpus < 0:
         parser.error("Invalid number of cpus")
+    _setup_logging(args.log_level, "loom-worker")
+    _broker_address(parser, args)
     if not 1 <= args.broker_port <= 65535:
         parser.error("Invalid port number")
-    _setup_logging(args.log_level, "loom-worker")
     _tune_gc()
+    lifetime = _lifetime(parser, args.lifetime)
+    args.host = _interface_or(parser, args.interface, args.host)
+    _raise_fd_limit("loom-worker")
     extensions = tuple(importlib.import_module(name) for name in args.extension)
     from .worker.server import BrokerLost, WorkerConfig, WorkerServer
     config = WorkerConfig(
         broker_host=args.broker_host, broker_port=args.broker_port, cpus=args.cpus,
         work_dir=args.wdir, pin=not args.nopin, host=args.host,
         heartbeat_interval=args.heartbeat, broker_timeout=args.broker_timeout,
-        extensions=extensions, secret_file=args.secret_file)
+        extensions=extensions, secret_file=args.secret_file, lifetime=lifetime)
     server = WorkerServer(config)
     server.install_signal_handlers()
     if args.exit_with_parent:
@@ -178,3 +256,33 @@ def worker_main(argv=None):
     logging.shutdown()
     sys.stdout.flush()
     os._exit(code)
+
+
+def _broker_address(parser, args):
+    """BROKER_HOST BROKER_PORT, or the address the scheduler file gives (waiting for it)."""
+    if args.scheduler_file:
+        if args.broker_host is not None:
+            parser.error("give either BROKER_HOST BROKER_PORT or --scheduler-file, not both")
+        try:
+            info = scheduler_file.read(args.scheduler_file, args.scheduler_file_timeout)
+        except LoomError as error:
+            parser.exit(2, f"loom-worker: {error}\n")
+        if info.curve and not args.secret_file:
+            parser.exit(2, f"loom-worker: the broker in {args.scheduler_file} demands the "
+                           f"cluster's secret file: give --secret-file\n")
+        args.broker_host, args.broker_port = info.host, info.port
+    elif args.broker_host is None or args.broker_port is None:
+        parser.error("give BROKER_HOST BROKER_PORT or --scheduler-file PATH")
+
+
+def _lifetime(parser, value):
+    if value == "auto":
+        from .cluster.walltime import slurm_lifetime
+        return slurm_lifetime()
+    try:
+        seconds = float(value)
+    except ValueError:
+        parser.error(f"--lifetime must be a number of seconds or 'auto', got {value!r}")
+    if seconds <= 0:
+        parser.error(f"--lifetime must be positive, got {value}")
+    return seconds

@@ -26,11 +26,13 @@ class LocalCluster:
 
     ``cpus`` is per worker; by default the machine's cores are shared out
     (at least one each). ``worker_args`` are extra ``loom-worker`` options.
+    ``dashboard=True`` also starts loom-dashboard; its page is at ``dashboard_url``.
     """
 
     def __init__(self, workers: int = 2, cpus: int | None = None, host: str = "127.0.0.1",
                  log_dir: str | None = None, worker_args=(), broker_args=(),
-                 log_level: str = "warning", secret_file: str | None = None):
+                 log_level: str = "warning", secret_file: str | None = None,
+                 dashboard: bool = False):
         if cpus is None:
             cpus = max(1, (psutil.cpu_count(logical=True) or 1) // max(1, workers))
         self.n_workers = workers
@@ -47,6 +49,8 @@ class LocalCluster:
         self.broker_args += secure
         self.broker = None
         self.workers = []
+        self.dashboard = dashboard    # True until started, then its DashboardProcess
+        self.dashboard_url = None
         self._clients = []
         self._log_files = []
 
@@ -64,6 +68,11 @@ class LocalCluster:
             for _ in range(self.n_workers):
                 self.add_worker()
             self.wait_for_workers(self.n_workers)
+            if self.dashboard:
+                from .dashboard import start_dashboard
+                self.dashboard = start_dashboard(self.host, self.port, self.secret_file,
+                                                 stderr=self._log("dashboard.log"))
+                self.dashboard_url = self.dashboard.url
         except BaseException:
             self.stop()
             raise
@@ -124,6 +133,8 @@ class LocalCluster:
     def stop(self, timeout: float = 10.0):
         """Stop every process; return ``{name: exit code}`` (a crash shows as non-zero)."""
         codes = {}
+        if self.dashboard and self.dashboard is not True:
+            self.dashboard.stop()  # first: it is a client of the broker
         for client in self._clients:
             client.close()
         self._clients = []

@@ -230,6 +230,8 @@ MESSAGES = (
             "nothing; Error if the path is not absolute or cannot be written"),
     Message("Terminate", 15, "client->broker", (), "none",
             "nothing; broker tells workers Shutdown and exits"),
+    Message("GetSnapshot", 16, "client->broker", (("request", _I), ("since", _I)), "none",
+            "Snapshot; asking makes the broker record dashboard events for a few seconds"),
     # --- broker -> client
     Message("TasksFinished", 20, "broker->client",
             (("ids", _L), ("done", _I), ("total", _I)), "none",
@@ -245,6 +247,8 @@ MESSAGES = (
             {"objects": DataEntry}),
     Message("Stats", 24, "broker->client", (("request", _I), ("stats", (dict,))), "none",
             "nothing; stats is what Client.info() returns"),
+    Message("Snapshot", 25, "broker->client", (("request", _I), ("snapshot", (dict,))), "none",
+            "nothing; counters now and the events after GetSnapshot.since (docs/dashboard.md)"),
     # --- broker -> worker
     Message("ComputeTasks", 30, "broker->worker", (("tasks", _L),), "none",
             "TasksDone later", {"tasks": ComputeTask}),
@@ -276,6 +280,13 @@ MESSAGES = (
             "forwarded as Data to the client that asked, only as the answer to an Upload "
             "the broker sent (of the ids it named); anything else is answered with Error",
             {"objects": DataEntry}),
+    Message("WorkerUsage", 42, "worker->broker",
+            (("cpu_percent", _I), ("memory", _I)), "none",
+            "nothing; the node's CPU use (whole percent) and the worker's memory (with "
+            "its children), every few seconds, for dashboards"),
+    Message("Retiring", 47, "worker->broker", (), "none",
+            "StealTasks for its queued tasks, SendData copying what only it holds to other "
+            "workers, then Shutdown; the broker places nothing more on it meanwhile"),
     # --- worker -> worker (PUSH -> PULL, never through the broker)
     Message("PushData", 50, "worker->worker", (("source", _S), ("objects", _L)),
             "the objects' frames in order", "nothing; source is the sender's data address",
@@ -298,6 +309,9 @@ RELEASE = BY_NAME["Release"].code
 GET_STATS = BY_NAME["GetStats"].code
 SET_TRACE = BY_NAME["SetTrace"].code
 TERMINATE = BY_NAME["Terminate"].code
+GET_SNAPSHOT = BY_NAME["GetSnapshot"].code
+SNAPSHOT = BY_NAME["Snapshot"].code
+WORKER_USAGE = BY_NAME["WorkerUsage"].code
 TASKS_FINISHED = BY_NAME["TasksFinished"].code
 TASKS_FAILED = BY_NAME["TasksFailed"].code
 SUBMIT_REFUSED = BY_NAME["SubmitRefused"].code
@@ -314,6 +328,7 @@ STEAL_TASKS = BY_NAME["StealTasks"].code
 TASKS_DONE = BY_NAME["TasksDone"].code
 UPLOADED = BY_NAME["Uploaded"].code
 PUSH_DATA = BY_NAME["PushData"].code
+RETIRING = BY_NAME["Retiring"].code
 
 _packer = msgpack.Packer(use_bin_type=True)
 

@@ -39,14 +39,21 @@ def _bytes(n: int) -> str:
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="loom-status",
                                      description="Show a hyperloom cluster's workers and tasks.")
-    parser.add_argument("broker_host", metavar="BROKER_HOST")
-    parser.add_argument("broker_port", metavar="BROKER_PORT", type=int)
+    parser.add_argument("broker_host", metavar="BROKER_HOST", nargs="?")
+    parser.add_argument("broker_port", metavar="BROKER_PORT", type=int, nargs="?")
+    parser.add_argument("--scheduler-file", metavar="PATH",
+                        help="read the broker's address from PATH (as loom-broker "
+                             "--scheduler-file wrote it) instead of BROKER_HOST BROKER_PORT")
     parser.add_argument("--secret-file", metavar="PATH", help="the cluster's CURVE key file")
     parser.add_argument("--timeout", type=float, default=10.0,
                         help="seconds to wait for the broker (default 10)")
     args = parser.parse_args(argv)
+    if not args.scheduler_file and (args.broker_host is None or args.broker_port is None):
+        parser.error("give BROKER_HOST BROKER_PORT or --scheduler-file PATH")
+    address = dict(scheduler_file=args.scheduler_file) if args.scheduler_file else dict(
+        address=args.broker_host, port=args.broker_port)
     try:
-        with Client(args.broker_host, args.broker_port, connect_timeout=args.timeout,
+        with Client(**address, connect_timeout=args.timeout,
                     secret_file=args.secret_file) as client:
             print(format_status(client.info()))
     except LoomException as error:

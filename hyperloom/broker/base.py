@@ -15,6 +15,8 @@ from collections.abc import Callable
 from .model import ClientRecord, Node, WorkerRecord
 from .outbox import Outbox
 from .recorder import Recorder, RecorderFactory
+from .retire import Retirements
+from .snapshot import DashboardFeed
 
 Fetch = tuple[ClientRecord, int, bool]   # (client, request, release) waiting on a task
 
@@ -38,6 +40,8 @@ class CoreBase:
     unplaceable: list[Node]
     pending_fetches: dict[int, Fetch | list[Fetch]]
     _moves: list[int]
+    feed: DashboardFeed          # what live dashboards ask for (snapshot.py)
+    retirements: Retirements     # workers leaving at walltime (retire.py)
 
     # methods of one mixin that others call (defined in the module named)
     transition: Callable[[Node, int], None]                      # lifecycle
@@ -55,7 +59,7 @@ class CoreBase:
     _worker_error: Callable[[WorkerRecord, str], None]           # reports
     new_node: Callable[..., Node]                                # dynamic
     link: Callable[[Node], None]                                 # dynamic
-    peer_gone: Callable[[bytes, str], None]                      # state
+    peer_gone: Callable[[bytes, str, float], None]               # state
     on_client_lost: Callable[[ClientRecord], None]               # requests
     on_worker_lost: Callable[[WorkerRecord], None]               # recovery
 

@@ -52,6 +52,8 @@ class DynamicPass(CoreBase):
         node = Node(task_id, client, task_type, config, inputs, n_cpus, label)
         self.tasks[task_id] = node  # enters WAITING (see state_counts)
         client.n_total += 1
+        if self.feed.active:
+            self.feed.on_tasks_added((node,))
         self.recorder.tasks_submitted([(task_id, task_type, label, [i.id for i in inputs])])
         return node
 

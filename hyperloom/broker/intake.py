@@ -64,6 +64,8 @@ class PlanIntake(CoreBase):
             nodes = _reachable_from(results, nodes)
         self._link_plan(client, nodes, results)
         client.n_total += len(nodes)
+        if self.feed.active:
+            self.feed.on_tasks_added(nodes.values())
         if self.tracing:
             self.recorder.tasks_submitted(
                 (n.id, n.type, n.label, [i.id for i in n.inputs] if n.inputs else ())

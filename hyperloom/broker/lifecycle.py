@@ -33,6 +33,8 @@ class Lifecycle(CoreBase):
             client = node.client
             client.n_done += 1 if new_state >= ts.FINISHED else -1
             self.outbox.progressed.add(client)
+            if self.feed.active:
+                self.feed.on_task_ended(node, new_state)
 
     @property
     def state_counts(self) -> list:
@@ -112,6 +114,7 @@ class Lifecycle(CoreBase):
 
     def _fail(self, root: Node, error):
         """``root`` failed: it and everything waiting on it fail with ``error``."""
+        self.feed.on_failed(root, error)
         stack = [root]
         while stack:
             node = stack.pop()
@@ -145,7 +148,7 @@ class Lifecycle(CoreBase):
 
     def schedule_round(self):
         """Ask the scheduler where ready tasks go and apply its answer; then steal."""
-        workers = list(self.workers.values())
+        workers = [w for w in self.workers.values() if not w.retiring]
         if not workers:
             return
         ready = self.ready

@@ -121,6 +121,7 @@ class WorkerRecord:
         self.incoming: dict[int, WorkerRecord] = {}
         # (client identity, request) -> ids asked by Upload
         self.uploads: dict[tuple[bytes, int], list[int]] = {}
+        self.retiring = False         # leaving (walltime): nothing new is placed here (retire.py)
         self.bytes_held = 0
         self.bytes_received = 0       # ordered transfers to this worker
         self.bytes_sent = 0

@@ -53,6 +53,7 @@ class Outbox:
         # replies, errors, refusals: in the order they arose
         self.notices: list[tuple[str, Any]] = []
         self.replies: list[tuple[Any, ...]] = []  # (identity, header frame, *payload frames)
+        self.shutdown: list[WorkerRecord] = []  # told Shutdown after every other message
 
     def add_reply(self, entry: tuple[Any, ...]) -> None:
         """``(identity, header frame, *payload frames)``: an answer (Welcome, Stats, a
@@ -82,7 +83,7 @@ class Outbox:
         return not (self.compute or self.sends or self.uploads or self.cancel or self.steal
                     or self.remove or self.finished or self.progressed or self.failed
                     or self.data_errors or self.data_inline or self.refused or self.errors
-                    or self.replies)
+                    or self.replies or self.shutdown)
 
 
 def messages(out: Outbox) -> Iterator[Message]:
@@ -104,6 +105,8 @@ def messages(out: Outbox) -> Iterator[Message]:
             yield client_identity, [encode(protocol.SUBMIT_REFUSED, ids, message)]
     yield from _worker_messages(out, encode)
     yield from _client_messages(out, encode)
+    for worker in out.shutdown:   # last: what it was told to send before goes first
+        yield worker.identity, [encode(protocol.SHUTDOWN)]
 
 
 def _worker_messages(out: Outbox, encode: Callable[..., bytes]) -> Iterator[Message]:

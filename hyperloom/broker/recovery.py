@@ -24,7 +24,7 @@ class Recovery(CoreBase):
         limit = self.heartbeat_timeout
         for worker in [w for w in self.workers.values() if now - w.last_seen > limit]:
             self.peer_gone(worker.identity,
-                           f"no heartbeat for {now - worker.last_seen:.1f} s")
+                           f"no heartbeat for {now - worker.last_seen:.1f} s", now)
 
     def on_worker_lost(self, worker: WorkerRecord):
         """Reschedule what ran there; recompute lost data that is still needed."""

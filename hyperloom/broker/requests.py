@@ -143,6 +143,7 @@ class ClientRequests(CoreBase):
                 "cpus": w.cpus, "cpus_used": w.cpus_used, "running": len(w.assigned),
                 "bytes_held": w.bytes_held, "bytes_received": w.bytes_received,
                 "bytes_sent": w.bytes_sent, "tasks_finished": w.n_finished,
+                "retiring": w.retiring,
             } for w in self.workers.values()],
             "unplaceable": [{"id": node.id, "n_cpus": node.n_cpus, "type": node.type,
                              "reason": why_unplaceable(node, self.workers.values())}

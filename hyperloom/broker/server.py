@@ -47,6 +47,7 @@ class BrokerConfig:
     heartbeat_misses: int = 5           # silent intervals before a worker is lost
     overbooking: int = 3
     secret_file: str | None = None      # CURVE: admit only peers holding this cluster key
+    max_peers: int | None = None        # refuse more (the open-file limit allows no more)
 
 
 class BrokerServer:
@@ -56,7 +57,8 @@ class BrokerServer:
             overbooking=config.overbooking,
             heartbeat_timeout=config.heartbeat_interval * config.heartbeat_misses,
             checkpoint_exists=os.path.exists,
-            open_recorder=lambda directory: TraceWriter(directory, "broker"))
+            open_recorder=lambda directory: TraceWriter(directory, "broker"),
+            max_peers=config.max_peers)
         self.context = zmq.Context()
         self.authenticator = None
         self.router = self.context.socket(zmq.ROUTER)

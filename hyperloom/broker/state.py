@@ -33,6 +33,8 @@ from .recorder import NULL_RECORDER, Recorder, RecorderFactory, no_tracing
 from .recovery import Recovery
 from .reports import WorkerReports
 from .requests import ClientRequests
+from .retire import Retirements
+from .snapshot import DashboardFeed
 
 log = logging.getLogger("hyperloom.broker")
 
@@ -57,10 +59,11 @@ class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery
                   DynamicPass):
     def __init__(self, overbooking: int = 3, max_task_losses: int = 3,
                  heartbeat_timeout: float = 5.0, checkpoint_exists=_no_checkpoints,
-                 open_recorder: RecorderFactory = no_tracing):
+                 open_recorder: RecorderFactory = no_tracing, max_peers: int | None = None):
         self.overbooking = overbooking            # core tasks per core, at least
         self.max_task_losses = max_task_losses
         self.heartbeat_timeout = heartbeat_timeout
+        self.max_peers = max_peers                # refuse more (the open-file limit)
         self.checkpoint_exists = checkpoint_exists  # the server passes os.path.exists
         self.open_recorder = open_recorder
         self.recorder: Recorder = NULL_RECORDER
@@ -80,6 +83,8 @@ class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery
         # shared by all ids of one Fetch (a list when several fetches wait on one id).
         self.pending_fetches = {}
         self.stop_requested = False      # a client sent Terminate
+        self.feed = DashboardFeed()      # what live dashboards ask for (snapshot.py)
+        self.retirements = Retirements(self)  # workers leaving at walltime (retire.py)
         self._handlers = self._handler_table()
 
     @property
@@ -109,17 +114,30 @@ class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery
         """Time passed (about once per heartbeat interval)."""
         self.expire_silent_workers(now)
         self.update_overbooking(now)
+        self.feed.tick(now)
 
     def on_drained(self, now: float):
-        """The waiting messages are handled: expand, place, decide what progress goes out."""
+        """The waiting messages are handled: expand, place, let retiring workers go,
+        decide what progress goes out."""
         if self.dynamic_ready and self.workers:
             self.expand_dynamic()
         self.schedule_round()
+        if self.retirements.workers:
+            self.outbox.shutdown.extend(self.retirements.advance())
+        if self.feed.active:
+            self._feed_sent(now)
         if self.outbox.progressed:
             self._throttle_progress(now)
 
+    def _feed_sent(self, now: float):
+        """Tell the dashboard feed which tasks and data are sent out now."""
+        for entries in self.outbox.compute.values():
+            self.feed.on_compute_sent(entries, now)
+        for worker, targets in self.outbox.sends.items():
+            self.feed.on_sends(worker, targets, self.tasks, now)
+
     def on_peer_disconnected(self, identity: bytes, now: float, why="connection closed"):
-        self.peer_gone(identity, why)
+        self.peer_gone(identity, why, now)
 
     def on_sample(self, cpu_percent: float, rss: int):
         """The broker process's resource use, for traces."""
@@ -142,6 +160,10 @@ class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery
             ("client", protocol.TERMINATE): self._on_terminate,
             ("client", protocol.HEARTBEAT): _ignore,
             ("client", protocol.GOODBYE): self._on_goodbye,
+            ("client", protocol.GET_SNAPSHOT): self._on_get_snapshot,
+            ("worker", protocol.WORKER_USAGE):
+                lambda w, f, _, now: self.feed.on_usage(w, *f),
+            ("worker", protocol.RETIRING): lambda w, f, _, now: self.retirements.on_retiring(w),
             ("worker", protocol.TASKS_DONE): self._on_tasks_done,
             ("worker", protocol.UPLOADED):
                 lambda w, f, frames, now: self.on_uploaded(w, *f, frames[2:]),
@@ -150,6 +172,8 @@ class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery
         }
 
     def _on_tasks_done(self, worker, fields, frames, now):
+        if self.feed.active:
+            self.feed.on_tasks_done(worker, self.tasks, fields[0], fields[1], now)
         self.on_tasks_done(worker, fields[0], fields[1], now, fields[2], frames[2:])
         if fields[3]:
             self.on_tasks_stolen(worker, fields[3])
@@ -158,12 +182,18 @@ class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery
         self.outbox.add_reply(
             (client.identity, protocol.encode(protocol.STATS, fields[0], self.stats())))
 
+    def _on_get_snapshot(self, client, fields, frames, now):
+        request, since = fields
+        snapshot = self.feed.snapshot(self, since, now)
+        self.outbox.add_reply(
+            (client.identity, protocol.encode(protocol.SNAPSHOT, request, snapshot)))
+
     def _on_terminate(self, client, fields, frames, now):
         log.info("client %d asked the broker to terminate", client.number)
         self.stop_requested = True
 
     def _on_goodbye(self, peer, fields, frames, now):
-        self.peer_gone(peer.identity, "said goodbye")
+        self.peer_gone(peer.identity, "said goodbye", now)
 
     def refuse(self, identity, message, fatal=False):
         log.warning("refused a message from %s: %s", identity.hex(), message)
@@ -184,7 +214,13 @@ class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery
 
     def _on_stranger(self, identity, code, fields, now):
         """A message from a peer that has not said hello (or was dropped)."""
-        if code == protocol.HELLO_CLIENT:
+        limit = self.max_peers
+        if limit is not None and len(self.peers) >= limit and code in (
+                protocol.HELLO_CLIENT, protocol.HELLO_WORKER):
+            self.refuse(identity, f"the broker already has {len(self.peers)} peers, the most "
+                                  f"its open-file limit allows (ulimit -n; raise the hard "
+                                  f"limit for more)", fatal=True)
+        elif code == protocol.HELLO_CLIENT:
             self.on_client_hello(identity, fields[0], now)
         elif code == protocol.HELLO_WORKER:
             self.on_worker_hello(identity, *fields, now)
@@ -229,6 +265,7 @@ class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery
         if self.tracing:
             self._start_worker_trace(worker)
         log.info("worker %d joined: %s, %d cpus", worker.worker_id, address, cpus)
+        self.feed.on_worker_joined(worker, now)
         if self.unplaceable:  # the newcomer may run what nobody could
             self.ready.extendleft(reversed(self.unplaceable))
             self.unplaceable = []
@@ -240,7 +277,7 @@ class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery
         log.warning("refused a %s: %s", kind, message)
         self.outbox.add_error((identity, message, True))
 
-    def peer_gone(self, identity: bytes, why: str):
+    def peer_gone(self, identity: bytes, why: str, now: float):
         """Forget a peer (said goodbye, disconnected, or silent too long)."""
         peer = self.peers.pop(identity, None)
         if peer is None:
@@ -248,11 +285,15 @@ class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery
         if isinstance(peer, ClientRecord):
             self.on_client_lost(peer)
             return
-        if why == "said goodbye":  # leaving cleanly, not lost
+        clean = why == "said goodbye"  # leaving cleanly, not lost
+        if clean:
             log.info("worker %d left (%s)", peer.worker_id, why)
         else:
             log.warning("worker %d lost (%s)", peer.worker_id, why)
+        if peer.retiring:
+            self.retirements.on_left(peer, clean=clean)
         self.on_worker_lost(peer)
+        self.feed.on_worker_gone(peer, clean, why, now)
 
     def update_overbooking(self, now: float):
         """Let workers that finish core tasks quickly queue ~QUEUE_SECONDS of them.

@@ -40,16 +40,28 @@ RELEASE_INTERVAL = 0.2
 
 
 class Client:
-    """A connection to a broker. ``Client()`` with no address starts a local cluster."""
+    """A connection to a broker. ``Client()`` with no address starts a local cluster.
+
+    ``dashboard=True`` starts loom-dashboard too (with the local cluster, or against the
+    broker at ``address``); its page is at ``dashboard_url``.
+    """
 
     def __init__(self, address: str | None = None, port: int = protocol.DEFAULT_PORT,
-                 connect_timeout: float = CONNECT_TIMEOUT, secret_file: str | None = None):
+                 connect_timeout: float = CONNECT_TIMEOUT, secret_file: str | None = None,
+                 dashboard: bool = False, scheduler_file: str | None = None):
         self._cluster = None
+        self._dashboard = None
+        self.dashboard_url = None
+        if scheduler_file is not None:  # waits up to connect_timeout for the file
+            from ..scheduler_file import connect_address
+            address, port = connect_address(scheduler_file, address, connect_timeout,
+                                            secret_file)
         if address is None:
             from ..local import LocalCluster
-            self._cluster = LocalCluster()
+            self._cluster = LocalCluster(dashboard=dashboard)
             self._cluster.start()
             address, port = self._cluster.host, self._cluster.port
+            self.dashboard_url = self._cluster.dashboard_url
         self.server_address = address
         self.server_port = port
         # Unfinished futures by global id. Held strongly until they finish (events
@@ -91,6 +103,10 @@ class Client:
             target=_release_timer, args=(weakref.ref(self), self._timer_stop),
             name="hyperloom-client-releases", daemon=True)
         self._timer.start()
+        if dashboard and self._cluster is None:
+            from ..dashboard import start_dashboard
+            self._dashboard = start_dashboard(address, port, secret_file)
+            self.dashboard_url = self._dashboard.url
 
     def _handshake(self, timeout):
         self._send(protocol.encode(protocol.HELLO_CLIENT, protocol.PROTOCOL_VERSION))
@@ -307,6 +323,17 @@ class Client:
             self._process_events()
         return self._replies.pop(request)
 
+    def snapshot(self, since: int = 0) -> dict:
+        """What a live dashboard shows: counters now and the events after ``since`` (the
+        ``seq`` of the previous snapshot); see docs/dashboard.md."""
+        self._check_open()
+        request = self._request_number()
+        self._send(protocol.encode(protocol.GET_SNAPSHOT, request, since))
+        self._replies[request] = None
+        while self._replies[request] is None:
+            self._process_events()
+        return self._replies.pop(request)
+
     def set_trace(self, trace_path: str):
         self._check_open()
         self.trace_path = os.path.abspath(trace_path)
@@ -333,6 +360,9 @@ class Client:
                 pass
             self._closed = True
             self._close_sockets()
+        if self._dashboard is not None:
+            self._dashboard.stop()
+            self._dashboard = None
         if self._cluster is not None:
             self._cluster.stop()
             self._cluster = None
@@ -449,7 +479,7 @@ class Client:
                 future = futures.pop(task_id, None)
                 if future is not None:
                     self._set_failed(future, f"Plan refused: {message}")
-        elif code == protocol.STATS:
+        elif code == protocol.STATS or code == protocol.SNAPSHOT:
             if fields[0] in self._replies:
                 self._replies[fields[0]] = fields[1]
         elif code == protocol.ERROR:

@@ -29,6 +29,10 @@ from .transfer import DataChannels
 
 log = logging.getLogger("hyperloom.worker")
 
+USAGE_INTERVAL = 2.0        # seconds between WorkerUsage reports (CPU, memory) to the broker
+RETIRE_LINGER_MS = 30_000   # how long a retired worker's last pushes may take to leave
+TERM_GRACE = 0.5    # seconds a program's SIGTERM death waits for the worker's own SIGTERM
+
 
 @dataclass(frozen=True)
 class WorkerConfig:
@@ -42,6 +46,8 @@ class WorkerConfig:
     broker_timeout: float = 30.0         # give up after this long without the broker
     extensions: tuple = ()               # modules with register_tasks(registry)
     secret_file: str | None = None       # CURVE on the broker and data connections
+    lifetime: float | None = None        # retire this many seconds after start (walltime)
+    retire_grace: float = 60.0           # after retiring, exit anyway this much later
 
 
 def standard_registry() -> TaskRegistry:
@@ -107,8 +113,13 @@ class WorkerServer:
         self.tracer = None
         self.process = psutil.Process()
         self.last_sample = 0.0
+        self.last_usage = 0.0         # when WorkerUsage was last sent (for dashboards)
         self.running = True
         self.worker_id = None
+        self.ever_registered = False
+        self.retiring = False
+        self.last_idle_check = time.monotonic()
+        self.retire_at = time.monotonic() + config.lifetime if config.lifetime else None
         self.last_broker_message = time.monotonic()
         self.last_sent = 0.0
 
@@ -158,7 +169,8 @@ class WorkerServer:
             self.tracer.close()
         self._kill_children()
         self.executor.close()
-        self.channels.close()
+        # Retired: what it was told to push must still reach the peers (see retire.py).
+        self.channels.close(linger_ms=RETIRE_LINGER_MS if self.retiring else 0)
         self.monitor.close(linger=0)
         self.dealer.close(linger=100)
         if self.authenticator is not None:
@@ -203,18 +215,45 @@ class WorkerServer:
             except psutil.Error:
                 pass
 
+    def _memory(self) -> int:
+        """The memory of this worker with the programs and executor processes it runs."""
+        memory = self.process.memory_info().rss
+        for child in self.process.children(recursive=True):
+            try:
+                memory += child.memory_info().rss
+            except psutil.Error:
+                pass
+        return memory
+
+    def _retire_when_due(self, now):
+        """At the end of its lifetime the worker tells the broker, which takes its work
+        back and copies its data away, then sends Shutdown (broker/retire.py)."""
+        if not self.retiring:
+            if self.worker_id is not None and now >= self.retire_at:
+                log.info("lifetime of %.0f s reached: retiring (no new tasks; the broker "
+                         "copies the data only this worker holds, then lets it go)",
+                         self.config.lifetime)
+                self.retiring = True
+                self._send(protocol.encode(protocol.RETIRING))
+        elif now >= self.retire_at + self.config.retire_grace:
+            log.warning("retired %.0f s ago and not let go by the broker: exiting",
+                        now - self.retire_at)
+            self.running = False
+
     def _keep_alive(self, now):
+        if self.retire_at is not None:
+            self._retire_when_due(now)
+        if now - self.last_idle_check >= 1.0:
+            self.last_idle_check = now
+            self.channels.close_idle(now)
         if self.tracer is not None and now - self.last_sample >= 1.0:
             self.last_sample = now
-            # The whole node's CPU (as the original), and the memory of this worker with
-            # the programs and executor processes it runs.
-            memory = self.process.memory_info().rss
-            for child in self.process.children(recursive=True):
-                try:
-                    memory += child.memory_info().rss
-                except psutil.Error:
-                    pass
-            self.tracer.sample(psutil.cpu_percent(), memory)
+            # The whole node's CPU (as the original), and the memory of this worker.
+            self.tracer.sample(psutil.cpu_percent(), self._memory())
+        if self.worker_id is not None and now - self.last_usage >= USAGE_INTERVAL:
+            self.last_usage = now
+            self._send(protocol.encode(protocol.WORKER_USAGE, round(psutil.cpu_percent()),
+                                       self._memory()))
         if self.worker_id is not None and now - self.last_sent >= self.config.heartbeat_interval:
             self._send(protocol.encode(protocol.HEARTBEAT))
         if self.disconnected_since is not None:
@@ -224,8 +263,13 @@ class WorkerServer:
         else:
             return
         if silent > self.config.broker_timeout:
-            raise BrokerLost(f"lost the broker at {self.config.broker_host}:"
-                             f"{self.config.broker_port}: no connection for {silent:.0f} s")
+            where = f"{self.config.broker_host}:{self.config.broker_port}"
+            if self.ever_registered:
+                raise BrokerLost(f"lost the broker at {where}: no connection for {silent:.0f} s")
+            raise BrokerLost(
+                f"could not reach a broker at tcp://{where} (tried for {silent:.0f} s); if "
+                f"this node cannot reach that address, start loom-broker with --interface "
+                f"NAME of a network this node shares with it (and check --secret-file)")
 
     # ------------------------------------------------------------ broker messages
 
@@ -269,6 +313,7 @@ class WorkerServer:
             log.debug("asked to give back %d tasks", len(fields[0]))
         elif code == protocol.WELCOME:
             self.worker_id = fields[1]
+            self.ever_registered = True
             self.disconnected_since = None
             log.info("registered as worker %d", self.worker_id)
         elif code == protocol.ERROR:
@@ -321,6 +366,16 @@ class WorkerServer:
                     self.tracer.data_received(data_id, obj.size, source)  # duration unknown
 
     def _task_done(self, task, result, error):
+        if error is not None and "terminated by signal 15 (SIGTERM)" in str(error):
+            # A batch system ending the job (scancel, preemption) signals this worker and
+            # its programs at once; give our own SIGTERM a moment to arrive.
+            deadline = time.monotonic() + TERM_GRACE
+            while self.running and time.monotonic() < deadline:
+                time.sleep(0.01)
+        if not self.running:
+            # Stopping: a program killed with us has not failed. The broker takes back
+            # what this worker held when it says goodbye, and runs it elsewhere.
+            return
         self.core.on_task_done(task, result, error)
         if self.tracer is not None:
             self.tracer.task_finished(task.id, result.size if result is not None else 0,

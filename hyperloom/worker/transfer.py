@@ -8,12 +8,15 @@ message carries many objects; large buffers travel as zero-copy frames.
 from __future__ import annotations
 
 import logging
+import time
 
 import zmq
 
 from .. import data, protocol, security
 
 log = logging.getLogger("hyperloom.worker")
+
+PUSHER_IDLE = 60.0     # seconds without a push before the connection to a peer is closed
 
 
 class DataChannels:
@@ -29,12 +32,13 @@ class DataChannels:
         port = self.pull.bind_to_random_port(f"tcp://{host}")
         self.address = f"tcp://{host}:{port}"
         self._pushers = {}
+        self._last_push = {}       # address -> monotonic time of the last push there
         self.bytes_sent = 0
         self.bytes_received = 0
 
-    def close(self):
+    def close(self, linger_ms: int = 0):
         for socket in self._pushers.values():
-            socket.close(linger=0)
+            socket.close(linger=linger_ms)
         self.pull.close(linger=0)
 
     def push(self, address: str, objects):
@@ -53,6 +57,7 @@ class DataChannels:
                 log.error("cannot send data to %r: %s", address, error)
                 return
             self._pushers[address] = socket
+        self._last_push[address] = time.monotonic()
         entries = []
         frames = []
         for data_id, obj in objects:
@@ -61,6 +66,14 @@ class DataChannels:
             self.bytes_sent += obj.size
         header = protocol.encode(protocol.PUSH_DATA, self.address, entries)
         socket.send_multipart([header, *frames], copy=len(frames) == 0 or _small(frames))
+
+    def close_idle(self, now: float, idle: float = PUSHER_IDLE):
+        """Close connections to peers not pushed to for ``idle`` seconds: with hundreds of
+        workers coming and going (adapt, walltime) each would otherwise keep a socket and
+        its reconnect attempts to a peer that left. A later push opens it again."""
+        for address in [a for a, when in self._last_push.items() if now - when > idle]:
+            self._pushers.pop(address).close(linger=0)
+            del self._last_push[address]
 
     def receive(self):
         """Decode one PushData message: ``(source, [(id, DataObject)])``; None if none waits."""

@@ -68,8 +68,9 @@ def header(name, **values):
 # ------------------------------------------------------------------ strategies
 
 CLIENT_CODES = (protocol.SUBMIT, protocol.FETCH, protocol.RELEASE, protocol.GET_STATS,
-                protocol.SET_TRACE, protocol.HEARTBEAT, protocol.GOODBYE)
-WORKER_CODES = (protocol.TASKS_DONE, protocol.UPLOADED, protocol.HEARTBEAT, protocol.GOODBYE)
+                protocol.SET_TRACE, protocol.HEARTBEAT, protocol.GOODBYE, protocol.GET_SNAPSHOT)
+WORKER_CODES = (protocol.TASKS_DONE, protocol.UPLOADED, protocol.HEARTBEAT, protocol.GOODBYE,
+                protocol.WORKER_USAGE)
 ALL_CODES = tuple(m.code for m in protocol.MESSAGES)
 FUZZ_TYPES = ("fuzz/alpha", "fuzz/beta", "fuzz/gamma")   # types only fake workers offer
 
@@ -335,7 +336,7 @@ def expect(head, state):
 
     ``error``: None (no Error), ("error", test of its text, fatal) for exactly one, or
     ("tasks_done", n, results) for one per report entry (+1 if an inline result is
-    malformed). ``reply``: another answer due at once ("welcome", "stats") or None.
+    malformed). ``reply``: another answer due at once ("welcome", "stats", "snapshot") or None.
     """
     try:
         code, fields = protocol.decode(head)
@@ -372,6 +373,8 @@ def expect(head, state):
         return state, ("error", lambda m: "answers no Upload" in m, False), None
     if code == protocol.GET_STATS:
         return state, None, "stats"
+    if code == protocol.GET_SNAPSHOT:
+        return state, None, "snapshot"
     if code == protocol.SET_TRACE:   # always relative here (see sanitize)
         return state, ("error", lambda m: "SetTrace.path" in m, False), None
     if code == protocol.RELEASE and any(type(i) is not int for i in fields[0]):
@@ -659,6 +662,9 @@ class Fuzzer:
             f"{p['role']} peer: {welcomes} Welcome(s) for {headers!r:.2000}"
         assert stats == sum(1 for _, r in p["headers"] if r == "stats"), \
             f"{p['role']} peer: {stats} Stats for {headers!r:.2000}"
+        snapshots = sum(1 for code, _ in p["replies"] if code == protocol.SNAPSHOT)
+        assert snapshots == sum(1 for _, r in p["headers"] if r == "snapshot"), \
+            f"{p['role']} peer: {snapshots} Snapshot(s) for {headers!r:.2000}"
         for code, _ in p["replies"]:
             if code in (protocol.TASKS_FINISHED, protocol.TASKS_FAILED, protocol.SUBMIT_REFUSED,
                         protocol.DATA):

@@ -31,15 +31,19 @@ def find_chromium():
     pytest.skip("no chromium binary on PATH")
 
 
-def run_chromium(html_path, tmp_path, *mode):
-    """Chromium with everything that could reach the network or wait on a desktop turned off."""
+def run_chromium(html_path, tmp_path, *mode, budget_ms=10000):
+    """Chromium with everything that could reach the network or wait on a desktop turned off.
+
+    ``html_path`` is a file, or an http:// URL (the live dashboard's tests)."""
+    target = str(html_path)
+    target = target if target.startswith("http://") else f"file://{target}"
     profile = tmp_path / f"profile-{len(list(tmp_path.glob('profile-*')))}"
     # --disable-dev-shm-usage: containers often give /dev/shm 64 MiB, too little for big pages.
     command = [find_chromium(), "--headless", "--no-sandbox", "--disable-gpu",
                "--disable-dev-shm-usage",
                "--disable-background-networking", "--disable-component-update", "--disable-sync",
                "--no-first-run", "--hide-scrollbars", f"--user-data-dir={profile}",
-               "--virtual-time-budget=10000", *mode, f"file://{html_path}"]
+               f"--virtual-time-budget={budget_ms}", *mode, target]
     done = subprocess.run(command, capture_output=True, text=True, timeout=150,
                           cwd=tmp_path, env=dict(os.environ, HOME=str(tmp_path)))
     assert done.returncode == 0, done.stderr[-2000:]
