@@ -38,7 +38,7 @@ WORKER_EXPECTS = frozenset({
 })
 CLIENT_EXPECTS = frozenset({
     protocol.WELCOME, protocol.TASKS_FINISHED, protocol.TASKS_FAILED, protocol.DATA,
-    protocol.SUBMIT_REFUSED, protocol.STATS,
+    protocol.SUBMIT_REFUSED, protocol.STATS, protocol.SNAPSHOT,
 })
 
 
@@ -153,6 +153,7 @@ class SimWorker:
         self.trace_dir = directory
 
     def _on_shutdown(self):
+        self.send(protocol.encode(protocol.GOODBYE))   # as a real worker closes
         self.alive = False
 
     # ------------------------------------------------------------ work
@@ -275,7 +276,7 @@ class SimClient:
             self._on_data(*fields, frames)
         elif code == protocol.SUBMIT_REFUSED:
             self.refused.append(fields)
-        elif code == protocol.STATS:
+        elif code in (protocol.STATS, protocol.SNAPSHOT):
             self.stats[fields[0]] = fields[1]
 
     def _on_data(self, request, entries, frames):

@@ -135,3 +135,38 @@ def test_overbooking_follows_a_fast_workers_rate_on_the_tick():
     cluster.advance(1.0)            # 400 core tasks in ~1 s: ~8 may queue per core
     record = cluster.broker.workers[worker.identity]
     assert record.overbooking == 8
+
+
+def test_a_retiring_worker_hands_over_its_work_and_data_and_nothing_is_recomputed():
+    cluster = Cluster(workers=2, cpus=1, auto_run=False)
+    old, new = cluster.workers
+    ids = cluster.client.submit([tasks._make(protocol.TASK_CONST, config=b"%d" % i,
+                                             request=tasks.cpus(1)) for i in range(6)])
+    cluster.run()
+    old.finish_running()                 # one result held only by the old worker
+    cluster.run()
+    old.send(protocol.encode(protocol.RETIRING))
+    cluster.run()                        # its queued tasks are asked back and given back
+    assert cluster.messages_named("StealTasks", receiver=old.identity)
+    for _ in range(10):
+        for worker in cluster.live_workers():
+            worker.finish_running()
+        cluster.run()
+    assert not old.alive                 # told Shutdown after its copies, said Goodbye
+    to_old = [name for sender, receiver, name, _ in cluster.transcript
+              if receiver == old.identity]
+    assert to_old[-1] == "Shutdown" and "SendData" in to_old
+    assert cluster.gather(ids) == [b"%d" % i for i in range(6)]
+    finished = [entry[0] for fields in cluster.messages_named("TasksDone")
+                for entry in fields[0]]
+    assert sorted(finished) == sorted(ids)   # each finished once: nothing recomputed
+
+
+def test_a_dashboard_snapshot_is_answered_from_the_core():
+    cluster = Cluster(workers=2, cpus=1)
+    cluster.compute([tasks.merge([tasks.const("a"), tasks.const("b")])])
+    cluster.client.send(protocol.encode(protocol.GET_SNAPSHOT, 4, 0))
+    cluster.run()
+    snapshot = cluster.client.stats[4]
+    assert len(snapshot["workers"]) == 2
+    assert snapshot["clients"][0]["done"] == snapshot["clients"][0]["total"] == 3
