@@ -41,6 +41,21 @@ class CoreBase:
     pending_fetches: dict[int, Fetch | list[Fetch]]
     _moves: list[int]
     feed: DashboardFeed          # what live dashboards ask for (snapshot.py)
+    # the journal and what survives a restart (journal.py, restore.py)
+    journal: Any
+    journaling: bool
+    restoring: bool
+    replaying: bool
+    reattach_timeout: float
+    session_timeout: float
+    sessions: dict[int, ClientRecord]
+    session_tokens: dict[int, bytes]
+    detached_clients: dict[int, float | None]
+    detached_workers: dict[int, WorkerRecord]
+    restore_deadline: float | None
+    next_worker_id: int
+    next_client_number: int
+    provided_types: set[str]
     retirements: Retirements     # workers leaving at walltime (retire.py)
 
     # methods of one mixin that others call (defined in the module named)

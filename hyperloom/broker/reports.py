@@ -104,6 +104,7 @@ class WorkerReports(CoreBase):
         self.outbox.add_error((worker.identity, message, False))
 
     def _finish(self, node: Node, worker: WorkerRecord, size: int, length: int):
+        self.journal.finished(node.id, worker.worker_id, size, length)
         self._unassign(node, worker)
         if worker.incoming:  # its inputs did arrive: they are real copies now
             for inp in node.inputs:

@@ -31,6 +31,7 @@ from .. import protocol, security
 from ..protocol import ProtocolError
 from ..trace import TraceWriter
 from .connections import ConnectionTable
+from .journal import JournalRecorder, JournalWriter, read_journal, write_journal
 from .outbox import messages
 from .state import BrokerState
 
@@ -48,6 +49,9 @@ class BrokerConfig:
     overbooking: int = 3
     secret_file: str | None = None      # CURVE: admit only peers holding this cluster key
     max_peers: int | None = None        # refuse more (the open-file limit allows no more)
+    journal: str | None = None          # append what a restart needs here (journal.py)
+    reattach_timeout: float = 10.0      # after a restart, wait this long for workers
+    session_timeout: float = 120.0      # keep a disconnected client's session this long
 
 
 class BrokerServer:
@@ -58,7 +62,10 @@ class BrokerServer:
             heartbeat_timeout=config.heartbeat_interval * config.heartbeat_misses,
             checkpoint_exists=os.path.exists,
             open_recorder=lambda directory: TraceWriter(directory, "broker"),
-            max_peers=config.max_peers)
+            max_peers=config.max_peers,
+            journal=JournalRecorder() if config.journal else None,
+            reattach_timeout=config.reattach_timeout, session_timeout=config.session_timeout)
+        self.journal = self._open_journal(config.journal) if config.journal else None
         self.context = zmq.Context()
         self.authenticator = None
         self.router = self.context.socket(zmq.ROUTER)
@@ -91,6 +98,26 @@ class BrokerServer:
     def state(self) -> BrokerState:
         return self.core
 
+    def _open_journal(self, path: str) -> JournalWriter:
+        """Replay an existing journal into the core, compact it, and append from there.
+
+        Raises journal.JournalError for a file of another version."""
+        if os.path.exists(path) and os.path.getsize(path) > 0:
+            contents = read_journal(path)
+            if contents.problem:
+                log.warning("journal %s is damaged: %s; read %d complete records, dropped "
+                            "the last %d bytes", path, contents.problem, len(contents.records),
+                            contents.dropped_bytes)
+            skipped = self.core.replay(contents.records)
+            if skipped:
+                log.warning("journal %s: %d records did not apply (skipped)", path, skipped)
+            size = write_journal(path, self.core.compact_records())
+            log.info("journal %s: replayed %d records (%d bytes), compacted to %d bytes",
+                     path, len(contents.records), contents.size, size)
+        writer = JournalWriter(path)
+        self.core.journal = writer
+        return writer
+
     # ------------------------------------------------------------ loop
 
     def run(self):
@@ -109,6 +136,8 @@ class BrokerServer:
                 self._drop_disconnected()
             now = time.monotonic()
             core.on_drained(now)
+            if self.journal is not None:
+                self._commit_journal(now)
             self._flush()
             if now >= next_check:
                 core.on_tick(now)
@@ -116,6 +145,8 @@ class BrokerServer:
                 if core.tracing:
                     core.on_sample(self.process.cpu_percent(), self.process.memory_info().rss)
         core.on_shutdown()
+        if self.journal is not None:
+            self.journal.close()
         self._flush()
 
     def stop(self, *_):
@@ -197,6 +228,12 @@ class BrokerServer:
             self.core.on_peer_disconnected(previous, time.monotonic(), "connection replaced")
 
     # ------------------------------------------------------------ output
+
+    def _commit_journal(self, now: float):
+        """Group commit, before anything is sent: fsynced if a client is about to hear of
+        what the records say (journal.JournalWriter.commit)."""
+        out = self.core.outbox
+        self.journal.commit(now, bool(out.finished or out.failed or out.replies))
 
     def _flush(self):
         out = self.core.outbox
