@@ -51,7 +51,10 @@ def _check_state_data(node, live_workers):
         for holder in node.holders:
             assert live_workers.get(holder.identity) is holder, \
                 f"{node} is held by {holder}, which is not a live worker"
-    if state == ts.WAITING:
-        assert node.remaining > 0, f"{node} waits for no input"
+    if state == ts.WAITING or state == ts.READY:
+        unfinished = sum(1 for inp in node.inputs if inp.state != ts.FINISHED)
+        assert node.remaining == unfinished, \
+            f"{node} counts {node.remaining} unfinished inputs, there are {unfinished}"
+        assert (state == ts.WAITING) == (unfinished > 0), f"{node}: {unfinished} unfinished"
     if state == ts.FAILED:
         assert node.extra is not None and node.extra.error is not None

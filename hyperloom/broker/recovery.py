@@ -34,8 +34,8 @@ class Recovery(CoreBase):
         rerun = self._take_back_assigned(worker)
         undelivered = self._void_transfers_from(worker)
         lost = self._drop_holder(worker)
-        for node in lost:
-            self._recompute(node)
+        if lost:
+            self._recompute_lost(lost)
         for node, target in undelivered:
             if node.holders and target.identity in self.workers:
                 self.deliver(node, target)  # again, from a live holder
@@ -118,24 +118,32 @@ class Recovery(CoreBase):
                 if client is not None and node is not None:
                     self._park_fetch(task_id, (client, request, False))
 
-    def _recompute(self, first: Node):
-        """Data of ``first`` is gone but needed: compute it again from its lineage."""
-        stack = [first]
-        while stack:
+    def _recompute_lost(self, lost):
+        """The data of ``lost`` (FINISHED nodes held nowhere now) is gone but needed:
+        compute it again, and what it needs, from its lineage.
+
+        All of them wait again before any inputs are counted: a consumer counting
+        its inputs then sees every lost one as unfinished, and is raised by one for
+        each lost input it had counted finished, never twice for the same (counting
+        a lost input after it was raised made it wait forever; found by
+        tests/inprocess/test_random_losses.py).
+        """
+        for node in lost:
+            self.transition(node, ts.WAITING)
+            for consumer in consumers_of(node):
+                if consumer.state == ts.WAITING or consumer.state == ts.READY:
+                    consumer.remaining += 1
+                    if consumer.state == ts.READY:
+                        self.transition(consumer, ts.WAITING)
+        stack = []
+        for node in lost:
+            stack.extend(self._reacquire_inputs(node, refs=True))
+        while stack:  # released inputs they need: back into the DAG, with theirs
             node = stack.pop()
             if node.state == ts.RELEASED:
                 self.transition(node, ts.WAITING)
                 self.tasks[node.id] = node
-            elif node.state == ts.FINISHED:
-                self.transition(node, ts.WAITING)
-                for consumer in consumers_of(node):
-                    if consumer.state in (ts.WAITING, ts.READY):
-                        consumer.remaining += 1
-                        if consumer.state == ts.READY:
-                            self.transition(consumer, ts.WAITING)
-            else:
-                continue
-            stack.extend(self._reacquire_inputs(node, refs=True))
+                stack.extend(self._reacquire_inputs(node, refs=True))
 
     def _reacquire_inputs(self, node: Node, refs: bool):
         """Count ``node``'s missing inputs; return those that must be recomputed."""

@@ -171,8 +171,7 @@ class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery
 
     def on_shutdown(self):
         """The broker stops: workers are told to shut down, the trace is closed."""
-        for identity in self.workers:
-            self.outbox.add_reply((identity, protocol.encode(protocol.SHUTDOWN)))
+        self.outbox.shutdown.extend(self.workers.values())
         self.recorder.close()
         self.recorder = NULL_RECORDER
 

@@ -77,6 +77,7 @@ class SimWorker:
         self.task_types = list(task_types if task_types is not None else self.registry.symbols())
         self.auto_run = auto_run
         self.running = []             # started tasks not run yet (auto_run False)
+        self.inputs = {}              # their inputs, taken when they started (as the executor)
         self.incoming = deque()       # (data id, DataObject) pushed by peers, not yet received
         self.alive = True
         self.silent = False           # sends nothing (no heartbeats, no reports)
@@ -169,6 +170,8 @@ class SimWorker:
             self.core.on_data(*self.incoming.popleft())
         started = self.core.take_startable()
         busy = busy or bool(started)
+        for task in started:
+            self.inputs[task.id] = self.core.inputs_of(task)
         self.running.extend(started)
         if self.auto_run:
             self.finish_running(report=False)
@@ -187,7 +190,7 @@ class SimWorker:
         kind = self.registry.get(task.type)
         if kind is None:
             return None, f"Task type '{task.type}' is not provided by this worker"
-        ctx = TaskContext(task.id, task.type, task.config, self.core.inputs_of(task),
+        ctx = TaskContext(task.id, task.type, task.config, self.inputs.pop(task.id),
                           task.cpu_ids, "", False, task.label)
         try:
             return kind.fn(ctx), None
@@ -297,8 +300,9 @@ class Cluster:
     """A broker core, workers and one client, on a fake clock, in memory."""
 
     def __init__(self, workers=2, cpus=1, heartbeat_timeout=5.0, auto_run=True,
-                 checkpoint_exists=None, open_recorder=None, broker=None):
-        options = {}
+                 checkpoint_exists=None, open_recorder=None, max_task_losses=3,
+                 broker=None):
+        options = {"max_task_losses": max_task_losses}
         if checkpoint_exists is not None:
             options["checkpoint_exists"] = checkpoint_exists
         if open_recorder is not None:

@@ -48,6 +48,8 @@ def test_set_trace_opens_a_recorder_and_tells_every_worker():
     assert {e[1] for e in recorder.events if e[0] == "task"} >= set(ids)
     cluster.broker.on_shutdown()
     assert recorder.closed
+    cluster.flush()                      # every worker is told Shutdown, and leaves
+    assert not cluster.live_workers() and not cluster.broker.workers
 
 
 def test_set_trace_with_a_relative_path_or_an_unwritable_one_is_refused():
