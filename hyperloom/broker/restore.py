@@ -174,8 +174,9 @@ class Restore(CoreBase):
         return False
 
     def _ghost_lost(self, ghost: WorkerRecord):
-        for node in self._drop_holder(ghost):
-            self._recompute(node)
+        lost = self._drop_holder(ghost)
+        if lost:
+            self._recompute_lost(lost)
 
     # ------------------------------------------------------------ workers re-attach
 
@@ -229,8 +230,8 @@ class Restore(CoreBase):
                 node.holders = None
                 if node.state == ts.FINISHED:
                     lost.append(node)
-        for node in lost:
-            self._recompute(node)
+        if lost:
+            self._recompute_lost(lost)
 
     def _reconcile_held(self, worker: WorkerRecord, held_sizes) -> int:
         """Objects the worker holds: kept if wanted, finished if it ran them meanwhile,
