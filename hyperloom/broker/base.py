@@ -56,6 +56,10 @@ class CoreBase:
     next_worker_id: int
     next_client_number: int
     provided_types: set[str]
+    finished_in_journal: set[int]
+    n_recomputed: int
+    finished_in_journal: set[int]
+    n_recomputed: int
     retirements: Retirements     # workers leaving at walltime (retire.py)
 
     # methods of one mixin that others call (defined in the module named)
@@ -77,6 +81,8 @@ class CoreBase:
     peer_gone: Callable[[bytes, str, float], None]               # state
     on_client_lost: Callable[[ClientRecord], None]               # requests
     on_worker_lost: Callable[[WorkerRecord], None]               # recovery
+    journal_stats: Callable[[], dict]                            # restore
+    journal_stats: Callable[[], dict]                            # restore
 
     @property
     def tracing(self) -> bool:

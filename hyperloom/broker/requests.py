@@ -133,6 +133,12 @@ class ClientRequests(CoreBase):
 
     def stats(self) -> dict:
         counts = self.state_counts
+        stats = self._stats(counts)
+        if self.journaling:
+            stats["journal"] = self.journal_stats()
+        return stats
+
+    def _stats(self, counts) -> dict:
         return {
             "n_workers": len(self.workers),
             "n_clients": len(self.clients),

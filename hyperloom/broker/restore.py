@@ -124,6 +124,7 @@ class Restore(CoreBase):
             return 1
         self._adopt(node, self._ghost(worker_id))
         self._finish(node, node.worker, size, length)
+        self.finished_in_journal.add(task_id)
         return 0
 
     def _adopt(self, node: Node, worker: WorkerRecord):
@@ -253,6 +254,13 @@ class Restore(CoreBase):
             self.outbox.remove[worker].extend(remove)
         return len(remove)
 
+    def journal_stats(self) -> dict:
+        """What ``info()["journal"]`` shows: how a restart went."""
+        return {"restored_finished": len(self.finished_in_journal),
+                "recomputed": self.n_recomputed, "restoring": self.restoring,
+                "detached_workers": sorted(self.detached_workers),
+                "detached_clients": sorted(self.detached_clients)}
+
     # ------------------------------------------------------------ client sessions
 
     def start_session(self, client: ClientRecord):
@@ -310,14 +318,13 @@ class Restore(CoreBase):
             self._version_mismatch(identity, "client", version)
             return
         client = self.sessions.get(number) if type(number) is int else None
-        if client is None or self.session_tokens.get(number) != token \
-                or number not in self.detached_clients:
-            why = ("is attached to another connection" if client is not None
-                   and number not in self.detached_clients and
-                   self.session_tokens.get(number) == token else "is not known to this broker")
-            self.outbox.add_error((identity, f"session {number!r:.20} {why} (its journal "
-                                             f"has no such session, or it expired)", True))
+        if client is None or self.session_tokens.get(number) != token:
+            self.outbox.add_error((identity, f"session {number!r:.20} is not known to this "
+                                             f"broker (its journal has no such session, or "
+                                             f"it expired)", True))
             return
+        if number not in self.detached_clients:  # its old connection's end not seen yet
+            self.detach_client(client, now)
         del self.detached_clients[number]
         client.identity = identity
         client.last_seen = now

@@ -101,6 +101,8 @@ class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery
         self.restoring = False           # waiting for ghosts to re-attach: nothing scheduled
         self.restore_deadline = None
         self.replaying = False
+        self.finished_in_journal = set()  # ids replayed as finished (for journal_stats)
+        self.n_recomputed = 0            # of those, computed again (their data was lost)
         self._handlers = self._handler_table()
 
     @property

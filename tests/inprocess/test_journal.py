@@ -181,6 +181,7 @@ def test_workers_and_the_client_reattach_and_nothing_held_is_computed_again(tmp_
     assert values[-1] == _expected()
     computed = set().union(*(w.computed for w in again.workers))
     assert not computed & finished_before
+    assert restored.stats()["journal"]["recomputed"] == 0
 
 
 def test_a_worker_that_does_not_come_back_is_recomputed_after_the_timeout(tmp_path):
@@ -203,6 +204,7 @@ def test_a_worker_that_does_not_come_back_is_recomputed_after_the_timeout(tmp_pa
                                 token, ids))
     again.run()
     assert again.gather(ids)[-1] == _expected()
+    assert restored.stats()["journal"]["recomputed"] > 0   # what the dead worker held
 
 
 def test_an_unknown_session_is_refused_clearly(tmp_path):
