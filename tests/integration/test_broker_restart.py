@@ -88,7 +88,7 @@ def _chains():
         node = tasks.const(f"{chain}:")
         for step in range(1, STEPS):
             node = tasks.merge((node, tasks.const(f"{step % 10}")))
-            if step == STEPS // 2:
+            if chain == 0 and step % (STEPS // 4) == 0:   # 25, 50, 75: checkpoints
                 middles.append(node)
         ends.append(node)
     return ends, middles
@@ -109,7 +109,7 @@ def _connect(processes, count=2):
 
 def _submit(client):
     ends, middles = _chains()
-    futures = client.submit(ends + middles[:1])
+    futures = client.submit(ends + middles)
     sent = []
     original_send = client._send
 
@@ -117,7 +117,7 @@ def _submit(client):
         sent.append(protocol.decode(header)[0])
         return original_send(header)
     client._send = counting_send
-    return futures[:CHAINS], futures[CHAINS], sent
+    return futures[:CHAINS], futures[CHAINS:], sent
 
 
 def _no_resubmission(sent):
@@ -128,7 +128,7 @@ def _no_resubmission(sent):
 def test_a_10000_task_plan_survives_a_broker_sigkill_and_restart(processes):
     processes.start_broker()
     client = _connect(processes)
-    ends, middle, sent = _submit(client)
+    ends, (_, middle, _), sent = _submit(client)
     client.wait([middle])                      # about half of the plan is done
     processes.kill_broker()
     processes.start_broker()                   # same port, same journal
@@ -146,10 +146,27 @@ def test_a_10000_task_plan_survives_a_broker_sigkill_and_restart(processes):
 
 
 @pytest.mark.timeout(180)
+def test_the_plan_survives_repeated_broker_kills(processes):
+    processes.start_broker()
+    client = _connect(processes)
+    ends, checkpoints, sent = _submit(client)
+    for checkpoint in checkpoints:             # a quarter, a half, three quarters
+        client.wait([checkpoint])
+        processes.kill_broker()
+        processes.start_broker()
+    assert client.gather(ends) == [_expected(chain) for chain in range(CHAINS)]
+    _no_resubmission(sent)
+    assert client.info()["journal"]["recomputed"] == 0
+    for start in range(1, 4):
+        assert "re-attached" in processes.log(f"broker-{start}.log")
+    client.close()
+
+
+@pytest.mark.timeout(180)
 def test_a_worker_killed_while_the_broker_is_down_is_recomputed(processes):
     processes.start_broker()
     client = _connect(processes)
-    ends, middle, sent = _submit(client)
+    ends, (_, middle, _), sent = _submit(client)
     client.wait([middle])
     processes.kill_broker()
     processes.workers[0].kill()                # dies with the data it held
@@ -168,7 +185,7 @@ def test_a_worker_killed_while_the_broker_is_down_is_recomputed(processes):
 def test_a_truncated_journal_is_read_up_to_its_last_complete_record(processes):
     processes.start_broker()
     client = _connect(processes)
-    ends, middle, _ = _submit(client)
+    ends, (_, middle, _), _ = _submit(client)
     client.wait([middle])
     processes.kill_broker()
     size = os.path.getsize(processes.journal)
