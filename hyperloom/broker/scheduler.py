@@ -172,27 +172,31 @@ def _most_bytes(inputs: Sequence[Node], n_cpus: int, task_type: str,
 class _Room:
     """Free capacity of the workers during one scheduling round.
 
-    It counts what this round assigned in its own tables (``used``: cores,
-    ``light``: light tasks per worker) so that placing never touches a worker
-    record. Placement without locality is amortised O(1) per task: workers
-    are taken in turn, idle cores first, then overbooking room.
-    ``max_cpu_free`` is an upper bound during the round, made exact whenever
-    a search fails, so a task that fits nowhere costs one scan and the next
-    ones none.
+    It counts what this round assigned in its own tables, lists parallel to
+    ``workers`` (``used``: cores, ``light``: light tasks; ``cores`` and
+    ``limit`` hold each worker's cores and overbooked cores), so that placing
+    never touches a worker record and a scan over the workers reads lists only.
+    Placement without locality is amortised O(1) per task: workers are taken
+    in turn, idle cores first, then overbooking room. ``max_cpu_free`` is an
+    upper bound during the round, made exact whenever a search fails, so a
+    task that fits nowhere costs one scan and the next ones none.
     """
 
     def __init__(self, workers: list[WorkerRecord]) -> None:
         self.workers = workers
-        self.used = {w: w.cpus_used for w in workers}
-        self.light = {w: w.n_light for w in workers}
+        self.index = {w: i for i, w in enumerate(workers)}
+        self.used = [w.cpus_used for w in workers]
+        self.light = [w.n_light for w in workers]
+        self.cores = [w.cpus for w in workers]
+        self.limit = [w.cpus * w.overbooking for w in workers]
         self.light_turn = 0
         self.core_turn = 0
         self.idle_left = True
-        self.light_free = sum(1 for w in workers if w.n_light < LIGHT_LIMIT)
-        self.max_cpu_free = max(self.cpu_free(w) for w in workers)
+        self.light_free = sum(1 for n in self.light if n < LIGHT_LIMIT)
+        self.max_cpu_free = self._max_cpu_free()
 
-    def cpu_free(self, worker: WorkerRecord) -> int:
-        return worker.cpus * worker.overbooking - self.used[worker]
+    def _max_cpu_free(self) -> int:
+        return max(limit - used for limit, used in zip(self.limit, self.used))
 
     def any(self) -> bool:
         return self.light_free > 0 or self.max_cpu_free > 0
@@ -201,20 +205,22 @@ class _Room:
         return self.max_cpu_free >= n_cpus if n_cpus else self.light_free > 0
 
     def has(self, worker: WorkerRecord, n_cpus: int) -> bool:
+        i = self.index[worker]
         if n_cpus:
-            return n_cpus <= worker.cpus and self.used[worker] + n_cpus <= \
-                worker.cpus * worker.overbooking
-        return self.light[worker] < LIGHT_LIMIT
+            return n_cpus <= self.cores[i] and self.used[i] + n_cpus <= self.limit[i]
+        return self.light[i] < LIGHT_LIMIT
 
     def starts_at_once(self, worker: WorkerRecord, n_cpus: int) -> bool:
-        return self.used[worker] + n_cpus <= worker.cpus
+        i = self.index[worker]
+        return self.used[i] + n_cpus <= self.cores[i]
 
     def took(self, worker: WorkerRecord, n_cpus: int) -> None:
+        i = self.index[worker]
         if n_cpus:
-            self.used[worker] += n_cpus
+            self.used[i] += n_cpus
         else:
-            light = self.light[worker] + 1
-            self.light[worker] = light
+            light = self.light[i] + 1
+            self.light[i] = light
             if light == LIGHT_LIMIT:
                 self.light_free -= 1
 
@@ -224,13 +230,13 @@ class _Room:
             return self._next_light(task_type)
         worker = None
         if self.idle_left:
-            worker = self._next_core(n_cpus, task_type, idle_only=True)
+            worker = self._next_core(n_cpus, task_type, self.cores)
             if worker is None and n_cpus == 1:
                 self.idle_left = False   # no idle core anywhere: it stays so this round
         if worker is None:
-            worker = self._next_core(n_cpus, task_type, idle_only=False)
+            worker = self._next_core(n_cpus, task_type, self.limit)
         if worker is None:
-            self.max_cpu_free = max(self.cpu_free(w) for w in self.workers)
+            self.max_cpu_free = self._max_cpu_free()
         return worker
 
     def idle(self, n_cpus: int, task_type: str) -> WorkerRecord | None:
@@ -239,29 +245,30 @@ class _Room:
             return self._next_light(task_type)
         if not self.idle_left:
             return None
-        return self._next_core(n_cpus, task_type, idle_only=True)
+        return self._next_core(n_cpus, task_type, self.cores)
 
     def _next_core(self, n_cpus: int, task_type: str,
-                   idle_only: bool) -> WorkerRecord | None:
-        workers = self.workers
-        used = self.used
+                   limits: list[int]) -> WorkerRecord | None:
+        """The next worker in turn whose used cores stay within ``limits`` (its cores:
+        idle ones only; its overbooked cores: room to queue) with ``n_cpus`` more."""
+        workers, used, cores = self.workers, self.used, self.cores
         count = len(workers)
+        turn = self.core_turn
         for step in range(count):
-            worker = workers[(self.core_turn + step) % count]
-            limit = worker.cpus if idle_only else worker.cpus * worker.overbooking
-            if n_cpus <= worker.cpus and used[worker] + n_cpus <= limit \
-                    and task_type in worker.task_types:
-                self.core_turn = (self.core_turn + step + 1) % count
-                return worker
+            i = (turn + step) % count
+            if n_cpus <= cores[i] and used[i] + n_cpus <= limits[i] \
+                    and task_type in workers[i].task_types:
+                self.core_turn = (i + 1) % count
+                return workers[i]
         return None
 
     def _next_light(self, task_type: str) -> WorkerRecord | None:
-        workers = self.workers
-        light = self.light
+        workers, light = self.workers, self.light
         count = len(workers)
+        turn = self.light_turn
         for step in range(count):
-            worker = workers[(self.light_turn + step) % count]
-            if light[worker] < LIGHT_LIMIT and task_type in worker.task_types:
-                self.light_turn = (self.light_turn + step + 1) % count
-                return worker
+            i = (turn + step) % count
+            if light[i] < LIGHT_LIMIT and task_type in workers[i].task_types:
+                self.light_turn = (i + 1) % count
+                return workers[i]
         return None
