@@ -37,7 +37,6 @@ class PlanIntake(CoreBase):
         A plan may come in chunks; each is checked and built as it arrives, and
         nothing is linked into the running DAG before the last one.
         """
-        self.journal.submit(client.number, symbols, labels, entries, load, more)  # as received
         plan = client.pending_plan
         if plan is None:
             plan = client.pending_plan = PendingPlan()

@@ -25,7 +25,9 @@ Record kinds (``[kind, fields...]``):
     END       number                             the session ended (Goodbye / expired)
     WORKER    id, address, cpus, types, hostname a worker joined
     LOST      id                                 a worker was lost (its data is gone)
-    SUBMIT    number, symbols, labels, entries, load, more   a plan chunk, as received
+    SUBMIT    number, symbols, labels, entries, load, more   a plan chunk (compaction)
+    SUBMITTED number, header                     a plan chunk as received: the Submit
+                                                 message's header bytes (not packed again)
     FINISHED  [id, worker id, size, length, ...] tasks that finished (flat)
     FAILED    id, error                          a task failed (its dependants follow)
     RELEASED  [id, ...]                          results the client released
@@ -55,10 +57,11 @@ HEADER = struct.Struct("<8sII")
 RECORD = struct.Struct("<II")
 MAX_RECORD = protocol.MAX_HEADER_BYTES
 
-CLIENT, END, WORKER, LOST, SUBMIT, FINISHED, FAILED, RELEASED, COUNTERS = range(1, 10)
+CLIENT, END, WORKER, LOST, SUBMIT, FINISHED, FAILED, RELEASED, COUNTERS, SUBMITTED = \
+    range(1, 11)
 KIND_NAMES = {CLIENT: "client", END: "end", WORKER: "worker", LOST: "lost", SUBMIT: "submit",
               FINISHED: "finished", FAILED: "failed", RELEASED: "released",
-              COUNTERS: "counters"}
+              COUNTERS: "counters", SUBMITTED: "submitted"}
 
 # With records waiting, fsync at least this often even when no client waits on them.
 SYNC_INTERVAL = 0.05
@@ -76,6 +79,7 @@ class NullJournal:
     def worker(self, worker_id, address, cpus, task_types, hostname) -> None: pass
     def worker_lost(self, worker_id: int) -> None: pass
     def submit(self, number, symbols, labels, entries, load, more) -> None: pass
+    def submit_raw(self, number: int, header: bytes) -> None: pass
     def finished(self, task_id: int, worker_id: int, size: int, length: int) -> None: pass
     def failed(self, task_id: int, error) -> None: pass
     def released(self, task_id: int) -> None: pass
@@ -87,20 +91,26 @@ NULL_JOURNAL = NullJournal()
 class JournalRecorder(NullJournal):
     """Encodes records into a buffer; the writer (or a test) takes them out.
 
-    Runs of FINISHED and RELEASED events are kept as flat lists and sealed into
-    one record when another kind comes or the buffer is taken: order between
-    kinds is kept (replay depends on it), the per-task cost is a list append.
+    FINISHED and RELEASED events are kept as two flat lists and sealed into one
+    record each (FINISHED first) when another kind comes or the buffer is taken,
+    so a round writes a few records, not one per task. Order with every other
+    kind is kept (replay depends on it). Between two other records, releases may
+    go after finishes that came later: replay ends in the same state (a task
+    finished after its release is finished and not held by the client either
+    way; a finish after a release of one of its inputs only drops a reference
+    the release drops too); a task released and later finished *again* had its
+    data lost in between, which is a LOST record.
     """
 
     def __init__(self) -> None:
         self.buffer = bytearray()
         self.n_records = 0
-        self._run_kind = 0
-        self._run: list[Any] = []
+        self._finished: list[Any] = []
+        self._released: list[int] = []
         self._pack = msgpack.Packer(use_bin_type=True).pack
 
     def _record(self, payload: list[Any]) -> None:
-        if self._run:
+        if self._finished or self._released:
             self._seal()
         self._append(payload)
 
@@ -111,19 +121,23 @@ class JournalRecorder(NullJournal):
         self.n_records += 1
 
     def _seal(self) -> None:
-        run, self._run = self._run, []
-        self._append([self._run_kind, run])
+        if self._finished:
+            run, self._finished = self._finished, []
+            self._append([FINISHED, run])
+        if self._released:
+            ids, self._released = self._released, []
+            self._append([RELEASED, ids])
 
     def take(self) -> bytes:
         """The encoded records since the last call."""
-        if self._run:
+        if self._finished or self._released:
             self._seal()
         data = bytes(self.buffer)
         self.buffer.clear()
         return data
 
     def pending(self) -> bool:
-        return bool(self.buffer or self._run)
+        return bool(self.buffer or self._finished or self._released)
 
     def client(self, number, token):
         self._record([CLIENT, number, token])
@@ -140,22 +154,17 @@ class JournalRecorder(NullJournal):
     def submit(self, number, symbols, labels, entries, load, more):
         self._record([SUBMIT, number, symbols, labels, entries, load, more])
 
+    def submit_raw(self, number, header):
+        self._record([SUBMITTED, number, header])
+
     def finished(self, task_id, worker_id, size, length):
-        if self._run_kind != FINISHED:
-            if self._run:
-                self._seal()
-            self._run_kind = FINISHED
-        self._run += (task_id, worker_id, size, length)
+        self._finished += (task_id, worker_id, size, length)
 
     def failed(self, task_id, error):
         self._record([FAILED, task_id, error])
 
     def released(self, task_id):
-        if self._run_kind != RELEASED:
-            if self._run:
-                self._seal()
-            self._run_kind = RELEASED
-        self._run.append(task_id)
+        self._released.append(task_id)
 
 
 def header_bytes() -> bytes:

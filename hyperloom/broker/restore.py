@@ -47,8 +47,9 @@ class Restore(CoreBase):
             for record in records:
                 try:
                     skipped += self._replay_record(record)
-                except (TypeError, ValueError, IndexError, KeyError) as error:
-                    log.warning("journal record %r:.80 does not apply: %s", record, error)
+                except (TypeError, ValueError, IndexError, KeyError,
+                        protocol.ProtocolError) as error:
+                    log.warning("journal record %.80r does not apply: %s", record, error)
                     skipped += 1
         finally:
             self.replaying = False
@@ -67,11 +68,17 @@ class Restore(CoreBase):
                 if node is not None and node.is_result:
                     self._release(node)
             return 0
-        if kind == jn.SUBMIT:
+        if kind == jn.SUBMIT or kind == jn.SUBMITTED:
             client = self.sessions.get(record[1])
             if client is None:
                 return 1
-            self.on_submit(client, *record[2:7])
+            if kind == jn.SUBMITTED:
+                code, fields = protocol.decode(record[2])
+                if code != protocol.SUBMIT:
+                    return 1
+                self.on_submit(client, *fields)
+            else:
+                self.on_submit(client, *record[2:7])
             return 0
         if kind == jn.FAILED:
             node = self.tasks.get(record[1])

@@ -179,7 +179,7 @@ class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery
 
     def _handler_table(self):
         return {
-            ("client", protocol.SUBMIT): lambda c, f, _, now: self.on_submit(c, *f),
+            ("client", protocol.SUBMIT): self._on_submit_message,
             ("client", protocol.FETCH): lambda c, f, _, now: self.on_fetch(c, *f),
             ("client", protocol.RELEASE): lambda c, f, _, now: self.on_release(c, f[0]),
             ("client", protocol.GET_STATS): self._on_get_stats,
@@ -197,6 +197,13 @@ class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery
             ("worker", protocol.HEARTBEAT): _ignore,
             ("worker", protocol.GOODBYE): self._on_goodbye,
         }
+
+    def _on_submit_message(self, client, fields, frames, now):
+        if self.journaling:  # the chunk as received: its header's bytes, not packed again
+            header = frames[1]
+            self.journal.submit_raw(client.number,
+                                    header if type(header) is bytes else header.bytes)
+        self.on_submit(client, *fields)
 
     def _on_tasks_done(self, worker, fields, frames, now):
         if self.feed.active:

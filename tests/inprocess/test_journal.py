@@ -218,3 +218,21 @@ def test_an_unknown_session_is_refused_clearly(tmp_path):
                                   b"x" * 16, []))
     cluster.flush()
     assert stranger.errors and "session 7 is not known to this broker" in stranger.errors[0]
+
+
+def test_releases_and_finishes_batched_in_one_round_replay_to_the_same_state(tmp_path):
+    """Finished and released ids of one round are written as two records (finished
+    first): a result released while pending, which then finishes because a consumer
+    still needs it, and results gathered (released) as they finish, replay alike."""
+    cluster, ids = _half_run(rounds=1)
+    pending = [i for i in ids if cluster.broker.tasks[i].state != ts.FINISHED]
+    cluster.client.release(pending[:1])          # still needed by the next level up
+    cluster.run()
+    cluster.client.fetch(ids[1:3], release=True)  # served (and released) as they finish
+    for _ in range(2):
+        for worker in cluster.workers:
+            worker.finish_running()
+        cluster.run()
+    original = cluster.broker
+    restored = _restored(_through_file(tmp_path, original.journal.take()))
+    _assert_same(original, restored)
