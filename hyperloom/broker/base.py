@@ -58,8 +58,6 @@ class CoreBase:
     provided_types: set[str]
     finished_in_journal: set[int]
     n_recomputed: int
-    finished_in_journal: set[int]
-    n_recomputed: int
     retirements: Retirements     # workers leaving at walltime (retire.py)
 
     # methods of one mixin that others call (defined in the module named)
@@ -82,7 +80,13 @@ class CoreBase:
     on_client_lost: Callable[[ClientRecord], None]               # requests
     on_worker_lost: Callable[[WorkerRecord], None]               # recovery
     journal_stats: Callable[[], dict]                            # restore
-    journal_stats: Callable[[], dict]                            # restore
+    _drop_holder: Callable[[WorkerRecord], list[Node]]           # recovery
+    _recompute_lost: Callable[[list[Node]], None]                # recovery
+    _finish: Callable[[Node, WorkerRecord, int, int], None]      # reports
+    _release: Callable[[Node], None]                             # requests
+    on_submit: Callable[..., None]                               # intake
+    on_worker_hello: Callable[..., WorkerRecord | None]          # state
+    _version_mismatch: Callable[[bytes, str, int], None]         # state
 
     @property
     def tracing(self) -> bool:

@@ -129,8 +129,9 @@ class Restore(CoreBase):
         node = self.tasks.get(task_id)
         if node is None or node.state != ts.READY:
             return 1
-        self._adopt(node, self._ghost(worker_id))
-        self._finish(node, node.worker, size, length)
+        ghost = self._ghost(worker_id)
+        self._adopt(node, ghost)
+        self._finish(node, ghost, size, length)
         self.finished_in_journal.add(task_id)
         return 0
 
@@ -247,12 +248,15 @@ class Restore(CoreBase):
         remove = []
         for task_id in sorted(held_sizes):  # post-order: inputs before their consumers
             node = self.tasks.get(task_id)
-            state = node.state if node is not None else ts.RELEASED
-            if state == ts.FINISHED:
-                if worker not in node.holders:
-                    node.holders.append(worker)
+            if node is None:
+                remove.append(task_id)
+            elif node.state == ts.FINISHED:
+                holders = node.holders
+                assert holders is not None  # FINISHED (taskstate.py)
+                if worker not in holders:
+                    holders.append(worker)
                     worker.bytes_held += node.size
-            elif state == ts.READY:  # finished while the broker was away
+            elif node.state == ts.READY:  # finished while the broker was away
                 self._adopt(node, worker)
                 self._finish(node, worker, *held_sizes[task_id])
             else:
@@ -365,7 +369,7 @@ class Restore(CoreBase):
         for worker in [*self.detached_workers.values(), *self.workers.values()]:
             records.append([jn.WORKER, worker.worker_id, worker.address, worker.cpus,
                             sorted(worker.task_types), worker.hostname])
-        for number, client in self.sessions.items():
+        for number in self.sessions:
             records.append([jn.CLIENT, number, self.session_tokens[number]])
         order = _lineage_order(self.tasks.values())
         by_client: dict[int, list[Node]] = {}
@@ -384,13 +388,15 @@ class Restore(CoreBase):
                                 checkpoint])
             records.append([jn.SUBMIT, number, list(symbols), list(labels), entries, False,
                             False])
-        finished, failed = [], []
+        finished: list[int] = []
+        failed: list[list] = []
         for node in order:
             error = node.extra.error if node.extra is not None else None
             if error is not None:  # failed (and maybe released since); roots only
                 if error[0] == node.id:
                     failed.append([jn.FAILED, node.id, error])
             elif node.state == ts.FINISHED:
+                assert node.holders  # FINISHED (taskstate.py)
                 finished += (node.id, node.holders[0].worker_id, node.size, node.length)
             elif node.state == ts.RELEASED:  # lineage only: finished, then forgotten
                 finished += (node.id, 0, node.size, node.length)

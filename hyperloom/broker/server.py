@@ -233,6 +233,7 @@ class BrokerServer:
         """Group commit, before anything is sent: fsynced if a client is about to hear of
         what the records say (journal.JournalWriter.commit)."""
         out = self.core.outbox
+        assert self.journal is not None
         self.journal.commit(now, bool(out.finished or out.failed or out.replies))
 
     def _flush(self):
