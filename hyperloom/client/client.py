@@ -145,8 +145,17 @@ class Client:
             raise LoomError(f"unexpected {protocol.name_of(code)} from the broker")
         self.number = fields[1]
         self.task_types = fields[2]
-        while self._socket.poll(0):  # a broker with a journal sends Session with Welcome
-            self._on_message(self._socket.recv_multipart(copy=False))
+        self._early = []  # what came with Welcome besides Session: handled in the first wait
+        while self._socket.poll(0) and not self._early:
+            frames = self._socket.recv_multipart(copy=False)
+            try:
+                code, fields = protocol.decode(frames[0].buffer)
+            except protocol.ProtocolError:
+                code = None
+            if code == protocol.SESSION:  # a broker with a journal sends it with Welcome
+                self._session = (fields[0], fields[1])
+            else:
+                self._early.append(frames)
         self._first_id = self.number << protocol.CLIENT_SHIFT
         self.submit_id = self._first_id
 
@@ -459,6 +468,8 @@ class Client:
             self._handle_events(events)
 
     def _handle_events(self, events):
+        while self._early:
+            self._on_message(self._early.pop(0))
         if self._monitor in events:
             event = recv_monitor_message(self._monitor)
             if event["event"] != 0 and self._session is not None:
