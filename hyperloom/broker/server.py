@@ -108,13 +108,13 @@ class BrokerServer:
                 self._read_monitor()
                 self._drop_disconnected()
             now = time.monotonic()
-            core.on_drained(now)
-            self._flush()
-            if now >= next_check:
+            if now >= next_check:  # before on_drained: what it decides goes out at once
                 core.on_tick(now)
                 next_check = now + self.config.heartbeat_interval
                 if core.tracing:
                     core.on_sample(self.process.cpu_percent(), self.process.memory_info().rss)
+            core.on_drained(now)
+            self._flush()
         core.on_shutdown()
         self._flush()
 
