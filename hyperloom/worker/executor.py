@@ -137,7 +137,11 @@ class Executor:
 
     def _post(self, task, result, error):
         if error is None and task.checkpoint_path is not None:
-            error = write_checkpoint(task.checkpoint_path, result)
+            try:
+                error = write_checkpoint(task.checkpoint_path, result)
+            except Exception:  # a completion that is never posted hangs the task for ever
+                error = (f"Writing checkpoint '{task.checkpoint_path}' failed:\n"
+                         f"{traceback.format_exc()}")
             if error is not None:
                 result = None
         self.completions.append((task, result, error))
@@ -170,5 +174,12 @@ def write_checkpoint(path: str, result):
             f.write(raw)
     except OSError as error:
         return f"Writing checkpoint '{path}' failed. Cannot create {temporary}:{error.strerror}"
-    os.replace(temporary, path)
+    try:
+        os.replace(temporary, path)
+    except OSError as error:  # e.g. the path is a directory
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        return f"Writing checkpoint '{path}' failed. Cannot replace it: {error.strerror}"
     return None
