@@ -274,6 +274,9 @@ class WorkerServer:
             core.on_remove(fields[0])
         elif code == protocol.CANCEL_TASKS:
             core.on_cancel(fields[0])
+            stopped = self.executor.stop(fields[0])  # cores come free with their completions
+            if stopped:
+                log.debug("stopping %d canceled tasks", stopped)
         elif code == protocol.STEAL_TASKS:
             core.on_steal(fields[0])
             log.debug("asked to give back %d tasks", len(fields[0]))
