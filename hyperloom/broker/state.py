@@ -697,6 +697,7 @@ class BrokerState:
         """Reschedule what ran there; recompute lost data that is still needed."""
         del self.workers[worker.identity]
         self._drop_outbox_for(worker)
+        self.outbox.peers_gone.append(worker.address)  # the others close their channel
         ready = []
         for node in list(worker.assigned):
             self._unassign(node, worker)
@@ -766,6 +767,8 @@ class BrokerState:
         out = self.outbox
         for batch in (out.compute, out.sends, out.cancel, out.remove):
             batch.pop(worker, None)
+        for targets in out.sends.values():  # pushes to it would reopen the channel
+            targets.pop(worker.address, None)
         for key in [key for key in out.uploads if key[0] is worker]:
             _, client_identity, request = key
             client = self.clients.get(client_identity)
