@@ -125,7 +125,7 @@ class Executor:
                           f"{traceback.format_exc()}")
 
     def _run_in_thread(self, task, fn, ctx):
-        if ctx.cancel.cancelled:  # canceled while it waited for a thread
+        if ctx.cancel.canceled:  # canceled while it waited for a thread
             self._post(task, None, "Canceled")
             return
         result, error = self._call(fn, ctx)

@@ -9,9 +9,11 @@ Why not ``concurrent.futures.ProcessPoolExecutor``: a child that dies (user
 code calling ``os._exit`` or crashing the interpreter) breaks that executor
 for good, whereas here only the task that was running fails and the child is
 replaced; and a persistent child per pipe has about half its per-task
-overhead (benchmarks/py_parallel.py). No batching: the worker runs at most
-one python task per reserved core, so the queue rarely holds more tasks than
-there are children and latency, not throughput, is what counts.
+overhead (benchmarks/py_parallel.py). A canceled task is dropped from the
+queue, or its child is killed with what it started, and replaced (``cancel``).
+No batching: the worker runs at most one python task per reserved core, so the
+queue rarely holds more tasks than there are children and latency, not
+throughput, is what counts.
 
 Children are started with ``forkserver`` (``spawn`` where unavailable), never
 ``fork``: the worker holds a ZeroMQ context that must not cross fork().
@@ -41,8 +43,6 @@ import threading
 import traceback
 from collections import deque
 from concurrent.futures import Future
-
-import psutil
 
 from ..data import KIND_PYOBJ, DataError, decode, encode
 from .py_task import execute_python_task
@@ -272,7 +272,8 @@ class PythonPool:
 
 
 def _kill_tree(pid: int) -> None:
-    """SIGKILL a process and its descendants (a cancelled task's subprocesses too)."""
+    """SIGKILL a process and its descendants (a canceled task's subprocesses too)."""
+    import psutil  # here, not at the top: executor processes import this module too
     try:
         process = psutil.Process(pid)
         victims = process.children(recursive=True) + [process]

@@ -48,7 +48,7 @@ def execute_run(ctx: TaskContext) -> DataObject:
         raise TaskError(str(error)) from None
     if not args:
         raise TaskError("No arguments provided")
-    if ctx.cancel is not None and ctx.cancel.cancelled:
+    if ctx.cancel is not None and ctx.cancel.canceled:
         raise TaskError("Canceled before the program started")
     if len(input_names) != len(ctx.inputs):
         raise TaskError(f"Run configuration maps {len(input_names)} inputs, "

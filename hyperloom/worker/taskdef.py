@@ -36,25 +36,25 @@ class Cancellation:
     (the program it kills has been reaped, its pid may be reused).
     """
 
-    __slots__ = ("_lock", "_stop", "cancelled")
+    __slots__ = ("_lock", "_stop", "canceled")
 
     def __init__(self):
         self._lock = threading.Lock()
         self._stop = None
-        self.cancelled = False
+        self.canceled = False
 
     def on_cancel(self, stop) -> None:
-        """Call ``stop()`` on cancel, or now if cancelled already; None: nothing to stop."""
+        """Call ``stop()`` on cancel, or now if canceled already; None: nothing to stop."""
         with self._lock:
             self._stop = stop
-            if self.cancelled and stop is not None:
+            if self.canceled and stop is not None:
                 stop()
 
     def cancel(self) -> None:
         with self._lock:
-            if self.cancelled:
+            if self.canceled:
                 return
-            self.cancelled = True
+            self.canceled = True
             if self._stop is not None:
                 self._stop()
 
