@@ -39,7 +39,7 @@ class Executor:
         self.completions = deque()
         # task id -> (WorkerTask, Cancellation) of what runs outside the loop, so that a
         # cancel can stop it; a task leaves when its completion is posted.
-        self._running = {}
+        self._running: dict[int, tuple] = {}
         self._running_lock = threading.Lock()
         self.wake_read, self.wake_write = os.pipe()
         os.set_blocking(self.wake_read, False)

@@ -49,7 +49,7 @@ class DataChannels:
         self.pull.setsockopt(zmq.LINGER, 0)
         port = self.pull.bind_to_random_port(f"tcp://{host}")
         self.address = f"tcp://{host}:{port}"
-        self._peers = {}       # data address -> _Peer
+        self._peers: dict[str, _Peer] = {}   # data address -> its channel
         self.n_waiting = 0     # messages in the backlogs
 
     def close(self):

@@ -532,7 +532,7 @@ def test_every_batch_entry_the_broker_sends_has_its_protocol_record(h):
 def test_a_worker_that_leaves_is_reported_gone_and_no_push_to_it_stays_queued(h):
     """The other workers are told (PeersGone) to close their channel to it; a push to it
     ordered earlier in the same round would reopen that channel, so it is dropped."""
-    w1, w2 = h.add_worker(), h.add_worker()
+    h.add_worker(), h.add_worker()
     h.submit((0, RUN, [], 1, False), (1, RUN, [0], 1, True))
     [source] = h.schedule()
     h.finish(source, 0)

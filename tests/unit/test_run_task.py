@@ -266,10 +266,11 @@ def test_a_cancel_kills_the_program_and_what_it_started(work_dir, tmp_path):
     thread.join(10)
     assert not thread.is_alive()
     assert outcome["error"].startswith("Program terminated by signal 9 (SIGKILL)")
-    for pid in (shell, sleep):
-        wait_until(lambda: not psutil.pid_exists(pid)
-                   or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
-                   timeout=10, message=f"process {pid} to die")
+    def gone(pid):
+        return not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+    wait_until(lambda: gone(shell) and gone(sleep), timeout=10,
+               message="the shell and its background sleep to die")
 
 
 def test_a_task_canceled_before_its_program_starts_does_not_run_it(work_dir, tmp_path):
