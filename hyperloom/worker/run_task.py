@@ -10,6 +10,8 @@ Behaviour (reference §5.2) and the deliberate differences from the original:
 - the run directory is ``<work_dir>/run/<task id>-<unique suffix>/`` so that a
   retried or redirected task never meets a leftover directory of the same id;
 - a program killed by a signal fails the task (the original reported success);
+- the program runs in a process group of its own, killed whole when the task
+  is canceled (``ctx.cancel``), so a released task stops at once;
 - non-D-object inputs, mapped names that escape the run directory, and inputs
   mapped to ``+out``/``+err`` fail the task cleanly (the original crashed or
   clobbered files);
