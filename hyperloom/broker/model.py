@@ -163,6 +163,7 @@ class Outbox:
         self.cancel = defaultdict(list)        # WorkerState -> [ids]
         self.steal = defaultdict(list)         # WorkerState -> [ids]
         self.remove = defaultdict(list)        # WorkerState -> [ids]
+        self.peers_gone = []                   # data addresses of workers gone: told to all
         self.finished = defaultdict(list)      # ClientState -> [ids]
         self.progressed = set()                # ClientState whose n_done changed
         self.failed = defaultdict(list)        # ClientState -> [[id, failed id, worker, msg]]
@@ -199,7 +200,7 @@ class Outbox:
 
     def is_empty(self) -> bool:
         return not (self.compute or self.sends or self.uploads or self.cancel or self.steal
-                    or self.remove
+                    or self.remove or self.peers_gone
                     or self.finished or self.progressed or self.failed or self.data_errors or self.data_inline
                     or self.refused
                     or self.errors or self.replies)

@@ -367,6 +367,10 @@ class BrokerServer:
             else:
                 client_identity, ids, message = entry
                 send([client_identity, encode(protocol.SUBMIT_REFUSED, ids, message)])
+        if out.peers_gone:  # before SendData: a worker back at that address gets a new channel
+            header = encode(protocol.PEERS_GONE, out.peers_gone)
+            for worker in self.state.workers.values():
+                send([worker.identity, header])
         feed = self.state.feed if self.state.feed.active else None
         sent = time.monotonic() if feed is not None else 0.0
         for worker, entries in out.compute.items():
@@ -374,6 +378,8 @@ class BrokerServer:
             if feed is not None:
                 feed.on_compute_sent(entries, sent)
         for worker, targets in out.sends.items():
+            if not targets:
+                continue  # every push in it was to a worker that left
             send([worker.identity, encode(protocol.SEND_DATA,
                                           [[address, ids] for address, ids in targets.items()])])
             if feed is not None:

@@ -698,6 +698,7 @@ class BrokerState:
         """Reschedule what ran there; recompute lost data that is still needed."""
         del self.workers[worker.identity]
         self._drop_outbox_for(worker)
+        self._report_peer_gone(worker)
         ready = []
         for node in list(worker.assigned):
             self._unassign(node, worker)
@@ -761,6 +762,17 @@ class BrokerState:
                 else:
                     self._park_fetch(task_id, (client, request, False))
         lost_worker.uploads.clear()
+
+    def _report_peer_gone(self, worker):
+        """The other workers close their data channel to it (PeersGone), unless it came
+        back at the same address first (re-registered before its old connection's loss
+        was seen): that channel serves the new registration."""
+        address = worker.address
+        if any(other.address == address for other in self.workers.values()):
+            return
+        self.outbox.peers_gone.append(address)
+        for targets in self.outbox.sends.values():  # pushes to it would reopen the channel
+            targets.pop(address, None)
 
     def _drop_outbox_for(self, worker):
         """Nothing queued for a lost worker may be sent; queued fetches are redone."""

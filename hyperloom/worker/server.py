@@ -32,6 +32,7 @@ log = logging.getLogger("hyperloom.worker")
 USAGE_INTERVAL = 2.0        # seconds between WorkerUsage reports (CPU, memory) to the broker
 RETIRE_LINGER_MS = 30_000   # how long a retired worker's last pushes may take to leave
 TERM_GRACE = 0.5    # seconds a program's SIGTERM death waits for the worker's own SIGTERM
+RETRY_MS = 10               # how soon pushes that found a peer's queue full are tried again
 
 
 @dataclass(frozen=True)
@@ -136,9 +137,11 @@ class WorkerServer:
         poller.register(self.monitor, zmq.POLLIN)
         poller.register(self.channels.pull, zmq.POLLIN)
         poller.register(self.executor.wake_read, zmq.POLLIN)
-        interval = self.config.heartbeat_interval
+        interval_ms = int(self.config.heartbeat_interval * 1000)
         while self.running:
-            events = dict(poller.poll(int(interval * 1000)))
+            # Pushes waiting for a busy peer are retried soon (they are rare).
+            timeout_ms = RETRY_MS if self.channels.n_waiting else interval_ms
+            events = dict(poller.poll(timeout_ms))
             if self.dealer in events:
                 self._drain_broker()
             if self.monitor in events:
@@ -150,6 +153,7 @@ class WorkerServer:
                     self._task_done(task, result, error)
             self._start_tasks()
             self._flush_reports()
+            self.channels.retry()
             self._keep_alive(time.monotonic())
 
     def stop(self, *_):
@@ -206,6 +210,8 @@ class WorkerServer:
     def _reset(self):
         self.worker_id = None
         self.core = WorkerCore(self.config.cpus)
+        # The broker voided this worker's transfers and will not tell it who left meanwhile.
+        self.channels.close_peers(self.channels.open_channels())
 
     def _kill_children(self):
         """Programs and executor processes still running die with the worker."""
@@ -308,6 +314,11 @@ class WorkerServer:
             core.on_remove(fields[0])
         elif code == protocol.CANCEL_TASKS:
             core.on_cancel(fields[0])
+            stopped = self.executor.stop(fields[0])  # cores come free with their completions
+            if stopped:
+                log.debug("stopping %d canceled tasks", stopped)
+        elif code == protocol.PEERS_GONE:
+            self.channels.close_peers(fields[0])
         elif code == protocol.STEAL_TASKS:
             core.on_steal(fields[0])
             log.debug("asked to give back %d tasks", len(fields[0]))
