@@ -13,10 +13,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import IO, TYPE_CHECKING
 
 import psutil
 
 from .errors import LoomError
+
+if TYPE_CHECKING:
+    from .client import Client
 
 START_TIMEOUT = 60.0
 
@@ -48,11 +52,11 @@ class LocalCluster:
         self.worker_args += secure
         self.broker_args += secure
         self.broker = None
-        self.workers = []
+        self.workers: list[subprocess.Popen[bytes]] = []
         self.dashboard = dashboard    # True until started, then its DashboardProcess
         self.dashboard_url = None
-        self._clients = []
-        self._log_files = []
+        self._clients: list[Client] = []
+        self._log_files: list[IO[bytes]] = []
 
     @property
     def broker_pid(self):

@@ -26,11 +26,15 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..errors import LoomError
 from ..local import LocalCluster
 from . import adaptive
 from .adapt import Adaptor, AdaptPolicy
+
+if TYPE_CHECKING:
+    from ..client import Client
 
 log = logging.getLogger("hyperloom.cluster")
 
@@ -80,15 +84,15 @@ class JobQueueCluster:
         self.secret_file = os.path.abspath(secret_file) if secret_file else None
         self.log_level = log_level
         self._initial_jobs = jobs
-        self._submitted = {}            # job id -> monotonic submit time, in submit order
+        self._submitted: dict[str, float] = {}  # job id -> monotonic submit time, in order
         self._lock = threading.RLock()  # the adapt thread and the user's calls share jobs
-        self._adaptor = None            # the adapt() loop, when adapting
-        self._broker = None             # the LocalCluster holding the broker subprocess
+        self._adaptor: Adaptor | None = None      # the adapt() loop, when adapting
+        self._broker: LocalCluster | None = None  # the LocalCluster holding the broker process
         self.broker_job = broker_job    # or: the broker runs in a job of its own
         self.broker_wait = broker_wait  # seconds for that job to start and write its file
         self.broker_job_id = None
         self._started = False
-        self._clients = []
+        self._clients: list[Client] = []
 
     # ------------------------------------------------------------ what a subclass gives
 
@@ -181,7 +185,7 @@ class JobQueueCluster:
         for client in self._clients:
             client.close()
         self._clients = []
-        codes = self._broker.stop() if self._broker is not None else {}
+        codes: dict[str, int | None] = self._broker.stop() if self._broker is not None else {}
         self._broker = None
         if self.broker_job and self._started:
             self._cancel_all(self.broker_job_name, [self.broker_job_id] if self.broker_job_id

@@ -40,6 +40,7 @@ def start_dashboard(broker_host: str, broker_port: int, secret_file: str | None 
         command += ["--secret-file", secret_file]
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                stderr=stderr, start_new_session=True)
+    assert process.stdout is not None  # stdout=PIPE above
     line = process.stdout.readline().decode().strip()
     if not line.startswith("http"):
         code = process.wait()

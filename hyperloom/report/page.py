@@ -13,7 +13,9 @@ import json
 
 from bokeh.embed import file_html
 from bokeh.layouts import column
-from bokeh.models import Div, InlineStyleSheet
+from bokeh.models import InlineStyleSheet
+# From the defining module: bokeh.models' stub does not export the name.
+from bokeh.models.widgets.markups import Div
 from bokeh.resources import INLINE
 
 from hyperloom.report import figures, stats
