@@ -42,7 +42,7 @@ class LocalCluster:
         self.n_workers = workers
         self.cpus = cpus
         self.host = host
-        self.port = None
+        self.port: int | None = None
         self.log_dir = log_dir
         self.worker_args = tuple(worker_args)
         self.broker_args = tuple(broker_args)
@@ -51,7 +51,7 @@ class LocalCluster:
         secure = ("--secret-file", secret_file) if secret_file else ()
         self.worker_args += secure
         self.broker_args += secure
-        self.broker = None
+        self.broker: subprocess.Popen[bytes] | None = None
         self.workers: list[subprocess.Popen[bytes]] = []
         self.dashboard = dashboard    # True until started, then its DashboardProcess
         self.dashboard_url = None
@@ -119,7 +119,8 @@ class LocalCluster:
         try:
             deadline = time.monotonic() + timeout
             while client.get_stats()["n_workers"] < count:
-                for process in [self.broker, *self.workers]:
+                # No broker: not started (then the client above could not connect either).
+                for process in [p for p in (self.broker, *self.workers) if p is not None]:
                     if process.poll() is not None:
                         raise LoomError(f"a cluster process exited with {process.returncode}")
                 if time.monotonic() > deadline:

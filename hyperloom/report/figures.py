@@ -92,8 +92,11 @@ def _draw_tasks(plot: figure, trace: Trace, index: dict, colors: dict[str, str])
     first_row: dict[str, int] = {}  # group -> index of its first row
     for i, row in enumerate(main):
         first_row.setdefault(row[_COLUMNS.index("group")], i)
+    # bokeh's stub makes GlyphRenderer invariant in its glyph type, so a quad renderer is not
+    # the GlyphRenderer[Glyph] LegendItem's stub asks for; any glyph renderer is fine there.
     plot.add_layout(Legend(title="label group", click_policy="none", items=[
-        LegendItem(label=group, renderers=[timeline_renderer], index=i)
+        LegendItem(label=group, renderers=[timeline_renderer],  # type: ignore[list-item]
+                   index=i)
         for group, i in first_row.items()]), "right")
     plot.add_tools(HoverTool(renderers=renderers, tooltips=[
         ("task", "@task_id (@task_type)"), ("label", "@label"), ("worker", "@worker cpus @cpus"),
