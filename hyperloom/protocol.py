@@ -284,6 +284,10 @@ MESSAGES = (
     Message("StealTasks", 37, "broker->worker", (("ids", _L),), "none",
             "TasksDone.stolen lists those the worker had not started and dropped; "
             "it runs the others as usual", {"ids": int}),
+    Message("PeersGone", 38, "broker->worker", (("addresses", _L),), "none",
+            "nothing; the workers at these data addresses left (goodbye or lost): close "
+            "the data channels to them and drop what still waits to go there",
+            {"addresses": str}),
     # --- worker -> broker
     Message("TasksDone", 40, "worker->broker",
             (("finished", _L), ("failed", _L), ("results", _L), ("stolen", _L)),
@@ -342,6 +346,7 @@ CANCEL_TASKS = BY_NAME["CancelTasks"].code
 START_TRACE = BY_NAME["StartTrace"].code
 SHUTDOWN = BY_NAME["Shutdown"].code
 STEAL_TASKS = BY_NAME["StealTasks"].code
+PEERS_GONE = BY_NAME["PeersGone"].code
 TASKS_DONE = BY_NAME["TasksDone"].code
 UPLOADED = BY_NAME["Uploaded"].code
 PUSH_DATA = BY_NAME["PushData"].code

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from itertools import chain
 from operator import attrgetter
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Optional
+from collections.abc import Callable, Iterable, Sequence
 
 import msgpack
 
@@ -90,8 +91,8 @@ class TraceWriter:
         self.now = clock  # the time events carry; the worker reads it for a task's start
         self._file = open(self.path, "wb")
         self._packer = msgpack.Packer(use_bin_type=True)
-        self._ints = {kind: [] for kind in SCHEMAS}
-        self._extras = {kind: [] for kind in SCHEMAS}
+        self._ints: dict[str, list[int]] = {kind: [] for kind in SCHEMAS}
+        self._extras: dict[str, list[int]] = {kind: [] for kind in SCHEMAS}
         self._ran = self._ints["X"]
         self._strings: dict[str, int] = {}
         self._n_strings = 0
@@ -208,7 +209,7 @@ class TraceWriter:
             self.flush()
             self._file.close()
 
-    def __enter__(self) -> "TraceWriter":
+    def __enter__(self) -> TraceWriter:
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -334,7 +335,8 @@ def read_file(path: str | os.PathLike) -> TraceFile:
         raise ValueError(f"{path}: trace format version {header.get('version')}, "
                          f"expected {FORMAT_VERSION}")
     try:
-        name, clock_ns, wall_ns = str(header["name"]), int(header["clock_ns"]), int(header["wall_ns"])
+        name = str(header["name"])
+        clock_ns, wall_ns = int(header["clock_ns"]), int(header["wall_ns"])
     except (KeyError, TypeError, ValueError):
         raise ValueError(f"{path}: not a hyperloom trace file (bad header)") from None
     parsed = TraceFile(name, wall_ns, [])
@@ -538,7 +540,7 @@ class _Assembler:
     def _workers(self, tasks: list[TracedTask]) -> list[TracedWorker]:
         # Every core a worker reported using gets a lane, even if the broker never announced the
         # worker or announced fewer cores.
-        used = {}
+        used: dict[int, int] = {}  # worker id -> cores
         for task in tasks:
             used[task.worker] = max(used.get(task.worker, 1), max(task.cpu_ids, default=0) + 1)
         workers = []

@@ -19,6 +19,7 @@ PROGRAM_MODULES = {
     "loom-keygen": "hyperloom.security",
     "loom-report": "hyperloom.report",
     "loom-status": "hyperloom.status",
+    "loom-dashboard": "hyperloom.dashboard",
 }
 
 

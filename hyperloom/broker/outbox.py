@@ -40,6 +40,9 @@ class Outbox:
         self.cancel: defaultdict[WorkerRecord, list[int]] = defaultdict(list)
         self.steal: defaultdict[WorkerRecord, list[int]] = defaultdict(list)
         self.remove: defaultdict[WorkerRecord, list[int]] = defaultdict(list)
+        # data addresses of workers gone, told to every worker in peers_gone_to (PeersGone)
+        self.peers_gone: list[str] = []
+        self.peers_gone_to: list[WorkerRecord] = []
         self.finished: defaultdict[ClientRecord, list[int]] = defaultdict(list)
         self.progressed: set[ClientRecord] = set()   # clients whose n_done changed
         # per client: TaskFailure entries
@@ -81,7 +84,7 @@ class Outbox:
 
     def is_empty(self) -> bool:
         return not (self.compute or self.sends or self.uploads or self.cancel or self.steal
-                    or self.remove or self.finished or self.progressed or self.failed
+                    or self.remove or self.peers_gone or self.finished or self.progressed or self.failed
                     or self.data_errors or self.data_inline or self.refused or self.errors
                     or self.replies or self.shutdown)
 
@@ -103,6 +106,10 @@ def messages(out: Outbox) -> Iterator[Message]:
         else:
             client_identity, ids, message = entry
             yield client_identity, [encode(protocol.SUBMIT_REFUSED, ids, message)]
+    if out.peers_gone:  # before SendData: a worker back at that address gets a new channel
+        header = encode(protocol.PEERS_GONE, out.peers_gone)
+        for worker in out.peers_gone_to:
+            yield worker.identity, [header]
     yield from _worker_messages(out, encode)
     yield from _client_messages(out, encode)
     for worker in out.shutdown:   # last: what it was told to send before goes first
@@ -113,6 +120,8 @@ def _worker_messages(out: Outbox, encode: Callable[..., bytes]) -> Iterator[Mess
     for worker, entries in out.compute.items():
         yield worker.identity, [encode(protocol.COMPUTE_TASKS, entries)]
     for worker, targets in out.sends.items():
+        if not targets:
+            continue  # every push in it was to a worker that left
         yield worker.identity, [encode(protocol.SEND_DATA,
                                        [[address, ids] for address, ids in targets.items()])]
     for (worker, client_identity, request), ids in out.uploads.items():

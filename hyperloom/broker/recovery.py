@@ -31,6 +31,7 @@ class Recovery(CoreBase):
         del self.workers[worker.identity]
         self.peers.pop(worker.identity, None)
         self._drop_outbox_for(worker)
+        self._report_peer_gone(worker)
         rerun = self._take_back_assigned(worker)
         undelivered = self._void_transfers_from(worker)
         lost = self._drop_holder(worker)
@@ -104,6 +105,17 @@ class Recovery(CoreBase):
                 else:
                     self._park_fetch(task_id, (client, request, False))
         lost_worker.uploads.clear()
+
+    def _report_peer_gone(self, worker: WorkerRecord):
+        """The other workers close their data channel to it (PeersGone), unless it came
+        back at the same address first (re-registered before its old connection's loss
+        was seen): that channel serves the new registration."""
+        address = worker.address
+        if any(other.address == address for other in self.workers.values()):
+            return
+        self.outbox.peers_gone.append(address)
+        for targets in self.outbox.sends.values():  # pushes to it would reopen the channel
+            targets.pop(address, None)
 
     def _drop_outbox_for(self, worker):
         """Nothing queued for a lost worker may be sent; queued fetches are redone."""

@@ -135,15 +135,15 @@ class BrokerServer:
                 self._read_monitor()
                 self._drop_disconnected()
             now = time.monotonic()
-            core.on_drained(now)
-            if self.journal is not None:
-                self._commit_journal(now)
-            self._flush()
-            if now >= next_check:
+            if now >= next_check:  # before on_drained: what it decides goes out at once
                 core.on_tick(now)
                 next_check = now + self.config.heartbeat_interval
                 if core.tracing:
                     core.on_sample(self.process.cpu_percent(), self.process.memory_info().rss)
+            core.on_drained(now)
+            if self.journal is not None:
+                self._commit_journal(now)
+            self._flush()
         core.on_shutdown()
         if self.journal is not None:
             self.journal.close()

@@ -150,6 +150,8 @@ class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery
         self.schedule_round()
         if self.retirements.workers:
             self.outbox.shutdown.extend(self.retirements.advance())
+        if self.outbox.peers_gone:  # told to every worker there is when it goes out
+            self.outbox.peers_gone_to = list(self.workers.values())
         if self.feed.active:
             self._feed_sent(now)
         if self.detached_clients:

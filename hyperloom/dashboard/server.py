@@ -50,7 +50,7 @@ class Dashboard:
         self.stopping = threading.Event()
         self.page = page.render_page(broker, config.token, bool(config.slurm_job_name)).encode()
         self.files = page.static_files()
-        self._data = None             # page data as JSON, rendered on demand
+        self._data: bytes | None = None  # page data as JSON, rendered on demand
         self.http = ThreadingHTTPServer((config.host, config.port), self._handler_class())
         self.http.daemon_threads = True
         self.threads = [threading.Thread(target=self._poll_broker, name="broker-poller",
@@ -63,7 +63,8 @@ class Dashboard:
 
     @property
     def url(self) -> str:
-        host, port = self.http.server_address[:2]
+        # The socket's own address (server_address holds the same, typed as maybe bytes).
+        host, port = self.http.socket.getsockname()[:2]
         host = f"[{host}]" if ":" in host else host
         query = f"?token={self.config.token}" if self.config.token else ""
         return f"http://{host}:{port}/{query}"
@@ -89,21 +90,21 @@ class Dashboard:
                                 connect_timeout=config.connect_timeout,
                                 secret_file=config.secret_file)
             except LoomException as error:
-                self._update(lambda: self.model.on_broker_error(str(error)))
+                self._update(self.model.on_broker_error, str(error))
                 self.stopping.wait(2.0)
                 continue
             try:
-                self._update(lambda: self.model.on_connected(client.number))
+                self._update(self.model.on_connected, client.number)
                 while not self.stopping.is_set():
                     snapshot = client.snapshot(self.model.seq)
-                    self._update(lambda: self.model.on_snapshot(snapshot, time.time()))
+                    self._update(self.model.on_snapshot, snapshot, time.time())
                     self.stopping.wait(config.interval)
-            except Exception as error:  # noqa: BLE001 - the page says what went wrong, and
+            except Exception as error:
                 # the poller tries again: a dashboard outlives its broker's restarts
                 if not isinstance(error, LoomException):
                     log.exception("unexpected error while asking the broker")
                 log.warning("lost the broker: %s", error)
-                self._update(lambda: self.model.on_broker_error(str(error)))
+                self._update(self.model.on_broker_error, str(error))
                 self.stopping.wait(2.0)
             finally:
                 client.close()
@@ -111,12 +112,12 @@ class Dashboard:
     def _poll_slurm(self):
         while not self.stopping.is_set():
             jobs, error = slurm.query_jobs(self.config.slurm_job_name)
-            self._update(lambda: self.model.on_slurm(jobs, error, time.time()))
+            self._update(self.model.on_slurm, jobs, error, time.time())
             self.stopping.wait(self.config.slurm_interval)
 
-    def _update(self, change):
+    def _update(self, change, *args):
         with self.lock:
-            change()
+            change(*args)
             self._data = None
 
     def page_data(self) -> bytes:

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import traceback
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import CancelledError, ThreadPoolExecutor
 
-from .taskdef import Redirect, TaskContext, TaskError
+from .taskdef import Cancellation, Redirect, TaskContext, TaskError
 
 log = logging.getLogger("hyperloom.worker")
 
@@ -36,6 +37,10 @@ class Executor:
         self._python_pool = None
         self._pool_names = {}
         self.completions = deque()
+        # task id -> (WorkerTask, Cancellation) of what runs outside the loop, so that a
+        # cancel can stop it; a task leaves when its completion is posted.
+        self._running: dict[int, tuple] = {}
+        self._running_lock = threading.Lock()
         self.wake_read, self.wake_write = os.pipe()
         os.set_blocking(self.wake_read, False)
         os.set_blocking(self.wake_write, False)
@@ -66,12 +71,32 @@ class Executor:
                 self._redirect(task, ctx, outcome[0])
                 return None
             return outcome
+        ctx.cancel = cancel = Cancellation()
+        with self._running_lock:
+            self._running[task.id] = (task, cancel)
         if mode == "python" and self.cpus > 1:
-            future = self._pool().submit(self._pool_name(kind), ctx)
+            pool = self._pool()
+            future = pool.submit(self._pool_name(kind), ctx)
+            cancel.on_cancel(lambda: pool.cancel(future))
             future.add_done_callback(lambda f: self._pool_done(task, ctx, f))
             return None
         self.threads.submit(self._run_in_thread, task, kind.fn, ctx)
         return None
+
+    def stop(self, task_ids) -> int:
+        """Stop the running tasks among ``task_ids`` (canceled): kill their program
+        or executor process. Their completions still come, and free their cores.
+        A task running in a worker thread (a Python task on a one-core worker, an
+        extension's thread task) cannot be stopped: it runs to its end. Returns how
+        many tasks were asked to stop."""
+        with self._running_lock:
+            entries = [self._running.get(task_id) for task_id in task_ids]
+        stopped = 0
+        for entry in entries:
+            if entry is not None:
+                entry[1].cancel()
+                stopped += 1
+        return stopped
 
     def _pool_name(self, kind):
         """How an executor process finds the function: by name, never by pickle."""
@@ -100,6 +125,9 @@ class Executor:
                           f"{traceback.format_exc()}")
 
     def _run_in_thread(self, task, fn, ctx):
+        if ctx.cancel.canceled:  # canceled while it waited for a thread
+            self._post(task, None, "Canceled")
+            return
         result, error = self._call(fn, ctx)
         if isinstance(result, Redirect):
             result, error = self._run_redirect(ctx, result)
@@ -110,6 +138,8 @@ class Executor:
             result, error = future.result(), None
         except TaskError as exc:
             result, error = None, str(exc)
+        except CancelledError:  # canceled while queued for an executor process
+            result, error = None, "Canceled"
         except Exception as exc:  # the executor process died, or could not pickle
             result, error = None, f"Python executor failed: {exc!r}"
         if isinstance(result, Redirect):
@@ -118,6 +148,10 @@ class Executor:
         self._post(task, result, error)
 
     def _redirect(self, task, ctx, redirect):
+        if ctx.cancel is None:  # it ran inline: what it redirects to may run for long
+            ctx.cancel = cancel = Cancellation()
+            with self._running_lock:
+                self._running[task.id] = (task, cancel)
         self.threads.submit(lambda: self._post(task, *self._run_redirect(ctx, redirect)))
 
     def _run_redirect(self, ctx, redirect: Redirect):
@@ -128,6 +162,7 @@ class Executor:
         new_ctx = TaskContext(ctx.task_id, redirect.task_type, redirect.config,
                               list(redirect.inputs), ctx.cpu_ids, ctx.work_dir, ctx.pin,
                               ctx.label, ctx.log)
+        new_ctx.cancel = ctx.cancel  # a program it runs can be stopped too
         result, error = self._call(kind.fn, new_ctx)
         if isinstance(result, Redirect):
             return None, "A redirected task may not redirect again"
@@ -136,8 +171,16 @@ class Executor:
     # ------------------------------------------------------------ completions
 
     def _post(self, task, result, error):
+        with self._running_lock:
+            entry = self._running.get(task.id)
+            if entry is not None and entry[0] is task:
+                del self._running[task.id]
         if error is None and task.checkpoint_path is not None:
-            error = write_checkpoint(task.checkpoint_path, result)
+            try:
+                error = write_checkpoint(task.checkpoint_path, result)
+            except Exception:  # a completion that is never posted hangs the task for ever
+                error = (f"Writing checkpoint '{task.checkpoint_path}' failed:\n"
+                         f"{traceback.format_exc()}")
             if error is not None:
                 result = None
         self.completions.append((task, result, error))
@@ -170,5 +213,12 @@ def write_checkpoint(path: str, result):
             f.write(raw)
     except OSError as error:
         return f"Writing checkpoint '{path}' failed. Cannot create {temporary}:{error.strerror}"
-    os.replace(temporary, path)
+    try:
+        os.replace(temporary, path)
+    except OSError as error:  # e.g. the path is a directory
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        return f"Writing checkpoint '{path}' failed. Cannot replace it: {error.strerror}"
     return None

@@ -9,9 +9,11 @@ Why not ``concurrent.futures.ProcessPoolExecutor``: a child that dies (user
 code calling ``os._exit`` or crashing the interpreter) breaks that executor
 for good, whereas here only the task that was running fails and the child is
 replaced; and a persistent child per pipe has about half its per-task
-overhead (benchmarks/py_parallel.py). No batching: the worker runs at most
-one python task per reserved core, so the queue rarely holds more tasks than
-there are children and latency, not throughput, is what counts.
+overhead (benchmarks/py_parallel.py). A canceled task is dropped from the
+queue, or its child is killed with what it started, and replaced (``cancel``).
+No batching: the worker runs at most one python task per reserved core, so the
+queue rarely holds more tasks than there are children and latency, not
+throughput, is what counts.
 
 Children are started with ``forkserver`` (``spawn`` where unavailable), never
 ``fork``: the worker holds a ZeroMQ context that must not cross fork().
@@ -66,12 +68,13 @@ class _Job:
 
 
 class _Child:
-    __slots__ = ("process", "conn", "job")
+    __slots__ = ("process", "conn", "job", "doomed")
 
     def __init__(self, process, conn):
         self.process = process
         self.conn = conn
         self.job = None  # the task it runs now, None when idle
+        self.doomed = False  # killed to stop its task: it takes no further task
 
 
 class PythonPool:
@@ -144,10 +147,26 @@ class PythonPool:
         job.parts = None  # the inputs' buffers are the child's now
         return job.future
 
+    def cancel(self, future: Future) -> None:
+        """Stop the task of ``future``: drop it from the queue, or kill the executor
+        process running it (and what that process started). A replacement process
+        starts; the future fails with TaskError ("process died"), or gets its result
+        if the task ended first."""
+        if future.cancel():
+            return  # it was still queued: _dispatch_next skips it
+        with self._lock:  # so that the child cannot move on to another task meanwhile
+            for child in self._children:
+                if child.job is not None and child.job.future is future:
+                    child.doomed = True
+                    _kill_tree(child.process.pid)
+                    return
+
     def _dispatch_next(self, child: _Child) -> None:
         """Give ``child`` the next queued task, or make it idle."""
         with self._lock:
             child.job = None
+            if child.doomed:
+                return  # it is being killed: its replacement takes the queue
             while self._queue and not self._closed:
                 job = self._queue.popleft()
                 if job.future.set_running_or_notify_cancel():  # False: cancelled meanwhile
@@ -208,9 +227,11 @@ class PythonPool:
             replacement = self._start_child()
         except Exception:  # e.g. out of processes: run on with one child fewer
             logging.getLogger(CHILD_LOGGER).exception("cannot replace a Python executor")
-            self._children.remove(child)
+            with self._lock:
+                self._children.remove(child)
             return
-        self._children[self._children.index(child)] = replacement
+        with self._lock:  # cancel() looks for jobs among the children
+            self._children[self._children.index(child)] = replacement
         self._selector.register(replacement.conn, selectors.EVENT_READ, replacement)
         self._dispatch_next(replacement)
 
@@ -248,6 +269,21 @@ class PythonPool:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL a process and its descendants (a canceled task's subprocesses too)."""
+    import psutil  # here, not at the top: executor processes import this module too
+    try:
+        process = psutil.Process(pid)
+        victims = process.children(recursive=True) + [process]
+    except psutil.Error:
+        return
+    for victim in victims:
+        try:
+            victim.kill()
+        except psutil.Error:
+            pass
 
 
 # ---------------------------------------------------------------- messages

@@ -62,7 +62,7 @@ class Data:
     def __len__(self) -> int:
         return self._obj.length
 
-    def __getitem__(self, index) -> "Data":
+    def __getitem__(self, index) -> Data:
         index = operator.index(index)
         length = self._obj.length
         if index < 0:

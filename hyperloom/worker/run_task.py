@@ -10,6 +10,8 @@ Behaviour (reference §5.2) and the deliberate differences from the original:
 - the run directory is ``<work_dir>/run/<task id>-<unique suffix>/`` so that a
   retried or redirected task never meets a leftover directory of the same id;
 - a program killed by a signal fails the task (the original reported success);
+- the program runs in a process group of its own, killed whole when the task
+  is canceled (``ctx.cancel``), so a released task stops at once;
 - non-D-object inputs, mapped names that escape the run directory, and inputs
   mapped to ``+out``/``+err`` fail the task cleanly (the original crashed or
   clobbered files);
@@ -48,6 +50,8 @@ def execute_run(ctx: TaskContext) -> DataObject:
         raise TaskError(str(error)) from None
     if not args:
         raise TaskError("No arguments provided")
+    if ctx.cancel is not None and ctx.cancel.canceled:
+        raise TaskError("Canceled before the program started")
     if len(input_names) != len(ctx.inputs):
         raise TaskError(f"Run configuration maps {len(input_names)} inputs, "
                         f"but the task has {len(ctx.inputs)}")
@@ -143,17 +147,32 @@ def _spawn(argv: list, run_dir: str, ctx: TaskContext) -> int:
         with open(stdin_name, "rb") as stdin, \
                 open(os.path.join(run_dir, STDOUT_NAME), "wb") as stdout, \
                 open(os.path.join(run_dir, STDERR_NAME), "wb") as stderr:
+            # A process group of its own, so that a cancel kills what the program started too.
             process = subprocess.Popen(argv, cwd=run_dir, stdin=stdin, stdout=stdout,
-                                       stderr=stderr, close_fds=True)
+                                       stderr=stderr, close_fds=True, start_new_session=True)
     except OSError as error:
         # libuv's wording is the lower-case strerror ("no such file or directory").
         raise TaskError(f"spawning '{argv[0]}': {(error.strerror or str(error)).lower()}") \
             from None
     except ValueError as error:  # e.g. an embedded NUL byte from a variable
         raise TaskError(f"spawning '{program}': {error}") from None
-    # wait() is not interruptible by a cancel; the program runs to its end,
-    # and waiting always reaps it, so no zombie stays behind.
-    return process.wait()
+    # A cancel kills the group; wait() then returns, and always reaps, so no zombie
+    # stays behind. The kill is disarmed before the pid can be reused.
+    cancel = ctx.cancel
+    if cancel is None:
+        return process.wait()
+    cancel.on_cancel(lambda: _kill_group(process.pid))
+    try:
+        return process.wait()
+    finally:
+        cancel.on_cancel(None)
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except OSError:  # the group is gone already
+        pass
 
 
 def _lookup_problem(program: str, run_dir: str) -> str | None:

@@ -23,7 +23,7 @@ from .. import data, protocol, security
 from ..trace import TraceWriter
 from .builtin import register_builtin_tasks
 from .executor import Executor
-from .state import WorkerCore
+from .state import NO_LONGER_HERE, WorkerCore
 from .taskdef import TaskRegistry
 from .transfer import DataChannels
 
@@ -32,6 +32,7 @@ log = logging.getLogger("hyperloom.worker")
 USAGE_INTERVAL = 2.0        # seconds between WorkerUsage reports (CPU, memory) to the broker
 RETIRE_LINGER_MS = 30_000   # how long a retired worker's last pushes may take to leave
 TERM_GRACE = 0.5    # seconds a program's SIGTERM death waits for the worker's own SIGTERM
+RETRY_MS = 10               # how soon pushes that found a peer's queue full are tried again
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,6 @@ class WorkerServer:
         self.last_sample = 0.0
         self.last_usage = 0.0         # when WorkerUsage was last sent (for dashboards)
         self.running = True
-        self.worker_id = None
         self.rejoin_as = None         # the id to re-attach with after the broker was lost
         self.ever_registered = False
         self.retiring = False
@@ -137,9 +137,11 @@ class WorkerServer:
         poller.register(self.monitor, zmq.POLLIN)
         poller.register(self.channels.pull, zmq.POLLIN)
         poller.register(self.executor.wake_read, zmq.POLLIN)
-        interval = self.config.heartbeat_interval
+        interval_ms = int(self.config.heartbeat_interval * 1000)
         while self.running:
-            events = dict(poller.poll(int(interval * 1000)))
+            # Pushes waiting for a busy peer are retried soon (they are rare).
+            timeout_ms = RETRY_MS if self.channels.n_waiting else interval_ms
+            events = dict(poller.poll(timeout_ms))
             if self.dealer in events:
                 self._drain_broker()
             if self.monitor in events:
@@ -151,6 +153,7 @@ class WorkerServer:
                     self._task_done(task, result, error)
             self._start_tasks()
             self._flush_reports()
+            self.channels.retry()
             self._keep_alive(time.monotonic())
 
     def stop(self, *_):
@@ -161,7 +164,7 @@ class WorkerServer:
         signal.signal(signal.SIGINT, self.stop)
 
     def close(self):
-        if self.worker_id is not None:
+        if self.core.worker_id is not None:
             try:
                 self.dealer.send(protocol.encode(protocol.GOODBYE), zmq.NOBLOCK)
             except zmq.ZMQError:
@@ -195,10 +198,10 @@ class WorkerServer:
                 log.warning("lost the connection to the broker; keeping the data and running "
                             "tasks, retrying for %.0f s", self.config.broker_timeout)
                 self.disconnected_since = time.monotonic()
-                if self.worker_id is not None:
+                if self.core.worker_id is not None:
                     # Nothing is sent until a broker takes this worker again: libzmq would
                     # queue it and deliver it before the RejoinWorker.
-                    self.rejoin_as, self.worker_id = self.worker_id, None
+                    self.rejoin_as, self.core.worker_id = self.core.worker_id, None
             elif event["event"] == zmq.EVENT_CONNECTED and self.disconnected_since is not None:
                 # A TCP connection, not yet a broker that accepts us: the timer
                 # stops only at Welcome (a refused handshake reconnects in a loop).
@@ -212,6 +215,8 @@ class WorkerServer:
         """Re-attach as the worker this was, with the data it holds and the tasks it runs
         (a restarted broker takes them over; see docs/reliability.md)."""
         self.core, held, running = self.core.rejoining()
+        # Nobody will tell this worker which peers left while the broker was away.
+        self.channels.close_peers(self.channels.open_channels())
         log.info("reconnected to the broker; re-attaching as worker %d with %d objects and "
                  "%d running tasks", self.rejoin_as, len(held), len(running))
         self._send_frames([protocol.encode(
@@ -241,7 +246,7 @@ class WorkerServer:
         """At the end of its lifetime the worker tells the broker, which takes its work
         back and copies its data away, then sends Shutdown (broker/retire.py)."""
         if not self.retiring:
-            if self.worker_id is not None and now >= self.retire_at:
+            if self.core.worker_id is not None and now >= self.retire_at:
                 log.info("lifetime of %.0f s reached: retiring (no new tasks; the broker "
                          "copies the data only this worker holds, then lets it go)",
                          self.config.lifetime)
@@ -262,15 +267,16 @@ class WorkerServer:
             self.last_sample = now
             # The whole node's CPU (as the original), and the memory of this worker.
             self.tracer.sample(psutil.cpu_percent(), self._memory())
-        if self.worker_id is not None and now - self.last_usage >= USAGE_INTERVAL:
+        if self.core.worker_id is not None and now - self.last_usage >= USAGE_INTERVAL:
             self.last_usage = now
             self._send(protocol.encode(protocol.WORKER_USAGE, round(psutil.cpu_percent()),
                                        self._memory()))
-        if self.worker_id is not None and now - self.last_sent >= self.config.heartbeat_interval:
+        if self.core.worker_id is not None \
+                and now - self.last_sent >= self.config.heartbeat_interval:
             self._send(protocol.encode(protocol.HEARTBEAT))
         if self.disconnected_since is not None:
             silent = now - self.disconnected_since
-        elif self.worker_id is None:
+        elif self.core.worker_id is None:
             silent = now - self.last_broker_message
         else:
             return
@@ -300,44 +306,44 @@ class WorkerServer:
             self._on_broker_message(code, fields)
 
     def _on_broker_message(self, code, fields):
+        """Decoded message -> the core's handler; the server only does the I/O it returns."""
         core = self.core
         if code == protocol.COMPUTE_TASKS:
             core.on_compute(fields[0])
         elif code == protocol.SEND_DATA:
-            store = core.store
-            for address, ids in fields[0]:
-                objects = [(i, store[i]) for i in ids if i in store]
-                if len(objects) < len(ids):
-                    log.error("asked to send data this worker does not hold: %s",
-                              [i for i in ids if i not in store])
+            for address, objects in core.on_send_data(fields[0]):
                 self.channels.push(address, objects)
                 if self.tracer is not None:
                     for data_id, obj in objects:
                         self.tracer.data_sent(data_id, obj.size, address)
         elif code == protocol.UPLOAD:
-            self._upload(*fields)
+            client, request, ids = fields
+            self._send_upload(client, request, core.on_upload(ids))
         elif code == protocol.REMOVE_DATA:
             core.on_remove(fields[0])
         elif code == protocol.CANCEL_TASKS:
             core.on_cancel(fields[0])
+            stopped = self.executor.stop(fields[0])  # cores come free with their completions
+            if stopped:
+                log.debug("stopping %d canceled tasks", stopped)
+        elif code == protocol.PEERS_GONE:
+            self.channels.close_peers(fields[0])
         elif code == protocol.STEAL_TASKS:
             core.on_steal(fields[0])
             log.debug("asked to give back %d tasks", len(fields[0]))
         elif code == protocol.WELCOME:
-            self.worker_id = fields[1]
+            core.on_welcome(fields[1])
             self.rejoin_as = None
             self.ever_registered = True
             self.disconnected_since = None
-            log.info("registered as worker %d", self.worker_id)
         elif code == protocol.ERROR:
-            message, fatal = fields
-            log.error("broker: %s", message)
-            if fatal:
-                raise BrokerLost(f"the broker refused this worker: {message}")
+            core.on_error(*fields)
+            if core.refusal is not None:
+                raise BrokerLost(f"the broker refused this worker: {core.refusal}")
         elif code == protocol.START_TRACE:
             self._start_trace(*fields)
         elif code == protocol.SHUTDOWN:
-            log.info("the broker asked this worker to shut down")
+            core.on_shutdown()
             self.running = False
         else:
             log.error("unexpected %s from the broker", protocol.name_of(code))
@@ -350,14 +356,12 @@ class WorkerServer:
         except OSError as error:
             log.error("cannot write traces into %s: %s", path, error)
 
-    def _upload(self, client, request, ids):
-        store = self.core.store
+    def _send_upload(self, client, request, objects):
         entries = []
         frames = []
-        for data_id in ids:
-            obj = store.get(data_id)
+        for data_id, obj in objects:
             if obj is None:
-                entries.append([data_id, None, "the data is no longer on its worker"])
+                entries.append([data_id, None, NO_LONGER_HERE])
                 continue
             # The client may not see our file system nor know our extension types.
             meta, _ = data.encode(data.for_client(obj), frames)

@@ -17,6 +17,7 @@ bug in the implementation and is reported as such, never crashing the worker.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 
 MODES = ("inline", "thread", "python")
@@ -26,12 +27,45 @@ class TaskError(Exception):
     """The task failed; the message goes to the client as TaskFailed."""
 
 
+class Cancellation:
+    """How the worker's loop stops a task that runs outside it (a thread, a process).
+
+    The implementation says how it can be stopped (``on_cancel(stop)``: kill my
+    program); the loop calls ``cancel()``. Either may come first. ``stop`` runs
+    under a lock, so once ``on_cancel(None)`` returns it will not run any more
+    (the program it kills has been reaped, its pid may be reused).
+    """
+
+    __slots__ = ("_lock", "_stop", "canceled")
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._stop = None
+        self.canceled = False
+
+    def on_cancel(self, stop) -> None:
+        """Call ``stop()`` on cancel, or now if canceled already; None: nothing to stop."""
+        with self._lock:
+            self._stop = stop
+            if self.canceled and stop is not None:
+                stop()
+
+    def cancel(self) -> None:
+        with self._lock:
+            if self.canceled:
+                return
+            self.canceled = True
+            if self._stop is not None:
+                self._stop()
+
+
 class TaskContext:
     """Everything one execution of a task sees. A plain slotted class: one is made
-    per task, on the hot path of tiny tasks."""
+    per task, on the hot path of tiny tasks. ``cancel`` is a Cancellation for tasks
+    that run outside the worker's loop, None for inline ones."""
 
     __slots__ = ("task_id", "task_type", "config", "inputs", "cpu_ids", "work_dir", "pin",
-                 "label", "log")
+                 "label", "log", "cancel")
 
     def __init__(self, task_id: int, task_type: str, config: bytes, inputs: list,
                  cpu_ids: tuple = (), work_dir: str = "", pin: bool = False,
@@ -45,6 +79,7 @@ class TaskContext:
         self.pin = pin
         self.label = label
         self.log = log if log is not None else logging.getLogger("hyperloom.worker")
+        self.cancel = None
 
     def __repr__(self):
         return f"<TaskContext {self.task_id} {self.task_type}>"

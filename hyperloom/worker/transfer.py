@@ -3,12 +3,21 @@
 Data never goes through the broker: the broker tells the holder
 (``SendData``) to push objects to a peer's data address. One PushData
 message carries many objects; large buffers travel as zero-copy frames.
+
+What may queue towards a peer is bounded: ZeroMQ holds at most ``send_hwm``
+messages per peer. A message that would block waits in the peer's backlog
+(references to the store's objects, no copy of large buffers) and goes out,
+in order, once the peer takes data again (``retry``): a live peer never
+loses a push, which would hang the task waiting for it. When the broker
+reports a peer gone (``PeersGone``) its channel is closed and whatever
+still waited for it is dropped: the broker has voided those transfers.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 
 import zmq
 
@@ -16,14 +25,26 @@ from .. import data, protocol, security
 
 log = logging.getLogger("hyperloom.worker")
 
+PUSH_HWM = 1000        # messages ZeroMQ may queue towards one peer
 PUSHER_IDLE = 60.0     # seconds without a push before the connection to a peer is closed
 
 
+class _Peer:
+    __slots__ = ("socket", "backlog", "last_push")
+
+    def __init__(self, socket):
+        self.socket = socket
+        self.backlog = deque()  # (frames, copy) that would have blocked, oldest first
+        self.last_push = time.monotonic()
+
+
 class DataChannels:
-    def __init__(self, context: zmq.Context, host: str, keys=None, data_types=None):
+    def __init__(self, context: zmq.Context, host: str, keys=None, data_types=None,
+                 send_hwm: int = PUSH_HWM):
         self.context = context
         self.data_types = data_types if data_types is not None else {}
         self.keys = keys
+        self.send_hwm = send_hwm
         self.pull = context.socket(zmq.PULL)
         if keys is not None:
             security.secure_server(self.pull, keys)
@@ -31,49 +52,89 @@ class DataChannels:
         self.pull.setsockopt(zmq.LINGER, 0)
         port = self.pull.bind_to_random_port(f"tcp://{host}")
         self.address = f"tcp://{host}:{port}"
-        self._pushers = {}
-        self._last_push = {}       # address -> monotonic time of the last push there
-        self.bytes_sent = 0
-        self.bytes_received = 0
+        self._peers: dict[str, _Peer] = {}   # data address -> its channel
+        self.n_waiting = 0     # messages in the backlogs
 
     def close(self, linger_ms: int = 0):
-        for socket in self._pushers.values():
-            socket.close(linger=linger_ms)
+        """``linger_ms``: how long pushes already handed to ZeroMQ may still take to leave
+        (a retiring worker's last copies)."""
+        for peer in self._peers.values():
+            peer.socket.close(linger=linger_ms)
+        self._peers.clear()
+        self.n_waiting = 0
         self.pull.close(linger=0)
+
+    def open_channels(self) -> list:
+        """The peer addresses this worker holds a channel to (for tests and debugging)."""
+        return sorted(self._peers)
 
     def push(self, address: str, objects):
         """Send ``[(id, DataObject)]`` to the worker listening at ``address``."""
-        socket = self._pushers.get(address)
-        if socket is None:
-            socket = self.context.socket(zmq.PUSH)
-            try:
-                if self.keys is not None:
-                    security.secure_client(socket, self.keys)
-                socket.setsockopt(zmq.SNDHWM, 0)
-                socket.setsockopt(zmq.LINGER, 0)
-                socket.connect(address)
-            except zmq.ZMQError as error:
-                socket.close(linger=0)
-                log.error("cannot send data to %r: %s", address, error)
-                return
-            self._pushers[address] = socket
-        self._last_push[address] = time.monotonic()
+        peer = self._peers.get(address) or self._connect(address)
+        if peer is None:
+            return
+        peer.last_push = time.monotonic()
         entries = []
         frames = []
         for data_id, obj in objects:
             meta, _ = data.encode(obj, frames)
             entries.append([data_id, meta])
-            self.bytes_sent += obj.size
         header = protocol.encode(protocol.PUSH_DATA, self.address, entries)
-        socket.send_multipart([header, *frames], copy=len(frames) == 0 or _small(frames))
+        message = ([header, *frames], len(frames) == 0 or _small(frames))
+        if peer.backlog or not _send(peer.socket, message):
+            if not peer.backlog:
+                log.debug("the peer at %s takes no data for now: pushes wait", address)
+            peer.backlog.append(message)  # after the others: a peer gets its data in order
+            self.n_waiting += 1
+
+    def _connect(self, address: str):
+        socket = self.context.socket(zmq.PUSH)
+        try:
+            if self.keys is not None:
+                security.secure_client(socket, self.keys)
+            socket.setsockopt(zmq.SNDHWM, self.send_hwm)
+            socket.setsockopt(zmq.LINGER, 0)
+            socket.connect(address)
+        except zmq.ZMQError as error:
+            socket.close(linger=0)
+            log.error("cannot send data to %r: %s", address, error)
+            return None
+        peer = self._peers[address] = _Peer(socket)
+        return peer
+
+    def retry(self) -> int:
+        """Send what waits in the backlogs while the peers take it; how many messages
+        still wait."""
+        if not self.n_waiting:
+            return 0
+        for peer in self._peers.values():
+            backlog = peer.backlog
+            while backlog and _send(peer.socket, backlog[0]):
+                backlog.popleft()
+                self.n_waiting -= 1
+        return self.n_waiting
+
+    def close_peers(self, addresses):
+        """The workers at ``addresses`` left: close their channels, drop what waits."""
+        for address in addresses:
+            peer = self._peers.pop(address, None)
+            if peer is None:
+                continue
+            peer.socket.close(linger=0)
+            if peer.backlog:
+                self.n_waiting -= len(peer.backlog)
+                log.info("dropped %d data messages waiting for %s: the worker left",
+                         len(peer.backlog), address)
+            log.info("closed the data channel to %s: the worker left", address)
 
     def close_idle(self, now: float, idle: float = PUSHER_IDLE):
-        """Close connections to peers not pushed to for ``idle`` seconds: with hundreds of
-        workers coming and going (adapt, walltime) each would otherwise keep a socket and
-        its reconnect attempts to a peer that left. A later push opens it again."""
-        for address in [a for a, when in self._last_push.items() if now - when > idle]:
-            self._pushers.pop(address).close(linger=0)
-            del self._last_push[address]
+        """Close connections to peers not pushed to for ``idle`` seconds (and with nothing
+        waiting): with hundreds of workers coming and going (adapt, walltime) each would
+        otherwise keep a socket and its reconnect attempts to a peer that left. A later
+        push opens it again."""
+        for address in [address for address, peer in self._peers.items()
+                        if not peer.backlog and now - peer.last_push > idle]:
+            self._peers.pop(address).socket.close(linger=0)
 
     def receive(self):
         """Decode one PushData message: ``(source, [(id, DataObject)])``; None if none waits."""
@@ -90,11 +151,20 @@ class DataChannels:
             for data_id, meta in fields[1]:
                 obj, position = data.decode(meta, frames, position, self.data_types)
                 received.append((data_id, obj))
-                self.bytes_received += obj.size
             return fields[0], received
         except Exception as error:
             log.warning("dropped a malformed data message from a peer: %s", error)
             return "", []
+
+
+def _send(socket, message) -> bool:
+    """Send without blocking; False if the peer's queue is full."""
+    frames, copy = message
+    try:
+        socket.send_multipart(frames, zmq.NOBLOCK, copy=copy)
+    except zmq.Again:
+        return False
+    return True
 
 
 def _small(frames) -> bool:

@@ -34,7 +34,7 @@ log = logging.getLogger("hyperloom.inprocess")
 WORKER_EXPECTS = frozenset({
     protocol.WELCOME, protocol.COMPUTE_TASKS, protocol.SEND_DATA, protocol.UPLOAD,
     protocol.REMOVE_DATA, protocol.CANCEL_TASKS, protocol.STEAL_TASKS, protocol.START_TRACE,
-    protocol.SHUTDOWN,
+    protocol.SHUTDOWN, protocol.PEERS_GONE,
 })
 CLIENT_EXPECTS = frozenset({
     protocol.WELCOME, protocol.TASKS_FINISHED, protocol.TASKS_FAILED, protocol.DATA,
@@ -81,8 +81,8 @@ class SimWorker:
         self.incoming = deque()       # (data id, DataObject) pushed by peers, not yet received
         self.alive = True
         self.silent = False           # sends nothing (no heartbeats, no reports)
-        self.worker_id = None
         self.errors = []              # Error messages it received
+        self.peers_gone = []          # data addresses the broker said are gone
         self.computed = set()         # ids it was asked to compute
         self.trace_dir = None
 
@@ -107,7 +107,10 @@ class SimWorker:
         handler(*fields)
 
     def _on_welcome(self, version, worker_id, _types):
-        self.worker_id = worker_id
+        self.core.on_welcome(worker_id)
+
+    def _on_peersgone(self, addresses):
+        self.peers_gone.extend(addresses)
 
     def _on_computetasks(self, entries):
         for entry in entries:
@@ -117,23 +120,21 @@ class SimWorker:
         self.core.on_compute(entries)
 
     def _on_senddata(self, targets):
-        store = self.core.store
-        for address, ids in targets:
-            missing = [i for i in ids if i not in store]
-            if missing:
-                raise UnexpectedMessage(f"{self.identity!r} asked to send {missing}, "
-                                        f"which it does not hold")
+        for (address, ids), (_, objects) in zip(targets, self.core.on_send_data(targets)):
+            if len(objects) < len(ids):
+                raise UnexpectedMessage(f"{self.identity!r} asked to send {ids}, "
+                                        f"not all of which it holds")
+            if address in self.peers_gone:
+                raise UnexpectedMessage(f"a push to {address}, reported gone")
             target = self.cluster.worker_at(address)
-            for data_id in ids:  # through the wire form, as a PUSH socket would carry it
+            for data_id, obj in objects:  # through the wire form, as a PUSH socket carries it
                 frames = []
-                meta, _ = data.encode(store[data_id], frames)
+                meta, _ = data.encode(obj, frames)
                 target.incoming.append((data_id, data.decode(meta, frames)[0]))
 
     def _on_upload(self, client_identity, request, ids):
-        store = self.core.store
         entries, frames = [], []
-        for data_id in ids:
-            obj = store.get(data_id)
+        for data_id, obj in self.core.on_upload(ids):
             if obj is None:
                 entries.append([data_id, None, "the data is no longer on its worker"])
                 continue
@@ -154,6 +155,8 @@ class SimWorker:
         self.trace_dir = directory
 
     def _on_shutdown(self):
+        self.core.on_shutdown()
+        assert self.core.shutdown_requested
         self.send(protocol.encode(protocol.GOODBYE))   # as a real worker closes
         self.alive = False
 
@@ -325,8 +328,7 @@ class Cluster:
     def add_worker(self, cpus=1, task_types=None, auto_run=True) -> SimWorker:
         worker = SimWorker(self, len(self.workers), cpus, task_types, auto_run)
         self.workers.append(worker)
-        worker.hello()
-        self.flush()
+        worker.hello()                # Welcome comes with the next step
         return worker
 
     def worker_at(self, address) -> SimWorker:

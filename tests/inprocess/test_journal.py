@@ -148,15 +148,15 @@ def test_a_journal_of_another_version_is_refused(tmp_path):
 def _rejoin(cluster, old: SimWorker) -> SimWorker:
     """``old``'s process re-attaches to the restored broker with the data it holds."""
     worker = SimWorker(cluster, len(cluster.workers), old.cpus, None, auto_run=True)
-    worker.identity = b"rejoined-%d" % old.worker_id
+    worker.identity = b"rejoined-%d" % old.core.worker_id
     worker.address = old.address
     worker.core = WorkerCore(old.cpus)
     worker.core.store = dict(old.core.store)     # its queued tasks are dropped, data kept
     cluster.workers.append(worker)
     held = [[i, obj.size, obj.length] for i, obj in sorted(worker.core.store.items())]
     worker.send(protocol.encode(protocol.REJOIN_WORKER, protocol.PROTOCOL_VERSION, old.cpus,
-                                worker.address, worker.task_types, "sim-host", old.worker_id,
-                                held, []))
+                                worker.address, worker.task_types, "sim-host",
+                                old.core.worker_id, held, []))
     cluster.flush()
     return worker
 
@@ -190,7 +190,7 @@ def test_a_worker_that_does_not_come_back_is_recomputed_after_the_timeout(tmp_pa
     restored = _restored(_through_file(tmp_path, cluster.broker.journal.take()))
     restored.reattach_timeout = 5.0
     again = Cluster(workers=0, broker=restored)
-    dead = next(w for w in cluster.workers if w.worker_id in restored.detached_workers)
+    dead = next(w for w in cluster.workers if w.core.worker_id in restored.detached_workers)
     for old in cluster.workers:
         if old is not dead:                      # it died while the broker was down
             _rejoin(again, old)

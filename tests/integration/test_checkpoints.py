@@ -53,3 +53,23 @@ def test_unwritable_checkpoint_fails_with_the_original_message(client, tmp_path)
     task.checkpoint_path = str(tmp_path / "missing-dir" / "c")
     with pytest.raises(TaskFailed, match="Writing checkpoint '.*' failed. Cannot create"):
         client.submit_one(task).gather()
+
+
+@pytest.mark.timeout(30)  # the old code never reported the task: gather() hung
+def test_a_checkpoint_that_cannot_replace_its_path_fails_the_task_and_frees_its_core(
+        make_cluster, tmp_path):
+    cluster = make_cluster(workers=1, cpus=1)
+    client = cluster.client()
+    checkpoints = tmp_path / "checkpoints"
+    occupied = checkpoints / "a-directory"
+    occupied.mkdir(parents=True)
+    task = tasks.run("printf x")            # takes the worker's only core
+    task.checkpoint_path = str(occupied)    # the temporary file is written, the rename fails
+    with pytest.raises(TaskFailed) as failure:
+        client.submit_one(task).gather()
+    message = str(failure.value)
+    assert f"Writing checkpoint '{occupied}' failed" in message
+    assert "Is a directory" in message
+    assert occupied.is_dir() and list(checkpoints.iterdir()) == [occupied]  # no temporary left
+    # the core was given back: the next core task runs on the same worker
+    assert client.submit_one(tasks.run("printf y")).gather() == b"y"

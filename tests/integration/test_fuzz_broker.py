@@ -70,7 +70,7 @@ def header(name, **values):
 CLIENT_CODES = (protocol.SUBMIT, protocol.FETCH, protocol.RELEASE, protocol.GET_STATS,
                 protocol.SET_TRACE, protocol.HEARTBEAT, protocol.GOODBYE, protocol.GET_SNAPSHOT)
 WORKER_CODES = (protocol.TASKS_DONE, protocol.UPLOADED, protocol.HEARTBEAT, protocol.GOODBYE,
-                protocol.WORKER_USAGE)
+                protocol.WORKER_USAGE, protocol.RETIRING)
 ALL_CODES = tuple(m.code for m in protocol.MESSAGES)
 FUZZ_TYPES = ("fuzz/alpha", "fuzz/beta", "fuzz/gamma")   # types only fake workers offer
 
@@ -464,7 +464,7 @@ class PlanRunner(threading.Thread):
                         return
             finally:
                 client.close()
-        except BaseException as error:  # noqa: BLE001 - reported by the test
+        except BaseException as error:
             self.error = error
             self.first_round_started.set()
 

@@ -573,3 +573,40 @@ def test_transitions_nobody_makes_are_refused(h):
     with pytest.raises(ts.IllegalTransition, match="ready -> released"):
         h.state.transition(node, ts.RELEASED)
     assert ts.READY not in ts.ALLOWED[ts.FINISHED] and ts.READY not in ts.ALLOWED[ts.RELEASED]
+
+
+def test_a_worker_that_leaves_is_reported_gone_and_no_push_to_it_stays_queued(h):
+    """The other workers are told (PeersGone) to close their channel to it; a push to it
+    ordered earlier in the same round would reopen that channel, so it is dropped."""
+    h.add_worker(), h.add_worker()
+    h.submit((0, RUN, [], 1, False), (1, RUN, [0], 1, True))
+    [source] = h.schedule()
+    h.finish(source, 0)
+    h.state.outbox.clear()
+    source.cpus_used = source.cpus * h.state.overbooking  # the consumer goes elsewhere
+    [target] = h.schedule()
+    source.cpus_used = 0
+    assert h.state.outbox.sends[source] == {target.address: [h.base + 0]}
+    h.state.on_worker_lost(target)
+    assert h.state.outbox.peers_gone == [target.address]
+    assert target.address not in h.state.outbox.sends[source]
+    h.state.outbox.clear()
+    assert h.schedule() == {source: [1]}   # runs where its input is, no transfer
+    assert not h.state.outbox.sends and not h.state.outbox.peers_gone
+
+
+def test_a_worker_back_at_the_same_address_keeps_its_channels(h):
+    """A worker that re-registered (new connection, same data address) before the loss of
+    its old connection was seen is not reported gone: the others' channel to that
+    address serves the new registration, and pushes ordered to it stay."""
+    old = h.add_worker()
+    back = h.state.on_worker_hello(b"again", protocol.PROTOCOL_VERSION, 1, old.address,
+                                   [CONST, MERGE, RUN], "h", 0.0)
+    holder = h.add_worker()
+    h.state.outbox.send_data(holder, back.address, h.base + 0)  # ordered for the new one
+    h.state.on_worker_lost(old)
+    assert h.state.outbox.peers_gone == []
+    assert h.state.outbox.sends[holder] == {back.address: [h.base + 0]}
+    h.state.on_worker_lost(back)    # now the address is gone for good
+    assert h.state.outbox.peers_gone == [back.address]
+    assert h.state.outbox.sends[holder] == {}

@@ -13,9 +13,9 @@ def test_push_connection_opens_on_demand_and_closes_when_idle():
     sender = DataChannels(context, "127.0.0.1")
     receiver = DataChannels(context, "127.0.0.1")
     try:
-        assert sender._pushers == {}
+        assert sender.open_channels() == []
         sender.push(receiver.address, [(7, Plain(b"abc"))])
-        assert list(sender._pushers) == [receiver.address]
+        assert sender.open_channels() == [receiver.address]
         got = None
         deadline = time.monotonic() + 10
         while got is None and time.monotonic() < deadline:
@@ -23,9 +23,9 @@ def test_push_connection_opens_on_demand_and_closes_when_idle():
             time.sleep(0.01)
         assert got is not None and got[1][0][0] == 7
         sender.close_idle(time.monotonic())            # just used: kept
-        assert list(sender._pushers) == [receiver.address]
+        assert sender.open_channels() == [receiver.address]
         sender.close_idle(time.monotonic() + 61)       # a minute unused: closed
-        assert sender._pushers == {}
+        assert sender.open_channels() == []
     finally:
         sender.close()
         receiver.close()

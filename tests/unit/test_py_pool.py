@@ -282,3 +282,51 @@ def test_pool_runs_python_tasks_in_parallel():
     if os.getloadavg()[0] > 1.5 * os.cpu_count():
         pytest.skip(f"machine too busy to measure parallelism: {measured}")
     pytest.fail(f"the pool did not compute in parallel: CPU/wall = {measured}")
+
+
+@tasks.py_task(n_direct_args=1)
+def sleep_in_child_and_grandchild(pid_file):
+    """Starts a subprocess, records both pids, then sleeps for a minute."""
+    import subprocess
+    grandchild = subprocess.Popen(["sleep", "60"])
+    with open(pid_file + ".tmp", "w") as f:
+        f.write(f"{os.getpid()} {grandchild.pid}")
+    os.rename(pid_file + ".tmp", pid_file)
+    time.sleep(60)
+    return b"slept"
+
+
+def gone(pid) -> bool:
+    import psutil
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_cancelling_a_running_task_kills_its_process_and_what_it_started(tmp_path):
+    from tests.conftest import wait_until
+    pid_file = str(tmp_path / "pids")
+    with PythonPool(1) as one:
+        future = one.submit("py_call", py_call_ctx(sleep_in_child_and_grandchild(pid_file)))
+        wait_until(lambda: os.path.exists(pid_file), timeout=TIMEOUT, message="the task to start")
+        child, grandchild = map(int, open(pid_file).read().split())
+        one.cancel(future)
+        with pytest.raises(TaskError, match="Python executor process died"):
+            future.result(TIMEOUT)
+        wait_until(lambda: gone(child) and gone(grandchild), timeout=10,
+                   message="the executor process and its subprocess to die")
+        # a replacement process runs the next task
+        assert through(one, tasks.py_task()(lambda: str(os.getpid()))()).data \
+            != str(child).encode()
+
+
+def test_cancelling_a_finished_task_does_not_kill_the_next_one(tmp_path):
+    gate = str(tmp_path / "gate")
+    with PythonPool(1) as one:
+        done = one.submit("py_call", py_call_ctx(tasks.py_task()(lambda: "first")()))
+        assert done.result(TIMEOUT).data == b"first"
+        following = one.submit("py_call", py_call_ctx(wait_for_file(gate)))
+        one.cancel(done)  # too late: a no-op, whatever the child runs now
+        open(gate, "w").close()
+        assert following.result(TIMEOUT).data == b"done"

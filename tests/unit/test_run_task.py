@@ -237,3 +237,49 @@ def test_run_directory_is_named_after_the_task_and_unique(work_dir):
     second = run(work_dir, tasks.run("pwd"), task_id=12).data.decode()
     assert first.startswith(os.path.join(os.path.realpath(work_dir), "run", "12-"))
     assert first != second
+
+
+def test_a_cancel_kills_the_program_and_what_it_started(work_dir, tmp_path):
+    """The program runs in a process group of its own: a cancel kills all of it, the
+    task fails at once and its run directory is removed (the fixture checks)."""
+    import psutil
+    from hyperloom.worker.taskdef import Cancellation
+    from tests.conftest import wait_until
+    pids = tmp_path / "pids"
+    task = tasks.run(("sh", "-c", f"sleep 60 & echo $$ $! > {pids}.tmp; "
+                                  f"mv {pids}.tmp {pids}; wait"))
+    ctx = TaskContext(7, task.task_type, task.config, [], work_dir=work_dir)
+    ctx.cancel = Cancellation()
+    outcome = {}
+
+    def execute():
+        try:
+            execute_run(ctx)
+        except TaskError as error:
+            outcome["error"] = str(error)
+
+    thread = threading.Thread(target=execute)
+    thread.start()
+    wait_until(pids.exists, timeout=10, message="the program to start")
+    shell, sleep = map(int, pids.read_text().split())
+    ctx.cancel.cancel()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert outcome["error"].startswith("Program terminated by signal 9 (SIGKILL)")
+    def gone(pid):
+        return not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+    wait_until(lambda: gone(shell) and gone(sleep), timeout=10,
+               message="the shell and its background sleep to die")
+
+
+def test_a_task_canceled_before_its_program_starts_does_not_run_it(work_dir, tmp_path):
+    from hyperloom.worker.taskdef import Cancellation
+    marker = tmp_path / "ran"
+    task = tasks.run(("touch", str(marker)))
+    ctx = TaskContext(7, task.task_type, task.config, [], work_dir=work_dir)
+    ctx.cancel = Cancellation()
+    ctx.cancel.cancel()
+    with pytest.raises(TaskError, match="Canceled before the program started"):
+        execute_run(ctx)
+    assert not marker.exists()

@@ -112,3 +112,29 @@ def test_rejoining_keeps_data_and_started_tasks_and_drops_the_rest():
     new.on_task_done(running[1], Plain(b"late"))     # the running task ends afterwards
     assert new.take_reports()[0] == [[11, 4, 0]] and len(new.free_cpus) == 2
     new.check_invariants()
+
+
+def test_send_data_and_upload_are_answered_from_the_store_by_the_core():
+    core = WorkerCore(cpus=1)
+    core.on_data(5, Plain(b"five"))
+    core.on_data(6, Plain(b"six"))
+    pushes = core.on_send_data([["tcp://peer:1", [5, 6]], ["tcp://other:2", [6, 99]]])
+    assert [(address, [i for i, _ in objects]) for address, objects in pushes] == \
+        [("tcp://peer:1", [5, 6]), ("tcp://other:2", [6])]   # 99 is not here: logged, skipped
+    answer = core.on_upload([6, 99])
+    assert answer[0][0] == 6 and answer[0][1].data == b"six"
+    assert answer[1] == (99, None)
+
+
+def test_registration_refusal_and_shutdown_are_core_events():
+    core = WorkerCore(cpus=1)
+    assert core.worker_id is None
+    core.on_welcome(4)
+    assert core.worker_id == 4
+    core.on_error("a passing complaint", False)
+    assert core.refusal is None
+    core.on_error("protocol version mismatch", True)
+    assert core.refusal == "protocol version mismatch"
+    assert not core.shutdown_requested
+    core.on_shutdown()
+    assert core.shutdown_requested
