@@ -110,6 +110,10 @@ def broker_main(argv=None):
     parser.add_argument("--session-timeout", type=float, default=120.0, metavar="SECONDS",
                         help="with --journal, keep a disconnected client's session and data "
                              "this long for it to re-attach (default 120)")
+    parser.add_argument("--journal-compact-bytes", type=int, default=64 << 20, metavar="N",
+                        help="with --journal, rewrite it while running once it exceeds N "
+                             "bytes and 4 times its size after the last compaction (default "
+                             "64 MiB)")
     _add_cluster_options(parser, "broker")
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535:
@@ -123,7 +127,8 @@ def broker_main(argv=None):
                           heartbeat_misses=args.heartbeat_misses, secret_file=args.secret_file,
                           max_peers=max_peers, journal=args.journal,
                           reattach_timeout=args.reattach_timeout,
-                          session_timeout=args.session_timeout)
+                          session_timeout=args.session_timeout,
+                          journal_compact_bytes=args.journal_compact_bytes)
     from .broker.journal import JournalError
     try:
         server = BrokerServer(config)

@@ -38,6 +38,7 @@ from .state import BrokerState
 log = logging.getLogger("hyperloom.broker")
 
 DRAIN_LIMIT = 2000          # messages handled before a flush, so replies keep flowing
+COMPACT_FACTOR = 4          # compact online when the journal is this much over its last size
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class BrokerConfig:
     journal: str | None = None          # append what a restart needs here (journal.py)
     reattach_timeout: float = 10.0      # after a restart, wait this long for workers
     session_timeout: float = 120.0      # keep a disconnected client's session this long
+    journal_compact_bytes: int = 64 << 20  # compact online beyond this (and 4x the last size)
 
 
 class BrokerServer:
@@ -115,6 +117,8 @@ class BrokerServer:
             log.info("journal %s: replayed %d records (%d bytes), compacted to %d bytes",
                      path, len(contents.records), contents.size, size)
         writer = JournalWriter(path)
+        self._compact_at = max(self.config.journal_compact_bytes,
+                               COMPACT_FACTOR * writer.bytes_written)
         self.core.journal = writer
         return writer
 
@@ -235,6 +239,25 @@ class BrokerServer:
         out = self.core.outbox
         assert self.journal is not None
         self.journal.commit(now, bool(out.finished or out.failed or out.replies))
+        if self.journal.bytes_written > self._compact_at:
+            self._compact_online()
+
+    def _compact_online(self):
+        """The journal outgrew what is live: rewrite it as the records that replay to the
+        present state (as at a restart), unless a chunked plan is half received or the
+        broker still waits for workers to re-attach (try again after the next commit)."""
+        core = self.core
+        if core.restoring or any(c.pending_plan is not None for c in core.clients.values()):
+            return
+        assert self.journal is not None
+        path, before = self.journal.path, self.journal.bytes_written
+        self.journal.close()
+        size = write_journal(path, core.compact_records())
+        self.journal = JournalWriter(path)
+        core.journal = self.journal
+        self._compact_at = max(self.config.journal_compact_bytes, COMPACT_FACTOR * size)
+        log.info("journal %s compacted online: %d bytes to %d (%d tasks live)", path, before,
+                 size, len(core.tasks))
 
     def _flush(self):
         out = self.core.outbox

@@ -236,3 +236,14 @@ def test_releases_and_finishes_batched_in_one_round_replay_to_the_same_state(tmp
     original = cluster.broker
     restored = _restored(_through_file(tmp_path, original.journal.take()))
     _assert_same(original, restored)
+
+
+def test_a_running_broker_compacts_to_what_replays_to_its_state(tmp_path):
+    """Online compaction: the records a live core writes (tasks running, data on live
+    workers, a released result) replay to the same state."""
+    cluster, ids = _half_run(rounds=2)
+    cluster.client.release(ids[:1])
+    cluster.run()
+    path = os.path.join(tmp_path, "online")
+    jn.write_journal(path, cluster.broker.compact_records())
+    _assert_same(cluster.broker, _restored(path))

@@ -223,3 +223,26 @@ def test_a_client_with_a_session_the_broker_does_not_know_gets_a_clear_error(pro
     with pytest.raises(LoomError, match="is not known to this broker"):
         client.wait([future])
     client.close()
+
+
+@pytest.mark.timeout(120)
+def test_the_journal_is_compacted_online_and_stays_bounded(processes):
+    """Plan after plan, each gathered (released): the journal is rewritten while the broker
+    runs once it passes --journal-compact-bytes, and what it holds still restarts it."""
+    processes.start_broker("--journal-compact-bytes", "50000")
+    client = _connect(processes, count=1)
+    written = 0
+    for run in range(6):
+        futures = client.submit([tasks.const(f"{run}.{i}") for i in range(2000)])
+        assert client.gather(futures)[-1] == f"{run}.1999".encode()
+        written += 2000
+    size = os.path.getsize(processes.journal)
+    log = processes.log("broker-0.log")
+    assert "compacted online" in log
+    assert size < 100_000, size                # it grew by ~45 bytes a task without
+    processes.kill_broker()
+    processes.start_broker()
+    future = client.submit_one(tasks.merge((tasks.const("a"), tasks.const("b"))))
+    assert client.gather([future]) == [b"ab"]
+    print(f"{written} tasks run, journal {size} bytes after online compaction")
+    client.close()
