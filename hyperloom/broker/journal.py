@@ -31,8 +31,9 @@ Record kinds (``[kind, fields...]``):
     FINISHED  [id, worker id, size, length, ...] tasks that finished (flat)
     FAILED    id, error                          a task failed (its dependants follow)
     RELEASED  [id, ...]                          results the client released
-    COUNTERS  next worker id, next client number, [[client, done, total], ...]
-                                                 (compaction: what dropped history counted)
+    COUNTERS  next worker id, next client number, [[client, done, total, next broker id],
+              ...]                               (compaction: what dropped history counted)
+    EXPANDED  id, total cpus                     a dslice/dget expanded (with that many cores)
 """
 
 from __future__ import annotations
@@ -57,11 +58,11 @@ HEADER = struct.Struct("<8sII")
 RECORD = struct.Struct("<II")
 MAX_RECORD = protocol.MAX_HEADER_BYTES
 
-CLIENT, END, WORKER, LOST, SUBMIT, FINISHED, FAILED, RELEASED, COUNTERS, SUBMITTED = \
-    range(1, 11)
+CLIENT, END, WORKER, LOST, SUBMIT, FINISHED, FAILED, RELEASED, COUNTERS, SUBMITTED, \
+    EXPANDED = range(1, 12)
 KIND_NAMES = {CLIENT: "client", END: "end", WORKER: "worker", LOST: "lost", SUBMIT: "submit",
               FINISHED: "finished", FAILED: "failed", RELEASED: "released",
-              COUNTERS: "counters", SUBMITTED: "submitted"}
+              COUNTERS: "counters", SUBMITTED: "submitted", EXPANDED: "expanded"}
 
 # With records waiting, fsync at least this often even when no client waits on them.
 SYNC_INTERVAL = 0.05
@@ -83,6 +84,7 @@ class NullJournal:
     def finished(self, task_id: int, worker_id: int, size: int, length: int) -> None: pass
     def failed(self, task_id: int, error) -> None: pass
     def released(self, task_id: int) -> None: pass
+    def expanded(self, task_id: int, total_cpus: int) -> None: pass
 
 
 NULL_JOURNAL = NullJournal()
@@ -165,6 +167,9 @@ class JournalRecorder(NullJournal):
 
     def released(self, task_id):
         self._released.append(task_id)
+
+    def expanded(self, task_id, total_cpus):
+        self._record([EXPANDED, task_id, total_cpus])
 
 
 def header_bytes() -> bytes:

@@ -29,6 +29,7 @@ import secrets
 from .base import CoreBase
 from .. import protocol
 from . import journal as jn
+from .dynamic import _expand
 from . import taskstate as ts
 from .model import ClientRecord, Node, WorkerRecord
 
@@ -103,9 +104,16 @@ class Restore(CoreBase):
         if kind == jn.COUNTERS:
             self.next_worker_id = max(self.next_worker_id, record[1])
             self.next_client_number = max(self.next_client_number, record[2])
-            for number, done, total in record[3]:
+            for number, done, total, next_broker_id in record[3]:
                 client = self.sessions[number]
                 client.n_done, client.n_total = done, total
+                client.next_broker_id = max(client.next_broker_id, next_broker_id)
+            return 0
+        if kind == jn.EXPANDED:
+            node = self.tasks.get(record[1])
+            if node is None or node.state != ts.READY:
+                return 1
+            _expand(self, node, record[2])
             return 0
         if kind == jn.LOST:
             ghost = self.detached_workers.pop(record[1], None)
@@ -147,6 +155,7 @@ class Restore(CoreBase):
 
     def _after_replay(self):
         self.outbox.clear()  # what the old broker sent, or what nobody is there to receive
+        self.dynamic_ready = [n for n in self.dynamic_ready if n.state == ts.READY]
         seen = set()
         self.ready = type(self.ready)(
             n for n in self.ready if n.state == ts.READY and not (n in seen or seen.add(n)))
@@ -404,7 +413,7 @@ class Restore(CoreBase):
             records.append([jn.FINISHED, finished])
         records.extend(failed)
         records.append([jn.COUNTERS, self.next_worker_id, self.next_client_number,
-                        [[number, client.n_done, client.n_total]
+                        [[number, client.n_done, client.n_total, client.next_broker_id]
                          for number, client in self.sessions.items()]])
         return records
 

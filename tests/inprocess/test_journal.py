@@ -9,6 +9,7 @@ computing again what a worker still holds.
 """
 
 import os
+import struct
 
 import pytest
 
@@ -247,3 +248,41 @@ def test_a_running_broker_compacts_to_what_replays_to_its_state(tmp_path):
     path = os.path.join(tmp_path, "online")
     jn.write_journal(path, cluster.broker.compact_records())
     _assert_same(cluster.broker, _restored(path))
+
+
+def test_dslice_and_dget_expansions_replay_to_the_same_tasks(tmp_path):
+    """Pieces depend on the cores there were: the journal records them, so the restored
+    broker knows the pieces (ids, slices) the workers hold, and compaction keeps them."""
+    cluster = Cluster(workers=2, cpus=1, auto_run=False,
+                      broker=BrokerState(journal=jn.JournalRecorder()))
+    array = tasks.array_make([tasks.const(str(i)) for i in range(20)])
+    letters = tasks.array_make([tasks.const(c) for c in "abcde"])
+    ids = cluster.client.submit([tasks.length(tasks.dslice(array)),
+                                 tasks.merge((tasks.dget(letters), tasks.const("!")))])
+    for _ in range(4):
+        for worker in cluster.workers:
+            worker.finish_running()
+        cluster.run()
+    original = cluster.broker
+    assert any(i & protocol.BROKER_ID_BASE for i in original.tasks)   # expanded already
+    restored = _restored(_through_file(tmp_path, original.journal.take()))
+    _assert_same(original, restored)
+    compacted = os.path.join(tmp_path, "compacted")
+    jn.write_journal(compacted, restored.compact_records())
+    again = _restored(compacted)
+    _assert_same(original, again)
+    assert [c.next_broker_id for c in again.sessions.values()] == \
+        [c.next_broker_id for c in original.clients.values()]
+    # the workers and the client re-attach to the restored broker; the plan completes
+    number, token = cluster.client.session
+    resumed = Cluster(workers=0, broker=restored)
+    for old in cluster.workers:
+        _rejoin(resumed, old)
+    resumed.client = client = SimClient(resumed, b"resumed")
+    resumed.ever.add(b"resumed")
+    client.send(protocol.encode(protocol.RESUME_CLIENT, protocol.PROTOCOL_VERSION, number,
+                                token, ids))
+    resumed.run()
+    lengths, letters = resumed.gather(ids)
+    assert sum(struct.unpack("<Q", item)[0] for item in lengths) == 20
+    assert letters == [b"a!", b"b!", b"c!", b"d!", b"e!"]
