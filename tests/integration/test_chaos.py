@@ -1,11 +1,13 @@
-"""Chaos: a 10,000-task plan while workers are killed (kill -9) and replaced, 20 times.
+"""Chaos: a 10,000-task plan while workers are killed (kill -9) and replaced, 20 times;
+and plans while the broker itself is killed and restarted from its journal.
 
 Slow (skipped by default). Run it with
 
     python -m pytest -m slow tests/integration/test_chaos.py -s
 
 ``HYPERLOOM_CHAOS_RUNS`` (default 20) sets how many times the plan runs and
-``HYPERLOOM_CHAOS_PERIOD`` (default 2.5) the mean seconds between kills.
+``HYPERLOOM_CHAOS_PERIOD`` (default 2.5) the mean seconds between kills;
+``HYPERLOOM_CHAOS_BROKER_RUNS`` (default 3) how many plans run under broker kills.
 
 Every run must complete with exactly the right results, and the broker's
 resident memory must come back to its baseline between runs (+20 MB).
