@@ -313,7 +313,20 @@ def describe(path: str) -> dict:
             "problem": contents.problem}
 
 
-if __name__ == "__main__":
+def main(argv=None) -> int:
+    import argparse
     import json
-    import sys
-    print(json.dumps(describe(sys.argv[1]), indent=2))
+    parser = argparse.ArgumentParser(prog="python -m hyperloom.broker.journal",
+                                     description="Describe a loom-broker journal: records "
+                                                 "per kind, size, a damaged tail.")
+    parser.add_argument("path")
+    args = parser.parse_args(argv)
+    try:
+        print(json.dumps(describe(args.path), indent=2))
+    except (OSError, JournalError) as error:
+        parser.exit(2, f"{error}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -286,3 +286,14 @@ def test_dslice_and_dget_expansions_replay_to_the_same_tasks(tmp_path):
     lengths, letters = resumed.gather(ids)
     assert sum(struct.unpack("<Q", item)[0] for item in lengths) == 20
     assert letters == [b"a!", b"b!", b"c!", b"d!", b"e!"]
+
+
+def test_describe_counts_records_and_finished_tasks(tmp_path):
+    cluster, _ = _half_run()
+    finished = sum(1 for n in cluster.broker.tasks.values() if n.state == ts.FINISHED)
+    released = cluster.broker.state_counts[ts.RELEASED]
+    path = _through_file(tmp_path, cluster.broker.journal.take())
+    summary = jn.describe(path)
+    assert summary["finished_tasks"] == finished + released  # every finish is recorded
+    assert summary["kinds"]["client"] == 1 and summary["kinds"]["worker"] == 2
+    assert summary["problem"] is None and summary["dropped_bytes"] == 0
