@@ -204,9 +204,10 @@ class JournalWriter(JournalRecorder):
         report what they hold). So a broker crash loses nothing a client saw.
         """
         if self.pending():
-            data = self.take()
-            os.write(self.fd, data)
+            data = memoryview(self.take())
             self.bytes_written += len(data)
+            while data:  # a write may take less than all (a huge round, a signal)
+                data = data[os.write(self.fd, data):]
             self.unsynced = True
         if self.unsynced and (before_answers or now - self.last_sync >= self.sync_interval):
             os.fdatasync(self.fd)
