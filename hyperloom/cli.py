@@ -227,7 +227,9 @@ def worker_main(argv=None):
     parser.add_argument("--heartbeat", type=float, default=1.0, metavar="SECONDS",
                         help="heartbeat interval towards the broker (default 1.0)")
     parser.add_argument("--broker-timeout", type=float, default=30.0, metavar="SECONDS",
-                        help="exit if the broker cannot be reached for this long (default 30)")
+                        help="exit if the broker cannot be reached for this long (default "
+                             "30); until then it keeps its data and running tasks and "
+                             "re-attaches to a broker that comes back")
     parser.add_argument("--secret-file", metavar="PATH",
                         help="the cluster's CURVE key file (as given to loom-broker)")
     parser.add_argument("--log-level", choices=LOG_LEVELS, default="info",
