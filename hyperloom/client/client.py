@@ -83,6 +83,7 @@ class Client:
         # A broker with a journal gives a session (Session): with it, a lost connection is
         # re-attached (session.py) instead of raising ConnectionLost.
         self._session = None
+        self._broken = None      # the ConnectionLost of a re-attach that failed: raised again
         self._fetching = {}      # request -> (ids, release) of a fetch waiting for Data
         self._context = zmq.Context()
         self._open_socket()
@@ -463,6 +464,8 @@ class Client:
         callers loop until what they wait for has arrived.
         """
         with self._lock:
+            if self._broken is not None:
+                raise self._broken
             self._flush_releases()
             events = dict(self._poller.poll(int(RELEASE_INTERVAL * 1000)))
             self._handle_events(events)

@@ -42,13 +42,16 @@ def reattach(client) -> None:
     while not client._socket.poll(100):
         if client._monitor.poll(0):
             client._monitor.recv_multipart()  # a refused connection while the broker is down
-        if time.monotonic() > deadline:
-            raise ConnectionLost(f"the broker at {where} did not come back within "
-                                 f"{client._reattach_timeout:.0f} s to resume session {number}")
+        if time.monotonic() > deadline:  # every later wait raises it too (client.py)
+            client._broken = ConnectionLost(
+                f"the broker at {where} did not come back within "
+                f"{client._reattach_timeout:.0f} s to resume session {number}")
+            raise client._broken
     code, fields = protocol.decode(client._socket.recv())
     if code == protocol.ERROR:
-        client._session = None
-        raise LoomError(f"the broker at {where} could not resume this client: {fields[0]}")
+        client._broken = LoomError(f"the broker at {where} could not resume this client: "
+                                   f"{fields[0]}")
+        raise client._broken
     if code != protocol.WELCOME:
         raise LoomError(f"unexpected {protocol.name_of(code)} from the broker while resuming")
     log.info("session %d re-attached", number)

@@ -249,3 +249,20 @@ def test_the_journal_is_compacted_online_and_stays_bounded(processes):
     assert client.gather([future]) == [b"ab"]
     print(f"{written} tasks run, journal {size} bytes after online compaction")
     client.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_broker_that_does_not_come_back_ends_the_wait_with_connection_lost(processes):
+    from hyperloom.errors import ConnectionLost
+    processes.start_broker()
+    processes.start_worker()
+    client = Client("127.0.0.1", processes.port, connect_timeout=3)
+    future = client.submit_one(tasks.run("sleep 30"))
+    wait_until(lambda: client.info()["tasks"]["assigned"] == 1, timeout=20,
+               message="the task to start")
+    processes.kill_broker()
+    with pytest.raises(ConnectionLost, match="did not come back within 3 s"):
+        client.wait([future])
+    with pytest.raises(ConnectionLost):            # and so does every later wait
+        client.wait([future])
+    client.close()
