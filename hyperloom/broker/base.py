@@ -53,6 +53,7 @@ class CoreBase:
     detached_clients: dict[int, float | None]
     detached_workers: dict[int, WorkerRecord]
     restore_deadline: float | None
+    pending_restore_deadline: float | None
     next_worker_id: int
     next_client_number: int
     provided_types: set[str]

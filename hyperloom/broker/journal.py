@@ -34,6 +34,8 @@ Record kinds (``[kind, fields...]``):
     COUNTERS  next worker id, next client number, [[client, done, total, next broker id],
               ...]                               (compaction: what dropped history counted)
     EXPANDED  id, total cpus                     a dslice/dget expanded (with that many cores)
+    RESTORE   deadline (wall clock, seconds)     a restart waits for its workers until then
+    RESTORED                                     it stopped waiting (the missing ones: LOST)
 """
 
 from __future__ import annotations
@@ -59,10 +61,11 @@ RECORD = struct.Struct("<II")
 MAX_RECORD = protocol.MAX_HEADER_BYTES
 
 CLIENT, END, WORKER, LOST, SUBMIT, FINISHED, FAILED, RELEASED, COUNTERS, SUBMITTED, \
-    EXPANDED = range(1, 12)
+    EXPANDED, RESTORE, RESTORED = range(1, 14)
 KIND_NAMES = {CLIENT: "client", END: "end", WORKER: "worker", LOST: "lost", SUBMIT: "submit",
               FINISHED: "finished", FAILED: "failed", RELEASED: "released",
-              COUNTERS: "counters", SUBMITTED: "submitted", EXPANDED: "expanded"}
+              COUNTERS: "counters", SUBMITTED: "submitted", EXPANDED: "expanded",
+              RESTORE: "restore", RESTORED: "restored"}
 
 # With records waiting, fsync at least this often even when no client waits on them.
 SYNC_INTERVAL = 0.05
@@ -85,6 +88,8 @@ class NullJournal:
     def failed(self, task_id: int, error) -> None: pass
     def released(self, task_id: int) -> None: pass
     def expanded(self, task_id: int, total_cpus: int) -> None: pass
+    def restore(self, deadline: float) -> None: pass
+    def restored(self) -> None: pass
 
 
 NULL_JOURNAL = NullJournal()
@@ -170,6 +175,12 @@ class JournalRecorder(NullJournal):
 
     def expanded(self, task_id, total_cpus):
         self._record([EXPANDED, task_id, total_cpus])
+
+    def restore(self, deadline):
+        self._record([RESTORE, deadline])
+
+    def restored(self):
+        self._record([RESTORED])
 
 
 def header_bytes() -> bytes:

@@ -109,6 +109,12 @@ class Restore(CoreBase):
                 client.n_done, client.n_total = done, total
                 client.next_broker_id = max(client.next_broker_id, next_broker_id)
             return 0
+        if kind == jn.RESTORE:  # a restart that had not finished waiting for its workers
+            self.pending_restore_deadline = record[1]
+            return 0
+        if kind == jn.RESTORED:
+            self.pending_restore_deadline = None
+            return 0
         if kind == jn.EXPANDED:
             node = self.tasks.get(record[1])
             if node is None or node.state != ts.READY:
@@ -184,6 +190,7 @@ class Restore(CoreBase):
             self._ghost_lost(ghost)
         self.detached_workers.clear()
         self.restoring = False
+        self.journal.restored()
         for task_id in [i for i in self.pending_fetches
                         if i in self.tasks and self.tasks[i].state == ts.FINISHED]:
             node = self.tasks[task_id]

@@ -120,6 +120,8 @@ class BrokerServer:
         self._compact_at = max(self.config.journal_compact_bytes,
                                COMPACT_FACTOR * writer.bytes_written)
         self.core.journal = writer
+        if self.core.restoring:
+            self._journal_restore_deadline(writer)
         return writer
 
     # ------------------------------------------------------------ loop
@@ -232,6 +234,18 @@ class BrokerServer:
             self.core.on_peer_disconnected(previous, time.monotonic(), "connection replaced")
 
     # ------------------------------------------------------------ output
+
+    def _journal_restore_deadline(self, writer: JournalWriter):
+        """How long this restart waits for its workers: ``reattach_timeout``, or what is
+        left of it when the last restart was killed while waiting (without this, a broker
+        killed more often than that would wait afresh each time and never go on)."""
+        core = self.core
+        deadline = core.pending_restore_deadline
+        if deadline is None:
+            deadline = time.time() + core.reattach_timeout
+        writer.restore(deadline)
+        writer.commit(time.monotonic(), True)
+        core.reattach_timeout = max(0.0, deadline - time.time())
 
     def _commit_journal(self, now: float):
         """Group commit, before anything is sent: fsynced if a client is about to hear of

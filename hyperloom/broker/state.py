@@ -100,6 +100,8 @@ class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery
         self.detached_workers = {}       # worker id -> ghost WorkerRecord (after a restart)
         self.restoring = False           # waiting for ghosts to re-attach: nothing scheduled
         self.restore_deadline = None
+        # (wall clock) the deadline of a restart that was cut by another crash (restore.py)
+        self.pending_restore_deadline = None
         self.replaying = False
         self.finished_in_journal = set()  # ids replayed as finished (for journal_stats)
         self.n_recomputed = 0            # of those, computed again (their data was lost)
