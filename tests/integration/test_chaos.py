@@ -230,7 +230,7 @@ class BrokerChaos(threading.Thread):
                 self.processes.start_broker()
                 if len(self.processes.workers) - len(self.killed) < WORKERS:
                     self.processes.start_worker()
-        except BaseException as error:  # noqa: BLE001 - reported by the test
+        except BaseException as error:  # reported by the test
             self.error = error
 
 
