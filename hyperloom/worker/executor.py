@@ -17,6 +17,7 @@ import traceback
 from collections import deque
 from concurrent.futures import CancelledError, ThreadPoolExecutor
 
+from .run_task import RunDirs
 from .taskdef import Cancellation, Redirect, TaskContext, TaskError
 
 log = logging.getLogger("hyperloom.worker")
@@ -36,6 +37,7 @@ class Executor:
                                           thread_name_prefix="task")
         self._python_pool = None
         self._pool_names = {}
+        self.run_dirs = RunDirs()
         self.completions = deque()
         # task id -> (WorkerTask, Cancellation) of what runs outside the loop, so that a
         # cancel can stop it; a task leaves when its completion is posted.
@@ -49,6 +51,7 @@ class Executor:
         self.threads.shutdown(wait=False, cancel_futures=True)
         if self._python_pool is not None:
             self._python_pool.close()
+        self.run_dirs.close()
         os.close(self.wake_read)
         os.close(self.wake_write)
 
@@ -72,6 +75,7 @@ class Executor:
                 return None
             return outcome
         ctx.cancel = cancel = Cancellation()
+        ctx.run_dirs = self.run_dirs
         with self._running_lock:
             self._running[task.id] = (task, cancel)
         if mode == "python" and self.cpus > 1:
@@ -163,6 +167,7 @@ class Executor:
                               list(redirect.inputs), ctx.cpu_ids, ctx.work_dir, ctx.pin,
                               ctx.label, ctx.log)
         new_ctx.cancel = ctx.cancel  # a program it runs can be stopped too
+        new_ctx.run_dirs = self.run_dirs
         result, error = self._call(kind.fn, new_ctx)
         if isinstance(result, Redirect):
             return None, "A redirected task may not redirect again"

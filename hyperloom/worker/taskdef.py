@@ -62,10 +62,11 @@ class Cancellation:
 class TaskContext:
     """Everything one execution of a task sees. A plain slotted class: one is made
     per task, on the hot path of tiny tasks. ``cancel`` is a Cancellation for tasks
-    that run outside the worker's loop, None for inline ones."""
+    that run outside the worker's loop, None for inline ones. ``run_dirs`` is the
+    worker's ``run_task.RunDirs`` (reusable run directories), None outside a worker."""
 
     __slots__ = ("task_id", "task_type", "config", "inputs", "cpu_ids", "work_dir", "pin",
-                 "label", "log", "cancel")
+                 "label", "log", "cancel", "run_dirs")
 
     def __init__(self, task_id: int, task_type: str, config: bytes, inputs: list,
                  cpu_ids: tuple = (), work_dir: str = "", pin: bool = False,
@@ -80,6 +81,7 @@ class TaskContext:
         self.label = label
         self.log = log if log is not None else logging.getLogger("hyperloom.worker")
         self.cancel = None
+        self.run_dirs = None
 
     def __repr__(self):
         return f"<TaskContext {self.task_id} {self.task_type}>"
