@@ -382,7 +382,7 @@ class _FunctionCache:
 
     def decode_inputs(self, fn_name: str, metas, frames) -> list:
         if (fn_name != "py_call" or not metas or metas[0][0] != KIND_PYOBJ
-                or len(frames[0]) > CACHED_PICKLE_LIMIT):
+                or len(metas[0]) > 2 or len(frames[0]) > CACHED_PICKLE_LIMIT):
             return _decode_all(metas, frames)
         pickled = frames[0]
         obj = self._entries.pop(pickled, None)
