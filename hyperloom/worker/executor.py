@@ -2,10 +2,19 @@
 
 ``inline`` tasks run right away in the loop (their result is returned);
 ``thread`` tasks run in a thread pool; ``python`` tasks run in a pool of
-executor processes when the worker has more than one core (so user Python
-code is not serialised by the worker's GIL) and in a thread otherwise.
+executor processes, one per core (so user Python code is not serialised by
+the worker's GIL, and a canceled one can be stopped by killing its process).
 Completions from other threads are queued and the loop is woken through a
 pipe it polls, so the loop owns every socket and all worker state.
+
+Tiny Python tasks travel in batches: once the tasks of one function (a py_call
+on one function object, or an extension task type) have been seen to run in
+under BATCH_TASK_SECONDS, the tasks of that kind queued behind a starting one
+for the same core go to its executor process with it, to run one after the
+other on that core (``WorkerCore.take_followers``). A batch costs one message
+each way instead of one per task, and its results reach the broker together.
+Slow functions are never batched, so a queued task stays free to be stolen by
+an idle worker.
 """
 
 from __future__ import annotations
@@ -23,6 +32,8 @@ from .taskdef import Cancellation, Redirect, TaskContext, TaskError
 log = logging.getLogger("hyperloom.worker")
 
 INLINE_INPUT_BYTES = 256 * 1024   # inline tasks on bigger inputs go to a thread
+BATCH_TASK_SECONDS = 0.002        # Python tasks of a kind that ran faster are batched
+MAX_BATCH = 64
 
 
 class Executor:
@@ -37,6 +48,8 @@ class Executor:
                                           thread_name_prefix="task")
         self._python_pool = None
         self._pool_names = {}
+        # batch key -> moving average of how long one such task ran (seconds)
+        self._seconds: dict = {}
         self.run_dirs = RunDirs()
         self.completions = deque()
         # task id -> (WorkerTask, Cancellation) of what runs outside the loop, so that a
@@ -57,8 +70,11 @@ class Executor:
 
     # ------------------------------------------------------------ starting
 
-    def start(self, task, inputs):
-        """Start ``task``; return ``(result, error)`` if it ran inline, else None."""
+    def start(self, task, inputs, core=None):
+        """Start ``task``; return ``(result, error)`` if it ran inline, else None.
+
+        With the worker's ``core``, tiny Python tasks queued behind ``task`` for its
+        core may start with it, as a batch."""
         kind = self.registry.get(task.type)
         if kind is None:
             return None, f"Task type '{task.type}' is not provided by this worker"
@@ -78,21 +94,53 @@ class Executor:
         ctx.run_dirs = self.run_dirs
         with self._running_lock:
             self._running[task.id] = (task, cancel)
-        if mode == "python" and self.cpus > 1:
-            pool = self._pool()
-            future = pool.submit(self._pool_name(kind), ctx)
-            cancel.on_cancel(lambda: pool.cancel(future))
-            future.add_done_callback(lambda f: self._pool_done(task, ctx, f))
+        if mode == "python":
+            self._start_python([(task, kind, ctx)], core)
             return None
         self.threads.submit(self._run_in_thread, task, kind.fn, ctx)
         return None
 
+    # ------------------------------------------------------------ python tasks
+
+    def _start_python(self, batch, core) -> None:
+        """Send ``[(task, kind, ctx)]`` (one task, and its tiny followers) to the pool."""
+        if core is not None and batch[0][0].n_cpus == 1 and self._is_tiny(batch[0][0]):
+            for follower in core.take_followers(batch[0][0], self._batchable, MAX_BATCH - 1):
+                kind = self.registry.get(follower.type)
+                ctx = TaskContext(follower.id, follower.type, follower.config,
+                                  core.inputs_of(follower), batch[0][2].cpu_ids,
+                                  self.work_dir, self.pin, follower.label, log)
+                ctx.cancel, ctx.run_dirs = Cancellation(), self.run_dirs
+                with self._running_lock:
+                    self._running[follower.id] = (follower, ctx.cancel)
+                batch.append((follower, kind, ctx))
+        pool = self._pool()
+        futures = pool.submit_batch([(self._pool_name(kind), ctx) for _, kind, ctx in batch])
+        for (task, _, ctx), future in zip(batch, futures):
+            ctx.cancel.on_cancel(lambda future=future: pool.cancel(future))
+            future.add_done_callback(
+                lambda f, task=task, ctx=ctx: self._pool_done(task, ctx, f))
+
+    def _batchable(self, task) -> bool:
+        kind = self.registry.get(task.type)
+        return (kind is not None and kind.mode == "python" and task.n_cpus == 1
+                and task.checkpoint_path is None and self._is_tiny(task))
+
+    def _is_tiny(self, task) -> bool:
+        seconds = self._seconds.get(_batch_key(task))
+        return seconds is not None and seconds < BATCH_TASK_SECONDS
+
+    def _learn(self, task, seconds) -> None:
+        # Runs in the pool's reader thread; a dict item assignment is atomic.
+        key = _batch_key(task)
+        previous = self._seconds.get(key)
+        self._seconds[key] = seconds if previous is None else 0.8 * previous + 0.2 * seconds
+
     def stop(self, task_ids) -> int:
         """Stop the running tasks among ``task_ids`` (canceled): kill their program
         or executor process. Their completions still come, and free their cores.
-        A task running in a worker thread (a Python task on a one-core worker, an
-        extension's thread task) cannot be stopped: it runs to its end. Returns how
-        many tasks were asked to stop."""
+        A task running in a worker thread (an extension's thread task) cannot be
+        stopped: it runs to its end. Returns how many tasks were asked to stop."""
         with self._running_lock:
             entries = [self._running.get(task_id) for task_id in task_ids]
         stopped = 0
@@ -138,6 +186,9 @@ class Executor:
         self._post(task, result, error)
 
     def _pool_done(self, task, ctx, future):
+        seconds = getattr(future, "seconds", None)
+        if seconds is not None:
+            self._learn(task, seconds)
         try:
             result, error = future.result(), None
         except TaskError as exc:
@@ -205,6 +256,13 @@ class Executor:
         while completions:
             taken.append(completions.popleft())
         return taken
+
+
+def _batch_key(task):
+    """Tasks that run the same code: a py_call's function object is its input 0."""
+    if task.input_ids:
+        return task.type, task.input_ids[0]
+    return task.type, None
 
 
 def write_checkpoint(path: str, result):

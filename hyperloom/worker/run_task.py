@@ -95,9 +95,10 @@ class RunDirs:
     """Run directories of finished programs, kept for the next tasks of one worker.
 
     A directory comes back only when it holds exactly ``+out`` and ``+err``, both
-    plain files with one link, and is still mode 0700 (as mkdtemp made it): the
-    next task truncates those two files, so they must not be links to anything
-    else, and no other file may leak into the next task. Thread-safe; at most
+    plain files with one link, and is still mode 0700 (as mkdtemp made it): they
+    are truncated (now, and again by the next task), so they must not be links
+    to anything else, and no other file may leak into the next task. A spare
+    directory thus holds two empty files. Thread-safe; at most
     ``limit`` are kept.
     """
 
@@ -116,15 +117,19 @@ class RunDirs:
             if stat.S_IMODE(os.lstat(run_dir).st_mode) != 0o700:
                 return False
             with os.scandir(run_dir) as entries:
-                names = []
+                names, filled = [], []
                 for entry in entries:
                     info = entry.stat(follow_symlinks=False)
                     if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
                         return False
                     names.append(entry.name)
+                    if info.st_size:
+                        filled.append(entry.path)
+            if len(names) != 2 or set(names) != _CAPTURED:
+                return False
+            for path in filled:  # no task's output stays on disk after its task
+                os.truncate(path, 0)
         except OSError:
-            return False
-        if len(names) != 2 or set(names) != _CAPTURED:
             return False
         with self._lock:
             if len(self._free) >= self._limit:

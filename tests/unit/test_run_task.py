@@ -316,6 +316,10 @@ def test_a_clean_run_directory_is_reused_with_fresh_streams(work_dir, run_dirs):
     second = run_pooled(work_dir, run_dirs, tasks.run("pwd")).data.decode()
     assert first[1:] == ["+err", "+out"]
     assert second == first[0] + "\n"  # same directory, and +out holds only this run's output
+    spare = run_dirs.take()
+    assert spare == first[0]  # kept again, with nothing of the last run left in it
+    assert [os.path.getsize(os.path.join(spare, f)) for f in ("+out", "+err")] == [0, 0]
+    assert run_dirs.give_back(spare)
     stderr = run_pooled(work_dir, run_dirs, tasks.run(("/bin/sh", "-c", "cat +err")))
     assert stderr.data == b""
 
