@@ -30,7 +30,8 @@ def generate_secret_file(path: str) -> ClusterKeys:
     public, secret = zmq.curve_keypair()
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as f:
-        f.write("# hyperloom cluster key: keep it secret, give it to every broker, worker and client\n")
+        f.write("# hyperloom cluster key: keep it secret, give it to every broker, worker "
+                "and client\n")
         f.write(f"public = {public.decode()}\nsecret = {secret.decode()}\n")
     return ClusterKeys(public, secret)
 

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from itertools import chain
 from operator import attrgetter
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Optional
+from collections.abc import Callable, Iterable, Sequence
 
 import msgpack
 
@@ -208,7 +209,7 @@ class TraceWriter:
             self.flush()
             self._file.close()
 
-    def __enter__(self) -> "TraceWriter":
+    def __enter__(self) -> TraceWriter:
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -334,7 +335,8 @@ def read_file(path: str | os.PathLike) -> TraceFile:
         raise ValueError(f"{path}: trace format version {header.get('version')}, "
                          f"expected {FORMAT_VERSION}")
     try:
-        name, clock_ns, wall_ns = str(header["name"]), int(header["clock_ns"]), int(header["wall_ns"])
+        name = str(header["name"])
+        clock_ns, wall_ns = int(header["clock_ns"]), int(header["wall_ns"])
     except (KeyError, TypeError, ValueError):
         raise ValueError(f"{path}: not a hyperloom trace file (bad header)") from None
     parsed = TraceFile(name, wall_ns, [])

@@ -71,7 +71,7 @@ def merge(inputs, delimiter="") -> Task:
     return _make(protocol.TASK_MERGE, inputs, _text(delimiter))
 
 
-def open(filename) -> Task:  # noqa: A001 - the original's name
+def open(filename) -> Task:
     """A File object for a path on the worker's (shared) file system."""
     return _make(protocol.TASK_OPEN, config=_text(filename))
 
@@ -109,7 +109,7 @@ def get(input, index) -> Task:
     return _make(protocol.TASK_GET, (input,), struct.pack("<Q", index))
 
 
-def slice(input, start, end) -> Task:  # noqa: A001 - the original's name
+def slice(input, start, end) -> Task:
     """Elements [start, end) of an Array (an Array) or of an Index (a plain object)."""
     return _make(protocol.TASK_SLICE, (input,), struct.pack("<QQ", start, end))
 

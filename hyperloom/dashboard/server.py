@@ -89,21 +89,21 @@ class Dashboard:
                                 connect_timeout=config.connect_timeout,
                                 secret_file=config.secret_file)
             except LoomException as error:
-                self._update(lambda: self.model.on_broker_error(str(error)))
+                self._update(self.model.on_broker_error, str(error))
                 self.stopping.wait(2.0)
                 continue
             try:
-                self._update(lambda: self.model.on_connected(client.number))
+                self._update(self.model.on_connected, client.number)
                 while not self.stopping.is_set():
                     snapshot = client.snapshot(self.model.seq)
-                    self._update(lambda: self.model.on_snapshot(snapshot, time.time()))
+                    self._update(self.model.on_snapshot, snapshot, time.time())
                     self.stopping.wait(config.interval)
-            except Exception as error:  # noqa: BLE001 - the page says what went wrong, and
+            except Exception as error:
                 # the poller tries again: a dashboard outlives its broker's restarts
                 if not isinstance(error, LoomException):
                     log.exception("unexpected error while asking the broker")
                 log.warning("lost the broker: %s", error)
-                self._update(lambda: self.model.on_broker_error(str(error)))
+                self._update(self.model.on_broker_error, str(error))
                 self.stopping.wait(2.0)
             finally:
                 client.close()
@@ -111,12 +111,12 @@ class Dashboard:
     def _poll_slurm(self):
         while not self.stopping.is_set():
             jobs, error = slurm.query_jobs(self.config.slurm_job_name)
-            self._update(lambda: self.model.on_slurm(jobs, error, time.time()))
+            self._update(self.model.on_slurm, jobs, error, time.time())
             self.stopping.wait(self.config.slurm_interval)
 
-    def _update(self, change):
+    def _update(self, change, *args):
         with self.lock:
-            change()
+            change(*args)
             self._data = None
 
     def page_data(self) -> bytes:

@@ -23,7 +23,7 @@ from .. import data, protocol, security
 from ..trace import TraceWriter
 from .builtin import register_builtin_tasks
 from .executor import Executor
-from .state import WorkerCore
+from .state import NO_LONGER_HERE, WorkerCore
 from .taskdef import TaskRegistry
 from .transfer import DataChannels
 
@@ -116,7 +116,6 @@ class WorkerServer:
         self.last_sample = 0.0
         self.last_usage = 0.0         # when WorkerUsage was last sent (for dashboards)
         self.running = True
-        self.worker_id = None
         self.ever_registered = False
         self.retiring = False
         self.last_idle_check = time.monotonic()
@@ -164,7 +163,7 @@ class WorkerServer:
         signal.signal(signal.SIGINT, self.stop)
 
     def close(self):
-        if self.worker_id is not None:
+        if self.core.worker_id is not None:
             try:
                 self.dealer.send(protocol.encode(protocol.GOODBYE), zmq.NOBLOCK)
             except zmq.ZMQError:
@@ -198,7 +197,7 @@ class WorkerServer:
                 log.warning("lost the connection to the broker; retrying for %.0f s",
                             self.config.broker_timeout)
                 self.disconnected_since = time.monotonic()
-                if self.worker_id is not None:
+                if self.core.worker_id is not None:
                     # The broker counts this worker lost: its tasks and data are void.
                     self._reset()
             elif event["event"] == zmq.EVENT_CONNECTED and self.disconnected_since is not None:
@@ -208,8 +207,7 @@ class WorkerServer:
                 self._hello()
 
     def _reset(self):
-        self.worker_id = None
-        self.core = WorkerCore(self.config.cpus)
+        self.core = WorkerCore(self.config.cpus)   # unregistered: worker_id None
         # The broker voided this worker's transfers and will not tell it who left meanwhile.
         self.channels.close_peers(self.channels.open_channels())
 
@@ -235,7 +233,7 @@ class WorkerServer:
         """At the end of its lifetime the worker tells the broker, which takes its work
         back and copies its data away, then sends Shutdown (broker/retire.py)."""
         if not self.retiring:
-            if self.worker_id is not None and now >= self.retire_at:
+            if self.core.worker_id is not None and now >= self.retire_at:
                 log.info("lifetime of %.0f s reached: retiring (no new tasks; the broker "
                          "copies the data only this worker holds, then lets it go)",
                          self.config.lifetime)
@@ -256,15 +254,16 @@ class WorkerServer:
             self.last_sample = now
             # The whole node's CPU (as the original), and the memory of this worker.
             self.tracer.sample(psutil.cpu_percent(), self._memory())
-        if self.worker_id is not None and now - self.last_usage >= USAGE_INTERVAL:
+        if self.core.worker_id is not None and now - self.last_usage >= USAGE_INTERVAL:
             self.last_usage = now
             self._send(protocol.encode(protocol.WORKER_USAGE, round(psutil.cpu_percent()),
                                        self._memory()))
-        if self.worker_id is not None and now - self.last_sent >= self.config.heartbeat_interval:
+        if self.core.worker_id is not None \
+                and now - self.last_sent >= self.config.heartbeat_interval:
             self._send(protocol.encode(protocol.HEARTBEAT))
         if self.disconnected_since is not None:
             silent = now - self.disconnected_since
-        elif self.worker_id is None:
+        elif self.core.worker_id is None:
             silent = now - self.last_broker_message
         else:
             return
@@ -294,22 +293,19 @@ class WorkerServer:
             self._on_broker_message(code, fields)
 
     def _on_broker_message(self, code, fields):
+        """Decoded message -> the core's handler; the server only does the I/O it returns."""
         core = self.core
         if code == protocol.COMPUTE_TASKS:
             core.on_compute(fields[0])
         elif code == protocol.SEND_DATA:
-            store = core.store
-            for address, ids in fields[0]:
-                objects = [(i, store[i]) for i in ids if i in store]
-                if len(objects) < len(ids):
-                    log.error("asked to send data this worker does not hold: %s",
-                              [i for i in ids if i not in store])
+            for address, objects in core.on_send_data(fields[0]):
                 self.channels.push(address, objects)
                 if self.tracer is not None:
                     for data_id, obj in objects:
                         self.tracer.data_sent(data_id, obj.size, address)
         elif code == protocol.UPLOAD:
-            self._upload(*fields)
+            client, request, ids = fields
+            self._send_upload(client, request, core.on_upload(ids))
         elif code == protocol.REMOVE_DATA:
             core.on_remove(fields[0])
         elif code == protocol.CANCEL_TASKS:
@@ -323,19 +319,17 @@ class WorkerServer:
             core.on_steal(fields[0])
             log.debug("asked to give back %d tasks", len(fields[0]))
         elif code == protocol.WELCOME:
-            self.worker_id = fields[1]
+            core.on_welcome(fields[1])
             self.ever_registered = True
             self.disconnected_since = None
-            log.info("registered as worker %d", self.worker_id)
         elif code == protocol.ERROR:
-            message, fatal = fields
-            log.error("broker: %s", message)
-            if fatal:
-                raise BrokerLost(f"the broker refused this worker: {message}")
+            core.on_error(*fields)
+            if core.refusal is not None:
+                raise BrokerLost(f"the broker refused this worker: {core.refusal}")
         elif code == protocol.START_TRACE:
             self._start_trace(*fields)
         elif code == protocol.SHUTDOWN:
-            log.info("the broker asked this worker to shut down")
+            core.on_shutdown()
             self.running = False
         else:
             log.error("unexpected %s from the broker", protocol.name_of(code))
@@ -348,14 +342,12 @@ class WorkerServer:
         except OSError as error:
             log.error("cannot write traces into %s: %s", path, error)
 
-    def _upload(self, client, request, ids):
-        store = self.core.store
+    def _send_upload(self, client, request, objects):
         entries = []
         frames = []
-        for data_id in ids:
-            obj = store.get(data_id)
+        for data_id, obj in objects:
             if obj is None:
-                entries.append([data_id, None, "the data is no longer on its worker"])
+                entries.append([data_id, None, NO_LONGER_HERE])
                 continue
             # The client may not see our file system nor know our extension types.
             meta, _ = data.encode(data.for_client(obj), frames)

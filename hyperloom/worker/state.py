@@ -1,16 +1,24 @@
-"""The worker's sans-I/O core: its data store, tasks waiting for inputs or cores.
+"""The worker's sans-I/O core: its registration, data store, tasks waiting for inputs or cores.
 
-Events in (``on_compute``, ``on_data``, ``on_remove``, ``on_cancel``,
-``on_task_done``), and ``take_startable()`` hands out tasks whose inputs are
-all here and whose cores are free, in arrival order. What the broker must
-hear is collected in ``finished``/``failed`` until the server flushes it.
+Every message from the broker is an event here (``on_compute``, ``on_data``,
+``on_remove``, ``on_cancel``, ``on_steal``, ``on_send_data``, ``on_upload``,
+``on_welcome``, ``on_error``, ``on_shutdown``); ``take_startable()`` hands out
+tasks whose inputs are all here and whose cores are free, in arrival order.
+What the broker must hear is collected in ``finished``/``failed`` until the
+server flushes it; what must go to peers or clients is returned to the server,
+which only encodes and sends it.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 
 from ..protocol import INLINE_RESULT_BYTES
+
+log = logging.getLogger("hyperloom.worker")
+
+NO_LONGER_HERE = "the data is no longer on its worker"
 
 
 class WorkerTask:
@@ -39,6 +47,9 @@ class WorkerTask:
 class WorkerCore:
     def __init__(self, cpus: int):
         self.cpus = cpus
+        self.worker_id = None           # from Welcome: None while not registered
+        self.refusal = None             # a fatal Error's message: the broker refused us
+        self.shutdown_requested = False
         self.free_cpus = list(range(cpus))  # slots; the executor maps them to cores
         self.store = {}                 # data id -> DataObject
         self.waiting_for = {}           # data id -> [WorkerTask] that need it
@@ -110,6 +121,42 @@ class WorkerCore:
             else:
                 kept.append(task)
         self.queued_cpu = kept
+
+    # ------------------------------------------------------------ registration
+
+    def on_welcome(self, worker_id: int):
+        self.worker_id = worker_id
+        log.info("registered as worker %d", worker_id)
+
+    def on_error(self, message: str, fatal: bool):
+        log.error("broker: %s", message)
+        if fatal:
+            self.refusal = message
+
+    def on_shutdown(self):
+        log.info("the broker asked this worker to shut down")
+        self.shutdown_requested = True
+
+    # ------------------------------------------------------------ data for others
+
+    def on_send_data(self, sends):
+        """SendData: ``[(target address, [(id, DataObject)])]`` to push, of what is here."""
+        store = self.store
+        pushes = []
+        for address, ids in sends:
+            objects = [(i, store[i]) for i in ids if i in store]
+            if len(objects) < len(ids):
+                log.error("asked to send data this worker does not hold: %s",
+                          [i for i in ids if i not in store])
+            pushes.append((address, objects))
+        return pushes
+
+    def on_upload(self, ids):
+        """Upload: ``[(id, DataObject or None)]``; None for what is not (any more) here."""
+        store = self.store
+        return [(data_id, store.get(data_id)) for data_id in ids]
+
+    # ------------------------------------------------------------ tasks
 
     def take_startable(self):
         """Tasks to start now, with ``cpu_ids`` allocated.

@@ -6,9 +6,9 @@
 runs unchanged.
 """
 
-from hyperloom.client import *  # noqa: F401,F403
+from hyperloom.client import *  # noqa: F403
 from hyperloom.client import __all__  # noqa: F401
 
 # The submodules, as the original's package imported them all (``loom.client.errors``
 # works after ``import loom.client``); ``tasks`` is the module of that name here.
-from . import client, errors, future, plan, task, tasks  # noqa: F401,E402
+from . import client, errors, future, plan, task, tasks  # noqa: F401

@@ -100,7 +100,7 @@ class Chaos(threading.Thread):
                         self.kill_one(client)
             finally:
                 client.close()
-        except BaseException as error:  # noqa: BLE001 - reported by the test
+        except BaseException as error:
             self.error = error
 
     def kill_one(self, client):

@@ -47,6 +47,6 @@ def test_dslice_with_two_consumers_fails_clearly(client):
 
 
 def test_everything_is_released_after_expansion(client):
-    assert client.submit_one(tasks.array_make((tasks.merge((tasks.dget(data_array(5)),)),))).gather() \
-        == [b"data%d" % i for i in range(5)]
+    plan = tasks.array_make((tasks.merge((tasks.dget(data_array(5)),)),))
+    assert client.submit_one(plan).gather() == [b"data%d" % i for i in range(5)]
     assert client.get_stats()["n_tasks"] == 0

@@ -464,7 +464,7 @@ class PlanRunner(threading.Thread):
                         return
             finally:
                 client.close()
-        except BaseException as error:  # noqa: BLE001 - reported by the test
+        except BaseException as error:
             self.error = error
             self.first_round_started.set()
 

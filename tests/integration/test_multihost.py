@@ -91,7 +91,7 @@ class Hosts:
 
     def spawn(self, host, name, *args, stdout=None):
         # closed in close(), with the processes
-        log = open(os.path.join(self.log_dir, f"{name}.log"), "ab")  # noqa: SIM115
+        log = open(os.path.join(self.log_dir, f"{name}.log"), "ab")
         self.logs.append(log)
         process = subprocess.Popen(
             ["ip", "netns", "exec", self.ns(host), sys.executable, *args],

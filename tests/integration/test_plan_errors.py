@@ -58,8 +58,9 @@ def test_malformed_messages_are_answered_and_the_broker_keeps_serving(shared_clu
     rogue.setsockopt(zmq.LINGER, 0)
     rogue.connect(f"tcp://{shared_cluster.host}:{shared_cluster.port}")
     try:
+        submit_from_a_stranger = protocol.encode(protocol.SUBMIT, [], [], [], False, False)
         for frames in ([b"\xc1garbage"], [msgpack.packb({"not": "a list"})],
-                       [msgpack.packb([999])], [protocol.encode(protocol.SUBMIT, [], [], [], False, False)]):
+                       [msgpack.packb([999])], [submit_from_a_stranger]):
             rogue.send_multipart(frames)
             assert rogue.poll(5000), "the broker did not answer a malformed message"
             code, fields = protocol.decode(rogue.recv())

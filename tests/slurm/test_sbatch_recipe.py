@@ -39,6 +39,6 @@ def test_readme_sbatch_recipe_runs_a_plan(slurm, tmp_path):
         return job not in queue
     wait_until(finished, timeout=120, interval=0.5, message=f"recipe job {job} to end")
     lines = out.read_text().splitlines()
-    assert [f"{i} from job {job}" for i in range(8)] == [l for l in lines if "from job" in l], \
-        out.read_text()
+    reported = [line for line in lines if "from job" in line]
+    assert reported == [f"{i} from job {job}" for i in range(8)], out.read_text()
     assert not list(tmp_path.glob("loom-*.json")), "the broker removed its scheduler file"

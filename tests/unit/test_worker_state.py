@@ -92,3 +92,29 @@ def test_reports_have_their_protocol_records():
         protocol.check_entry(protocol.FinishedTask, report)
     for report in failed:
         protocol.check_entry(protocol.FailedTask, report)
+
+
+def test_send_data_and_upload_are_answered_from_the_store_by_the_core():
+    core = WorkerCore(cpus=1)
+    core.on_data(5, Plain(b"five"))
+    core.on_data(6, Plain(b"six"))
+    pushes = core.on_send_data([["tcp://peer:1", [5, 6]], ["tcp://other:2", [6, 99]]])
+    assert [(address, [i for i, _ in objects]) for address, objects in pushes] == \
+        [("tcp://peer:1", [5, 6]), ("tcp://other:2", [6])]   # 99 is not here: logged, skipped
+    answer = core.on_upload([6, 99])
+    assert answer[0][0] == 6 and answer[0][1].data == b"six"
+    assert answer[1] == (99, None)
+
+
+def test_registration_refusal_and_shutdown_are_core_events():
+    core = WorkerCore(cpus=1)
+    assert core.worker_id is None
+    core.on_welcome(4)
+    assert core.worker_id == 4
+    core.on_error("a passing complaint", False)
+    assert core.refusal is None
+    core.on_error("protocol version mismatch", True)
+    assert core.refusal == "protocol version mismatch"
+    assert not core.shutdown_requested
+    core.on_shutdown()
+    assert core.shutdown_requested
