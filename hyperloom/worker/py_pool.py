@@ -25,9 +25,17 @@ Children are started with ``forkserver`` (``spawn`` where unavailable), never
 
 Pipe protocol (both directions): one ``send_bytes`` with a pickled
 ``(fields, frames)`` tuple, where each data frame below INLINE_FRAME_LIMIT is
-inline bytes and each larger one is ``None`` and follows as its own
-``send_bytes`` (no extra copy of big buffers on the sending side). Data
-objects travel in ``hyperloom.data`` wire form (meta + frames).
+inline bytes, each larger one is ``None`` and follows as its own
+``send_bytes`` (no extra copy of big buffers on the sending side), and each
+one of SHARED_FRAME_BYTES or more is written once into a file of the pool's
+directory in shared memory (``/dev/shm``) and travels as ``(path, size,
+owned)``: the receiver maps it read-only, so a NumPy array reaches the other
+process with at most one memcpy instead of a trip through the pipe in 64 KiB
+pieces. A child unlinks what it maps at once. The worker keeps the files of
+its children's results for as long as it holds their mapping
+(``SharedFiles``), so a result that goes back to a child as another task's
+input is not copied at all: the child maps the same file (``owned`` False).
+Data objects travel in ``hyperloom.data`` wire form (meta + frames).
     worker -> child: ("run", [((fn_name, task_id, task_type, config, cpu_ids,
                       work_dir, pin, label, input metas), n_frames), ...])
                      or None: exit
@@ -42,13 +50,18 @@ so they land wherever the worker's logging sends them, when they happen.
 from __future__ import annotations
 
 import logging
+import mmap
 import multiprocessing
+import os
 import pickle
 import selectors
+import shutil
 import signal
+import tempfile
 import threading
 import time
 import traceback
+import weakref
 from collections import deque
 from concurrent.futures import Future
 
@@ -57,6 +70,7 @@ from .py_task import execute_python_task
 from .taskdef import Redirect, TaskContext, TaskError
 
 INLINE_FRAME_LIMIT = 64 * 1024
+SHARED_FRAME_BYTES = 1024 * 1024
 # A function closing over big data is not kept between tasks (memory).
 CACHED_PICKLE_LIMIT = 1024 * 1024
 CHILD_LOGGER = "hyperloom.worker.python"
@@ -115,6 +129,9 @@ class PythonPool:
         self._mp = multiprocessing.get_context("forkserver" if "forkserver" in methods
                                                else "spawn")
         self._log_level = log_level
+        # Big frames cross to and from the children as files here (see the module doc).
+        self._shared = SharedFiles(tempfile.mkdtemp(
+            prefix="hyperloom-pool-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
         self._lock = threading.Lock()  # guards _queue, _idle, _closed and each child's batch
         self._queue: deque = deque()   # batches (lists of jobs) waiting for a child
         self._closed = False
@@ -135,7 +152,7 @@ class PythonPool:
         parent_conn, child_conn = self._mp.Pipe()
         current = self._mp.RawValue("q", -1)
         process = self._mp.Process(target=_child_main,
-                                   args=(child_conn, self._log_level, current),
+                                   args=(child_conn, self._log_level, current, self._shared.dir),
                                    daemon=True, name="hyperloom-python-executor")
         process.start()
         # Our copy of the child's end must go, or a dead child would never read as EOF.
@@ -220,7 +237,7 @@ class PythonPool:
         for job in jobs:
             fields.append((job.fields, len(job.frames)))
             frames += job.frames
-        _send_parts(child.conn, _pack(("run", fields), frames))
+        _send_parts(child.conn, _pack(("run", fields), frames, self._shared))
 
     # ------------------------------------------------------------ replies
 
@@ -231,7 +248,7 @@ class PythonPool:
                 if child is None:
                     return  # close() asked us to stop
                 try:
-                    fields, frames = _receive(child.conn)
+                    fields, frames = _receive(child.conn, self._shared)
                 except (EOFError, OSError, pickle.UnpicklingError):
                     self._on_child_died(child)
                     continue
@@ -335,6 +352,7 @@ class PythonPool:
         self._selector.close()
         self._wakeup_send.close()
         self._wakeup_recv.close()
+        shutil.rmtree(self._shared.dir, ignore_errors=True)
 
     def __enter__(self):
         return self
@@ -360,16 +378,94 @@ def _kill_tree(pid: int) -> None:
 
 # ---------------------------------------------------------------- messages
 
-def _pack(fields, frames=()) -> list:
-    """Message parts: the pickled header, then each large frame on its own."""
+class SharedFiles:
+    """The worker's side of shared-memory frames: which mappings are files of ours.
+
+    A mapping made by ``receive`` stays registered (by id, with a weak reference)
+    until it is garbage collected; its file is unlinked then."""
+
+    def __init__(self, shm_dir: str):
+        self.dir = shm_dir
+        self._paths: dict = {}   # id(mmap) -> (weakref to it, path)
+        self._lock = threading.Lock()
+
+    def path_of(self, frame) -> str | None:
+        owner = frame.obj if isinstance(frame, memoryview) else None
+        if type(owner) is not mmap.mmap:
+            return None
+        with self._lock:
+            entry = self._paths.get(id(owner))
+        return entry[1] if entry is not None and entry[0]() is owner else None
+
+    def keep(self, mapping, path: str) -> None:
+        key = id(mapping)
+
+        def forget(_ref):
+            with self._lock:
+                if self._paths.get(key, (None,))[0] is ref:
+                    del self._paths[key]
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+        ref = weakref.ref(mapping, forget)
+        with self._lock:
+            self._paths[key] = (ref, path)
+
+
+def _pack(fields, frames=(), shared=None) -> list:
+    """Message parts: the pickled header, then each large frame on its own; the
+    biggest ones go through a shared-memory file (``shared``: a SharedFiles in the
+    worker, the directory's path in a child)."""
     inline, large = [], []
     for frame in frames:
-        if memoryview(frame).nbytes < INLINE_FRAME_LIMIT:
+        nbytes = memoryview(frame).nbytes
+        if nbytes < INLINE_FRAME_LIMIT:
             inline.append(frame if type(frame) is bytes else bytes(frame))
+        elif shared is not None and nbytes >= SHARED_FRAME_BYTES:
+            if isinstance(shared, str):
+                inline.append((_to_shared_file(shared, frame), nbytes, True))
+                continue
+            path = shared.path_of(frame)
+            inline.append((path, nbytes, False) if path is not None else
+                          (_to_shared_file(shared.dir, frame), nbytes, True))
         else:
             inline.append(None)
             large.append(frame)
     return [pickle.dumps((fields, inline), pickle.HIGHEST_PROTOCOL)] + large
+
+
+def _to_shared_file(shm_dir: str, frame) -> str:
+    """Write ``frame`` into a new file of ``shm_dir`` (one copy); its path."""
+    fd, path = tempfile.mkstemp(dir=shm_dir)
+    try:
+        view = memoryview(frame).cast("B")
+        written = 0
+        while written < len(view):
+            written += os.write(fd, view[written:])
+    except BaseException:
+        os.unlink(path)
+        raise
+    finally:
+        os.close(fd)
+    return path
+
+
+def _from_shared_file(path: str, nbytes: int, owned: bool, keep=None) -> memoryview:
+    """The frame in ``path``, mapped read-only without a copy. ``keep`` (the worker's
+    SharedFiles) keeps the file for as long as the mapping lives; otherwise an
+    ``owned`` file is unlinked now (the memory goes with the last view of it)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        mapping = mmap.mmap(fd, nbytes, prot=mmap.PROT_READ)
+    finally:
+        os.close(fd)
+        if keep is None and owned:
+            os.unlink(path)
+    if keep is not None:
+        keep.keep(mapping, path)
+    return memoryview(mapping)
 
 
 def _send_parts(conn, parts) -> None:
@@ -381,9 +477,11 @@ def _send_parts(conn, parts) -> None:
         pass
 
 
-def _receive(conn):
+def _receive(conn, keep=None):
     fields, frames = pickle.loads(conn.recv_bytes())
-    return fields, [conn.recv_bytes() if frame is None else frame for frame in frames]
+    return fields, [conn.recv_bytes() if frame is None else
+                    _from_shared_file(*frame, keep) if type(frame) is tuple else frame
+                    for frame in frames]
 
 
 def _job_message(fn_name: str, ctx: TaskContext) -> tuple:
@@ -467,7 +565,7 @@ class _FunctionCache:
         return [obj] + _decode_all(metas[1:], frames[1:])
 
 
-def _child_main(conn, log_level: int, current) -> None:
+def _child_main(conn, log_level: int, current, shm_dir: str) -> None:
     """Executor process: run batches until told to stop or the worker goes away."""
     # Ctrl-C reaches the whole process group; the worker decides when we stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -484,10 +582,10 @@ def _child_main(conn, log_level: int, current) -> None:
             return  # the worker is gone
         if fields is None:
             return
-        _run_batch(conn, send_lock, fields[1], frames, log, functions, current)
+        _run_batch(conn, send_lock, fields[1], frames, log, functions, current, shm_dir)
 
 
-def _run_batch(conn, send_lock, jobs, frames, log, functions, current) -> None:
+def _run_batch(conn, send_lock, jobs, frames, log, functions, current, shm_dir) -> None:
     """Run the jobs in order; answer at least every FLUSH_SECONDS, and at the end."""
     entries, out_frames = [], []
     position, flushed, last = 0, time.monotonic(), len(jobs) - 1
@@ -503,7 +601,7 @@ def _run_batch(conn, send_lock, jobs, frames, log, functions, current) -> None:
         now = time.monotonic()
         if index == last or now - flushed >= FLUSH_SECONDS:
             try:
-                parts = _pack(("done", entries), out_frames)
+                parts = _pack(("done", entries), out_frames, shm_dir)
             except Exception:  # e.g. a result the pipe's pickle cannot take
                 parts = _pack(("done", [(i, "error", "The result cannot leave the Python "
                                          "executor process:\n" + traceback.format_exc(), 0, 0)

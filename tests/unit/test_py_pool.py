@@ -96,6 +96,53 @@ def test_large_inputs_and_outputs(pool):
     assert result.to_python() == [big[::-1], b"s"]
 
 
+def test_arrays_cross_in_shared_memory_and_a_kept_result_is_not_copied_again():
+    """Big frames go to and from the children as files in the pool's shared-memory
+    directory: a result is mapped in the worker (read-only, no copy) and its file
+    kept while the result lives; passed to a task again, the child maps that same
+    file; the file goes when the result is dropped."""
+    import gc
+
+    np = pytest.importorskip("numpy")
+
+    @tasks.py_task(context=True)
+    def make(ctx):
+        return ctx.wrap(np.arange(1_000_000, dtype="f8"))
+
+    @tasks.py_task()
+    def where(a):
+        array = a.unwrap()
+        base = array
+        while isinstance(base, np.ndarray):
+            base = base.base
+        base = base.obj if isinstance(base, memoryview) else base
+        return f"{type(base).__name__} {array.flags.writeable} {array.sum():.0f}"
+
+    with PythonPool(1) as one:
+        shm_dir = one._shared.dir
+        made = one.submit("py_call", py_call_ctx(make())).result(TIMEOUT)
+        assert isinstance(made.buffers()[0].obj, __import__("mmap").mmap)
+        assert not made.obj.flags.writeable
+        assert len(os.listdir(shm_dir)) == 1  # kept while the result lives
+        answer = through(one, where(tasks.const("a")), made)
+        assert answer.data == b"mmap False 499999500000"  # mapped in the child too
+        assert len(os.listdir(shm_dir)) == 1
+        # It went as a reference to the kept file (not owned: not a fresh copy).
+        import pickle
+        from hyperloom.worker.py_pool import _pack
+        (path, nbytes, owned), = pickle.loads(_pack("x", made.buffers(), one._shared)[0])[1]
+        assert (path, nbytes, owned) == (os.path.join(shm_dir, os.listdir(shm_dir)[0]),
+                                         8_000_000, False)
+        # A frame the worker got from elsewhere is copied once, and its file removed.
+        fresh = PyObj(np.arange(1_000_000, dtype="f8"))
+        assert through(one, where(tasks.const("a")), fresh).data == b"mmap False 499999500000"
+        assert len(os.listdir(shm_dir)) == 1
+        del made
+        gc.collect()
+        assert os.listdir(shm_dir) == []
+    assert not os.path.exists(shm_dir)
+
+
 def test_file_input(pool, tmp_path):
     path = tmp_path / "f"
     path.write_bytes(b"from disk")
