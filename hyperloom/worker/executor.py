@@ -15,23 +15,35 @@ other on that core (``WorkerCore.take_followers``). A batch costs one message
 each way instead of one per task, and its results reach the broker together.
 Slow functions are never batched, so a queued task stays free to be stolen by
 an idle worker.
+
+One exception, decided by measurement (benchmarks/README.md, "Python tasks"):
+on a one-core worker, a Python task whose inputs hold THREAD_INPUT_BYTES or
+more that would have to be copied into shared memory (data that came from
+another worker) runs in a worker thread, on the inputs in place. There is no
+parallelism to gain on one core, and the copy cost more than the task
+(100 MB NumPy array from another worker: 0.62 GB/s in a thread, 0.33 GB/s
+through an executor process). Such a task cannot be stopped when canceled.
 """
 
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import threading
 import traceback
 from collections import deque
 from concurrent.futures import CancelledError, ThreadPoolExecutor
 
+from ..data import File, PyObj
+from .py_pool import SHARED_FRAME_BYTES
 from .run_task import RunDirs
 from .taskdef import Cancellation, Redirect, TaskContext, TaskError
 
 log = logging.getLogger("hyperloom.worker")
 
 INLINE_INPUT_BYTES = 256 * 1024   # inline tasks on bigger inputs go to a thread
+THREAD_INPUT_BYTES = 16 * 1024 * 1024  # see the module doc
 BATCH_TASK_SECONDS = 0.002        # Python tasks of a kind that ran faster are batched
 MAX_BATCH = 64
 
@@ -52,6 +64,7 @@ class Executor:
         self._seconds: dict = {}
         self.run_dirs = RunDirs()
         self.completions = deque()
+        self._wake_pending = False   # a wake-up byte is in the pipe, not yet taken
         # task id -> (WorkerTask, Cancellation) of what runs outside the loop, so that a
         # cancel can stop it; a task leaves when its completion is posted.
         self._running: dict[int, tuple] = {}
@@ -94,7 +107,8 @@ class Executor:
         ctx.run_dirs = self.run_dirs
         with self._running_lock:
             self._running[task.id] = (task, cancel)
-        if mode == "python":
+        if mode == "python" and not (self.cpus == 1 and _bytes_to_copy(inputs)
+                                     >= THREAD_INPUT_BYTES):
             self._start_python([(task, kind, ctx)], core)
             return None
         self.threads.submit(self._run_in_thread, task, kind.fn, ctx)
@@ -240,6 +254,13 @@ class Executor:
             if error is not None:
                 result = None
         self.completions.append((task, result, error))
+        # One wake-up per round of the loop, not per completion (a batch of tiny
+        # Python tasks completes together). The loop empties the pipe, then clears
+        # the flag, then takes the completions: one appended before the clearing is
+        # taken, one appended after it sees the flag clear and wakes the loop.
+        if self._wake_pending:
+            return
+        self._wake_pending = True
         try:
             os.write(self.wake_write, b"x")
         except BlockingIOError:
@@ -251,11 +272,27 @@ class Executor:
                 pass
         except BlockingIOError:
             pass
+        self._wake_pending = False
         completions = self.completions
         taken = []
         while completions:
             taken.append(completions.popleft())
         return taken
+
+
+def _bytes_to_copy(inputs) -> int:
+    """Bytes of ``inputs`` an executor process would get only through a copy (all
+    but the buffers of results already in the worker's shared-memory files)."""
+    total = 0
+    for obj in inputs:
+        if isinstance(obj, PyObj):
+            pickled = len(obj.pickled())
+            total += pickled if pickled >= SHARED_FRAME_BYTES else 0
+            total += sum(buffer.nbytes for buffer in obj.buffers()
+                         if type(buffer.obj) is not mmap.mmap)
+        elif obj.size >= SHARED_FRAME_BYTES and not isinstance(obj, File):
+            total += obj.size  # a File travels as its path
+    return total
 
 
 def _batch_key(task):

@@ -304,8 +304,10 @@ class PythonPool:
             return
         try:
             replacement = self._start_child()
-        except Exception:  # e.g. out of processes: run on with one child fewer
-            logging.getLogger(CHILD_LOGGER).exception("cannot replace a Python executor")
+        except Exception as error:  # e.g. out of processes, or the worker is being
+            # stopped with its process group: run on with one child fewer
+            logging.getLogger(CHILD_LOGGER).warning("cannot replace a Python executor: %r",
+                                                    error)
             with self._lock:
                 self._children.remove(child)
             replacement = None
