@@ -200,6 +200,9 @@ class Executor:
         self._post(task, result, error)
 
     def _pool_done(self, task, ctx, future):
+        # The stop hook refers to the future, whose callback refers to ctx: without
+        # this, the task's inputs would live on until a garbage collection.
+        ctx.cancel.on_cancel(None)
         seconds = getattr(future, "seconds", None)
         if seconds is not None:
             self._learn(task, seconds)

@@ -247,12 +247,16 @@ class PythonPool:
                 child = key.data
                 if child is None:
                     return  # close() asked us to stop
-                try:
-                    fields, frames = _receive(child.conn, self._shared)
-                except (EOFError, OSError, pickle.UnpicklingError):
-                    self._on_child_died(child)
-                    continue
-                self._on_reply(child, fields, frames)
+                self._read_reply(child)
+
+    def _read_reply(self, child: _Child) -> None:
+        # A method of its own: the frames (big shared-memory mappings) go when it returns.
+        try:
+            fields, frames = _receive(child.conn, self._shared)
+        except (EOFError, OSError, pickle.UnpicklingError):
+            self._on_child_died(child)
+            return
+        self._on_reply(child, fields, frames)
 
     def _on_reply(self, child: _Child, fields, frames) -> None:
         if fields[0] == "log":
