@@ -13,10 +13,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import IO, TYPE_CHECKING
 
 import psutil
 
 from .errors import LoomError
+
+if TYPE_CHECKING:
+    from .client import Client
 
 START_TIMEOUT = 60.0
 
@@ -38,7 +42,7 @@ class LocalCluster:
         self.n_workers = workers
         self.cpus = cpus
         self.host = host
-        self.port = None
+        self.port: int | None = None
         self.log_dir = log_dir
         self.worker_args = tuple(worker_args)
         self.broker_args = tuple(broker_args)
@@ -47,12 +51,12 @@ class LocalCluster:
         secure = ("--secret-file", secret_file) if secret_file else ()
         self.worker_args += secure
         self.broker_args += secure
-        self.broker = None
-        self.workers = []
+        self.broker: subprocess.Popen[bytes] | None = None
+        self.workers: list[subprocess.Popen[bytes]] = []
         self.dashboard = dashboard    # True until started, then its DashboardProcess
         self.dashboard_url = None
-        self._clients = []
-        self._log_files = []
+        self._clients: list[Client] = []
+        self._log_files: list[IO[bytes]] = []
 
     @property
     def broker_pid(self):
@@ -115,7 +119,8 @@ class LocalCluster:
         try:
             deadline = time.monotonic() + timeout
             while client.get_stats()["n_workers"] < count:
-                for process in [self.broker, *self.workers]:
+                # No broker: not started (then the client above could not connect either).
+                for process in [p for p in (self.broker, *self.workers) if p is not None]:
                     if process.poll() is not None:
                         raise LoomError(f"a cluster process exited with {process.returncode}")
                 if time.monotonic() > deadline:

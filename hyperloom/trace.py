@@ -91,8 +91,8 @@ class TraceWriter:
         self.now = clock  # the time events carry; the worker reads it for a task's start
         self._file = open(self.path, "wb")
         self._packer = msgpack.Packer(use_bin_type=True)
-        self._ints = {kind: [] for kind in SCHEMAS}
-        self._extras = {kind: [] for kind in SCHEMAS}
+        self._ints: dict[str, list[int]] = {kind: [] for kind in SCHEMAS}
+        self._extras: dict[str, list[int]] = {kind: [] for kind in SCHEMAS}
         self._ran = self._ints["X"]
         self._strings: dict[str, int] = {}
         self._n_strings = 0
@@ -540,7 +540,7 @@ class _Assembler:
     def _workers(self, tasks: list[TracedTask]) -> list[TracedWorker]:
         # Every core a worker reported using gets a lane, even if the broker never announced the
         # worker or announced fewer cores.
-        used = {}
+        used: dict[int, int] = {}  # worker id -> cores
         for task in tasks:
             used[task.worker] = max(used.get(task.worker, 1), max(task.cpu_ids, default=0) + 1)
         workers = []

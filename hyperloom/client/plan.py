@@ -8,6 +8,8 @@ client, a released Future.
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..errors import LoomError
 from .future import Future
 from .task import Task
@@ -19,10 +21,11 @@ class PlanBuilder:
     def __init__(self, client, first_id: int):
         self.client = client
         self.next_id = first_id
-        self.ids = {}            # Task -> global id (Task hashes by identity)
-        self.entries = []
-        self.symbols = {}        # symbol -> index
-        self.labels = {}         # label -> index
+        self.ids: dict[Task, int] = {}     # Task -> global id (Task hashes by identity)
+        # [id, type index, config, input ids, n_cpus, is result, label index, checkpoint path]
+        self.entries: list[list[Any]] = []
+        self.symbols: dict[str, int] = {}  # symbol -> index
+        self.labels: dict[object, int] = {}  # label -> index (sent as str(label))
 
     def add(self, root: Task) -> int:
         """Add ``root`` and everything it needs; return its id."""

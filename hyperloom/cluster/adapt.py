@@ -35,7 +35,7 @@ class Adaptor:
         self.policy = policy
         self.stopped = threading.Event()
         self.next_submit = 0.0          # monotonic time before which nothing is submitted
-        self.backoff = None             # seconds of the current back-off, None when none
+        self.backoff: float | None = None  # seconds of the current back-off, None when none
         self.thread = None
 
     def start(self):

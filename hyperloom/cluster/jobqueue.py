@@ -26,11 +26,15 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from ..errors import LoomError
 from ..local import LocalCluster
 from . import adaptive
 from .adapt import Adaptor, AdaptPolicy
+
+if TYPE_CHECKING:
+    from ..client import Client
 
 log = logging.getLogger("hyperloom.cluster")
 
@@ -62,12 +66,13 @@ class JobQueueCluster:
     submit_command: tuple = ()      # + the script path; prints the job id
     cancel_command: tuple = ()      # + job ids
     name_option = "hyperloom"       # overridden: how the header names the job
+    dashboard_jobs_option: str | None = None   # loom-dashboard option listing its jobs
 
     def __init__(self, jobs: int = 0, spec: JobSpec = JobSpec(), *, name: str | None = None,
                  log_directory: str | None = None, shared_directory: str | None = None,
                  interface: str | None = None, secret_file: str | None = None,
                  log_level: str = "info", broker_job: bool = False,
-                 broker_wait: float = 600.0):
+                 broker_wait: float = 600.0, dashboard: bool = False):
         self.spec = spec
         self.job_name = name or f"hyperloom-{uuid.uuid4().hex[:8]}"
         self.log_directory = os.path.abspath(log_directory) if log_directory else None
@@ -80,15 +85,17 @@ class JobQueueCluster:
         self.secret_file = os.path.abspath(secret_file) if secret_file else None
         self.log_level = log_level
         self._initial_jobs = jobs
-        self._submitted = {}            # job id -> monotonic submit time, in submit order
+        self._submitted: dict[str, float] = {}  # job id -> monotonic submit time, in order
         self._lock = threading.RLock()  # the adapt thread and the user's calls share jobs
-        self._adaptor = None            # the adapt() loop, when adapting
-        self._broker = None             # the LocalCluster holding the broker subprocess
+        self._adaptor: Adaptor | None = None      # the adapt() loop, when adapting
+        self._broker: LocalCluster | None = None  # the LocalCluster holding the broker process
         self.broker_job = broker_job    # or: the broker runs in a job of its own
         self.broker_wait = broker_wait  # seconds for that job to start and write its file
         self.broker_job_id = None
         self._started = False
-        self._clients = []
+        self._clients: list[Client] = []
+        self.dashboard: Any = dashboard   # True until started, then its DashboardProcess
+        self.dashboard_url: str | None = None
 
     # ------------------------------------------------------------ what a subclass gives
 
@@ -123,6 +130,8 @@ class JobQueueCluster:
                 self._start_broker_job()
             else:
                 self._start_local_broker()
+            if self.dashboard:
+                self._start_dashboard()
             if self._initial_jobs:
                 self.scale(jobs=self._initial_jobs)
         except BaseException:
@@ -138,6 +147,19 @@ class JobQueueCluster:
                                     broker_args=broker_args, log_level=self.log_level,
                                     secret_file=self.secret_file)
         self._broker.start()
+
+    def _start_dashboard(self):
+        """loom-dashboard against this cluster's broker, listing its jobs too."""
+        from .. import scheduler_file
+        from ..dashboard import start_dashboard
+        info = scheduler_file.read(self.scheduler_file, self.broker_wait)
+        extra = (self.dashboard_jobs_option, self.job_name) if self.dashboard_jobs_option \
+            else ()
+        log_file = os.path.join(self.log_directory or self.directory, "dashboard.log")
+        with open(log_file, "ab") as stderr:
+            self.dashboard = start_dashboard(info.host, info.port, self.secret_file,
+                                             stderr=stderr, extra_args=extra)
+        self.dashboard_url = self.dashboard.url
 
     def _start_broker_job(self):
         """Submit the broker as a job of its own and wait for its scheduler file."""
@@ -175,13 +197,16 @@ class JobQueueCluster:
         if self._adaptor is not None:
             self._adaptor.stop()
             self._adaptor = None
+        if self.dashboard and self.dashboard is not True:
+            self.dashboard.stop()   # first: it is a client of the broker
+            self.dashboard = False
         with self._lock:
             if self._started:   # the queue may hold our jobs
                 self._cancel_all(self.job_name, list(self._submitted), timeout)
         for client in self._clients:
             client.close()
         self._clients = []
-        codes = self._broker.stop() if self._broker is not None else {}
+        codes: dict[str, int | None] = self._broker.stop() if self._broker is not None else {}
         self._broker = None
         if self.broker_job and self._started:
             self._cancel_all(self.broker_job_name, [self.broker_job_id] if self.broker_job_id

@@ -19,8 +19,11 @@ class SlurmCluster(JobQueueCluster):
     scheduler file; default ``~/.hyperloom/JOB_NAME``, removed at close). Every job is
     named ``cluster.job_name``, so ``squeue -h -n NAME`` shows them. ``broker_job=True``
     runs the broker in a job of its own (named ``cluster.broker_job_name``) instead of
-    here; ``broker_wait`` is how long to wait for it to start.
+    here; ``broker_wait`` is how long to wait for it to start. ``dashboard=True`` starts
+    loom-dashboard with the cluster (``cluster.dashboard_url``), its jobs shown on the page.
     """
+
+    dashboard_jobs_option = "--slurm-job-name"
 
     submit_command = ("sbatch", "--parsable")
     cancel_command = ("scancel",)

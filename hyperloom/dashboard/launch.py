@@ -32,14 +32,16 @@ class DashboardProcess:
 
 
 def start_dashboard(broker_host: str, broker_port: int, secret_file: str | None = None,
-                    port: int = 0, stderr=None) -> DashboardProcess:
-    """Start ``python -m hyperloom.dashboard`` against a broker; it exits with this process."""
+                    port: int = 0, stderr=None, extra_args=()) -> DashboardProcess:
+    """Start ``python -m hyperloom.dashboard`` against a broker; it exits with this process.
+    ``extra_args``: more loom-dashboard options (``--slurm-job-name NAME``)."""
     command = [sys.executable, "-m", "hyperloom.dashboard", broker_host, str(broker_port),
-               "--port", str(port), "--exit-with-parent"]
+               "--port", str(port), "--exit-with-parent", *extra_args]
     if secret_file:
         command += ["--secret-file", secret_file]
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                stderr=stderr, start_new_session=True)
+    assert process.stdout is not None  # stdout=PIPE above
     line = process.stdout.readline().decode().strip()
     if not line.startswith("http"):
         code = process.wait()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections import deque
 from itertools import cycle
+from typing import Any
 
 from .. import protocol
 
@@ -39,21 +40,27 @@ PALETTE = _C20[0::2] + _C20[1::2]
 class DashboardModel:
     def __init__(self, broker: str, slurm_job_name: str | None = None):
         self.broker = broker
-        self.own_client = None        # the dashboard's own connection: not shown as a client
+        # the dashboard's own connection: not shown as a client
+        self.own_client: int | None = None
         self.seq = 0                  # cursor for the next GetSnapshot
-        self.snapshot = None          # the latest one
-        self.updated = None           # wall time of the latest snapshot
+        self.snapshot: dict[str, Any] | None = None  # the latest one
+        self.updated: float | None = None     # wall time of the latest snapshot
         self.status = "connecting"
-        self.first_seen = None        # broker time of the first snapshot
-        self.history = deque()        # (wall time, {state: count})
-        self.bars = deque()           # [worker id, lane, start, end, group, ok, client, id]
-        self.transfers = deque()      # [at, source id, target id, n objects, bytes]
-        self.lanes = {}               # worker id -> [broker time each core came free]
-        self.workers = {}             # worker id -> row (the latest seen, gone or not)
-        self.colors = {}              # label group -> colour, in first-seen order
+        self.first_seen: float | None = None  # broker time of the first snapshot
+        # (wall time, {state: count})
+        self.history: deque[tuple[float, dict[str, int]]] = deque()
+        # [worker id, lane, start, end, group, ok, client, id]
+        self.bars: deque[list[Any]] = deque()
+        # [at, source id, target id, n objects, bytes]
+        self.transfers: deque[list[Any]] = deque()
+        self.lanes: dict[int, list[float]] = {}  # worker id -> [broker time each core came free]
+        # worker id -> row (the latest seen, gone or not)
+        self.workers: dict[int, dict[str, Any]] = {}
+        self.colors: dict[str, str] = {}  # label group -> colour, in first-seen order
         self._palette = cycle(PALETTE)
         self.slurm_job_name = slurm_job_name
-        self.slurm = {"jobs": [], "error": None, "updated": None} if slurm_job_name else None
+        self.slurm: dict[str, Any] | None = (
+            {"jobs": [], "error": None, "updated": None} if slurm_job_name else None)
         self.missed_events = False
 
     # ------------------------------------------------------------ events in
@@ -154,19 +161,21 @@ class DashboardModel:
     # ------------------------------------------------------------ page data out
 
     def page_data(self) -> dict:
-        snapshot = self.snapshot
-        data = {"broker": self.broker, "status": self.status, "updated": self.updated,
-                "missed_events": self.missed_events, "slurm": self.slurm,
-                "slurm_job_name": self.slurm_job_name}
-        if snapshot is None:
+        snapshot, updated = self.snapshot, self.updated
+        data: dict[str, Any] = {
+            "broker": self.broker, "status": self.status, "updated": updated,
+            "missed_events": self.missed_events, "slurm": self.slurm,
+            "slurm_job_name": self.slurm_job_name}
+        if snapshot is None or updated is None:  # both are set together, by on_snapshot
             return data
         data.update(
-            tasks=snapshot["tasks"], progress=self.progress(), history=self._history_columns(),
+            tasks=snapshot["tasks"], progress=self.progress(),
+            history=self._history_columns(updated),
             workers=[self.workers[i] for i in sorted(self.workers)],
-            unplaceable=[dict(u, client=protocol.client_number_of(u["id"]),
+            unplaceable=[dict(u, client=u["id"] >> protocol.CLIENT_SHIFT,
                               id=protocol.local_id(u["id"])) for u in snapshot["unplaceable"]],
             failures=list(reversed(snapshot["failures"])), colors=self.colors,
-            **self.stream_columns())
+            **self.stream_columns(snapshot["now"]))
         return data
 
     def progress(self) -> list:
@@ -186,8 +195,9 @@ class DashboardModel:
                             "total": client["total"], "groups": groups})
         return entries
 
-    def _history_columns(self) -> dict:
-        columns = {"t": [t - self.updated for t, _ in self.history]}
+    def _history_columns(self, updated: float) -> dict:
+        """Task counts over time, times in seconds relative to ``updated``."""
+        columns = {"t": [t - updated for t, _ in self.history]}
         for state in STATES:
             columns[state] = [counts[state] for _, counts in self.history]
         return columns
@@ -197,13 +207,14 @@ class DashboardModel:
         return {worker_id: [f"w{worker_id}.{core}" for core in range(len(self.lanes[worker_id]))]
                 for worker_id in sorted(self.lanes)}
 
-    def stream_columns(self) -> dict:
-        """The task stream as columns, times in seconds relative to the latest snapshot."""
-        now = self.snapshot["now"]
+    def stream_columns(self, now: float) -> dict:
+        """The task stream as columns, times in seconds relative to ``now``, the broker time
+        of the latest snapshot."""
         names = self.lane_names()
-        bars = {k: [] for k in ("left", "right", "lane", "color", "group", "worker", "client",
-                                "id", "ok")}
-        failed = {"x": [], "lane": []}
+        bars: dict[str, list[Any]] = {
+            k: [] for k in ("left", "right", "lane", "color", "group", "worker", "client",
+                            "id", "ok")}
+        failed: dict[str, list[Any]] = {"x": [], "lane": []}
         for worker_id, lane, start, end, group, ok, client, local_id in self.bars:
             lane_name = names[worker_id][lane] if worker_id in names \
                 and lane < len(names[worker_id]) else f"w{worker_id}.{lane}"
@@ -215,7 +226,7 @@ class DashboardModel:
             if not ok:
                 failed["x"].append(end - now)
                 failed["lane"].append(lane_name)
-        transfers = {"x": [], "y0": [], "y1": [], "bytes": []}
+        transfers: dict[str, list[Any]] = {"x": [], "y0": [], "y1": [], "bytes": []}
         for at, source, target, _, size in self.transfers:
             if source in names and target in names:
                 transfers["x"].append(at - now)

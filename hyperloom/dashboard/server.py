@@ -50,7 +50,7 @@ class Dashboard:
         self.stopping = threading.Event()
         self.page = page.render_page(broker, config.token, bool(config.slurm_job_name)).encode()
         self.files = page.static_files()
-        self._data = None             # page data as JSON, rendered on demand
+        self._data: bytes | None = None  # page data as JSON, rendered on demand
         self.http = ThreadingHTTPServer((config.host, config.port), self._handler_class())
         self.http.daemon_threads = True
         self.threads = [threading.Thread(target=self._poll_broker, name="broker-poller",
@@ -63,7 +63,8 @@ class Dashboard:
 
     @property
     def url(self) -> str:
-        host, port = self.http.server_address[:2]
+        # The socket's own address (server_address holds the same, typed as maybe bytes).
+        host, port = self.http.socket.getsockname()[:2]
         host = f"[{host}]" if ":" in host else host
         query = f"?token={self.config.token}" if self.config.token else ""
         return f"http://{host}:{port}/{query}"

@@ -65,27 +65,37 @@ def _join_time(worker: int) -> float:
     return 0.05 * (worker + 1)  # workers join one by one, the plan comes after the last one
 
 
-def schedule(specs: list[_Spec], n_workers: int, cpus: int):
+# task id -> (worker index, cpu ids, start, end), in seconds of the virtual clock
+Placement = dict[int, tuple[int, tuple[int, ...], float, float]]
+# (time, writer, method, args): replayed in time order on the virtual clock
+Action = tuple[float, TraceWriter, str, tuple]
+
+
+def schedule(specs: list[_Spec], n_workers: int, cpus: int) -> Placement:
     """Greedy list scheduling in plan order: each task on the worker that can start it first."""
+    if n_workers < 1 or cpus < 1:
+        raise ValueError(f"a demo schedule needs workers and cpus, got {n_workers} workers "
+                         f"of {cpus} cpus")
     submitted = _join_time(n_workers)
     free_at = [[submitted] * cpus for _ in range(n_workers)]
-    placed = {}  # task id -> (worker, cpu ids, start, end)
+    placed: Placement = {}
     for spec in specs:
         ready = max((placed[i][3] for i in spec.inputs), default=submitted + 0.005)
         if spec.cpus == 0:
             worker = placed[spec.inputs[0]][0] if spec.inputs else spec.task_id % n_workers
             placed[spec.task_id] = (worker, (), ready, ready + spec.seconds)
             continue
-        best = None
+        best: tuple[int, tuple[int, ...], float] | None = None
         for worker, cores in enumerate(free_at):
             chosen = sorted(range(cpus), key=lambda c: cores[c])[:spec.cpus]
             start = max([ready] + [cores[c] for c in chosen]) + 0.01  # 10 ms scheduling delay
             if best is None or start < best[2]:
                 best = (worker, tuple(sorted(chosen)), start)
-        worker, chosen, start = best
-        for c in chosen:
+        assert best is not None  # there is a worker
+        worker, cpu_ids, start = best
+        for c in cpu_ids:
             free_at[worker][c] = start + spec.seconds
-        placed[spec.task_id] = (worker, chosen, start, start + spec.seconds)
+        placed[spec.task_id] = (worker, cpu_ids, start, start + spec.seconds)
     return placed
 
 
@@ -101,7 +111,7 @@ def write_demo_trace(directory: str, n_workers: int = 2, cpus: int = 4, n_tasks:
     sizes = {s.task_id: s.size for s in specs}
     clock = _VirtualClock()
     broker = TraceWriter(directory, "broker", clock.monotonic, clock.wall)
-    actions = []  # (time, writer, method, args): replayed in time order on the virtual clock
+    actions: list[Action] = []
     workers = []
     for w in range(n_workers):
         clock.now_ns = int(_join_time(w) * 1e9)  # each worker's file starts later

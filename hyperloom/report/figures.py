@@ -12,8 +12,11 @@ from itertools import cycle
 
 import numpy as np
 
-from bokeh.models import (BoxAnnotation, ColumnDataSource, FixedTicker, HoverTool, Legend,
-                          LegendItem, NumeralTickFormatter, Range1d)
+from bokeh.models import ColumnDataSource, FixedTicker, HoverTool, NumeralTickFormatter, Range1d
+# From the defining modules: bokeh.models' stub does not export these names.
+from bokeh.models.annotations.geometry import BoxAnnotation
+from bokeh.models.annotations.legends import Legend, LegendItem
+from bokeh.models.renderers import DataRenderer
 from bokeh.palettes import Category10_10, Category20_20
 from bokeh.plotting import figure
 from bokeh.transform import factor_cmap
@@ -52,8 +55,8 @@ def timeline(trace: Trace, colors: dict[str, str]) -> figure:
     height = min(_TIMELINE_MAX_PX, max(260, _LANE_PX * len(lanes) + 110))
     plot = figure(title="Task timeline (one lane per worker core, plus light tasks)",
                   height=height, sizing_mode="stretch_width", tools=_TOOLS,
-                  x_axis_label="time [s]", x_range=Range1d(0, max(trace.duration, 1e-3)),
-                  y_range=Range1d(len(lanes) - 0.5, -0.5))  # first worker on top
+                  x_axis_label="time [s]", x_range=Range1d(start=0, end=max(trace.duration, 1e-3)),
+                  y_range=Range1d(start=len(lanes) - 0.5, end=-0.5))  # first worker on top
     plot.yaxis.ticker = FixedTicker(ticks=list(range(len(lanes))))
     plot.yaxis.major_label_overrides = {i: lane.name for i, lane in enumerate(lanes)}
     plot.ygrid.grid_line_color = None
@@ -71,9 +74,10 @@ def _draw_tasks(plot: figure, trace: Trace, index: dict, colors: dict[str, str])
     # Colours map from the group column in the browser: a per-row colour column would grow
     # the page and its serialisation time on big traces.
     fill = factor_cmap("group", list(colors.values()), list(colors))
-    renderers = [plot.quad(source=_source(main), left="left", right="right", bottom="bottom",
-                           top="top", fill_color=fill, line_color="black",
-                           name=TIMELINE_RENDERER)]
+    timeline_renderer = plot.quad(source=_source(main), left="left", right="right",
+                                  bottom="bottom", top="top", fill_color=fill,
+                                  line_color="black", name=TIMELINE_RENDERER)
+    renderers: list[DataRenderer] = [timeline_renderer]
     if more:
         renderers.append(plot.quad(source=_source(more), left="left", right="right",
                                    bottom="bottom", top="top", fill_color=fill,
@@ -85,11 +89,14 @@ def _draw_tasks(plot: figure, trace: Trace, index: dict, colors: dict[str, str])
                   hatch_color="black", hatch_alpha=0.6, name=TIMELINE_RENDERER + "-failed")
     # Legend items built here, one per group pointing at a row of that group: legend_field
     # would make the browser group every row of the source again.
-    first_row = {}
+    first_row: dict[str, int] = {}  # group -> index of its first row
     for i, row in enumerate(main):
         first_row.setdefault(row[_COLUMNS.index("group")], i)
+    # bokeh's stub makes GlyphRenderer invariant in its glyph type, so a quad renderer is not
+    # the GlyphRenderer[Glyph] LegendItem's stub asks for; any glyph renderer is fine there.
     plot.add_layout(Legend(title="label group", click_policy="none", items=[
-        LegendItem(label=group, renderers=[renderers[0]], index=i)
+        LegendItem(label=group, renderers=[timeline_renderer],  # type: ignore[list-item]
+                   index=i)
         for group, i in first_row.items()]), "right")
     plot.add_tools(HoverTool(renderers=renderers, tooltips=[
         ("task", "@task_id (@task_type)"), ("label", "@label"), ("worker", "@worker cpus @cpus"),
@@ -98,7 +105,8 @@ def _draw_tasks(plot: figure, trace: Trace, index: dict, colors: dict[str, str])
 
 def _task_rows(trace: Trace, index) -> tuple[list[tuple], list[tuple]]:
     """Rows of the one-block-per-task source, and of the further blocks of split tasks."""
-    main, more = [], []
+    main: list[tuple] = []
+    more: list[tuple] = []
     for task in trace.tasks:
         end = stats.task_end(task, trace)
         status = "ok" if task.ok else ("unfinished" if task.end is None else "failed")
@@ -111,7 +119,8 @@ def _task_rows(trace: Trace, index) -> tuple[list[tuple], list[tuple]]:
 
 
 def _source(rows: list[tuple]) -> ColumnDataSource:
-    columns = {name: [row[i] for row in rows] for i, name in enumerate(_COLUMNS)}
+    columns: dict[str, list | np.ndarray] = {
+        name: [row[i] for row in rows] for i, name in enumerate(_COLUMNS)}
     # Numeric columns as arrays travel in the page as compact binary, not as JSON numbers.
     for names, dtype in ((_FLOAT_COLUMNS, float), (_INT_COLUMNS, int)):
         for name in names:

@@ -13,7 +13,10 @@ import json
 
 from bokeh.embed import file_html
 from bokeh.layouts import column
-from bokeh.models import Div, InlineStyleSheet
+from bokeh.models import InlineStyleSheet
+# From the defining modules: bokeh.models' stub does not export the names.
+from bokeh.models.ui.ui_element import UIElement
+from bokeh.models.widgets.markups import Div
 from bokeh.resources import INLINE
 
 from hyperloom.report import figures, stats
@@ -102,11 +105,12 @@ def build_html(trace: Trace, title: str, summary: dict | None = None) -> str:
     summary = stats.summary(trace) if summary is None else summary
     colors = figures.group_colors(stats.groups(trace))
     timeline = figures.timeline(trace, colors)
+    usage: list[UIElement]
     if trace.samples:
         usage = list(figures.usage(trace, timeline.x_range, figures.worker_colors(trace)))
     else:
         usage = [_div("<p>No CPU or memory samples were recorded.</p>")]
-    parts = [_div(_header(summary, title)), timeline, *usage,
+    parts: list[UIElement] = [_div(_header(summary, title)), timeline, *usage,
              _div(_section("Tasks by label group", _duration_table(
                  stats.duration_table(trace, lambda t: t.group), colors))),
              _div(_section("Tasks by task type", _duration_table(

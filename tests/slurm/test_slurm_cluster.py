@@ -1,6 +1,8 @@
 """SlurmCluster on a real Slurm: tasks run inside jobs, job loss, adapt, nothing left queued."""
 
+import json
 import subprocess
+import urllib.request
 
 import pytest
 
@@ -144,3 +146,25 @@ def test_broker_in_a_job_of_its_own(slurm, tmp_path):
         assert {r.decode().strip() for r in results} == set(cluster.submitted)
         names = (cluster.job_name, cluster.broker_job_name)
     assert [queued(name) for name in names] == [[], []]
+
+
+def _dashboard_data(url):
+    with urllib.request.urlopen(url.rstrip("/") + "/data.json", timeout=10) as response:
+        return json.loads(response.read())
+
+
+def test_slurm_cluster_dashboard_shows_the_jobs_and_the_workers(slurm, tmp_path):
+    with SlurmCluster(jobs=1, cpus=1, walltime="00:10:00", log_directory=str(tmp_path / "logs"),
+                      dashboard=True) as cluster:
+        assert cluster.dashboard_url.startswith("http://127.0.0.1:")
+        client = cluster.client()
+        wait_for_workers(client, 1)
+        [job_id] = cluster.submitted
+        wait_until(lambda: [job["id"] for job in _dashboard_data(cluster.dashboard_url)
+                            ["slurm"]["jobs"]] == [job_id], timeout=60, interval=0.5,
+                   message="the dashboard to list the cluster's job")
+        wait_until(lambda: len(_dashboard_data(cluster.dashboard_url)["workers"]) == 1,
+                   timeout=30, message="the dashboard to show the job's worker")
+        url = cluster.dashboard_url
+    with pytest.raises(OSError):   # closed with its cluster
+        _dashboard_data(url)

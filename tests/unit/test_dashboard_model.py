@@ -115,6 +115,15 @@ def test_page_data_is_json():
     assert json.loads(json.dumps(model.page_data()))["stream"]["lane"] == ["w1.0"]
 
 
+def test_unplaceable_tasks_are_shown_by_client_and_local_id():
+    # A task id is global: the client's number above CLIENT_SHIFT bits, its own id below.
+    model = DashboardModel("b:1")
+    entry = {"id": (3 << 40) | 7, "type": "loom/py/call", "reason": "needs 8 cpus"}
+    model.on_snapshot(snapshot(1.0, unplaceable=[entry]), wall_now=1.0)
+    assert model.page_data()["unplaceable"] == [
+        {"id": 7, "client": 3, "type": "loom/py/call", "reason": "needs 8 cpus"}]
+
+
 # ---------------------------------------------------------------- squeue
 
 SQUEUE_OUTPUT = "1234 RUNNING loom-workers node[01-02]\n1235 PENDING loom-workers \n"

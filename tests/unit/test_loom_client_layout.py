@@ -101,3 +101,13 @@ def test_task_type_symbols_are_the_originals():
 def test_plan_module_is_hyperlooms():
     import loom.client.plan
     assert loom.client.plan.PlanBuilder is hyperloom.client.plan.PlanBuilder
+
+
+def test_star_import_gives_every_name_of_hyperloom_client():
+    # loom.client names hyperloom.client's exports one by one: one added there and not here
+    # would make the star import fail.
+    namespace: dict = {}
+    exec("from loom.client import *", namespace)
+    for name in hyperloom.client.__all__:
+        assert namespace[name] is hyperloom_object(name) or (
+            name == "tasks" and namespace[name].const is hyperloom.client.tasks.const), name

@@ -30,6 +30,13 @@ def demo_dir(tmp_path):
     return directory
 
 
+@pytest.mark.parametrize("n_workers, cpus", [(0, 4), (2, 0)])
+def test_a_demo_trace_without_workers_or_cpus_is_refused_by_name(tmp_path, n_workers, cpus):
+    with pytest.raises(ValueError, match=f"{n_workers} workers of {cpus} cpus"):
+        write_demo_trace(str(tmp_path / "trace"), n_workers=n_workers, cpus=cpus)
+    assert not (tmp_path / "trace").exists()
+
+
 def test_report_is_written_self_contained_with_the_right_counts(demo_dir, tmp_path, capsys):
     out = tmp_path / "report.html"
     assert main([str(demo_dir), "-o", str(out)]) == 0
