@@ -100,12 +100,31 @@ class RunDirs:
     to anything else, and no other file may leak into the next task. A spare
     directory thus holds two empty files. Thread-safe; at most
     ``limit`` are kept.
+
+    It also remembers where programs named without a ``/`` were found on PATH
+    (``which``): given the full path, the spawn makes one ``execve`` instead of
+    trying each PATH directory in turn (~45 µs of CPU per program here).
     """
 
     def __init__(self, limit: int = 16):
         self._free: list[str] = []
         self._limit = limit
         self._lock = threading.Lock()
+        self._programs: dict = {}   # (name, PATH) -> full path
+
+    def which(self, program: str) -> str | None:
+        """The full path of ``program`` on PATH, or None (then the spawn searches,
+        and reports a missing program as it always did)."""
+        if "/" in program or not program:
+            return None
+        key = (program, os.environ.get("PATH", os.defpath))
+        path = self._programs.get(key)
+        if path is not None and os.access(path, os.X_OK):
+            return path
+        path = shutil.which(program)
+        if path is not None and len(self._programs) < 1024:
+            self._programs[key] = path
+        return path
 
     def take(self) -> str | None:
         with self._lock:
@@ -214,7 +233,8 @@ def _spawn(argv: list, run_dir: str, ctx: TaskContext) -> tuple[int, bool]:
         for name in (STDOUT_NAME, STDERR_NAME):
             fds.append(os.open(os.path.join(run_dir, name),
                                os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644))
-        process = _popen(argv, run_dir, fds, cpus)
+        executable = ctx.run_dirs.which(argv[0]) if ctx.run_dirs is not None else None
+        process = _popen(argv, run_dir, fds, cpus, executable)
     except OSError as error:
         # libuv's wording is the lower-case strerror ("no such file or directory").
         raise TaskError(f"spawning '{argv[0]}': {(error.strerror or str(error)).lower()}") \
@@ -238,11 +258,12 @@ def _spawn(argv: list, run_dir: str, ctx: TaskContext) -> tuple[int, bool]:
         cancel.on_cancel(None)
 
 
-def _popen(argv: list, run_dir: str, fds: list, cpus) -> subprocess.Popen:
+def _popen(argv: list, run_dir: str, fds: list, cpus, executable=None) -> subprocess.Popen:
     """Spawn (vfork + exec); pinned to ``cpus`` by this thread's affinity, inherited."""
     def spawn():
         # A process group of its own, so that a cancel kills what the program started too.
-        return subprocess.Popen(argv, cwd=run_dir, stdin=fds[0], stdout=fds[1], stderr=fds[2],
+        return subprocess.Popen(argv, executable=executable, cwd=run_dir,
+                                stdin=fds[0], stdout=fds[1], stderr=fds[2],
                                 close_fds=True, start_new_session=True)
     if cpus is None:
         return spawn()

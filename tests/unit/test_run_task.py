@@ -357,3 +357,20 @@ def test_a_run_directory_is_not_reused_while_the_program_left_something_running(
     assert first != second
     wait_until(lambda: not os.path.exists(first.decode().strip()), timeout=10,
                message="the first directory to be removed")
+
+
+def test_programs_on_path_are_spawned_by_their_full_path(work_dir, run_dirs, tmp_path,
+                                                        monkeypatch):
+    program = tmp_path / "bin" / "hello-4f1e"
+    program.parent.mkdir()
+    program.write_text("#!/bin/sh\necho hello from $0\n")
+    program.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{program.parent}:{os.environ['PATH']}")
+    assert run_dirs.which("hello-4f1e") == str(program)
+    # Spawned through the path found once (and $0 is that path, as with a PATH search).
+    assert run_pooled(work_dir, run_dirs, tasks.run("hello-4f1e")).data == \
+        f"hello from {program}\n".encode()
+    program.unlink()  # gone: the spawn reports it as before
+    with pytest.raises(TaskError, match="spawning 'hello-4f1e': no such file or directory"):
+        run_pooled(work_dir, run_dirs, tasks.run("hello-4f1e"))
+    assert run_dirs.which("./relative") is None
