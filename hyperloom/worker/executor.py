@@ -36,7 +36,7 @@ from collections import deque
 from concurrent.futures import CancelledError, ThreadPoolExecutor
 
 from ..data import File, PyObj
-from .py_pool import SHARED_FRAME_BYTES
+from .py_wire import SHARED_FRAME_BYTES
 from .run_task import RunDirs
 from .taskdef import Cancellation, Redirect, TaskContext, TaskError
 

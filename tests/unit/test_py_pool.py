@@ -129,8 +129,8 @@ def test_arrays_cross_in_shared_memory_and_a_kept_result_is_not_copied_again():
         assert len(os.listdir(shm_dir)) == 1
         # It went as a reference to the kept file (not owned: not a fresh copy).
         import pickle
-        from hyperloom.worker.py_pool import _pack
-        (path, nbytes, owned), = pickle.loads(_pack("x", made.buffers(), one._shared)[0])[1]
+        from hyperloom.worker.py_wire import pack
+        (path, nbytes, owned), = pickle.loads(pack("x", made.buffers(), one._shared)[0])[1]
         assert (path, nbytes, owned) == (os.path.join(shm_dir, os.listdir(shm_dir)[0]),
                                          8_000_000, False)
         # A frame the worker got from elsewhere is copied once, and its file removed.
@@ -269,14 +269,14 @@ def test_close_fails_unfinished_tasks():
 
 def test_child_reuses_an_unpickled_function_and_evicts_the_oldest():
     from hyperloom.data import encode
-    from hyperloom.worker.py_pool import _FunctionCache
+    from hyperloom.worker.py_child import FunctionCache
 
     def inputs_of(fn):
         frames = []
         metas = [encode(PyObj(fn), frames)[0], encode(Plain(b"x"), frames)[0]]
         return metas, [bytes(frame) for frame in frames]
 
-    cache = _FunctionCache(capacity=2)
+    cache = FunctionCache(capacity=2)
     first = cache.decode_inputs("py_call", *inputs_of(len))
     assert cache.decode_inputs("py_call", *inputs_of(len))[0] is first[0]
     assert first[1].data == b"x"
