@@ -178,16 +178,34 @@ class PythonPool:
         if future.cancel():
             return  # it was still queued: _dispatch_next skips it
         with self._lock:  # so that the child cannot move on to another batch meanwhile
-            for child in self._children:
-                batch = child.batch
-                if batch is None:
-                    continue
-                for job in batch[child.answered:]:
-                    if job.future is future:
-                        job.canceled = True
-                        child.doomed = True
-                        _kill_tree(child.process.pid)
-                        return
+            requeued = self._find_queued(future)
+            if requeued is None:
+                self._kill_holder(future)
+                return
+            requeued.canceled = True  # queued again after its child died: dropped
+        if not future.done():
+            future.set_exception(TaskError("Canceled"))
+
+    def _find_queued(self, future: Future):
+        """The queued job of ``future``, or None (under _lock)."""
+        for batch in self._queue:
+            for job in batch:
+                if job.future is future:
+                    return job
+        return None
+
+    def _kill_holder(self, future: Future) -> None:
+        """Kill the child whose batch holds ``future``'s unanswered job (under _lock)."""
+        for child in self._children:
+            batch = child.batch
+            if batch is None:
+                continue
+            for job in batch[child.answered:]:
+                if job.future is future:
+                    job.canceled = True
+                    child.doomed = True
+                    _kill_tree(child.process.pid)
+                    return
 
     def _dispatch_next(self, child: _Child) -> None:
         """Give ``child`` the next queued batch, or make it idle."""
@@ -197,9 +215,7 @@ class PythonPool:
                 return  # it is being killed: its replacement takes the queue
             jobs = []
             while self._queue and not jobs and not self._closed:
-                # False: cancelled while queued
-                jobs = [job for job in self._queue.popleft()
-                        if job.future.set_running_or_notify_cancel()]
+                jobs = [job for job in self._queue.popleft() if _claim(job)]
             if not jobs:
                 self._idle.append(child)
                 return
@@ -336,6 +352,14 @@ class PythonPool:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _claim(job: _Job) -> bool:
+    """Whether a queued job is to run: not canceled meanwhile. A job queued again
+    after its child died is running already (its future says so)."""
+    if job.canceled:
+        return False
+    return job.future.running() or job.future.set_running_or_notify_cancel()
 
 
 def _kill_tree(pid: int) -> None:

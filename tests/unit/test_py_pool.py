@@ -377,3 +377,54 @@ def test_cancelling_a_finished_task_does_not_kill_the_next_one(tmp_path):
         one.cancel(done)  # too late: a no-op, whatever the child runs now
         open(gate, "w").close()
         assert following.result(TIMEOUT).data == b"done"
+
+
+# ---------------------------------------------------------------- batches
+
+def test_a_death_in_a_batch_fails_that_task_only_and_the_rest_runs_again():
+    @tasks.py_task()
+    def die():
+        os._exit(3)
+
+    @tasks.py_task(n_direct_args=1)
+    def name(text):
+        return text
+
+    with PythonPool(1) as one:
+        futures = one.submit_batch([("py_call", py_call_ctx(name("a"))),
+                                    ("py_call", py_call_ctx(die())),
+                                    ("py_call", py_call_ctx(name("c")))])
+        assert futures[0].result(TIMEOUT).data == b"a"
+        with pytest.raises(TaskError, match=r"process died \(exit code 3\)"):
+            futures[1].result(TIMEOUT)
+        assert futures[2].result(TIMEOUT).data == b"c"  # on the replacement
+        assert all(future.seconds >= 0 for future in (futures[0], futures[2]))
+
+
+def test_cancelling_a_task_waiting_in_a_batch_reruns_the_one_that_was_running(tmp_path):
+    """Its child is killed (the only way to be sure it never starts); the task the
+    child was running then is not lost: it runs again on the replacement."""
+    gate, ran = str(tmp_path / "gate"), str(tmp_path / "ran")
+
+    @tasks.py_task(n_direct_args=2)
+    def note_and_wait(path, gate_path):
+        with open(path, "a") as f:
+            f.write("x")
+        deadline = time.monotonic() + TIMEOUT
+        while not os.path.exists(gate_path) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return b"done"
+
+    from tests.conftest import wait_until
+    with PythonPool(1) as one:
+        running, waiting = one.submit_batch([
+            ("py_call", py_call_ctx(note_and_wait(ran, gate))),
+            ("py_call", py_call_ctx(wait_for_file(gate)))])
+        wait_until(lambda: os.path.exists(ran), timeout=TIMEOUT, message="the first to start")
+        one.cancel(waiting)
+        with pytest.raises(TaskError, match="process died"):
+            waiting.result(TIMEOUT)
+        wait_until(lambda: open(ran).read() == "xx", timeout=TIMEOUT,
+                   message="the first task to start again on the replacement")
+        open(gate, "w").close()
+        assert running.result(TIMEOUT).data == b"done"
