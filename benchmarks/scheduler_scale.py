@@ -3,8 +3,9 @@
     python benchmarks/scheduler_scale.py
 
 For each case it submits N ready tasks to a BrokerState with W workers of C
-cores, runs one scheduling round and prints how long it took, how many tasks
-it placed and the cost per placed task. The round's work is bounded by what
+cores, runs one scheduling round (the pure ``schedule`` and the state applying
+its answer: transitions, compute entries) and prints how long it took, how
+many tasks it placed and the cost per placed task. The round's work is bounded by what
 the workers can take (cores x overbooking, or the light-task queue), not by N.
 """
 
@@ -27,7 +28,7 @@ def one_round(n_tasks, n_workers, cpus, task_type, n_cpus, with_inputs=False):
     if with_inputs:  # one finished 100 MiB input per task, spread over the workers
         sources = [[base + i, 1, b"", [], 0, True, -1, None] for i in range(n_tasks)]
         state.on_submit(client, [RUN, CONST], [], sources, False, False)
-        state.scheduler.schedule()
+        state.schedule_round()
         state.outbox.clear()
         for worker in workers:
             for node in list(worker.assigned):
@@ -41,7 +42,7 @@ def one_round(n_tasks, n_workers, cpus, task_type, n_cpus, with_inputs=False):
     state.on_submit(client, [RUN, CONST], [], entries, False, False)
     state.outbox.clear()
     start = time.perf_counter()
-    state.scheduler.schedule()
+    state.schedule_round()
     elapsed = time.perf_counter() - start
     placed = sum(len(v) for v in state.outbox.compute.values())
     return elapsed, placed

@@ -1,4 +1,6 @@
-"""Dynamic slice and get: expand a plan when the size of a data object is known.
+"""Dynamic slice and get: a pass of the broker state that expands the plan when the
+size of a data object is known. ``BrokerState.on_drained`` runs it before each
+scheduling round, over the dslice/dget tasks that became READY.
 
 ``dslice(x)`` / ``dget(x)`` (D) with its one consumer C: once x is finished
 the broker creates, per piece k, a ``slice``/``get`` task P_k on x and a copy
@@ -14,9 +16,10 @@ from __future__ import annotations
 
 import struct
 
+from .base import CoreBase
 from .. import protocol
 from . import taskstate as ts
-from .model import Node, add_consumer, consumers_of
+from .model import Node, add_consumer, consumers_of, remove_consumer
 
 DYNAMIC_TYPES = frozenset({protocol.TASK_DSLICE, protocol.TASK_DGET})
 
@@ -30,12 +33,50 @@ def piece_configs(task_type: str, length: int, total_cpus: int):
             for start in range(0, length, size)]
 
 
-def expand(state, dynamic: Node):
+class DynamicPass(CoreBase):
+    """A mixin of ``BrokerState``: the expansion pass and the nodes it creates."""
+
+    def expand_dynamic(self):
+        """Expand every dslice/dget that became READY (pieces may be dynamic again)."""
+        while self.dynamic_ready:
+            nodes, self.dynamic_ready = self.dynamic_ready, []
+            for node in nodes:
+                if node.state == ts.READY:
+                    _expand(self, node)
+
+    def new_node(self, client, task_type, config, inputs, n_cpus, label) -> Node:
+        """A task the broker creates for ``client`` (ids from its reserved range)."""
+        task_id = (client.number << protocol.CLIENT_SHIFT) + protocol.BROKER_ID_BASE \
+            + client.next_broker_id
+        client.next_broker_id += 1
+        node = Node(task_id, client, task_type, config, inputs, n_cpus, label)
+        self.tasks[task_id] = node  # enters WAITING (see state_counts)
+        client.n_total += 1
+        if self.feed.active:
+            self.feed.on_tasks_added((node,))
+        self.recorder.tasks_submitted([(task_id, task_type, label, [i.id for i in inputs])])
+        return node
+
+    def link(self, node: Node):
+        """Register ``node`` as a consumer of its inputs; READY if they are all finished."""
+        remaining = 0
+        for inp in node.inputs:
+            add_consumer(inp, node)
+            inp.refs += 1
+            if inp.state != ts.FINISHED:
+                remaining += 1
+        node.remaining = remaining
+        if remaining == 0:
+            self.make_ready(node)
+
+
+def _expand(state, dynamic: Node):
     """Replace READY ``dynamic`` and its consumer by per-piece copies."""
     consumers = [c for c in consumers_of(dynamic) if c.state == ts.WAITING]
     if dynamic.is_result or len(consumers) != 1 or consumers[0].inputs.count(dynamic) != 1:
-        state.fail_task(dynamic, f"{dynamic.type} must have exactly one consumer, which reads "
-                                 f"it once, and must not be submitted itself")
+        state._fail(dynamic, [dynamic.id, "broker",
+                              f"{dynamic.type} must have exactly one consumer, which reads "
+                              f"it once, and must not be submitted itself"])
         return
     consumer = consumers[0]
     source = dynamic.inputs[0]
@@ -92,6 +133,8 @@ def _become_array_of(state, consumer: Node, copies):
         copy.refs += 1
         add_consumer(copy, consumer)
     consumer.remaining = len(copies)
+    for inp in set(old_inputs):  # it reads none of them now: no stale consumer edges
+        remove_consumer(inp, consumer)
     state.drop_inputs(old_inputs)
     if not copies:
         state.make_ready(consumer)

@@ -2,7 +2,7 @@
 
 The worker sends ``Retiring``; from then on:
 
-1. the scheduler places nothing more on it (``WorkerState.retiring``), and every task
+1. the scheduler places nothing more on it (``WorkerRecord.retiring``), and every task
    queued there is asked back (StealTasks): those it has not started are placed elsewhere,
    the running ones finish there as usual;
 2. once nothing is assigned to it, asked back or being uploaded, every finished object
@@ -15,8 +15,9 @@ broker's loss handling finds every object still held and recomputes nothing. Wit
 another worker to copy to, the worker keeps waiting (and serving) until one joins or its
 job ends; then it is an ordinary worker loss.
 
-Sans-I/O like BrokerState: ``advance()`` returns the workers to tell Shutdown; the server
-sends it after flushing the outbox, so the SendData orders go first.
+Sans-I/O, part of the core: ``BrokerState`` handles Retiring with ``on_retiring``, runs
+``advance()`` in ``on_drained`` and puts the workers it returns into ``outbox.shutdown``,
+which is sent after everything else, so the SendData orders go first.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ log = logging.getLogger("hyperloom.broker")
 class Retirements:
     def __init__(self, state):
         self.state = state
-        self.workers = {}       # WorkerState -> True once its sole data was copied
+        self.workers = {}       # WorkerRecord -> True once its sole data was copied
         self.told_to_go = set()  # told Shutdown: its Goodbye is a clean retirement
         self.stuck = set()       # retiring workers already logged as having nowhere to copy
 
@@ -78,7 +79,7 @@ class Retirements:
                         "no other worker to copy them to: it waits", worker.worker_id, len(sole))
             return False
         self.stuck.discard(worker)
-        deliver = self.state.scheduler.deliver
+        deliver = self.state.deliver
         for node in sole:
             deliver(node, min(targets, key=lambda w: w.bytes_held))
         log.info("retiring worker %d: copying %d objects only it held (%d bytes) to other "

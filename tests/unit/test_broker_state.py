@@ -37,7 +37,7 @@ class Harness:
 
     def schedule(self):
         self.state.outbox.compute.clear()
-        self.state.scheduler.schedule()
+        self.state.on_drained(0.0)
         out = self.state.outbox
         assigned = {w: [e[0] - self.base for e in entries] for w, entries in out.compute.items()}
         return assigned
@@ -80,7 +80,7 @@ def test_cores_are_never_oversubscribed_beyond_overbooking(h):
     w = h.add_worker(cpus=2)
     h.submit(*[(i, RUN, [], 1, True) for i in range(20)])
     assigned = h.schedule()
-    assert len(assigned[w]) == 2 * h.state.scheduler.overbooking
+    assert len(assigned[w]) == 2 * h.state.overbooking
     assert w.cpus_used == 6
 
 
@@ -290,7 +290,7 @@ def test_original_scheduler_expectations_two_single_core_workers(h):
 def test_original_scheduler_expectations_cpu_requests(h):
     # a 5-cpu worker with ready {3-cpu, 4-cpu, 4-cpu, 0-cpu} runs a 4-cpu and the 0-cpu
     # task at once (what fits in its cores; overbooking only queues behind them)
-    h.state.scheduler.overbooking = 1
+    h.state.overbooking = 1
     w = h.add_worker(cpus=5)
     h.submit((0, RUN, [], 3, True), (1, RUN, [], 4, True), (2, RUN, [], 4, True),
              (3, RUN, [], 0, True))
@@ -307,7 +307,7 @@ def test_transfer_from_a_worker_that_dies_is_ordered_again_or_recomputed(h):
     h.finish(source, 0)
     h.state.outbox.clear()
     # force the consumer elsewhere: the source is full
-    source.cpus_used = source.cpus * h.state.scheduler.overbooking
+    source.cpus_used = source.cpus * h.state.overbooking
     [target] = h.schedule()
     source.cpus_used = 0
     assert target is not source and h.state.outbox.sends[source]
@@ -316,7 +316,7 @@ def test_transfer_from_a_worker_that_dies_is_ordered_again_or_recomputed(h):
     assert h.node(0).state == ts.WAITING or h.node(0).state == ts.READY
     # recomputed on the third worker (the consumer's is kept full), then delivered to
     # the waiting consumer's worker
-    busy, target.cpus_used = target.cpus_used, target.cpus * h.state.scheduler.overbooking
+    busy, target.cpus_used = target.cpus_used, target.cpus * h.state.overbooking
     [producer] = h.schedule()
     target.cpus_used = busy
     assert producer not in (source, target)
@@ -365,7 +365,7 @@ def test_workers_finishing_core_tasks_quickly_may_queue_more(h):
     slow.n_core_finished = 1
     h.state.update_overbooking(1.0)
     assert fast.overbooking == 40        # 2000/s x 20 ms
-    assert slow.overbooking == h.state.scheduler.overbooking
+    assert slow.overbooking == h.state.overbooking
     h.submit(*[(i, RUN, [], 1, True) for i in range(100)])
     assigned = h.schedule()
     assert len(assigned[fast]) == 40 and len(assigned[slow]) == 3
@@ -529,6 +529,52 @@ def test_every_batch_entry_the_broker_sends_has_its_protocol_record(h):
     assert all(seen.values()), seen
 
 
+def test_check_invariants_flags_data_held_by_a_worker_that_is_not_live():
+    h = Harness()
+    w = h.add_worker()
+    h.submit((0, CONST, [], 0, True))
+    h.schedule()
+    h.finish(w, 0)
+    h.state.check_invariants()
+    del h.state.workers[w.identity]      # a loss whose bookkeeping forgot the holders
+    del h.state.peers[w.identity]
+    with pytest.raises(AssertionError, match="not a live worker"):
+        h.state.check_invariants()
+
+
+def test_check_invariants_flags_more_tasks_done_than_submitted():
+    h = Harness()
+    h.submit((0, CONST, [], 0, True))
+    h.client.n_done = h.client.n_total + 1
+    with pytest.raises(AssertionError, match="2 done of 1"):
+        h.state.check_invariants()
+
+
+def test_state_counts_change_only_in_transition_and_match_the_dag(h):
+    w = h.add_worker()
+    h.submit((0, CONST, [], 0, False), (1, MERGE, [0], 0, True))
+    counts = h.state.state_counts
+    assert (counts[ts.WAITING], counts[ts.READY]) == (1, 1)
+    h.schedule()
+    h.finish(w, 0)
+    h.schedule()
+    h.finish(w, 1)                       # 0 is forgotten: RELEASED, out of the DAG
+    counts = h.state.state_counts
+    assert counts[ts.FINISHED] == 1 and counts[ts.RELEASED] == 1 and sum(counts[:6]) == 1
+    h.state.on_worker_lost(w)            # 1 held only there: recomputed, 0 with it
+    counts = h.state.state_counts
+    assert (counts[ts.WAITING], counts[ts.READY], counts[ts.RELEASED]) == (1, 1, 0)
+
+
+def test_transitions_nobody_makes_are_refused(h):
+    h.submit((0, CONST, [], 0, True))
+    node = h.node(0)
+    assert node.state == ts.READY
+    with pytest.raises(ts.IllegalTransition, match="ready -> released"):
+        h.state.transition(node, ts.RELEASED)
+    assert ts.READY not in ts.ALLOWED[ts.FINISHED] and ts.READY not in ts.ALLOWED[ts.RELEASED]
+
+
 def test_a_worker_that_leaves_is_reported_gone_and_no_push_to_it_stays_queued(h):
     """The other workers are told (PeersGone) to close their channel to it; a push to it
     ordered earlier in the same round would reopen that channel, so it is dropped."""
@@ -537,7 +583,7 @@ def test_a_worker_that_leaves_is_reported_gone_and_no_push_to_it_stays_queued(h)
     [source] = h.schedule()
     h.finish(source, 0)
     h.state.outbox.clear()
-    source.cpus_used = source.cpus * h.state.scheduler.overbooking  # the consumer goes elsewhere
+    source.cpus_used = source.cpus * h.state.overbooking  # the consumer goes elsewhere
     [target] = h.schedule()
     source.cpus_used = 0
     assert h.state.outbox.sends[source] == {target.address: [h.base + 0]}

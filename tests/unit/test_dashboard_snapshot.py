@@ -42,7 +42,7 @@ class Cluster:
 
     def schedule(self, now):
         """Place ready tasks and 'send' the ComputeTasks (as the server's flush does)."""
-        self.state.scheduler.schedule()
+        self.state.schedule_round()
         out = self.state.outbox
         placed = {w: [e[0] for e in entries] for w, entries in out.compute.items()}
         if self.feed.active:

@@ -1,0 +1,72 @@
+"""What the mixins of ``BrokerState`` share: its attributes, and the methods one
+mixin calls on another, declared once (for readers and for mypy).
+
+Annotations only: nothing here exists at run time but the class itself, so a
+mixin's ``self.tasks`` or ``self.transition(...)`` costs what it always did.
+``BrokerState.__init__`` (state.py) gives the attributes their values.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+from collections.abc import Callable
+
+from .model import ClientRecord, Node, WorkerRecord
+from .outbox import Outbox
+from .recorder import Recorder, RecorderFactory
+from .retire import Retirements
+from .snapshot import DashboardFeed
+
+Fetch = tuple[ClientRecord, int, bool]   # (client, request, release) waiting on a task
+
+
+class CoreBase:
+    # configuration and injected I/O
+    overbooking: int
+    max_task_losses: int
+    heartbeat_timeout: float
+    checkpoint_exists: Callable[[str], bool]
+    open_recorder: RecorderFactory
+    recorder: Recorder
+    # the DAG, the peers and what waits
+    tasks: dict[int, Node]
+    peers: dict[bytes, ClientRecord | WorkerRecord]
+    workers: dict[bytes, WorkerRecord]
+    clients: dict[bytes, ClientRecord]
+    outbox: Outbox
+    ready: deque[Node]
+    dynamic_ready: list[Node]
+    unplaceable: list[Node]
+    pending_fetches: dict[int, Fetch | list[Fetch]]
+    _moves: list[int]
+    feed: DashboardFeed          # what live dashboards ask for (snapshot.py)
+    retirements: Retirements     # workers leaving at walltime (retire.py)
+
+    # methods of one mixin that others call (defined in the module named)
+    transition: Callable[[Node, int], None]                      # lifecycle
+    add_ready: Callable[[Any], None]                             # lifecycle
+    make_ready: Callable[[Node], None]                           # lifecycle
+    deliver: Callable[[Node, WorkerRecord], None]                # lifecycle
+    drop_inputs: Callable[[Any], None]                           # lifecycle
+    release_node: Callable[[Node], None]                         # lifecycle
+    _forget: Callable[[Node], None]                              # lifecycle
+    _fail: Callable[[Node, list[Any]], None]                     # lifecycle
+    _unassign: Callable[[Node, WorkerRecord], None]              # lifecycle
+    _take_fetches: Callable[[int], Any]                          # requests
+    _serve_fetch: Callable[[Node, ClientRecord, int, bool], None]  # requests
+    _park_fetch: Callable[[int, Fetch], None]                    # requests
+    _worker_error: Callable[[WorkerRecord, str], None]           # reports
+    new_node: Callable[..., Node]                                # dynamic
+    link: Callable[[Node], None]                                 # dynamic
+    peer_gone: Callable[[bytes, str, float], None]               # state
+    on_client_lost: Callable[[ClientRecord], None]               # requests
+    on_worker_lost: Callable[[WorkerRecord], None]               # recovery
+
+    @property
+    def tracing(self) -> bool:
+        raise NotImplementedError   # state.py
+
+    @property
+    def state_counts(self) -> list[int]:
+        raise NotImplementedError   # lifecycle.py

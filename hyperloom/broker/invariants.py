@@ -1,0 +1,58 @@
+"""``check_invariants``: the broker's bookkeeping agrees with itself.
+
+Tests call it after every step (tests/inprocess runs it after each message);
+it is O(tasks), never called by the broker itself.
+"""
+
+from __future__ import annotations
+
+from . import taskstate as ts
+from .model import consumers_of
+
+
+def check_invariants(state):
+    counts = [0] * len(ts.TaskState)
+    live_workers = state.workers
+    for task_id, node in state.tasks.items():
+        assert node.id == task_id
+        assert node.state != ts.RELEASED, f"{node} is released but still in the DAG"
+        counts[node.state] += 1
+        assert node.refs > 0, f"{node} is held with no references"
+        _check_state_data(node, live_workers)
+        live = sum(1 for c in consumers_of(node) if c.state in ts.PENDING)
+        assert node.refs == live + node.is_result, f"{node}: refs {node.refs} != {live}"
+    assert counts[:ts.RELEASED] == state.state_counts[:ts.RELEASED], \
+        (counts, state.state_counts)
+    for worker in live_workers.values():
+        assert worker.cpus_used == sum(n.n_cpus for n in worker.assigned)
+        assert worker.n_light == sum(1 for n in worker.assigned if not n.n_cpus)
+        assert all(n.state == ts.ASSIGNED and n.worker is worker for n in worker.assigned)
+    for client in state.clients.values():
+        assert 0 <= client.n_done <= client.n_total, \
+            f"client {client.number}: {client.n_done} done of {client.n_total}"
+    assert set(state.peers) == set(state.workers) | set(state.clients)
+
+
+def _check_state_data(node, live_workers):
+    """The data each state owns (taskstate.py) is there, and only there."""
+    state = node.state
+    if state == ts.ASSIGNED:
+        worker = node.worker
+        assert worker is not None and live_workers.get(worker.identity) is worker, \
+            f"{node} is assigned to a worker that is not live"
+        assert node in worker.assigned
+    else:
+        assert node.worker is None, f"{node} has a worker but is not assigned"
+    if state == ts.FINISHED:
+        assert node.holders, f"{node} finished but held nowhere"
+    if node.holders:
+        for holder in node.holders:
+            assert live_workers.get(holder.identity) is holder, \
+                f"{node} is held by {holder}, which is not a live worker"
+    if state == ts.WAITING or state == ts.READY:
+        unfinished = sum(1 for inp in node.inputs if inp.state != ts.FINISHED)
+        assert node.remaining == unfinished, \
+            f"{node} counts {node.remaining} unfinished inputs, there are {unfinished}"
+        assert (state == ts.WAITING) == (unfinished > 0), f"{node}: {unfinished} unfinished"
+    if state == ts.FAILED:
+        assert node.extra is not None and node.extra.error is not None

@@ -1,0 +1,156 @@
+"""What the broker core wants sent, and its encoding into messages.
+
+The core never touches sockets: handlers append to an ``Outbox``, tests read
+it, and ``messages()`` turns it into frames (the server sends them, the
+in-process test tier delivers them). Batches are per destination, so one
+flush sends one message per peer and message type however many tasks moved.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from .. import protocol
+from .model import ClientRecord, WorkerRecord
+
+ErrorNotice = tuple[bytes, str, bool]           # (identity, message, fatal)
+Refusal = tuple[bytes, list[int], str]          # (client identity, result ids, message)
+Message = tuple[bytes, list[Any]]               # (identity, frames after it)
+
+
+class Outbox:
+    """What the broker core wants sent; the server turns it into messages.
+
+    The core never touches sockets: handlers append here, tests read it.
+    Batches are per destination, so one flush sends one message per peer and
+    message type however many tasks are involved.
+    """
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        # per worker: ComputeTask entries; {target address: ids} to push
+        self.compute: defaultdict[WorkerRecord, list[list[Any]]] = defaultdict(list)
+        self.sends: defaultdict[WorkerRecord, dict[str, list[int]]] = defaultdict(dict)
+        # (holder, client identity, request) -> ids to upload
+        self.uploads: defaultdict[tuple[WorkerRecord, bytes, int], list[int]] = defaultdict(list)
+        self.cancel: defaultdict[WorkerRecord, list[int]] = defaultdict(list)
+        self.steal: defaultdict[WorkerRecord, list[int]] = defaultdict(list)
+        self.remove: defaultdict[WorkerRecord, list[int]] = defaultdict(list)
+        # data addresses of workers gone, told to every worker in peers_gone_to (PeersGone)
+        self.peers_gone: list[str] = []
+        self.peers_gone_to: list[WorkerRecord] = []
+        self.finished: defaultdict[ClientRecord, list[int]] = defaultdict(list)
+        self.progressed: set[ClientRecord] = set()   # clients whose n_done changed
+        # per client: TaskFailure entries
+        self.failed: defaultdict[ClientRecord, list[list[Any]]] = defaultdict(list)
+        # (client identity, request) -> [[id, None, error]] / [(id, meta, frames)]
+        self.data_errors: defaultdict[tuple[bytes, int], list[list[Any]]] = defaultdict(list)
+        self.data_inline: defaultdict[tuple[bytes, int], list[tuple[int, Any, Any]]] = \
+            defaultdict(list)
+        self.refused: list[Refusal] = []       # (client identity, [ids], message)
+        self.errors: list[ErrorNotice] = []    # (identity, message, fatal)
+        # replies, errors, refusals: in the order they arose
+        self.notices: list[tuple[str, Any]] = []
+        self.replies: list[tuple[Any, ...]] = []  # (identity, header frame, *payload frames)
+        self.shutdown: list[WorkerRecord] = []  # told Shutdown after every other message
+
+    def add_reply(self, entry: tuple[Any, ...]) -> None:
+        """``(identity, header frame, *payload frames)``: an answer (Welcome, Stats, a
+        relayed Uploaded as Data, ...)."""
+        self.replies.append(entry)
+        self.notices.append(("reply", entry))
+
+    def add_error(self, entry: ErrorNotice) -> None:
+        """``(identity, message, fatal)``: answered in order with refusals."""
+        self.errors.append(entry)
+        self.notices.append(("error", entry))
+
+    def add_refused(self, entry: Refusal) -> None:
+        """``(client identity, [ids], message)``: a refused plan."""
+        self.refused.append(entry)
+        self.notices.append(("refused", entry))
+
+    def send_data(self, source: WorkerRecord, target_address: str, data_id: int) -> None:
+        targets = self.sends[source]
+        ids = targets.get(target_address)
+        if ids is None:
+            targets[target_address] = [data_id]
+        else:
+            ids.append(data_id)
+
+    def is_empty(self) -> bool:
+        return not (self.compute or self.sends or self.uploads or self.cancel or self.steal
+                    or self.remove or self.peers_gone or self.finished or self.progressed or self.failed
+                    or self.data_errors or self.data_inline or self.refused or self.errors
+                    or self.replies or self.shutdown)
+
+
+def messages(out: Outbox) -> Iterator[Message]:
+    """``(identity, frames)`` for every message ``out`` holds, in sending order.
+
+    Notices (replies, errors, refusals) go first, in the order they arose, so
+    answers keep request order. Pure encoding: every decision (what to send,
+    throttled progress) was made by the core before.
+    """
+    encode = protocol.encode
+    for kind, entry in out.notices:
+        if kind == "reply":
+            yield entry[0], list(entry[1:])
+        elif kind == "error":
+            identity, message, fatal = entry
+            yield identity, [encode(protocol.ERROR, message, fatal)]
+        else:
+            client_identity, ids, message = entry
+            yield client_identity, [encode(protocol.SUBMIT_REFUSED, ids, message)]
+    if out.peers_gone:  # before SendData: a worker back at that address gets a new channel
+        header = encode(protocol.PEERS_GONE, out.peers_gone)
+        for worker in out.peers_gone_to:
+            yield worker.identity, [header]
+    yield from _worker_messages(out, encode)
+    yield from _client_messages(out, encode)
+    for worker in out.shutdown:   # last: what it was told to send before goes first
+        yield worker.identity, [encode(protocol.SHUTDOWN)]
+
+
+def _worker_messages(out: Outbox, encode: Callable[..., bytes]) -> Iterator[Message]:
+    for worker, entries in out.compute.items():
+        yield worker.identity, [encode(protocol.COMPUTE_TASKS, entries)]
+    for worker, targets in out.sends.items():
+        if not targets:
+            continue  # every push in it was to a worker that left
+        yield worker.identity, [encode(protocol.SEND_DATA,
+                                       [[address, ids] for address, ids in targets.items()])]
+    for (worker, client_identity, request), ids in out.uploads.items():
+        yield worker.identity, [encode(protocol.UPLOAD, client_identity, request, ids)]
+    for worker, ids in out.cancel.items():
+        yield worker.identity, [encode(protocol.CANCEL_TASKS, ids)]
+    for worker, ids in out.steal.items():
+        yield worker.identity, [encode(protocol.STEAL_TASKS, ids)]
+    for worker, ids in out.remove.items():
+        yield worker.identity, [encode(protocol.REMOVE_DATA, ids)]
+
+
+def _client_messages(out: Outbox, encode: Callable[..., bytes]) -> Iterator[Message]:
+    finished = out.finished
+    for client in out.progressed:  # progress the core chose to send (with results or not)
+        ids = finished.pop(client, None)
+        yield client.identity, [encode(protocol.TASKS_FINISHED, ids or [], client.n_done,
+                                       client.n_total)]
+    for client, ids in finished.items():
+        yield client.identity, [encode(protocol.TASKS_FINISHED, ids, client.n_done,
+                                       client.n_total)]
+    for client, failures in out.failed.items():
+        yield client.identity, [encode(protocol.TASKS_FAILED, failures)]
+    for (client_identity, request), entries in out.data_errors.items():
+        yield client_identity, [encode(protocol.DATA, request, entries)]
+    for (client_identity, request), inline in out.data_inline.items():
+        frames: list[Any] = []
+        entries = []
+        for task_id, meta, object_frames in inline:
+            entries.append([task_id, meta])
+            frames.extend(object_frames)
+        yield client_identity, [encode(protocol.DATA, request, entries), *frames]

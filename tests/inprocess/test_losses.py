@@ -1,0 +1,154 @@
+"""Heartbeats, worker loss, stealing and dynamic expansion, deterministically in memory."""
+
+import struct
+
+from hyperloom import protocol
+from hyperloom.broker import taskstate as ts
+from hyperloom.client import tasks
+
+from .harness import Cluster
+
+
+def _chain(length):
+    node = tasks.const("s")
+    for i in range(length):
+        node = tasks.merge((node, tasks.const(str(i))))
+    return node
+
+
+def test_a_silent_worker_is_lost_after_the_heartbeat_timeout_and_its_task_moves():
+    cluster = Cluster(workers=2, cpus=1, heartbeat_timeout=5.0, auto_run=False)
+    [task_id] = cluster.client.submit([tasks._make(protocol.TASK_CONST, config=b"v",
+                                                   request=tasks.cpus(1))])
+    cluster.run()
+    [victim] = [w for w in cluster.workers if w.running]
+    survivor = next(w for w in cluster.workers if w is not victim)
+    victim.silent = True                     # hangs: no heartbeat, no report
+    cluster.advance(5.0)
+    assert victim.identity in cluster.broker.workers   # 5 s of silence is allowed
+    cluster.advance(1.0)
+    assert victim.identity not in cluster.broker.workers
+    assert survivor.running                  # the task was given to the survivor
+    survivor.finish_running()
+    assert cluster.gather([task_id]) == [b"v"]
+
+
+def test_workers_that_keep_sending_heartbeats_are_never_expired():
+    cluster = Cluster(workers=2, heartbeat_timeout=2.0)
+    cluster.advance(60.0, step=1.0)
+    assert len(cluster.broker.workers) == 2
+
+
+def test_data_lost_with_a_worker_is_recomputed_from_lineage():
+    cluster = Cluster(workers=2, cpus=1)
+    ids = cluster.client.submit([_chain(30)])
+    cluster.run()
+    assert ids[0] in cluster.client.finished
+    [holder] = [w for w in cluster.workers if ids[0] in w.core.store]
+    cluster.kill(holder)                     # the only copy of the result dies with it
+    assert cluster.broker.tasks[ids[0]].state != ts.FINISHED
+    cluster.run()
+    survivor = cluster.live_workers()[0]
+    assert ids[0] in survivor.core.store
+    [value] = cluster.gather(ids)
+    assert value == b"s" + b"".join(str(i).encode() for i in range(30))
+    done, total = cluster.client.progress
+    assert done == total
+
+
+def test_a_worker_lost_mid_plan_leaves_the_results_right():
+    cluster = Cluster(workers=3, cpus=1, auto_run=False)
+    leaves = [tasks.const(str(i)) for i in range(9)]
+    groups = [tasks.merge(leaves[i:i + 3]) for i in range(0, 9, 3)]
+    ids = cluster.client.submit([tasks.merge(groups, "+")])
+    cluster.run()
+    for worker in cluster.workers:           # every worker runs one step's worth
+        worker.finish_running()
+    cluster.run()
+    cluster.kill(cluster.workers[1])
+    for _ in range(50):
+        for worker in cluster.live_workers():
+            worker.finish_running()
+        cluster.run()
+    assert cluster.gather(ids) == [b"012+345+678"]
+
+
+def test_a_task_lost_with_three_workers_fails_with_a_clear_error():
+    cluster = Cluster(workers=1, cpus=1, auto_run=False)
+    [task_id] = cluster.client.submit([tasks._make(protocol.TASK_CONST, config=b"v",
+                                                   request=tasks.cpus(1))])
+    for _ in range(3):
+        cluster.run()
+        cluster.kill(cluster.live_workers()[0])
+        cluster.add_worker(cpus=1, auto_run=False)
+    cluster.run()
+    [_, _, message] = cluster.client.failed[task_id]
+    assert "Worker lost while running this task 3 times" in message
+
+
+def test_an_idle_worker_steals_tasks_queued_on_a_busy_one():
+    cluster = Cluster(workers=1, cpus=1, auto_run=False)
+    busy = cluster.workers[0]
+    ids = cluster.client.submit([tasks._make(protocol.TASK_CONST, config=b"%d" % i,
+                                             request=tasks.cpus(1)) for i in range(3)])
+    cluster.run()
+    assert len(busy.core.tasks) == 3 and len(busy.running) == 1  # 1 runs, 2 queue
+    idle = cluster.add_worker(cpus=1, auto_run=False)
+    cluster.run()
+    [asked] = cluster.messages_named("StealTasks", receiver=busy.identity)
+    assert len(asked[0]) == 1                # one idle core: one task asked back
+    assert idle.running and idle.running[0].id == asked[0][0]
+    busy.finish_running()
+    idle.finish_running()
+    for _ in range(5):
+        busy.finish_running()
+        cluster.run()
+    assert cluster.gather(ids) == [b"0", b"1", b"2"]
+
+
+def test_dslice_expands_its_consumer_per_piece_once_the_length_is_known():
+    cluster = Cluster(workers=2, cpus=1)
+    array = tasks.array_make([tasks.const(str(i)) for i in range(20)])
+    pieces = tasks.length(tasks.dslice(array))    # length of each piece
+    [value] = cluster.compute([pieces])
+    # 2 cores in all: pieces of round(20 / (2 * 4)) = 2 (or 3) elements, 20 in all
+    lengths = [struct.unpack("<Q", item)[0] for item in value]
+    assert sum(lengths) == 20 and len(lengths) == len(range(0, 20, round(20 / 8)))
+    assert cluster.broker.tasks == {}
+
+
+def test_dget_makes_one_task_per_element_and_its_readers_see_them_all():
+    def plan():
+        array = tasks.array_make([tasks.const(c) for c in "abcde"])
+        return tasks.merge((tasks.dget(array), tasks.const("!")))
+    cluster = Cluster(workers=2, cpus=1)
+    # a reader of the expanded consumer reads all its copies in its place
+    assert cluster.compute([tasks.merge((plan(),), "|")]) == [b"a!|b!|c!|d!|e!"]
+    # a submitted consumer becomes an array of its copies
+    assert cluster.compute([plan()]) == [[b"a!", b"b!", b"c!", b"d!", b"e!"]]
+    assert len(cluster.messages_named("ComputeTasks")) >= 2
+
+
+def test_dslice_of_an_empty_array_gives_an_empty_list():
+    cluster = Cluster(workers=1)
+    consumer = tasks.length(tasks.dslice(tasks.array_make([])))
+    assert cluster.compute([consumer]) == [[]]
+
+
+def test_a_dslice_read_twice_fails_with_a_message():
+    cluster = Cluster(workers=1)
+    dyn = tasks.dslice(tasks.array_make([tasks.const("a")]))
+    ids = cluster.client.submit([tasks.merge((dyn, dyn))])
+    cluster.run()
+    [_, where, message] = cluster.client.failed[ids[0]]
+    assert where == "broker" and "exactly one consumer" in message
+
+
+def test_a_client_that_leaves_releases_everything():
+    cluster = Cluster(workers=2, auto_run=False)
+    cluster.client.submit([_chain(5), tasks.const("x")])
+    cluster.run()
+    cluster.broker.on_peer_disconnected(cluster.client.identity, cluster.now)
+    cluster.check()
+    assert cluster.broker.tasks == {}
+    assert cluster.broker.outbox.cancel or cluster.broker.outbox.remove
