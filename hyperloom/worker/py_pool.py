@@ -101,8 +101,8 @@ class PythonPool:
                                                else "spawn")
         self._log_level = log_level
         # Big frames cross to and from the children as files here (see the module doc).
-        self._shared = SharedFiles(tempfile.mkdtemp(
-            prefix="hyperloom-pool-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
+        self._shared = SharedFiles("/dev/shm" if os.path.isdir("/dev/shm")
+                                   else tempfile.gettempdir())
         self._lock = threading.Lock()  # guards _queue, _idle, _closed and each child's batch
         self._queue: deque = deque()   # batches (lists of jobs) waiting for a child
         self._closed = False

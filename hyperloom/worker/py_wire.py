@@ -27,6 +27,7 @@ from __future__ import annotations
 import mmap
 import os
 import pickle
+import shutil
 import tempfile
 import threading
 import weakref
@@ -35,6 +36,7 @@ from ..data import decode
 
 INLINE_FRAME_LIMIT = 64 * 1024
 SHARED_FRAME_BYTES = 1024 * 1024
+DIR_PREFIX = "hyperloom-pool-"
 
 class SharedFiles:
     """The worker's side of shared-memory frames: which mappings are files of ours.
@@ -42,8 +44,11 @@ class SharedFiles:
     A mapping made by ``receive`` stays registered (by id, with a weak reference)
     until it is garbage collected; its file is unlinked then."""
 
-    def __init__(self, shm_dir: str):
-        self.dir = shm_dir
+    def __init__(self, base: str):
+        # Made on first use (most pools never see a big frame), named after this
+        # process so that one left behind by a killed worker is found and removed.
+        remove_stale_dirs(base)
+        self.dir = os.path.join(base, f"{DIR_PREFIX}{os.getpid()}-{os.urandom(4).hex()}")
         self._paths: dict = {}   # id(mmap) -> (weakref to it, path)
         self._lock = threading.Lock()
 
@@ -94,9 +99,30 @@ def pack(fields, frames=(), shared=None) -> list:
     return [pickle.dumps((fields, inline), pickle.HIGHEST_PROTOCOL)] + large
 
 
+def remove_stale_dirs(base: str) -> None:
+    """Remove the shared-memory directories of pools whose process is gone."""
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return
+    for name in names:
+        if not name.startswith(DIR_PREFIX):
+            continue
+        try:
+            os.kill(int(name[len(DIR_PREFIX):].split("-")[0]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+        except (ValueError, OSError):  # not ours, or alive under another user
+            pass
+
+
 def to_shared_file(shm_dir: str, frame) -> str:
     """Write ``frame`` into a new file of ``shm_dir`` (one copy); its path."""
-    fd, path = tempfile.mkstemp(dir=shm_dir)
+    try:
+        fd, path = tempfile.mkstemp(dir=shm_dir)
+    except FileNotFoundError:  # the first big frame of this pool
+        os.makedirs(shm_dir, mode=0o700, exist_ok=True)
+        fd, path = tempfile.mkstemp(dir=shm_dir)
     try:
         view = memoryview(frame).cast("B")
         written = 0

@@ -120,6 +120,7 @@ def test_arrays_cross_in_shared_memory_and_a_kept_result_is_not_copied_again():
 
     with PythonPool(1) as one:
         shm_dir = one._shared.dir
+        assert not os.path.exists(shm_dir)  # made on first use only
         made = one.submit("py_call", py_call_ctx(make())).result(TIMEOUT)
         assert isinstance(made.buffers()[0].obj, __import__("mmap").mmap)
         assert not made.obj.flags.writeable
@@ -428,3 +429,15 @@ def test_cancelling_a_task_waiting_in_a_batch_reruns_the_one_that_was_running(tm
                    message="the first task to start again on the replacement")
         open(gate, "w").close()
         assert running.result(TIMEOUT).data == b"done"
+
+
+def test_shared_memory_directories_of_dead_pools_are_removed(tmp_path):
+    from hyperloom.worker.py_wire import DIR_PREFIX, SharedFiles
+    import subprocess
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    (tmp_path / f"{DIR_PREFIX}{gone.pid}-abcd").mkdir()
+    (tmp_path / f"{DIR_PREFIX}{os.getpid()}-abcd").mkdir()
+    (tmp_path / "someone-else").mkdir()
+    SharedFiles(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == [f"{DIR_PREFIX}{os.getpid()}-abcd", "someone-else"]
