@@ -8,7 +8,7 @@ says where it runs:
 - ``thread``: in a thread pool; for blocking work that releases the GIL
   (subprocesses, file I/O).
 - ``python``: user Python code; runs where it does not hold the worker's GIL
-  (an executor process per core when the worker has more than one).
+  (an executor process per core, tiny tasks in batches: ``executor.py``).
 
 A failing implementation raises TaskError(message); any other exception is a
 bug in the implementation and is reported as such, never crashing the worker.
