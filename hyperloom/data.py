@@ -74,11 +74,11 @@ class DataObject:
     def info(self) -> str:
         return type(self).__name__
 
-    def get(self, index: int) -> "DataObject":
+    def get(self, index: int) -> DataObject:
         raise DataError(
             f"loom/data/get on {self.info()}: index {index} is out of range (length={self.length})")
 
-    def slice(self, start: int, end: int) -> "DataObject":
+    def slice(self, start: int, end: int) -> DataObject:
         raise DataError(f"loom/base/slice on {self.info()}: object has no inner pieces to slice")
 
     def to_python(self):

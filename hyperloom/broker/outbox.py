@@ -84,9 +84,9 @@ class Outbox:
 
     def is_empty(self) -> bool:
         return not (self.compute or self.sends or self.uploads or self.cancel or self.steal
-                    or self.remove or self.peers_gone or self.finished or self.progressed or self.failed
-                    or self.data_errors or self.data_inline or self.refused or self.errors
-                    or self.replies or self.shutdown)
+                    or self.remove or self.peers_gone or self.finished or self.progressed
+                    or self.failed or self.data_errors or self.data_inline or self.refused
+                    or self.errors or self.replies or self.shutdown)
 
 
 def messages(out: Outbox) -> Iterator[Message]:
