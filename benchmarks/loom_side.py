@@ -28,7 +28,7 @@ class LoomCluster:
         self.cluster = None
         self._client = None
 
-    def start(self) -> "LoomCluster":
+    def start(self) -> LoomCluster:
         import hyperloom
         # benchmarks/dashboard_overhead.py sets this to measure a connected loom-dashboard.
         dashboard = os.environ.get("HYPERLOOM_BENCH_DASHBOARD") == "1"
@@ -41,7 +41,7 @@ class LoomCluster:
         try:
             if self._client is not None:
                 self._client.close()
-        except Exception:  # noqa: BLE001 - best effort on teardown
+        except Exception:
             pass
         self._client = None
         if self.cluster is not None:
@@ -193,7 +193,7 @@ def bench_tree(cluster, p):
 
 def bench_chain(cluster, p):
     client, tasks, times = cluster.client(), _tasks(), []
-    for i in range(p["n"]):
+    for _ in range(p["n"]):
         t0 = perf()
         client.submit_one(tasks.const(b"x")).gather()
         times.append(perf() - t0)

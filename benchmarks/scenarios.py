@@ -7,7 +7,7 @@ The measuring code itself is in loom_side.py / dask_side.py / zmq_limit.py.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable
 
 from benchmarks import dask_side, loom_side, zmq_limit
 
