@@ -21,8 +21,17 @@ README_COMMAND = ("python3 -m venv .venv && .venv/bin/pip install -e '.[test]' "
 FAKE_PYTHON3 = """#!/bin/sh
 echo "python3 $*" >> "$LOG"
 mkdir -p .venv/bin
-printf '#!/bin/sh\\necho "pip $*" >> "$LOG"\\nexit "$PIP_STATUS"\\n' > .venv/bin/pip
-printf '#!/bin/sh\\necho "python $*" >> "$LOG"\\ncase "$*" in "-m ruff"*|"-m mypy"*) exit "$LINT_STATUS";; esac\\nexit "$PYTEST_STATUS"\\n' > .venv/bin/python
+cat > .venv/bin/pip <<'EOS'
+#!/bin/sh
+echo "pip $*" >> "$LOG"
+exit "$PIP_STATUS"
+EOS
+cat > .venv/bin/python <<'EOS'
+#!/bin/sh
+echo "python $*" >> "$LOG"
+case "$*" in "-m ruff"*|"-m mypy"*) exit "$LINT_STATUS";; esac
+exit "$PYTEST_STATUS"
+EOS
 chmod +x .venv/bin/pip .venv/bin/python
 """
 
