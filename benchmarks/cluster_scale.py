@@ -30,10 +30,10 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import psutil  # noqa: E402
+import psutil
 
-from hyperloom import LocalCluster  # noqa: E402
-from hyperloom.client import tasks  # noqa: E402
+from hyperloom import LocalCluster
+from hyperloom.client import tasks
 
 
 def broker_cpu(cluster) -> float:

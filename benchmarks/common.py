@@ -39,7 +39,7 @@ def prepare_environment() -> None:
 def _version(module: str) -> str:
     try:
         mod = __import__(module)
-    except Exception:  # noqa: BLE001 - any import failure means "unavailable"
+    except Exception:
         return "unavailable"
     return str(getattr(mod, "__version__", "unknown"))
 

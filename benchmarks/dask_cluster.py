@@ -64,7 +64,7 @@ class DaskCluster:
         self.procs.append(proc)
         return proc
 
-    def start(self) -> "DaskCluster":
+    def start(self) -> DaskCluster:
         try:
             self.scheduler_proc = self._spawn([
                 "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
@@ -100,7 +100,7 @@ class DaskCluster:
         if self._client is not None:
             try:
                 self._client.close(timeout=10)
-            except Exception:  # noqa: BLE001 - best effort on teardown
+            except Exception:
                 pass
             self._client = None
         for proc in reversed(self.procs):

@@ -47,6 +47,15 @@ def concat_len(a, b):
     return len(a + b)
 
 
+def make_array(n, fill):
+    import numpy
+    return numpy.full(n // 8, fill, dtype="f8")
+
+
+def array_nbytes(a, b):
+    return a.nbytes + b.nbytes + int(a[0] + a[-1] + b[0] + b[-1])
+
+
 def ident(x):
     return x
 
@@ -158,6 +167,29 @@ def bench_transfer(cluster, p):
     a, b = cluster.worker_addresses()[:2]
     samples = [_transfer_sample(client, p["nbytes"], a, b)
                for _ in range(p.get("samples", 1))]
+    return transfer_metrics(p["nbytes"], samples)
+
+
+def _array_sample(client, n, a, b):
+    """One sample: (cross, local) seconds of array_nbytes on worker b."""
+    fa = client.submit(make_array, n, 1, workers=[a], pure=False)
+    fb = client.submit(make_array, n, 2, workers=[b], pure=False)
+    client.gather([client.submit(len, f, workers=[w], pure=False)
+                   for f, w in ((fa, a), (fb, b))])
+    t0 = perf()
+    client.submit(array_nbytes, fb, fb, workers=[b], pure=False).result()
+    local = perf() - t0
+    t0 = perf()
+    client.submit(array_nbytes, fa, fb, workers=[b], pure=False).result()
+    cross = perf() - t0
+    del fa, fb
+    return cross, local
+
+
+def bench_array(cluster, p):
+    client = cluster.client()
+    a, b = cluster.worker_addresses()[:2]
+    samples = [_array_sample(client, p["nbytes"], a, b) for _ in range(p.get("samples", 1))]
     return transfer_metrics(p["nbytes"], samples)
 
 

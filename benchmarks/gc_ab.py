@@ -18,7 +18,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.trace_overhead import measure_plan  # noqa: E402
+from benchmarks.trace_overhead import measure_plan
 
 DEFAULT = "700,10,10"
 

@@ -26,9 +26,9 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import (Row, add_standalone_options, append_json,  # noqa: E402
+from benchmarks.common import (Row, add_standalone_options, append_json,
                                prepare_environment, time_limit)
-from benchmarks.run import exit_on_sigterm, log, print_report, suite_metadata  # noqa: E402
+from benchmarks.run import exit_on_sigterm, log, print_report, suite_metadata
 
 perf = time.perf_counter
 
@@ -121,7 +121,7 @@ def measure(system, args) -> list[Row]:
     fn = run_hyperloom if system == "hyperloom" else run_dask
     try:
         cluster = start(system, args.workers)
-    except Exception as exc:  # noqa: BLE001 - shows as n/a
+    except Exception as exc:
         return failed(rows, exc)
     try:
         for rep in range(args.repeat):
@@ -132,7 +132,7 @@ def measure(system, args) -> list[Row]:
             for key, row in rows.items():
                 if values.get(key) is not None:
                     row.reps.append(values[key])
-    except Exception as exc:  # noqa: BLE001 - shows as n/a
+    except Exception as exc:
         return failed(rows, exc)
     finally:
         cluster.close()

@@ -28,7 +28,7 @@ class LoomCluster:
         self.cluster = None
         self._client = None
 
-    def start(self) -> "LoomCluster":
+    def start(self) -> LoomCluster:
         import hyperloom
         # benchmarks/dashboard_overhead.py sets this to measure a connected loom-dashboard.
         dashboard = os.environ.get("HYPERLOOM_BENCH_DASHBOARD") == "1"
@@ -52,7 +52,7 @@ class LoomCluster:
         try:
             if self._client is not None:
                 self._client.close()
-        except Exception:  # noqa: BLE001 - best effort on teardown
+        except Exception:
             pass
         self._client = None
         if self.cluster is not None:
@@ -90,7 +90,10 @@ def _py_tasks():
                # two functions: each producer's own py_value input, so neither
                # drags the other to its worker by locality
                "make_a": tasks.py_task(n_direct_args=2)(_make_bytes_a),
-               "make_b": tasks.py_task(n_direct_args=2)(_make_bytes_b)}
+               "make_b": tasks.py_task(n_direct_args=2)(_make_bytes_b),
+               "array_a": tasks.py_task(context=True, n_direct_args=2)(_make_array_a),
+               "array_b": tasks.py_task(context=True, n_direct_args=2)(_make_array_b),
+               "array_use": tasks.py_task()(_array_nbytes)}
     return _PY
 
 
@@ -109,9 +112,29 @@ def _make_bytes_b(n, fill):
     return bytes([fill]) * n
 
 
+def _make_array_a(ctx, n, fill):
+    import numpy
+    return ctx.wrap(numpy.full(n // 8, fill, dtype="f8"))
+
+
+def _make_array_b(ctx, n, fill):
+    import numpy
+    return ctx.wrap(numpy.full(n // 8, fill, dtype="f8"))
+
+
+def _array_nbytes(a, b):
+    """Touches both arrays (first and last element), as a consumer would."""
+    a, b = a.unwrap(), b.unwrap()
+    return b"%d" % (a.nbytes + b.nbytes + int(a[0] + a[-1] + b[0] + b[-1]))
+
+
 def warmup(cluster) -> None:
     client, tasks = cluster.client(), _tasks()
     client.gather(client.submit([tasks.const(b"w%d" % i) for i in range(200)]))
+    # Workers start their Python executor processes on the first Python task (as
+    # Dask's warm-up runs its tiny function): not inside the first measurement.
+    ok = _py_tasks()["ok"]
+    client.gather(client.submit([ok() for _ in range(20)]))
 
 
 def _submit_gather(client, task_list):
@@ -181,7 +204,7 @@ def bench_tree(cluster, p):
 
 def bench_chain(cluster, p):
     client, tasks, times = cluster.client(), _tasks(), []
-    for i in range(p["n"]):
+    for _ in range(p["n"]):
         t0 = perf()
         client.submit_one(tasks.const(b"x")).gather()
         times.append(perf() - t0)
@@ -228,6 +251,36 @@ def bench_transfer(cluster, p):
     client, tasks, py = cluster.client(), _tasks(), _py_tasks()
     samples = [_transfer_sample(client, tasks, py, p["nbytes"])
                for _ in range(p.get("samples", 1))]
+    return transfer_metrics(p["nbytes"], samples)
+
+
+def _timed_array_use(client, use, a, b):
+    t0 = perf()
+    client.submit_one(use(a, b)).gather()
+    return perf() - t0
+
+
+def _array_sample(client, py, n):
+    """One sample: (cross, local) seconds of a Python task on two NumPy arrays,
+    with one of them on the other worker (cross) or both here (local)."""
+    fa, fb = client.submit([py["array_a"](n, 1), py["array_b"](n, 2)])
+    client.wait([fa, fb])
+    local = _timed_array_use(client, py["array_use"], fb, fb)
+    received = bytes_received(client)
+    cross = _timed_array_use(client, py["array_use"], fa, fb)
+    moved = None if received is None else bytes_received(client) - received
+    client.release([fa, fb])
+    if moved is not None and moved < n:
+        raise RuntimeError(f"no cross-worker transfer seen (bytes_received +{moved}): "
+                           "both producers ran on the same worker")
+    return cross, local
+
+
+def bench_array(cluster, p):
+    """A NumPy array made by a Python task, used by a Python task on the other
+    worker (pickle protocol 5: the array travels as its own zero-copy frame)."""
+    client, py = cluster.client(), _py_tasks()
+    samples = [_array_sample(client, py, p["nbytes"]) for _ in range(p.get("samples", 1))]
     return transfer_metrics(p["nbytes"], samples)
 
 

@@ -34,11 +34,11 @@ import cloudpickle
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from hyperloom.client import tasks  # noqa: E402
-from hyperloom.data import Plain  # noqa: E402
-from hyperloom.worker.py_pool import PythonPool  # noqa: E402
-from hyperloom.worker.py_task import execute_py_value, execute_python_task  # noqa: E402
-from hyperloom.worker.taskdef import TaskContext  # noqa: E402
+from hyperloom.client import tasks
+from hyperloom.data import Plain
+from hyperloom.worker.py_pool import PythonPool
+from hyperloom.worker.py_task import execute_py_value, execute_python_task
+from hyperloom.worker.taskdef import TaskContext
 
 
 def spin(n, a):

@@ -17,7 +17,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import (DEFAULT_JSON, Row, append_json, errors_report,  # noqa: E402
+from benchmarks.common import (DEFAULT_JSON, Row, append_json, errors_report,
                                metadata, prepare_environment, table, time_limit)
 
 SYSTEMS = ("hyperloom", "dask")
@@ -75,7 +75,7 @@ class ClusterSlot:
         if cluster is not None:
             try:
                 cluster.close()
-            except Exception as exc:  # noqa: BLE001 - report, keep going
+            except Exception as exc:
                 log(f"  (error while stopping cluster: {exc!r})")
 
 
@@ -142,7 +142,7 @@ def run_case(case, system, args, slot) -> list[Row]:
         log(f"[{case.scenario}] {system:9s} {case.name}: rep {rep + 1}/{args.repeat}")
         try:
             values = one_rep(case, system, params, slot, workers, args.timeout)
-        except Exception as exc:  # noqa: BLE001 - a failed side shows as n/a
+        except Exception as exc:
             log(traceback.format_exc())
             fail(rows, f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
             slot.close()

@@ -7,11 +7,11 @@ The measuring code itself is in loom_side.py / dask_side.py / zmq_limit.py.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable
 
 from benchmarks import dask_side, loom_side, zmq_limit
 
-SCENARIOS = ("independent", "merge", "tree", "chain", "transfer", "plan-1m",
+SCENARIOS = ("independent", "merge", "tree", "chain", "transfer", "array", "plan-1m",
              "python", "run", "scaling")
 
 
@@ -109,6 +109,21 @@ def transfer(args):
             for n in sizes]
 
 
+def array(args):
+    """NumPy arrays between Python tasks on different workers; 1 GB only with
+    HYPERLOOM_BENCH_1GB=1 (it needs ~5 GB of free memory with Dask's copies)."""
+    import os
+    sizes = [10_000_000] if args.quick else [100_000_000]
+    if os.environ.get("HYPERLOOM_BENCH_1GB") == "1":
+        sizes.append(1_000_000_000)
+    return [Case("array", f"{n // 1_000_000} MB NumPy A->B",
+                 {"nbytes": n, "samples": 5 if n <= 100_000_000 else 1},
+                 [GBPS_EFF, GBPS_RAW], *_sides("bench_array"),
+                 reference=_pyzmq_reference(n, 20 if n <= 10_000_000 else
+                                            5 if n <= 100_000_000 else 2))
+            for n in sizes]
+
+
 def plan(args):
     """hyperloom: a 1M-task plan; both: a 200k-task plan (Dask's scheduler is
     cancelled once it holds the plan: running 200k tasks through it takes
@@ -167,7 +182,7 @@ def scaling(args):
 
 
 BUILDERS = {"independent": independent, "merge": merge, "tree": tree,
-            "chain": chain, "transfer": transfer, "plan-1m": plan,
+            "chain": chain, "transfer": transfer, "array": array, "plan-1m": plan,
             "python": python, "run": run, "scaling": scaling}
 
 

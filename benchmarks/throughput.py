@@ -19,11 +19,11 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import dask_side, loom_side  # noqa: E402
-from benchmarks.common import (add_standalone_options, append_json,  # noqa: E402
+from benchmarks import dask_side, loom_side
+from benchmarks.common import (add_standalone_options, append_json,
                                prepare_environment)
-from benchmarks.run import exit_on_sigterm, print_report, run_cases, suite_metadata  # noqa: E402
-from benchmarks.scenarios import THROUGHPUT, Case  # noqa: E402
+from benchmarks.run import exit_on_sigterm, print_report, run_cases, suite_metadata
+from benchmarks.scenarios import THROUGHPUT, Case
 
 
 def parse_args(argv=None):

@@ -17,7 +17,10 @@ Meta forms (first element is the kind code):
     [1, path, size]        File, no frame: only the path travels (shared FS)
     [2, [item metas]]      Array, the items' frames concatenated in order
     [3, base_meta]         Index, 1 frame of little-endian u64 offsets, then the base's frames
-    [4, size]              PyObj, 1 frame: cloudpickle bytes
+    [4, size]              PyObj, 1 frame: cloudpickle bytes (protocol 5, no buffer out of band)
+    [4, size, n]           PyObj, 1 + n frames: the pickle, then its n out-of-band buffers
+                           (pickle protocol 5: NumPy arrays, bytes-like objects of at least
+                           OUT_OF_BAND_BYTES travel as their own zero-copy frames)
     [5, bytes]             Plain of at most SMALL_BYTES, carried in the meta itself
                            (a frame per tiny object would cost more than the object)
     [6, symbol, payload]   an extension data type (ExtensionData), its frames after;
@@ -41,6 +44,9 @@ PYOBJ_SYMBOL = "loom/pyobj"
 
 KIND_PLAIN, KIND_FILE, KIND_ARRAY, KIND_INDEX, KIND_PYOBJ, KIND_SMALL, KIND_EXTENSION = range(7)
 SMALL_BYTES = 1024
+# Buffers this big leave the pickle stream and travel as frames of their own; smaller
+# ones cost less inline than a frame.
+OUT_OF_BAND_BYTES = 64 * 1024
 
 
 class DataError(LoomError):
@@ -68,11 +74,11 @@ class DataObject:
     def info(self) -> str:
         return type(self).__name__
 
-    def get(self, index: int) -> "DataObject":
+    def get(self, index: int) -> DataObject:
         raise DataError(
             f"loom/data/get on {self.info()}: index {index} is out of range (length={self.length})")
 
-    def slice(self, start: int, end: int) -> "DataObject":
+    def slice(self, start: int, end: int) -> DataObject:
         raise DataError(f"loom/base/slice on {self.info()}: object has no inner pieces to slice")
 
     def to_python(self):
@@ -212,19 +218,24 @@ class Index(DataObject):
 
 
 class PyObj(DataObject):
-    """An arbitrary Python object; pickled lazily, only when it travels."""
+    """An arbitrary Python object; pickled lazily, only when it travels.
 
-    __slots__ = ("obj", "_size", "_pickled")
+    Pickled with protocol 5: large buffers inside the object (NumPy arrays,
+    bytes) stay out of the pickle stream (``buffers``), so they travel as
+    zero-copy frames and are unpickled in place, without a copy. An object
+    decoded from frames keeps its pickle and buffers, so passing it on does
+    not pickle it again.
+    """
+
+    __slots__ = ("obj", "_size", "_pickled", "_buffers")
     symbol = PYOBJ_SYMBOL
 
-    def __init__(self, obj, size: int | None = None, pickled=None):
+    def __init__(self, obj, size: int | None = None, pickled=None, buffers=()):
         self.obj = obj
         self._pickled = pickled
+        self._buffers = list(buffers)
         if size is None:
-            try:
-                size = sys.getsizeof(obj)
-            except Exception:  # an object whose __sizeof__ fails still counts
-                size = 100
+            size = _size_of(obj)
         self._size = size
 
     @property
@@ -235,10 +246,15 @@ class PyObj(DataObject):
         return "PyObj"
 
     def pickled(self) -> bytes:
+        """The pickle stream (without the out-of-band buffers: see ``buffers``)."""
         if self._pickled is None:
-            import cloudpickle
-            self._pickled = cloudpickle.dumps(self.obj)
+            self._pickled, self._buffers = dumps(self.obj)
         return self._pickled
+
+    def buffers(self) -> list:
+        """The out-of-band buffers of ``pickled()`` (memoryviews), in order."""
+        self.pickled()
+        return self._buffers
 
     def to_python(self):
         return self.obj
@@ -302,7 +318,11 @@ def encode(obj: DataObject, frames: list | None = None):
         return [KIND_ARRAY, [encode(item, frames)[0] for item in obj.items]], frames
     if cls is PyObj:
         frames.append(obj.pickled())
-        return [KIND_PYOBJ, obj.size], frames
+        buffers = obj.buffers()
+        if not buffers:
+            return [KIND_PYOBJ, obj.size], frames
+        frames.extend(buffers)
+        return [KIND_PYOBJ, obj.size, len(buffers)], frames
     if cls is File:
         return [KIND_FILE, obj.path, obj.size], frames
     if cls is Index:
@@ -336,9 +356,13 @@ def decode(meta, frames, position: int = 0, types=None):
                 items.append(item)
             return Array(items), position
         if kind == KIND_PYOBJ:
-            import cloudpickle
-            pickled = _buffer(frames[position])
-            return PyObj(cloudpickle.loads(pickled), meta[1], bytes(pickled)), position + 1
+            pickled = bytes(_buffer(frames[position]))
+            n = meta[2] if len(meta) > 2 else 0
+            buffers = [memoryview(_buffer(frame, copy_small=False))
+                       for frame in frames[position + 1:position + 1 + n]]
+            if len(buffers) != n:
+                raise DataError(f"PyObj with {n} buffers has only {len(buffers)} frames")
+            return PyObj(loads(pickled, buffers), meta[1], pickled, buffers), position + 1 + n
         if kind == KIND_FILE:
             return File(meta[1], meta[2]), position
         if kind == KIND_INDEX:
@@ -358,9 +382,44 @@ def decode(meta, frames, position: int = 0, types=None):
     raise DataError(f"unknown data object kind in {meta!r}")
 
 
-def _buffer(frame):
+def _buffer(frame, copy_small=True):
     if isinstance(frame, (bytes, bytearray, memoryview)):
         return frame
-    if len(frame) < 65536:
+    if copy_small and len(frame) < 65536:
         return frame.bytes
     return frame.buffer
+
+
+def dumps(obj) -> tuple[bytes, list]:
+    """``obj`` pickled (cloudpickle, protocol 5): the stream and its out-of-band buffers."""
+    import cloudpickle
+    buffers = []
+
+    def out_of_band(buffer):
+        try:
+            raw = buffer.raw()
+        except BufferError:  # not contiguous: in the stream
+            return True
+        if raw.nbytes < OUT_OF_BAND_BYTES:
+            return True
+        buffers.append(raw)
+        return False
+
+    return cloudpickle.dumps(obj, protocol=5, buffer_callback=out_of_band), buffers
+
+
+def loads(pickled, buffers=()):
+    """The object of ``dumps``: buffers are used in place (read-only, as data objects are)."""
+    import cloudpickle
+    return cloudpickle.loads(pickled, buffers=buffers)
+
+
+def _size_of(obj) -> int:
+    """Approximate bytes of ``obj``: its buffer's size for arrays and bytes-likes."""
+    nbytes = getattr(obj, "nbytes", None)
+    if type(nbytes) is int:
+        return nbytes
+    try:
+        return sys.getsizeof(obj)
+    except Exception:  # an object whose __sizeof__ fails still counts
+        return 100

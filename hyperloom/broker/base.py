@@ -8,7 +8,6 @@ mixin's ``self.tasks`` or ``self.transition(...)`` costs what it always did.
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Any
 from collections.abc import Callable
 
@@ -16,6 +15,7 @@ from .model import ClientRecord, Node, WorkerRecord
 from .outbox import Outbox
 from .recorder import Recorder, RecorderFactory
 from .retire import Retirements
+from .scheduler import ReadyQueue
 from .snapshot import DashboardFeed
 
 Fetch = tuple[ClientRecord, int, bool]   # (client, request, release) waiting on a task
@@ -35,7 +35,7 @@ class CoreBase:
     workers: dict[bytes, WorkerRecord]
     clients: dict[bytes, ClientRecord]
     outbox: Outbox
-    ready: deque[Node]
+    ready: ReadyQueue
     dynamic_ready: list[Node]
     unplaceable: list[Node]
     pending_fetches: dict[int, Fetch | list[Fetch]]

@@ -137,12 +137,12 @@ class Lifecycle(CoreBase):
 
     def add_ready(self, nodes):
         """READY nodes join the queue; dynamic ones wait for the expansion pass."""
-        ready = self.ready
+        light, core = self.ready.light, self.ready.core
         for node in nodes:
             if node.type in DYNAMIC_TYPES:
                 self.dynamic_ready.append(node)
             else:
-                ready.append(node)
+                (core if node.n_cpus else light).append(node)
 
     def make_ready(self, node: Node):
         self.transition(node, ts.READY)
@@ -161,7 +161,7 @@ class Lifecycle(CoreBase):
 
     def apply_placement(self, placement: Placement):
         if placement.deferred:
-            self.ready.extendleft(reversed(placement.deferred))
+            self.ready.put_back(placement.deferred)
         self.unplaceable.extend(placement.unplaceable)
         transition = self.transition
         compute = self.outbox.compute

@@ -89,7 +89,7 @@ class WorkerReports(CoreBase):
             self._unassign(node, worker)
             self.transition(node, ts.READY)
             returned.append(node)
-        self.ready.extendleft(reversed(returned))
+        self.ready.put_back(returned)
 
     def _unexpected_report(self, worker, task_id, finished):
         if task_id in worker.canceled:

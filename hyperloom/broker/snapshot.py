@@ -18,6 +18,7 @@ Sans-I/O: the server calls the ``on_*`` hooks and ``snapshot``; no sockets, no c
 from __future__ import annotations
 
 from collections import deque
+from typing import Any
 
 from .. import protocol
 from ..trace import label_group
@@ -44,16 +45,20 @@ class DashboardFeed:
         self.watch_seconds = watch_seconds
         self.active = False
         self.watch_until = 0.0
-        self.events = deque(maxlen=capacity)
+        self.events: deque[list[Any]] = deque(maxlen=capacity)   # [seq, kind, ...]
         self.seq = 0
-        self.sent_at = {}           # task id -> when its ComputeTasks left (while active)
-        self.groups = {}            # client number -> {group: [total, finished, failed, canceled]}
-        self._group_of = {}         # (label, type) -> group, so each label is split once
-        self._counts_of = {}        # (client, label, type) -> its group's counts (fast path)
-        self.failures = deque(maxlen=LAST_FAILURES)     # always: failures are rare
-        self.departed = deque(maxlen=LAST_DEPARTURES)   # always: departures are rare
-        self.usage = {}             # worker id -> (cpu percent, memory bytes)
-        self.worker_of_address = {}
+        # task id -> when its ComputeTasks left (while active)
+        self.sent_at: dict[int, float] = {}
+        # client number -> {group: [total, finished, failed, canceled]}
+        self.groups: dict[int, dict[str, list[int]]] = {}
+        # (label, type) -> group, so each label is split once
+        self._group_of: dict[tuple[str | None, str], str] = {}
+        # (client record, label, type) -> its group's counts (fast path)
+        self._counts_of: dict[tuple[Any, str | None, str], list[int]] = {}
+        self.failures: deque[dict[str, Any]] = deque(maxlen=LAST_FAILURES)   # always: rare
+        self.departed: deque[dict[str, Any]] = deque(maxlen=LAST_DEPARTURES)  # always: rare
+        self.usage: dict[int, tuple[int, int]] = {}   # worker id -> (cpu percent, memory)
+        self.worker_of_address: dict[str, int] = {}
 
     # ------------------------------------------------------------ watching
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import deque
 
 from .. import protocol
 from . import taskstate as ts
@@ -36,6 +35,7 @@ from .requests import ClientRequests
 from .restore import Restore
 from . import journal as jn
 from .retire import Retirements
+from .scheduler import ReadyQueue
 from .snapshot import DashboardFeed
 
 log = logging.getLogger("hyperloom.broker")
@@ -75,7 +75,7 @@ class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery
         self.workers = {}                # identity -> WorkerRecord
         self.clients = {}                # identity -> ClientRecord
         self.outbox = Outbox()
-        self.ready = deque()             # READY nodes to place, in order
+        self.ready = ReadyQueue()        # READY nodes to place, in order (light / core)
         self.dynamic_ready = []          # READY dslice/dget nodes to expand
         self.unplaceable = []            # READY nodes no connected worker can run
         self._moves = [0] * len(ts.TaskState)  # see Lifecycle.state_counts
@@ -315,7 +315,7 @@ class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery
         log.info("worker %d joined: %s, %d cpus", worker.worker_id, address, cpus)
         self.feed.on_worker_joined(worker, now)
         if self.unplaceable:  # the newcomer may run what nobody could
-            self.ready.extendleft(reversed(self.unplaceable))
+            self.ready.put_back(self.unplaceable)
             self.unplaceable = []
         return worker
 

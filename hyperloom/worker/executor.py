@@ -2,26 +2,50 @@
 
 ``inline`` tasks run right away in the loop (their result is returned);
 ``thread`` tasks run in a thread pool; ``python`` tasks run in a pool of
-executor processes when the worker has more than one core (so user Python
-code is not serialised by the worker's GIL) and in a thread otherwise.
+executor processes, one per core (so user Python code is not serialised by
+the worker's GIL, and a canceled one can be stopped by killing its process).
 Completions from other threads are queued and the loop is woken through a
 pipe it polls, so the loop owns every socket and all worker state.
+
+Tiny Python tasks travel in batches: once the tasks of one function (a py_call
+on one function object, or an extension task type) have been seen to run in
+under BATCH_TASK_SECONDS, the tasks of that kind queued behind a starting one
+for the same core go to its executor process with it, to run one after the
+other on that core (``WorkerCore.take_followers``). A batch costs one message
+each way instead of one per task, and its results reach the broker together.
+Slow functions are never batched, so a queued task stays free to be stolen by
+an idle worker.
+
+One exception, decided by measurement (benchmarks/README.md, "Python tasks"):
+on a one-core worker, a Python task whose inputs hold THREAD_INPUT_BYTES or
+more that would have to be copied into shared memory (data that came from
+another worker) runs in a worker thread, on the inputs in place. There is no
+parallelism to gain on one core, and the copy cost more than the task
+(100 MB NumPy array from another worker: 0.62 GB/s in a thread, 0.33 GB/s
+through an executor process). Such a task cannot be stopped when canceled.
 """
 
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import threading
 import traceback
 from collections import deque
 from concurrent.futures import CancelledError, ThreadPoolExecutor
 
+from ..data import File, PyObj
+from .py_wire import SHARED_FRAME_BYTES
+from .run_task import RunDirs
 from .taskdef import Cancellation, Redirect, TaskContext, TaskError
 
 log = logging.getLogger("hyperloom.worker")
 
 INLINE_INPUT_BYTES = 256 * 1024   # inline tasks on bigger inputs go to a thread
+THREAD_INPUT_BYTES = 16 * 1024 * 1024  # see the module doc
+BATCH_TASK_SECONDS = 0.002        # Python tasks of a kind that ran faster are batched
+MAX_BATCH = 64
 
 
 class Executor:
@@ -36,7 +60,11 @@ class Executor:
                                           thread_name_prefix="task")
         self._python_pool = None
         self._pool_names = {}
+        # batch key -> moving average of how long one such task ran (seconds)
+        self._seconds: dict = {}
+        self.run_dirs = RunDirs()
         self.completions = deque()
+        self._wake_pending = False   # a wake-up byte is in the pipe, not yet taken
         # task id -> (WorkerTask, Cancellation) of what runs outside the loop, so that a
         # cancel can stop it; a task leaves when its completion is posted.
         self._running: dict[int, tuple] = {}
@@ -49,13 +77,17 @@ class Executor:
         self.threads.shutdown(wait=False, cancel_futures=True)
         if self._python_pool is not None:
             self._python_pool.close()
+        self.run_dirs.close()
         os.close(self.wake_read)
         os.close(self.wake_write)
 
     # ------------------------------------------------------------ starting
 
-    def start(self, task, inputs):
-        """Start ``task``; return ``(result, error)`` if it ran inline, else None."""
+    def start(self, task, inputs, core=None):
+        """Start ``task``; return ``(result, error)`` if it ran inline, else None.
+
+        With the worker's ``core``, tiny Python tasks queued behind ``task`` for its
+        core may start with it, as a batch."""
         kind = self.registry.get(task.type)
         if kind is None:
             return None, f"Task type '{task.type}' is not provided by this worker"
@@ -72,23 +104,57 @@ class Executor:
                 return None
             return outcome
         ctx.cancel = cancel = Cancellation()
+        ctx.run_dirs = self.run_dirs
         with self._running_lock:
             self._running[task.id] = (task, cancel)
-        if mode == "python" and self.cpus > 1:
-            pool = self._pool()
-            future = pool.submit(self._pool_name(kind), ctx)
-            cancel.on_cancel(lambda: pool.cancel(future))
-            future.add_done_callback(lambda f: self._pool_done(task, ctx, f))
+        if mode == "python" and not (self.cpus == 1 and _bytes_to_copy(inputs)
+                                     >= THREAD_INPUT_BYTES):
+            self._start_python([(task, kind, ctx)], core)
             return None
         self.threads.submit(self._run_in_thread, task, kind.fn, ctx)
         return None
 
+    # ------------------------------------------------------------ python tasks
+
+    def _start_python(self, batch, core) -> None:
+        """Send ``[(task, kind, ctx)]`` (one task, and its tiny followers) to the pool."""
+        if core is not None and batch[0][0].n_cpus == 1 and self._is_tiny(batch[0][0]):
+            for follower in core.take_followers(batch[0][0], self._batchable, MAX_BATCH - 1):
+                kind = self.registry.get(follower.type)
+                ctx = TaskContext(follower.id, follower.type, follower.config,
+                                  core.inputs_of(follower), batch[0][2].cpu_ids,
+                                  self.work_dir, self.pin, follower.label, log)
+                ctx.cancel, ctx.run_dirs = Cancellation(), self.run_dirs
+                with self._running_lock:
+                    self._running[follower.id] = (follower, ctx.cancel)
+                batch.append((follower, kind, ctx))
+        pool = self._pool()
+        futures = pool.submit_batch([(self._pool_name(kind), ctx) for _, kind, ctx in batch])
+        for (task, _, ctx), future in zip(batch, futures):
+            ctx.cancel.on_cancel(lambda future=future: pool.cancel(future))
+            future.add_done_callback(
+                lambda f, task=task, ctx=ctx: self._pool_done(task, ctx, f))
+
+    def _batchable(self, task) -> bool:
+        kind = self.registry.get(task.type)
+        return (kind is not None and kind.mode == "python" and task.n_cpus == 1
+                and task.checkpoint_path is None and self._is_tiny(task))
+
+    def _is_tiny(self, task) -> bool:
+        seconds = self._seconds.get(_batch_key(task))
+        return seconds is not None and seconds < BATCH_TASK_SECONDS
+
+    def _learn(self, task, seconds) -> None:
+        # Runs in the pool's reader thread; a dict item assignment is atomic.
+        key = _batch_key(task)
+        previous = self._seconds.get(key)
+        self._seconds[key] = seconds if previous is None else 0.8 * previous + 0.2 * seconds
+
     def stop(self, task_ids) -> int:
         """Stop the running tasks among ``task_ids`` (canceled): kill their program
         or executor process. Their completions still come, and free their cores.
-        A task running in a worker thread (a Python task on a one-core worker, an
-        extension's thread task) cannot be stopped: it runs to its end. Returns how
-        many tasks were asked to stop."""
+        A task running in a worker thread (an extension's thread task) cannot be
+        stopped: it runs to its end. Returns how many tasks were asked to stop."""
         with self._running_lock:
             entries = [self._running.get(task_id) for task_id in task_ids]
         stopped = 0
@@ -134,6 +200,12 @@ class Executor:
         self._post(task, result, error)
 
     def _pool_done(self, task, ctx, future):
+        # The stop hook refers to the future, whose callback refers to ctx: without
+        # this, the task's inputs would live on until a garbage collection.
+        ctx.cancel.on_cancel(None)
+        seconds = getattr(future, "seconds", None)
+        if seconds is not None:
+            self._learn(task, seconds)
         try:
             result, error = future.result(), None
         except TaskError as exc:
@@ -163,6 +235,7 @@ class Executor:
                               list(redirect.inputs), ctx.cpu_ids, ctx.work_dir, ctx.pin,
                               ctx.label, ctx.log)
         new_ctx.cancel = ctx.cancel  # a program it runs can be stopped too
+        new_ctx.run_dirs = self.run_dirs
         result, error = self._call(kind.fn, new_ctx)
         if isinstance(result, Redirect):
             return None, "A redirected task may not redirect again"
@@ -184,6 +257,13 @@ class Executor:
             if error is not None:
                 result = None
         self.completions.append((task, result, error))
+        # One wake-up per round of the loop, not per completion (a batch of tiny
+        # Python tasks completes together). The loop empties the pipe, then clears
+        # the flag, then takes the completions: one appended before the clearing is
+        # taken, one appended after it sees the flag clear and wakes the loop.
+        if self._wake_pending:
+            return
+        self._wake_pending = True
         try:
             os.write(self.wake_write, b"x")
         except BlockingIOError:
@@ -195,11 +275,34 @@ class Executor:
                 pass
         except BlockingIOError:
             pass
+        self._wake_pending = False
         completions = self.completions
         taken = []
         while completions:
             taken.append(completions.popleft())
         return taken
+
+
+def _bytes_to_copy(inputs) -> int:
+    """Bytes of ``inputs`` an executor process would get only through a copy (all
+    but the buffers of results already in the worker's shared-memory files)."""
+    total = 0
+    for obj in inputs:
+        if isinstance(obj, PyObj):
+            pickled = len(obj.pickled())
+            total += pickled if pickled >= SHARED_FRAME_BYTES else 0
+            total += sum(buffer.nbytes for buffer in obj.buffers()
+                         if type(buffer.obj) is not mmap.mmap)
+        elif obj.size >= SHARED_FRAME_BYTES and not isinstance(obj, File):
+            total += obj.size  # a File travels as its path
+    return total
+
+
+def _batch_key(task):
+    """Tasks that run the same code: a py_call's function object is its input 0."""
+    if task.input_ids:
+        return task.type, task.input_ids[0]
+    return task.type, None
 
 
 def write_checkpoint(path: str, result):

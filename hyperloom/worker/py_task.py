@@ -4,8 +4,8 @@ Owns what user functions see (the ``Data`` input wrapper and the ``Context``),
 the call convention (context, then direct arguments, then inputs), the
 conversion of return values into data objects or a task redirection
 (reference §4), and ``execute_python_task``, the single entry point used both
-by the thread path (1-core worker) and by the executor processes of
-``hyperloom.worker.py_pool``.
+by the executor processes of ``hyperloom.worker.py_pool`` and by the worker
+thread that runs a task with big inputs in place (one-core workers).
 
 Differences from the original, on purpose:
 - ``Data.read()`` of a non-D-object returns ``b""`` (documented behaviour; the

@@ -408,7 +408,7 @@ class WorkerServer:
                 self._start_traced(started)
                 continue
             for task in started:
-                outcome = self.executor.start(task, core.inputs_of(task))
+                outcome = self.executor.start(task, core.inputs_of(task), core)
                 if outcome is not None:  # it ran inline
                     core.on_task_done(task, *outcome)
 

@@ -190,6 +190,25 @@ class WorkerCore:
             started.append(task)
         return started
 
+    def take_followers(self, leader: WorkerTask, accept, limit: int) -> list:
+        """Queued one-core tasks that ``accept`` lets run right after ``leader`` on its
+        core, in arrival order (at most ``limit``; stops at the first refused one).
+        The core is freed when the last of them is done: it moves to that task."""
+        followers = []
+        queued_cpu = self.queued_cpu
+        while queued_cpu and len(followers) < limit:
+            task = queued_cpu[0]
+            if task.canceled:
+                queued_cpu.popleft()
+                continue
+            if task.n_cpus != 1 or not accept(task):
+                break
+            queued_cpu.popleft()
+            followers.append(task)
+        if followers:
+            followers[-1].cpu_ids, leader.cpu_ids = leader.cpu_ids, ()
+        return followers
+
     def inputs_of(self, task: WorkerTask):
         store = self.store
         return [store[data_id] for data_id in task.input_ids]

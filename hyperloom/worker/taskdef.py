@@ -8,7 +8,7 @@ says where it runs:
 - ``thread``: in a thread pool; for blocking work that releases the GIL
   (subprocesses, file I/O).
 - ``python``: user Python code; runs where it does not hold the worker's GIL
-  (an executor process per core when the worker has more than one).
+  (an executor process per core, tiny tasks in batches: ``executor.py``).
 
 A failing implementation raises TaskError(message); any other exception is a
 bug in the implementation and is reported as such, never crashing the worker.
@@ -62,10 +62,11 @@ class Cancellation:
 class TaskContext:
     """Everything one execution of a task sees. A plain slotted class: one is made
     per task, on the hot path of tiny tasks. ``cancel`` is a Cancellation for tasks
-    that run outside the worker's loop, None for inline ones."""
+    that run outside the worker's loop, None for inline ones. ``run_dirs`` is the
+    worker's ``run_task.RunDirs`` (reusable run directories), None outside a worker."""
 
     __slots__ = ("task_id", "task_type", "config", "inputs", "cpu_ids", "work_dir", "pin",
-                 "label", "log", "cancel")
+                 "label", "log", "cancel", "run_dirs")
 
     def __init__(self, task_id: int, task_type: str, config: bytes, inputs: list,
                  cpu_ids: tuple = (), work_dir: str = "", pin: bool = False,
@@ -80,6 +81,7 @@ class TaskContext:
         self.label = label
         self.log = log if log is not None else logging.getLogger("hyperloom.worker")
         self.cancel = None
+        self.run_dirs = None
 
     def __repr__(self):
         return f"<TaskContext {self.task_id} {self.task_type}>"

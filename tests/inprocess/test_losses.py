@@ -152,3 +152,46 @@ def test_a_client_that_leaves_releases_everything():
     cluster.check()
     assert cluster.broker.tasks == {}
     assert cluster.broker.outbox.cancel or cluster.broker.outbox.remove
+
+
+def test_a_worker_that_says_goodbye_mid_plan_leaves_no_task_behind():
+    cluster = Cluster(workers=2, cpus=1, auto_run=False)
+    ids = cluster.client.submit([_chain(10), tasks.merge([tasks.const("x")] * 3)])
+    cluster.run()
+    leaving = next(w for w in cluster.workers if w.running)
+    leaving.send(protocol.encode(protocol.GOODBYE))
+    leaving.alive = False
+    assert leaving.identity not in cluster.broker.workers
+    survivor = cluster.live_workers()[0]
+    survivor.auto_run = True
+    survivor.finish_running()
+    cluster.run()
+    [gone] = survivor.peers_gone           # told to close its channel to the leaver
+    assert gone == leaving.address
+    chain = b"s" + b"".join(str(i).encode() for i in range(10))
+    assert cluster.gather(ids) == [chain, b"xxx"]
+
+
+def test_a_fetch_waiting_on_a_task_is_answered_when_it_finishes_even_after_a_loss():
+    cluster = Cluster(workers=2, cpus=1, auto_run=False)
+    [task_id] = cluster.client.submit([_chain(3)])
+    request = cluster.client.fetch([task_id], release=True)   # parked: nothing ran yet
+    cluster.run()
+    cluster.kill(next(w for w in cluster.workers if w.running))
+    for _ in range(10):
+        for worker in cluster.live_workers():
+            worker.finish_running()
+        cluster.run()
+    assert cluster.client.replies[request] == {task_id: (b"s012", None)}
+    assert cluster.broker.tasks == {}
+
+
+def test_releasing_a_result_being_fetched_answers_the_fetch_with_an_error():
+    cluster = Cluster(workers=1, cpus=1, auto_run=False)
+    [task_id] = cluster.client.submit([_chain(2)])
+    request = cluster.client.fetch([task_id])
+    cluster.client.release([task_id])
+    cluster.run()
+    [(value, error)] = cluster.client.replies[request].values()
+    assert value is None and "was released while being fetched" in error
+    assert cluster.broker.tasks == {}

@@ -104,3 +104,20 @@ def test_releasing_running_python_tasks_stops_their_executor_processes(make_clus
                message="the executor processes running them to be killed")
     results = client.gather(client.submit([executor_pid(), executor_pid()]))
     assert not {int(r) for r in results} & set(pids)  # replacements ran them
+
+
+@pytest.mark.timeout(60)
+def test_releasing_a_running_python_task_stops_it_on_a_one_core_worker(make_cluster, tmp_path):
+    """A 1-core worker runs Python tasks in an executor process too (they ran in a
+    worker thread, which nothing could stop): the canceled task is killed and the
+    core takes the next Python task at once."""
+    cluster = make_cluster(workers=1, cpus=1)
+    client = cluster.client()
+    pid_file = str(tmp_path / "pid")
+    future = client.submit_one(record_pid_and_sleep(pid_file))
+    wait_until(lambda: os.path.exists(pid_file), timeout=30, message="the Python task to start")
+    pid = int(open(pid_file).read())
+    assert pid != cluster.workers[0].pid  # not in the worker's own process
+    client.release([future])
+    wait_until(lambda: gone(pid), timeout=10, message="its executor process to be killed")
+    assert int(client.submit_one(executor_pid()).gather()) != pid

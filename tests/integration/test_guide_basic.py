@@ -97,4 +97,9 @@ def test_worker_directories_are_clean_after_gather(shared_cluster, client):
     for process in shared_cluster.workers:
         work_dir = os.path.join(tempfile.gettempdir(), f"worker-{host}-{process.pid}")
         assert sorted(os.listdir(work_dir)) == ["data", "run"]
-        assert os.listdir(os.path.join(work_dir, "run")) == []
+        # A worker keeps the run directories of clean runs for the next runs
+        # (run_task.RunDirs): nothing of a task is left in them, but two empty files.
+        for name in os.listdir(os.path.join(work_dir, "run")):
+            spare = os.path.join(work_dir, "run", name)
+            assert sorted(os.listdir(spare)) == ["+err", "+out"]
+            assert all(os.path.getsize(os.path.join(spare, f)) == 0 for f in os.listdir(spare))

@@ -223,3 +223,26 @@ def test_python_tasks_run_in_parallel_processes_on_a_multi_core_worker(make_clus
     runs.sort(key=lambda run: run[1])
     overlapping = any(b[1] < a[2] and a[0] != b[0] for a, b in zip(runs, runs[1:]))
     assert overlapping, f"no two Python tasks ran at the same time: {runs}"
+
+
+@tasks.py_task()
+def where_and_how_big(a):
+    import os
+    return f"{os.getpid()} {a.size()}"
+
+
+def test_where_python_tasks_run_on_a_one_core_worker(make_cluster):
+    """Executor processes for Python tasks (a cancel can stop them), except a task
+    whose inputs would have to be copied there in bulk (>= 16 MiB): it runs in the
+    worker on its inputs in place (measured faster: benchmarks/README.md)."""
+    cluster = make_cluster(workers=1, cpus=1)
+    client = cluster.client()
+    worker = cluster.workers[0].pid
+    big = b"x" * (17 * 1024 * 1024)
+    small_result, big_result = client.gather(client.submit(
+        [where_and_how_big(tasks.const(b"small")), where_and_how_big(tasks.const(big))]))
+    small_pid, small_size = map(int, small_result.split())
+    big_pid, big_size = map(int, big_result.split())
+    assert (small_size, big_size) == (5, len(big))
+    assert small_pid != worker
+    assert big_pid == worker

@@ -135,13 +135,19 @@ def test_intermediate_results_of_a_killed_worker_are_recomputed(make_cluster):
 def test_a_task_that_kills_its_worker_fails_after_three_losses(make_cluster):
     """Not a cluster-wide crash: the task fails with the '3 times' message and the
     fourth worker, the broker and the client go on."""
-    cluster = make_cluster(workers=4, cpus=1)   # 1 cpu: py tasks run in the worker itself
+    cluster = make_cluster(workers=4, cpus=1)
     client = cluster.client()
 
     def kill_my_worker():
+        # Python tasks run in an executor process (via the forkserver): find the worker.
         import os
         import signal
-        os.kill(os.getpid(), signal.SIGKILL)
+
+        import psutil
+        process = psutil.Process()
+        while "hyperloom.worker" not in " ".join(process.cmdline()):
+            process = process.parent()
+        os.kill(process.pid, signal.SIGKILL)
 
     killer = tasks.py_task()(kill_my_worker)
     future = client.submit_one(killer())

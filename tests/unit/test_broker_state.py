@@ -57,7 +57,7 @@ def h():
 
 
 def test_ready_tasks_spread_over_idle_workers(h):
-    w1, w2 = h.add_worker(), h.add_worker()
+    h.add_worker(), h.add_worker()
     h.submit((0, RUN, [], 1, True), (1, RUN, [], 1, True))
     assigned = h.schedule()
     assert sorted(len(v) for v in assigned.values()) == [1, 1]
@@ -178,7 +178,7 @@ def test_input_not_in_plan_is_refused(h):
 
 
 def test_task_types_only_go_to_workers_that_provide_them(h):
-    plain = h.add_worker(types=(CONST,))
+    h.add_worker(types=(CONST,))  # a worker that cannot run the task
     special = h.add_worker(types=(CONST, "my/type"))
     h.submit(*[(i, "my/type", [], 0, True) for i in range(5)])
     assert h.schedule() == {special: [0, 1, 2, 3, 4]}
@@ -229,7 +229,7 @@ def test_lost_data_is_recomputed_from_lineage(h):
 
 def test_task_lost_three_times_fails_with_a_clear_error(h):
     h.submit((0, RUN, [], 1, True))
-    for attempt in range(3):
+    for _attempt in range(3):
         worker = h.add_worker()
         h.schedule()
         h.state.on_worker_lost(worker)
@@ -300,7 +300,7 @@ def test_original_scheduler_expectations_cpu_requests(h):
 
 
 def test_transfer_from_a_worker_that_dies_is_ordered_again_or_recomputed(h):
-    w1, w2, w3 = h.add_worker(), h.add_worker(), h.add_worker()
+    h.add_worker(), h.add_worker(), h.add_worker()
     # 0 on w1 (via locality), then 1 and 2 need it elsewhere
     h.submit((0, RUN, [], 1, False), (1, RUN, [0], 1, True))
     [source] = h.schedule()
@@ -328,7 +328,7 @@ def test_transfer_from_a_worker_that_dies_is_ordered_again_or_recomputed(h):
 
 
 def test_fetch_sent_to_a_worker_that_dies_is_served_again(h):
-    w1, w2 = h.add_worker(), h.add_worker()
+    h.add_worker(), h.add_worker()
     h.submit((0, CONST, [], 0, True))
     [worker] = h.schedule()
     h.state.on_tasks_done(worker, [[h.base, 70000, 0]], [], 0.0)   # too big to send inline
@@ -372,7 +372,7 @@ def test_workers_finishing_core_tasks_quickly_may_queue_more(h):
 
 
 def test_big_input_waits_for_its_busy_holder_rather_than_moving(h):
-    w1, w2 = h.add_worker(cpus=1), h.add_worker(cpus=1)
+    h.add_worker(cpus=1), h.add_worker(cpus=1)
     h.submit((0, RUN, [], 1, False), (1, RUN, [0], 1, True), (2, RUN, [], 1, True),
              (3, RUN, [], 1, True), (4, RUN, [], 1, True), (5, RUN, [], 1, True))
     first = h.schedule()

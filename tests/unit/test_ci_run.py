@@ -13,6 +13,7 @@ import subprocess
 import pytest
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
+RUFF = "python -m ruff check hyperloom loom tests benchmarks examples"
 README_COMMAND = ("python3 -m venv .venv && .venv/bin/pip install -e '.[test]' "
                   "&& .venv/bin/python -m pytest")
 
@@ -20,8 +21,17 @@ README_COMMAND = ("python3 -m venv .venv && .venv/bin/pip install -e '.[test]' "
 FAKE_PYTHON3 = """#!/bin/sh
 echo "python3 $*" >> "$LOG"
 mkdir -p .venv/bin
-printf '#!/bin/sh\\necho "pip $*" >> "$LOG"\\nexit "$PIP_STATUS"\\n' > .venv/bin/pip
-printf '#!/bin/sh\\necho "python $*" >> "$LOG"\\nexit "$PYTEST_STATUS"\\n' > .venv/bin/python
+cat > .venv/bin/pip <<'EOS'
+#!/bin/sh
+echo "pip $*" >> "$LOG"
+exit "$PIP_STATUS"
+EOS
+cat > .venv/bin/python <<'EOS'
+#!/bin/sh
+echo "python $*" >> "$LOG"
+case "$*" in "-m ruff"*|"-m mypy"*) exit "$LINT_STATUS";; esac
+exit "$PYTEST_STATUS"
+EOS
 chmod +x .venv/bin/pip .venv/bin/python
 """
 
@@ -50,12 +60,13 @@ def run_ci(tmp_path):
         path.chmod(0o755)
     log = tmp_path / "log"
 
-    def run(pytest_status, pip_status=0, missing=()):
+    def run(pytest_status, pip_status=0, missing=(), lint_status=0):
         for name in missing:
             (bin_dir / name).unlink()
         log.write_text("")
         env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "LOG": str(log),
-               "PIP_STATUS": str(pip_status), "PYTEST_STATUS": str(pytest_status)}
+               "PIP_STATUS": str(pip_status), "PYTEST_STATUS": str(pytest_status),
+               "LINT_STATUS": str(lint_status)}
         result = subprocess.run(["bash", str(tmp_path / "repo" / ".ci" / "run")],
                                 env=env, capture_output=True, text=True, timeout=60)
         return result, log.read_text().splitlines()
@@ -69,14 +80,22 @@ def test_ci_goes_on_when_system_packages_cannot_be_installed(run_ci):
     assert "slurmctld munge;" in result.stdout and "skipped" in result.stdout
     if os.geteuid() == 0:
         assert "apt-get install -y -qq slurmctld munge" in commands
-    assert commands[-1] == "python -m pytest"
+    assert commands[-3:] == ["python -m pytest", RUFF, "python -m mypy"]
 
 
 def test_ci_passes_when_the_tests_pass(run_ci):
     result, commands = run_ci(pytest_status=0)
     assert result.returncode == 0, result.stderr
-    # nothing installed when everything is there; then the README's three steps, in order
-    assert commands == ["python3 -m venv .venv", "pip install -e .[test]", "python -m pytest"]
+    # nothing installed when everything is there; then the README's three steps, in order,
+    # and the static checks
+    assert commands == ["python3 -m venv .venv", "pip install -e .[test]", "python -m pytest",
+                        RUFF, "python -m mypy"]
+
+
+def test_ci_fails_when_ruff_or_mypy_finds_a_problem(run_ci):
+    result, commands = run_ci(pytest_status=0, lint_status=1)
+    assert result.returncode == 1
+    assert commands[-1] == RUFF   # mypy is not needed to know CI failed
 
 
 @pytest.mark.parametrize("status", [1, 2, 3, 4])

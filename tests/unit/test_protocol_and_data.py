@@ -109,3 +109,38 @@ def test_malformed_data_meta_is_a_data_error():
         data.decode([99], [])
     with pytest.raises(data.DataError):
         data.decode([data.KIND_PLAIN], [])
+
+
+# ---------------------------------------------------------------- PyObj, pickle protocol 5
+
+def test_a_large_numpy_array_travels_out_of_band_without_a_copy():
+    np = pytest.importorskip("numpy")
+    array = np.arange(1_000_000, dtype="f8")
+    meta, frames = data.encode(data.PyObj(array))
+    assert meta == [data.KIND_PYOBJ, array.nbytes, 1]
+    assert len(frames) == 2 and len(frames[0]) < 1000  # the pickle holds no array data
+    assert np.shares_memory(np.frombuffer(frames[1], dtype="f8"), array)  # sent in place
+    # The receiver's frames are read-only buffers (as zmq frames are): used in place.
+    received = [frames[0], memoryview(bytes(frames[1]))]
+    decoded, position = data.decode(meta, received)
+    assert position == 2
+    assert np.array_equal(decoded.obj, array)
+    assert np.shares_memory(decoded.obj, np.frombuffer(received[1], dtype="f8"))
+    assert not decoded.obj.flags.writeable  # data objects are immutable
+    # Passed on, it is not pickled again: the same buffer goes out.
+    meta2, frames2 = data.encode(decoded)
+    assert meta2 == meta and frames2[1] is decoded.buffers()[0]
+
+
+def test_small_buffers_stay_inside_the_pickle():
+    np = pytest.importorskip("numpy")
+    value = {"a": np.arange(10), "b": b"x" * 100_000}
+    meta, frames = data.encode(data.PyObj(value))
+    assert meta[:1] == [data.KIND_PYOBJ] and len(meta) == 2 and len(frames) == 1
+    decoded = data.decode(meta, frames)[0].obj
+    assert decoded["b"] == value["b"] and list(decoded["a"]) == list(range(10))
+
+
+def test_a_pyobj_meta_with_missing_buffer_frames_is_refused():
+    with pytest.raises(data.DataError, match="2 buffers has only 1"):
+        data.decode([data.KIND_PYOBJ, 10, 2], [data.dumps(1)[0], b"x"])

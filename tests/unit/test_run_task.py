@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-import shutil
 import threading
 
 import pytest
+
+from hyperloom.worker.run_task import RunDirs
 
 from hyperloom.client import tasks
 from hyperloom.data import Array, File, Index, Plain, PyObj
@@ -171,12 +172,19 @@ def test_program_that_is_not_executable(work_dir, tmp_path):
     assert message == f"spawning '{script}': permission denied"
 
 
-@pytest.mark.skipif(shutil.which("taskset") is None, reason="needs taskset")
 def test_pinning_restricts_the_program_to_the_task_cpus(work_dir):
     task = tasks.run("grep Cpus_allowed_list /proc/self/status")
     cpu = sorted(os.sched_getaffinity(0))[-1]
+    before = os.sched_getaffinity(0)
     assert run(work_dir, task, pin=True, cpu_ids=(cpu,)).data == \
         f"Cpus_allowed_list:\t{cpu}\n".encode()
+    # The program was pinned through the spawning thread's affinity: restored after.
+    assert os.sched_getaffinity(0) == before
+
+
+def test_pinning_to_a_cpu_that_does_not_exist_fails_cleanly(work_dir):
+    message = fails(work_dir, tasks.run("true"), pin=True, cpu_ids=(4095,))
+    assert message == "pinning 'true' to cpus [4095]: invalid argument"
 
 
 def test_no_pinning_without_cpus(work_dir):
@@ -283,3 +291,85 @@ def test_a_task_canceled_before_its_program_starts_does_not_run_it(work_dir, tmp
     with pytest.raises(TaskError, match="Canceled before the program started"):
         execute_run(ctx)
     assert not marker.exists()
+
+
+# ---------------------------------------------------------------- reused run directories
+
+@pytest.fixture
+def run_dirs(work_dir):
+    pool = RunDirs()
+    yield pool
+    pool.close()  # before the work_dir fixture checks that nothing is left
+
+
+def run_pooled(work_dir, pool, task, inputs=(), task_id=7):
+    from hyperloom.worker.taskdef import Cancellation
+    ctx = TaskContext(task_id, task.task_type, task.config, list(inputs), work_dir=work_dir)
+    ctx.cancel, ctx.run_dirs = Cancellation(), pool
+    return execute_run(ctx)
+
+
+def test_a_clean_run_directory_is_reused_with_fresh_streams(work_dir, run_dirs):
+    task = tasks.run(("/bin/sh", "-c", "pwd; ls; echo err >&2"))
+    first = run_pooled(work_dir, run_dirs, task).data.decode().split()
+    second = run_pooled(work_dir, run_dirs, tasks.run("pwd")).data.decode()
+    assert first[1:] == ["+err", "+out"]
+    assert second == first[0] + "\n"  # same directory, and +out holds only this run's output
+    spare = run_dirs.take()
+    assert spare == first[0]  # kept again, with nothing of the last run left in it
+    assert [os.path.getsize(os.path.join(spare, f)) for f in ("+out", "+err")] == [0, 0]
+    assert run_dirs.give_back(spare)
+    stderr = run_pooled(work_dir, run_dirs, tasks.run(("/bin/sh", "-c", "cat +err")))
+    assert stderr.data == b""
+
+
+def test_a_run_directory_with_other_files_is_not_reused(work_dir, run_dirs):
+    first = run_pooled(work_dir, run_dirs, tasks.run(("/bin/sh", "-c", "pwd; touch left"))).data
+    second = run_pooled(work_dir, run_dirs, tasks.run(("/bin/sh", "-c", "pwd; ls"))).data
+    assert first.split()[0] != second.split()[0]
+    assert second.split()[1:] == [b"+err", b"+out"]
+    # Mapped inputs are files too: their directory is not reused either.
+    task = tasks.run(("/bin/sh", "-c", "pwd"), [(tasks.const("x"), "f")])
+    third = run_pooled(work_dir, run_dirs, task, [Plain(b"x")]).data
+    fourth = run_pooled(work_dir, run_dirs, tasks.run(("/bin/sh", "-c", "pwd; ls"))).data
+    assert fourth.split()[1:] == [b"+err", b"+out"]
+    assert fourth.split()[0] != third.split()[0]
+
+
+def test_a_captured_stream_replaced_by_a_link_is_never_truncated(work_dir, run_dirs, tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    for link in (f"ln -sf {victim} +out", f"rm +out; ln {victim} +out"):
+        run_pooled(work_dir, run_dirs, tasks.run(("/bin/sh", "-c", link), outputs=()))
+        run_pooled(work_dir, run_dirs, tasks.run(("/bin/sh", "-c", "echo new")))
+        assert victim.read_bytes() == b"precious"
+
+
+def test_a_run_directory_is_not_reused_while_the_program_left_something_running(
+        work_dir, run_dirs, tmp_path):
+    from tests.conftest import wait_until
+    pids = tmp_path / "pid"
+    task = tasks.run(("/bin/sh", "-c", f"pwd; (sleep 30 >/dev/null 2>&1 & echo $! > {pids})"))
+    first = run_pooled(work_dir, run_dirs, task).data
+    second = run_pooled(work_dir, run_dirs, tasks.run("pwd")).data
+    os.kill(int(pids.read_text()), 9)
+    assert first != second
+    wait_until(lambda: not os.path.exists(first.decode().strip()), timeout=10,
+               message="the first directory to be removed")
+
+
+def test_programs_on_path_are_spawned_by_their_full_path(work_dir, run_dirs, tmp_path,
+                                                        monkeypatch):
+    program = tmp_path / "bin" / "hello-4f1e"
+    program.parent.mkdir()
+    program.write_text("#!/bin/sh\necho hello from $0\n")
+    program.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{program.parent}:{os.environ['PATH']}")
+    assert run_dirs.which("hello-4f1e") == str(program)
+    # Spawned through the path found once (and $0 is that path, as with a PATH search).
+    assert run_pooled(work_dir, run_dirs, tasks.run("hello-4f1e")).data == \
+        f"hello from {program}\n".encode()
+    program.unlink()  # gone: the spawn reports it as before
+    with pytest.raises(TaskError, match="spawning 'hello-4f1e': no such file or directory"):
+        run_pooled(work_dir, run_dirs, tasks.run("hello-4f1e"))
+    assert run_dirs.which("./relative") is None
