@@ -324,10 +324,15 @@ def sanitize(head, state):
         # a valid SetTrace makes the broker and workers write trace files there: only
         # relative paths (refused with an Error) are sent
         fields[0] = "fuzz-trace/" + fields[0].lstrip("/")
-    if code == protocol.HELLO_WORKER and fields[0] == protocol.PROTOCOL_VERSION:
+    if code in (protocol.HELLO_WORKER, protocol.REJOIN_WORKER) \
+            and fields[0] == protocol.PROTOCOL_VERSION:
         # a fake worker offering built-in types would be given tasks of the real plan
         # that it never computes (the thieves do that, on purpose and under control)
         fields[3] = [t for t in fields[3] if t not in BUILTIN_TYPES]
+    if code == protocol.REJOIN_WORKER:
+        # it holds and runs nothing: claims on the real plan's ids are the broker's to
+        # reconcile (tests/inprocess/test_journal.py), not this oracle's
+        fields[6], fields[7] = [], []
     return msgpack.packb([code, *fields], use_bin_type=True)
 
 
@@ -345,13 +350,17 @@ def expect(head, state):
         return state, ("error", lambda m: m == text, False), None
     name = protocol.name_of(code)
     if state in (ANON, LEFT):
-        if code in (protocol.HELLO_CLIENT, protocol.HELLO_WORKER):
+        if code in (protocol.HELLO_CLIENT, protocol.HELLO_WORKER, protocol.RESUME_CLIENT,
+                    protocol.REJOIN_WORKER):
             version = fields[0]
             if version != protocol.PROTOCOL_VERSION:
                 return state, ("error", lambda m: "protocol version mismatch" in m
                                and str(version) in m
                                and str(protocol.PROTOCOL_VERSION) in m, True), None
-            if code == protocol.HELLO_WORKER and (
+            if code == protocol.RESUME_CLIENT:   # this broker has no journal: no sessions
+                return state, ("error", lambda m: "is not known to this broker" in m,
+                               True), None
+            if code in (protocol.HELLO_WORKER, protocol.REJOIN_WORKER) and (
                     fields[1] < 0 or not all(isinstance(t, str) for t in fields[3])
                     or not protocol.valid_data_address(fields[2])):
                 return state, ("error", lambda m: "HelloWorker" in m, True), None
