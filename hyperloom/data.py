@@ -293,7 +293,7 @@ class ExtensionData(DataObject):
 
     __slots__ = ()
 
-    def encode_payload(self, frames: list[WireFrame]) -> Any:
+    def encode_payload(self, frames: list[BytesLike]) -> Any:
         """Return a msgpack-able payload; append any raw buffers to ``frames``."""
         raise NotImplementedError
 
@@ -324,7 +324,7 @@ def clamp_slice(length: int, start: int, end: int) -> tuple[int, int]:
 # ---------------------------------------------------------------- wire form
 
 def encode(obj: DataObject,
-           frames: list[WireFrame] | None = None) -> tuple[list[Any], list[WireFrame]]:
+           frames: list[BytesLike] | None = None) -> tuple[list[Any], list[BytesLike]]:
     """Return ``(meta, frames)``; appends to ``frames`` when one is given."""
     if frames is None:
         frames = []

@@ -19,6 +19,10 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .run_task import RunDirs
 
 MODES = ("inline", "thread", "python")
 
@@ -80,8 +84,8 @@ class TaskContext:
         self.pin = pin
         self.label = label
         self.log = log if log is not None else logging.getLogger("hyperloom.worker")
-        self.cancel = None
-        self.run_dirs = None
+        self.cancel: Cancellation | None = None
+        self.run_dirs: RunDirs | None = None
 
     def __repr__(self):
         return f"<TaskContext {self.task_id} {self.task_type}>"
@@ -108,7 +112,7 @@ class TaskKind:
 class TaskRegistry:
     """The task types one worker provides. Registering a symbol twice is an error."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._kinds: dict[str, TaskKind] = {}
         self.data_types: dict[str, type] = {}   # symbol -> ExtensionData subclass
 

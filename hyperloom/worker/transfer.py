@@ -75,7 +75,7 @@ class DataChannels:
             return
         peer.last_push = time.monotonic()
         entries = []
-        frames = []
+        frames: list[data.BytesLike] = []
         for data_id, obj in objects:
             meta, _ = data.encode(obj, frames)
             entries.append([data_id, meta])
