@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 from ..data import DataObject, File, PyObj
 from .py_wire import SHARED_FRAME_BYTES
 from .run_task import RunDirs
-from .taskdef import Cancellation, Redirect, TaskContext, TaskError
+from .taskdef import Cancellation, Redirect, TaskContext, TaskError, TaskRegistry
 
 if TYPE_CHECKING:
     from .py_pool import PythonPool
@@ -54,7 +54,8 @@ MAX_BATCH = 64
 
 
 class Executor:
-    def __init__(self, registry, cpus: int, work_dir: str, pin: bool, core_ids=None):
+    def __init__(self, registry: TaskRegistry, cpus: int, work_dir: str, pin: bool,
+                 core_ids: list[int] | None = None) -> None:
         self.registry = registry
         # Cores are allocated as slots 0..cpus-1; this maps them to real core ids for taskset.
         self.core_ids = core_ids or list(range(cpus))
@@ -78,7 +79,7 @@ class Executor:
         os.set_blocking(self.wake_read, False)
         os.set_blocking(self.wake_write, False)
 
-    def close(self):
+    def close(self) -> None:
         self.threads.shutdown(wait=False, cancel_futures=True)
         if self._python_pool is not None:
             self._python_pool.close()
@@ -276,7 +277,7 @@ class Executor:
         except BlockingIOError:
             pass  # the pipe is full: the loop is already due to wake
 
-    def take_completions(self):
+    def take_completions(self) -> list[tuple[WorkerTask, DataObject | None, str | None]]:
         try:
             while os.read(self.wake_read, 65536):
                 pass

@@ -32,9 +32,10 @@ PUSHER_IDLE = 60.0     # seconds without a push before the connection to a peer 
 class _Peer:
     __slots__ = ("socket", "backlog", "last_push")
 
-    def __init__(self, socket):
+    def __init__(self, socket: zmq.Socket[bytes]) -> None:
         self.socket = socket
-        self.backlog = deque()  # (frames, copy) that would have blocked, oldest first
+        # (frames, copy) that would have blocked, oldest first
+        self.backlog: deque[tuple[list[data.BytesLike], bool]] = deque()
         self.last_push = time.monotonic()
 
 
