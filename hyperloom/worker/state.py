@@ -236,6 +236,31 @@ class WorkerCore:
         self.finished, self.failed, self.results, self.stolen = [], [], [], []
         return reports
 
+    def rejoining(self):
+        """For a broker this worker re-attaches to: ``(core, held, running)``.
+
+        ``core`` keeps the data and the tasks already started (they finish and are
+        reported as usual); tasks not started are dropped (the broker places them again)
+        and unsent reports too (finished results are in ``held``: ``[id, size, length]``;
+        failures run again). ``running`` are the ids of the started tasks.
+        """
+        core = WorkerCore(self.cpus)
+        core.store = self.store
+        waiting = {id(t) for waiters in self.waiting_for.values() for t in waiters}
+        not_started = {id(t) for t in (*self.queued, *self.queued_cpu)} | waiting
+        running = []
+        for task in self.tasks.values():
+            if id(task) in not_started or task.canceled:
+                task.canceled = True
+                continue
+            task.owner = core
+            core.tasks[task.id] = task
+            for cpu in task.cpu_ids:
+                core.free_cpus.remove(cpu)
+            running.append(task.id)
+        held = [[data_id, obj.size, obj.length] for data_id, obj in self.store.items()]
+        return core, held, running
+
     def check_invariants(self):
         for data_id, waiters in self.waiting_for.items():
             assert data_id not in self.store
