@@ -32,8 +32,19 @@ class LoomCluster:
         import hyperloom
         # benchmarks/dashboard_overhead.py sets this to measure a connected loom-dashboard.
         dashboard = os.environ.get("HYPERLOOM_BENCH_DASHBOARD") == "1"
+        # HYPERLOOM_BENCH_JOURNAL=DIR: the broker keeps a journal in DIR (its cost, see
+        # docs/reliability.md); a fresh file per cluster, so nothing is replayed.
+        broker_args = ()
+        journal_dir = os.environ.get("HYPERLOOM_BENCH_JOURNAL")
+        if journal_dir:
+            import tempfile
+            fd, path = tempfile.mkstemp(prefix="bench-", suffix=".journal", dir=journal_dir)
+            os.close(fd)
+            os.remove(path)
+            broker_args = ("--journal", path)
         self.cluster = hyperloom.LocalCluster(workers=self.n_workers, cpus=1,
-                                              worker_args=("--nopin",), dashboard=dashboard)
+                                              worker_args=("--nopin",), dashboard=dashboard,
+                                              broker_args=broker_args)
         self.cluster.__enter__()
         return self
 

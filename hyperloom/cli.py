@@ -100,6 +100,20 @@ def broker_main(argv=None):
     parser.add_argument("--log-level", choices=LOG_LEVELS, default="info",
                         help="logging level on stderr (default info)")
     parser.add_argument("--exit-with-parent", action="store_true", help=EXIT_WITH_PARENT_HELP)
+    parser.add_argument("--journal", metavar="PATH",
+                        help="record plans, results and sessions in PATH; started again with "
+                             "the same PATH, the broker resumes where it was "
+                             "(docs/reliability.md)")
+    parser.add_argument("--reattach-timeout", type=float, default=10.0, metavar="SECONDS",
+                        help="after a restart from --journal, wait this long for the workers "
+                             "holding data to re-attach before recomputing it (default 10)")
+    parser.add_argument("--session-timeout", type=float, default=120.0, metavar="SECONDS",
+                        help="with --journal, keep a disconnected client's session and data "
+                             "this long for it to re-attach (default 120)")
+    parser.add_argument("--journal-compact-bytes", type=int, default=64 << 20, metavar="N",
+                        help="with --journal, rewrite it while running once it exceeds N "
+                             "bytes and 4 times its size after the last compaction (default "
+                             "64 MiB)")
     _add_cluster_options(parser, "broker")
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535:
@@ -111,8 +125,15 @@ def broker_main(argv=None):
     from .broker.server import BrokerConfig, BrokerServer
     config = BrokerConfig(host=host, port=args.port, heartbeat_interval=args.heartbeat,
                           heartbeat_misses=args.heartbeat_misses, secret_file=args.secret_file,
-                          max_peers=max_peers)
-    server = BrokerServer(config)
+                          max_peers=max_peers, journal=args.journal,
+                          reattach_timeout=args.reattach_timeout,
+                          session_timeout=args.session_timeout,
+                          journal_compact_bytes=args.journal_compact_bytes)
+    from .broker.journal import JournalError
+    try:
+        server = BrokerServer(config)
+    except JournalError as error:
+        parser.exit(2, f"loom-broker: {error}\n")
     server.install_signal_handlers()
     if args.exit_with_parent:
         _exit_with_parent("broker")
@@ -206,7 +227,9 @@ def worker_main(argv=None):
     parser.add_argument("--heartbeat", type=float, default=1.0, metavar="SECONDS",
                         help="heartbeat interval towards the broker (default 1.0)")
     parser.add_argument("--broker-timeout", type=float, default=30.0, metavar="SECONDS",
-                        help="exit if the broker cannot be reached for this long (default 30)")
+                        help="exit if the broker cannot be reached for this long (default "
+                             "30); until then it keeps its data and running tasks and "
+                             "re-attaches to a broker that comes back")
     parser.add_argument("--secret-file", metavar="PATH",
                         help="the cluster's CURVE key file (as given to loom-broker)")
     parser.add_argument("--log-level", choices=LOG_LEVELS, default="info",

@@ -210,6 +210,20 @@ MESSAGES = (
             "nothing; workers send one in every heartbeat interval they send nothing else"),
     Message("Goodbye", 6, "client|worker->broker", (), "none",
             "nothing; the peer is leaving (release everything it owns)"),
+    # --- re-attaching after a lost connection or a broker restart (docs/reliability.md)
+    Message("ResumeClient", 7, "client->broker",
+            (("version", _I), ("client_number", _I), ("token", _B), ("waiting", _L)), "none",
+            "Welcome, then TasksFinished / TasksFailed for the waited-on results that ended "
+            "meanwhile (a waiting id the broker does not know fails); Error(fatal) for a "
+            "session the broker does not know. Only to a broker started with --journal",
+            {"waiting": int}),
+    Message("RejoinWorker", 8, "worker->broker",
+            (("version", _I), ("cpus", _I), ("data_address", _S), ("task_types", _L),
+             ("hostname", _S), ("worker_id", _I), ("held", _L), ("running", _L)), "none",
+            "Welcome (with worker_id again if the broker expected it, else a new id); "
+            "RemoveData for held objects it does not want, CancelTasks for running tasks it "
+            "does not want; held results are not computed again",
+            {"task_types": str, "held": FinishedTask, "running": int}),
     # --- client -> broker
     Message("Submit", 10, "client->broker",
             (("symbols", _L), ("labels", _L), ("tasks", _L), ("load", (bool,)),
@@ -249,6 +263,9 @@ MESSAGES = (
             "nothing; stats is what Client.info() returns"),
     Message("Snapshot", 25, "broker->client", (("request", _I), ("snapshot", (dict,))), "none",
             "nothing; counters now and the events after GetSnapshot.since (docs/dashboard.md)"),
+    Message("Session", 26, "broker->client", (("client_number", _I), ("token", _B)), "none",
+            "nothing; sent after Welcome by a broker with a journal: what ResumeClient needs "
+            "to re-attach"),
     # --- broker -> worker
     Message("ComputeTasks", 30, "broker->worker", (("tasks", _L),), "none",
             "TasksDone later", {"tasks": ComputeTask}),
@@ -334,6 +351,9 @@ TASKS_DONE = BY_NAME["TasksDone"].code
 UPLOADED = BY_NAME["Uploaded"].code
 PUSH_DATA = BY_NAME["PushData"].code
 RETIRING = BY_NAME["Retiring"].code
+RESUME_CLIENT = BY_NAME["ResumeClient"].code
+REJOIN_WORKER = BY_NAME["RejoinWorker"].code
+SESSION = BY_NAME["Session"].code
 
 _packer = msgpack.Packer(use_bin_type=True)
 

@@ -41,6 +41,24 @@ class CoreBase:
     pending_fetches: dict[int, Fetch | list[Fetch]]
     _moves: list[int]
     feed: DashboardFeed          # what live dashboards ask for (snapshot.py)
+    # the journal and what survives a restart (journal.py, restore.py)
+    journal: Any
+    journaling: bool
+    restoring: bool
+    replaying: bool
+    reattach_timeout: float
+    session_timeout: float
+    sessions: dict[int, ClientRecord]
+    session_tokens: dict[int, bytes]
+    detached_clients: dict[int, float | None]
+    detached_workers: dict[int, WorkerRecord]
+    restore_deadline: float | None
+    pending_restore_deadline: float | None
+    next_worker_id: int
+    next_client_number: int
+    provided_types: set[str]
+    finished_in_journal: set[int]
+    n_recomputed: int
     retirements: Retirements     # workers leaving at walltime (retire.py)
 
     # methods of one mixin that others call (defined in the module named)
@@ -62,6 +80,14 @@ class CoreBase:
     peer_gone: Callable[[bytes, str, float], None]               # state
     on_client_lost: Callable[[ClientRecord], None]               # requests
     on_worker_lost: Callable[[WorkerRecord], None]               # recovery
+    journal_stats: Callable[[], dict]                            # restore
+    _drop_holder: Callable[[WorkerRecord], list[Node]]           # recovery
+    _recompute_lost: Callable[[list[Node]], None]                # recovery
+    _finish: Callable[[Node, WorkerRecord, int, int], None]      # reports
+    _release: Callable[[Node], None]                             # requests
+    on_submit: Callable[..., None]                               # intake
+    on_worker_hello: Callable[..., WorkerRecord | None]          # state
+    _version_mismatch: Callable[[bytes, str, int], None]         # state
 
     @property
     def tracing(self) -> bool:

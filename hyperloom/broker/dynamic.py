@@ -70,8 +70,9 @@ class DynamicPass(CoreBase):
             self.make_ready(node)
 
 
-def _expand(state, dynamic: Node):
-    """Replace READY ``dynamic`` and its consumer by per-piece copies."""
+def _expand(state, dynamic: Node, total_cpus: int | None = None):
+    """Replace READY ``dynamic`` and its consumer by per-piece copies (as many as the
+    cores now, or ``total_cpus`` when a journal replays an expansion)."""
     consumers = [c for c in consumers_of(dynamic) if c.state == ts.WAITING]
     if dynamic.is_result or len(consumers) != 1 or consumers[0].inputs.count(dynamic) != 1:
         state._fail(dynamic, [dynamic.id, "broker",
@@ -80,7 +81,9 @@ def _expand(state, dynamic: Node):
         return
     consumer = consumers[0]
     source = dynamic.inputs[0]
-    total_cpus = sum(worker.cpus for worker in state.workers.values())
+    if total_cpus is None:
+        total_cpus = sum(worker.cpus for worker in state.workers.values())
+    state.journal.expanded(dynamic.id, total_cpus)  # the pieces depend on it: replayed alike
     copies = []
     for piece_type, config in piece_configs(dynamic.type, source.length, total_cpus):
         piece = state.new_node(consumer.client, piece_type, config, (source,), 0, dynamic.label)

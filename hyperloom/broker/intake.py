@@ -85,7 +85,8 @@ class PlanIntake(CoreBase):
         new = plan.nodes
         results = plan.results
         low = client.number << protocol.CLIENT_SHIFT
-        high = low + protocol.BROKER_ID_BASE
+        # (a compacted journal's plan holds the tasks the broker made too: restore.py)
+        high = low + (1 << protocol.CLIENT_SHIFT if self.replaying else protocol.BROKER_ID_BASE)
         n_types, n_labels = len(types), len(labels)
         for entry in entries:
             try:

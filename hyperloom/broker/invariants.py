@@ -12,7 +12,9 @@ from .model import consumers_of
 
 def check_invariants(state):
     counts = [0] * len(ts.TaskState)
-    live_workers = state.workers
+    # ghosts of workers named in a journal hold data until they re-attach (restore.py)
+    live_workers = {**state.workers,
+                    **{g.identity: g for g in getattr(state, "detached_workers", {}).values()}}
     for task_id, node in state.tasks.items():
         assert node.id == task_id
         assert node.state != ts.RELEASED, f"{node} is released but still in the DAG"
@@ -23,7 +25,7 @@ def check_invariants(state):
         assert node.refs == live + node.is_result, f"{node}: refs {node.refs} != {live}"
     assert counts[:ts.RELEASED] == state.state_counts[:ts.RELEASED], \
         (counts, state.state_counts)
-    for worker in live_workers.values():
+    for worker in state.workers.values():
         assert worker.cpus_used == sum(n.n_cpus for n in worker.assigned)
         assert worker.n_light == sum(1 for n in worker.assigned if not n.n_cpus)
         assert all(n.state == ts.ASSIGNED and n.worker is worker for n in worker.assigned)

@@ -115,6 +115,8 @@ class Lifecycle(CoreBase):
     def _fail(self, root: Node, error):
         """``root`` failed: it and everything waiting on it fail with ``error``."""
         self.feed.on_failed(root, error)
+        if root.state in ts.PENDING:
+            self.journal.failed(root.id, error)
         stack = [root]
         while stack:
             node = stack.pop()

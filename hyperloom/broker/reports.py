@@ -104,6 +104,10 @@ class WorkerReports(CoreBase):
         self.outbox.add_error((worker.identity, message, False))
 
     def _finish(self, node: Node, worker: WorkerRecord, size: int, length: int):
+        self.journal.finished(node.id, worker.worker_id, size, length)
+        if self.finished_in_journal and node.id in self.finished_in_journal \
+                and not self.replaying:
+            self.n_recomputed += 1   # finished before a restart, and computed again
         self._unassign(node, worker)
         if worker.incoming:  # its inputs did arrive: they are real copies now
             for inp in node.inputs:

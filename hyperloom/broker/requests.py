@@ -43,6 +43,7 @@ class ClientRequests(CoreBase):
             self._release(node)
 
     def _release(self, node: Node):
+        self.journal.released(node.id)
         node.is_result = False
         node.client.results.discard(node.id)
         node.refs -= 1
@@ -63,7 +64,7 @@ class ClientRequests(CoreBase):
                     [task_id, None, f"Invalid id: {shown}"
                      " (not a result held by this client; was it released?)"])
                 continue
-            if node.state in (ts.FINISHED, ts.FAILED):
+            if node.state == ts.FAILED or (node.state == ts.FINISHED and not self.restoring):
                 self._serve_fetch(node, client, request, release)
             else:
                 self._park_fetch(task_id, waiting)
@@ -132,6 +133,12 @@ class ClientRequests(CoreBase):
 
     def stats(self) -> dict:
         counts = self.state_counts
+        stats = self._stats(counts)
+        if self.journaling:
+            stats["journal"] = self.journal_stats()
+        return stats
+
+    def _stats(self, counts) -> dict:
         return {
             "n_workers": len(self.workers),
             "n_clients": len(self.clients),

@@ -31,12 +31,14 @@ from .. import protocol, security
 from ..protocol import ProtocolError
 from ..trace import TraceWriter
 from .connections import ConnectionTable
+from .journal import JournalRecorder, JournalWriter, read_journal, write_journal
 from .outbox import messages
 from .state import BrokerState
 
 log = logging.getLogger("hyperloom.broker")
 
 DRAIN_LIMIT = 2000          # messages handled before a flush, so replies keep flowing
+COMPACT_FACTOR = 4          # compact online when the journal is this much over its last size
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,10 @@ class BrokerConfig:
     overbooking: int = 3
     secret_file: str | None = None      # CURVE: admit only peers holding this cluster key
     max_peers: int | None = None        # refuse more (the open-file limit allows no more)
+    journal: str | None = None          # append what a restart needs here (journal.py)
+    reattach_timeout: float = 10.0      # after a restart, wait this long for workers
+    session_timeout: float = 120.0      # keep a disconnected client's session this long
+    journal_compact_bytes: int = 64 << 20  # compact online beyond this (and 4x the last size)
 
 
 class BrokerServer:
@@ -58,7 +64,10 @@ class BrokerServer:
             heartbeat_timeout=config.heartbeat_interval * config.heartbeat_misses,
             checkpoint_exists=os.path.exists,
             open_recorder=lambda directory: TraceWriter(directory, "broker"),
-            max_peers=config.max_peers)
+            max_peers=config.max_peers,
+            journal=JournalRecorder() if config.journal else None,
+            reattach_timeout=config.reattach_timeout, session_timeout=config.session_timeout)
+        self.journal = self._open_journal(config.journal) if config.journal else None
         self.context = zmq.Context()
         self.authenticator = None
         self.router = self.context.socket(zmq.ROUTER)
@@ -91,6 +100,30 @@ class BrokerServer:
     def state(self) -> BrokerState:
         return self.core
 
+    def _open_journal(self, path: str) -> JournalWriter:
+        """Replay an existing journal into the core, compact it, and append from there.
+
+        Raises journal.JournalError for a file of another version."""
+        if os.path.exists(path) and os.path.getsize(path) > 0:
+            contents = read_journal(path)
+            if contents.problem:
+                log.warning("journal %s is damaged: %s; read %d complete records, dropped "
+                            "the last %d bytes", path, contents.problem, len(contents.records),
+                            contents.dropped_bytes)
+            skipped = self.core.replay(contents.records)
+            if skipped:
+                log.warning("journal %s: %d records did not apply (skipped)", path, skipped)
+            size = write_journal(path, self.core.compact_records())
+            log.info("journal %s: replayed %d records (%d bytes), compacted to %d bytes",
+                     path, len(contents.records), contents.size, size)
+        writer = JournalWriter(path)
+        self._compact_at = max(self.config.journal_compact_bytes,
+                               COMPACT_FACTOR * writer.bytes_written)
+        self.core.journal = writer
+        if self.core.restoring:
+            self._journal_restore_deadline(writer)
+        return writer
+
     # ------------------------------------------------------------ loop
 
     def run(self):
@@ -114,8 +147,12 @@ class BrokerServer:
                 if core.tracing:
                     core.on_sample(self.process.cpu_percent(), self.process.memory_info().rss)
             core.on_drained(now)
+            if self.journal is not None:
+                self._commit_journal(now)
             self._flush()
         core.on_shutdown()
+        if self.journal is not None:
+            self.journal.close()
         self._flush()
 
     def stop(self, *_):
@@ -197,6 +234,44 @@ class BrokerServer:
             self.core.on_peer_disconnected(previous, time.monotonic(), "connection replaced")
 
     # ------------------------------------------------------------ output
+
+    def _journal_restore_deadline(self, writer: JournalWriter):
+        """How long this restart waits for its workers: ``reattach_timeout``, or what is
+        left of it when the last restart was killed while waiting (without this, a broker
+        killed more often than that would wait afresh each time and never go on)."""
+        core = self.core
+        deadline = core.pending_restore_deadline
+        if deadline is None:
+            deadline = time.time() + core.reattach_timeout
+        writer.restore(deadline)
+        writer.commit(time.monotonic(), True)
+        core.reattach_timeout = max(0.0, deadline - time.time())
+
+    def _commit_journal(self, now: float):
+        """Group commit, before anything is sent: fsynced if a client is about to hear of
+        what the records say (journal.JournalWriter.commit)."""
+        out = self.core.outbox
+        assert self.journal is not None
+        self.journal.commit(now, bool(out.finished or out.failed or out.replies))
+        if self.journal.bytes_written > self._compact_at:
+            self._compact_online()
+
+    def _compact_online(self):
+        """The journal outgrew what is live: rewrite it as the records that replay to the
+        present state (as at a restart), unless a chunked plan is half received or the
+        broker still waits for workers to re-attach (try again after the next commit)."""
+        core = self.core
+        if core.restoring or any(c.pending_plan is not None for c in core.clients.values()):
+            return
+        assert self.journal is not None
+        path, before = self.journal.path, self.journal.bytes_written
+        self.journal.close()
+        size = write_journal(path, core.compact_records())
+        self.journal = JournalWriter(path)
+        core.journal = self.journal
+        self._compact_at = max(self.config.journal_compact_bytes, COMPACT_FACTOR * size)
+        log.info("journal %s compacted online: %d bytes to %d (%d tasks live)", path, before,
+                 size, len(core.tasks))
 
     def _flush(self):
         out = self.core.outbox

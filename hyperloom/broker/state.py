@@ -32,6 +32,8 @@ from .recorder import NULL_RECORDER, Recorder, RecorderFactory, no_tracing
 from .recovery import Recovery
 from .reports import WorkerReports
 from .requests import ClientRequests
+from .restore import Restore
+from . import journal as jn
 from .retire import Retirements
 from .scheduler import ReadyQueue
 from .snapshot import DashboardFeed
@@ -56,10 +58,11 @@ def _no_checkpoints(path: str) -> bool:
 
 
 class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery,
-                  DynamicPass):
+                  DynamicPass, Restore):
     def __init__(self, overbooking: int = 3, max_task_losses: int = 3,
                  heartbeat_timeout: float = 5.0, checkpoint_exists=_no_checkpoints,
-                 open_recorder: RecorderFactory = no_tracing, max_peers: int | None = None):
+                 open_recorder: RecorderFactory = no_tracing, max_peers: int | None = None,
+                 journal=None, reattach_timeout: float = 10.0, session_timeout: float = 120.0):
         self.overbooking = overbooking            # core tasks per core, at least
         self.max_task_losses = max_task_losses
         self.heartbeat_timeout = heartbeat_timeout
@@ -85,6 +88,23 @@ class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery
         self.stop_requested = False      # a client sent Terminate
         self.feed = DashboardFeed()      # what live dashboards ask for (snapshot.py)
         self.retirements = Retirements(self)  # workers leaving at walltime (retire.py)
+        # The journal (journal.py, restore.py): records go through ``journal``; with one,
+        # clients have sessions that survive their connection and the broker.
+        self.journaling = journal is not None
+        self.journal = journal if journal is not None else jn.NULL_JOURNAL
+        self.reattach_timeout = reattach_timeout  # how long a restart waits for its workers
+        self.session_timeout = session_timeout    # how long a detached client is kept
+        self.sessions = {}               # client number -> ClientRecord (journaling only)
+        self.session_tokens = {}         # client number -> token (from Session)
+        self.detached_clients = {}       # client number -> when its session expires
+        self.detached_workers = {}       # worker id -> ghost WorkerRecord (after a restart)
+        self.restoring = False           # waiting for ghosts to re-attach: nothing scheduled
+        self.restore_deadline = None
+        # (wall clock) the deadline of a restart that was cut by another crash (restore.py)
+        self.pending_restore_deadline = None
+        self.replaying = False
+        self.finished_in_journal = set()  # ids replayed as finished (for journal_stats)
+        self.n_recomputed = 0            # of those, computed again (their data was lost)
         self._handlers = self._handler_table()
 
     @property
@@ -113,12 +133,20 @@ class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery
     def on_tick(self, now: float):
         """Time passed (about once per heartbeat interval)."""
         self.expire_silent_workers(now)
+        if self.detached_clients:
+            self.expire_sessions(now)
         self.update_overbooking(now)
         self.feed.tick(now)
 
     def on_drained(self, now: float):
         """The waiting messages are handled: expand, place, let retiring workers go,
         decide what progress goes out."""
+        if self.restoring and self.restore_step(now):
+            if self.detached_clients:
+                self.hold_for_detached()
+            if self.outbox.progressed:
+                self._throttle_progress(now)
+            return
         if self.dynamic_ready and self.workers:
             self.expand_dynamic()
         self.schedule_round()
@@ -128,6 +156,8 @@ class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery
             self.outbox.peers_gone_to = list(self.workers.values())
         if self.feed.active:
             self._feed_sent(now)
+        if self.detached_clients:
+            self.hold_for_detached()
         if self.outbox.progressed:
             self._throttle_progress(now)
 
@@ -153,7 +183,7 @@ class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery
 
     def _handler_table(self):
         return {
-            ("client", protocol.SUBMIT): lambda c, f, _, now: self.on_submit(c, *f),
+            ("client", protocol.SUBMIT): self._on_submit_message,
             ("client", protocol.FETCH): lambda c, f, _, now: self.on_fetch(c, *f),
             ("client", protocol.RELEASE): lambda c, f, _, now: self.on_release(c, f[0]),
             ("client", protocol.GET_STATS): self._on_get_stats,
@@ -171,6 +201,13 @@ class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery
             ("worker", protocol.HEARTBEAT): _ignore,
             ("worker", protocol.GOODBYE): self._on_goodbye,
         }
+
+    def _on_submit_message(self, client, fields, frames, now):
+        if self.journaling:  # the chunk as received: its header's bytes, not packed again
+            header = frames[1]
+            self.journal.submit_raw(client.number,
+                                    header if type(header) is bytes else header.bytes)
+        self.on_submit(client, *fields)
 
     def _on_tasks_done(self, worker, fields, frames, now):
         if self.feed.active:
@@ -217,7 +254,8 @@ class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery
         """A message from a peer that has not said hello (or was dropped)."""
         limit = self.max_peers
         if limit is not None and len(self.peers) >= limit and code in (
-                protocol.HELLO_CLIENT, protocol.HELLO_WORKER):
+                protocol.HELLO_CLIENT, protocol.HELLO_WORKER, protocol.RESUME_CLIENT,
+                protocol.REJOIN_WORKER):
             self.refuse(identity, f"the broker already has {len(self.peers)} peers, the most "
                                   f"its open-file limit allows (ulimit -n; raise the hard "
                                   f"limit for more)", fatal=True)
@@ -225,6 +263,10 @@ class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery
             self.on_client_hello(identity, fields[0], now)
         elif code == protocol.HELLO_WORKER:
             self.on_worker_hello(identity, *fields, now)
+        elif code == protocol.RESUME_CLIENT:
+            self.on_client_resume(identity, *fields, now)
+        elif code == protocol.REJOIN_WORKER:
+            self.on_worker_rejoin(identity, *fields, now)
         elif code not in (protocol.GOODBYE, protocol.HEARTBEAT):
             # (those two come from a peer already dropped: its disconnect was seen first)
             self.refuse(identity, f"{protocol.name_of(code)} before HelloClient/HelloWorker",
@@ -240,10 +282,13 @@ class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery
         self.outbox.add_reply((identity, protocol.encode(
             protocol.WELCOME, protocol.PROTOCOL_VERSION, client.number,
             sorted(self.provided_types))))
+        if self.journaling:
+            self.start_session(client)
         log.info("client %d connected", client.number)
         return client
 
-    def on_worker_hello(self, identity, version, cpus, address, task_types, hostname, now):
+    def on_worker_hello(self, identity, version, cpus, address, task_types, hostname, now,
+                        worker_id=None):
         if version != protocol.PROTOCOL_VERSION:
             self._version_mismatch(identity, "worker", version)
             return None
@@ -255,9 +300,11 @@ class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery
                 (identity, f"HelloWorker: data_address {address!r:.60} is not tcp://HOST:PORT",
                  True))
             return None
-        worker = WorkerRecord(identity, self.next_worker_id, address, cpus, task_types,
-                              hostname, now)
-        self.next_worker_id += 1
+        if worker_id is None:  # else re-attaching with the id it had (restore.py)
+            worker_id = self.next_worker_id
+            self.next_worker_id += 1
+        worker = WorkerRecord(identity, worker_id, address, cpus, task_types, hostname, now)
+        self.journal.worker(worker_id, address, cpus, worker.task_types, hostname)
         worker.overbooking = self.overbooking
         self.workers[identity] = self.peers[identity] = worker
         self.provided_types.update(task_types)
@@ -284,7 +331,13 @@ class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery
         if peer is None:
             return
         if isinstance(peer, ClientRecord):
+            if self.journaling and why != "said goodbye":
+                self.detach_client(peer, now)   # it may come back (restore.py)
+                return
             self.on_client_lost(peer)
+            if self.journaling:
+                self.journal.client_end(peer.number)
+                self._end_session(peer.number)
             return
         clean = why == "said goodbye"  # leaving cleanly, not lost
         if clean:
@@ -293,6 +346,7 @@ class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery
             log.warning("worker %d lost (%s)", peer.worker_id, why)
         if peer.retiring:
             self.retirements.on_left(peer, clean=clean)
+        self.journal.worker_lost(peer.worker_id)
         self.on_worker_lost(peer)
         self.feed.on_worker_gone(peer, clean, why, now)
 

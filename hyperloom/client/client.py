@@ -17,6 +17,7 @@ import threading
 import time
 import weakref
 from collections import deque
+from typing import Any
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -26,6 +27,7 @@ from ..errors import ConnectionLost, LoomError, TaskFailed
 from .future import CANCELED, FAILED, FINISHED, RELEASED, RUNNING, Future
 from .plan import PlanBuilder
 from .progress import ProgressBar
+from .session import reattach
 
 log = logging.getLogger("hyperloom.client")
 
@@ -60,38 +62,34 @@ class Client:
             from ..local import LocalCluster
             self._cluster = LocalCluster(dashboard=dashboard)
             self._cluster.start()
+            assert self._cluster.port is not None  # started: it has its port
             address, port = self._cluster.host, self._cluster.port
             self.dashboard_url = self._cluster.dashboard_url
         self.server_address = address
         self.server_port = port
         # Unfinished futures by global id. Held strongly until they finish (events
         # must reach them); after that only the user's references keep them.
-        self.futures = {}
-        self.trace_path = None
+        self.futures: dict[int, Future] = {}
+        self.trace_path: str | None = None
         # Ids to release: appended by release_one and Future.__del__ (deque appends and
         # pops are atomic, so the timer thread and __del__ need no lock between them).
-        self._pending_release = deque()
+        self._pending_release: deque[int] = deque()
         self._lock = threading.RLock()   # whoever uses the socket holds it
-        self._replies = {}
+        self._replies: dict[int, Any] = {}
         self._next_request = 1
         self._closed = False
         self._timer = None
         self.progress = (0, 0)   # (tasks done, tasks submitted) by this client, from the broker
+        self._secret_file = secret_file
+        self._reattach_timeout = connect_timeout
+        # A broker with a journal gives a session (Session): with it, a lost connection is
+        # re-attached (session.py) instead of raising ConnectionLost.
+        self._session = None
+        self._broken = None      # the ConnectionLost of a re-attach that failed: raised again
+        # request -> (ids, release) of a fetch waiting for Data
+        self._fetching: dict[int, tuple[list[int], bool]] = {}
         self._context = zmq.Context()
-        self._socket = self._context.socket(zmq.DEALER)
-        if secret_file:
-            security.secure_client(self._socket, security.load_secret_file(secret_file))
-        self._socket.setsockopt(zmq.LINGER, 0)
-        self._socket.setsockopt(zmq.SNDHWM, 0)
-        self._socket.setsockopt(zmq.RCVHWM, 0)
-        self._socket.setsockopt(zmq.HEARTBEAT_IVL, 2000)
-        self._socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, 10000)
-        self._monitor = self._socket.get_monitor_socket(
-            zmq.EVENT_DISCONNECTED | security.HANDSHAKE_FAILURES)
-        self._poller = zmq.Poller()
-        self._poller.register(self._socket, zmq.POLLIN)
-        self._poller.register(self._monitor, zmq.POLLIN)
-        self._socket.connect(f"tcp://{address}:{port}")
+        self._open_socket()
         try:
             self._handshake(connect_timeout)
         except BaseException:
@@ -107,6 +105,24 @@ class Client:
             from ..dashboard import start_dashboard
             self._dashboard = start_dashboard(address, port, secret_file)
             self.dashboard_url = self._dashboard.url
+
+    def _open_socket(self):
+        """A new DEALER (and its monitor) to the broker: at start, and to re-attach (what
+        an old one still queues must not reach a restarted broker before ResumeClient)."""
+        self._socket = self._context.socket(zmq.DEALER)
+        if self._secret_file:
+            security.secure_client(self._socket, security.load_secret_file(self._secret_file))
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.setsockopt(zmq.SNDHWM, 0)
+        self._socket.setsockopt(zmq.RCVHWM, 0)
+        self._socket.setsockopt(zmq.HEARTBEAT_IVL, 2000)
+        self._socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, 10000)
+        self._monitor = self._socket.get_monitor_socket(
+            zmq.EVENT_DISCONNECTED | security.HANDSHAKE_FAILURES)
+        self._poller = zmq.Poller()
+        self._poller.register(self._socket, zmq.POLLIN)
+        self._poller.register(self._monitor, zmq.POLLIN)
+        self._socket.connect(f"tcp://{self.server_address}:{self.server_port}")
 
     def _handshake(self, timeout):
         self._send(protocol.encode(protocol.HELLO_CLIENT, protocol.PROTOCOL_VERSION))
@@ -133,6 +149,17 @@ class Client:
             raise LoomError(f"unexpected {protocol.name_of(code)} from the broker")
         self.number = fields[1]
         self.task_types = fields[2]
+        self._early = []  # what came with Welcome besides Session: handled in the first wait
+        while self._socket.poll(0) and not self._early:
+            frames = self._socket.recv_multipart(copy=False)
+            try:
+                code, fields = protocol.decode(frames[0].buffer)
+            except protocol.ProtocolError:
+                code = None
+            if code == protocol.SESSION:  # a broker with a journal sends it with Welcome
+                self._session = (fields[0], fields[1])
+            else:
+                self._early.append(frames)
         self._first_id = self.number << protocol.CLIENT_SHIFT
         self.submit_id = self._first_id
 
@@ -221,11 +248,15 @@ class Client:
         if missing:
             request = self._request_number()
             self._flush_releases()
-            self._send(protocol.encode(protocol.FETCH, request, list(missing), release))
             replies = self._replies[request] = {}
-            while len(replies) < len(missing):
-                self._process_events()
-            del self._replies[request]
+            self._fetching[request] = (list(missing), release)
+            self._send(protocol.encode(protocol.FETCH, request, list(missing), release))
+            try:
+                while len(replies) < len(missing):
+                    self._process_events()
+            finally:
+                del self._replies[request]
+                del self._fetching[request]
             for task_id, (value, error) in replies.items():
                 future = missing[task_id]
                 if error is not None:
@@ -390,6 +421,8 @@ class Client:
         """Send, or raise ConnectionLost if no broker takes it within SEND_TIMEOUT
         (a DEALER without a connection would otherwise block forever)."""
         with self._lock:
+            if self._session is not None and self._monitor.poll(0):
+                self._handle_events({self._monitor: zmq.POLLIN})  # re-attach first
             try:
                 self._socket.send(header, zmq.NOBLOCK, copy=False)
                 return
@@ -434,13 +467,20 @@ class Client:
         callers loop until what they wait for has arrived.
         """
         with self._lock:
+            if self._broken is not None:
+                raise self._broken
             self._flush_releases()
             events = dict(self._poller.poll(int(RELEASE_INTERVAL * 1000)))
             self._handle_events(events)
 
     def _handle_events(self, events):
+        while self._early:
+            self._on_message(self._early.pop(0))
         if self._monitor in events:
             event = recv_monitor_message(self._monitor)
+            if event["event"] != 0 and self._session is not None:
+                reattach(self)   # session.py: a new connection, the session resumed
+                return
             if event["event"] != 0:
                 raise ConnectionLost(f"the connection to the broker at {self.server_address}:"
                                      f"{self.server_port} was lost")
@@ -469,16 +509,18 @@ class Client:
         elif code == protocol.DATA:
             self._on_data(fields[0], fields[1], frames)
         elif code == protocol.TASKS_FAILED:
-            for task_id, *error in fields[0]:
+            for task_id, *failure in fields[0]:
                 future = futures.pop(task_id, None)
                 if future is not None and future.remote_status == RUNNING:
-                    self._set_failed(future, error)
+                    self._set_failed(future, failure)
         elif code == protocol.SUBMIT_REFUSED:
             ids, message = fields
             for task_id in ids:
                 future = futures.pop(task_id, None)
                 if future is not None:
                     self._set_failed(future, f"Plan refused: {message}")
+        elif code == protocol.SESSION:
+            self._session = (fields[0], fields[1])
         elif code == protocol.STATS or code == protocol.SNAPSHOT:
             if fields[0] in self._replies:
                 self._replies[fields[0]] = fields[1]
@@ -501,8 +543,8 @@ class Client:
             else:
                 obj, position = data.decode(meta, frames, position)
                 outcome = (obj.to_python(), None)
-            if replies is not None:
-                replies[task_id] = outcome
+            if replies is not None and (outcome[1] is None or task_id not in replies):
+                replies[task_id] = outcome  # (a re-sent fetch's error never hides a value)
 
 
 def _release_timer(client_ref, stop: threading.Event):

@@ -119,6 +119,7 @@ class WorkerServer:
         self._children: list[psutil.Process] = []   # see _memory
         self._children_listed = -CHILDREN_REFRESH
         self.running = True
+        self.rejoin_as = None         # the id to re-attach with after the broker was lost
         self.ever_registered = False
         self.retiring = False
         self.last_idle_check = time.monotonic()
@@ -185,7 +186,7 @@ class WorkerServer:
         shutil.rmtree(self.work_dir, ignore_errors=True)
 
     def _hello(self):
-        self._send(protocol.encode(
+        self._send_always(protocol.encode(
             protocol.HELLO_WORKER, protocol.PROTOCOL_VERSION, self.config.cpus,
             self.channels.address, self.registry.symbols(), pysocket.gethostname()))
 
@@ -197,22 +198,34 @@ class WorkerServer:
             except zmq.Again:
                 return
             if event["event"] == zmq.EVENT_DISCONNECTED and self.disconnected_since is None:
-                log.warning("lost the connection to the broker; retrying for %.0f s",
-                            self.config.broker_timeout)
+                log.warning("lost the connection to the broker; keeping the data and running "
+                            "tasks, retrying for %.0f s", self.config.broker_timeout)
                 self.disconnected_since = time.monotonic()
                 if self.core.worker_id is not None:
-                    # The broker counts this worker lost: its tasks and data are void.
-                    self._reset()
+                    # Nothing is sent until a broker takes this worker again: libzmq would
+                    # queue it and deliver it before the RejoinWorker.
+                    self.rejoin_as, self.core.worker_id = self.core.worker_id, None
             elif event["event"] == zmq.EVENT_CONNECTED and self.disconnected_since is not None:
                 # A TCP connection, not yet a broker that accepts us: the timer
                 # stops only at Welcome (a refused handshake reconnects in a loop).
-                log.info("reconnected to the broker; registering again")
-                self._hello()
+                if self.rejoin_as is None:
+                    log.info("reconnected to the broker; registering again")
+                    self._hello()
+                else:
+                    self._rejoin()
 
-    def _reset(self):
-        self.core = WorkerCore(self.config.cpus)   # unregistered: worker_id None
-        # The broker voided this worker's transfers and will not tell it who left meanwhile.
+    def _rejoin(self):
+        """Re-attach as the worker this was, with the data it holds and the tasks it runs
+        (a restarted broker takes them over; see docs/reliability.md)."""
+        self.core, held, running = self.core.rejoining()
+        # Nobody will tell this worker which peers left while the broker was away.
         self.channels.close_peers(self.channels.open_channels())
+        log.info("reconnected to the broker; re-attaching as worker %d with %d objects and "
+                 "%d running tasks", self.rejoin_as, len(held), len(running))
+        self._send_frames([protocol.encode(
+            protocol.REJOIN_WORKER, protocol.PROTOCOL_VERSION, self.config.cpus,
+            self.channels.address, self.registry.symbols(), pysocket.gethostname(),
+            self.rejoin_as, held, running)], always=True)
 
     def _kill_children(self):
         """Programs and executor processes still running die with the worker."""
@@ -332,6 +345,7 @@ class WorkerServer:
             log.debug("asked to give back %d tasks", len(fields[0]))
         elif code == protocol.WELCOME:
             core.on_welcome(fields[1])
+            self.rejoin_as = None
             self.ever_registered = True
             self.disconnected_since = None
         elif code == protocol.ERROR:
@@ -432,6 +446,8 @@ class WorkerServer:
         tracer.tasks_ran(ran)
 
     def _flush_reports(self):
+        if self.disconnected_since is not None:
+            return  # kept for the broker that takes this worker again
         finished, failed, results, stolen = self.core.take_reports()
         if not (finished or failed or stolen):
             return
@@ -449,9 +465,16 @@ class WorkerServer:
     def _send(self, header):
         self._send_frames([header])
 
-    def _send_frames(self, frames):
+    def _send_always(self, header):
+        self._send_frames([header], always=True)
+
+    def _send_frames(self, frames, always=False):
         """Never block: with no connection to the broker (refused, or gone) a DEALER
-        send would wait forever; the broker counts this worker lost then anyway."""
+        send would wait forever; the broker counts this worker lost then anyway.
+        While the broker is away only a hello goes (``always``): reports wait for the
+        re-attach, which carries them."""
+        if self.disconnected_since is not None and not always:
+            return
         try:
             self.dealer.send_multipart(frames, zmq.NOBLOCK, copy=len(frames) == 1)
         except zmq.Again:

@@ -38,7 +38,7 @@ WORKER_EXPECTS = frozenset({
 })
 CLIENT_EXPECTS = frozenset({
     protocol.WELCOME, protocol.TASKS_FINISHED, protocol.TASKS_FAILED, protocol.DATA,
-    protocol.SUBMIT_REFUSED, protocol.STATS, protocol.SNAPSHOT,
+    protocol.SUBMIT_REFUSED, protocol.STATS, protocol.SNAPSHOT, protocol.SESSION,
 })
 
 
@@ -284,6 +284,8 @@ class SimClient:
             self.refused.append(fields)
         elif code in (protocol.STATS, protocol.SNAPSHOT):
             self.stats[fields[0]] = fields[1]
+        elif code == protocol.SESSION:
+            self.session = (fields[0], fields[1])
 
     def _on_data(self, request, entries, frames):
         if request not in self.replies:
@@ -301,13 +303,15 @@ class Cluster:
     """A broker core, workers and one client, on a fake clock, in memory."""
 
     def __init__(self, workers=2, cpus=1, heartbeat_timeout=5.0, auto_run=True,
-                 checkpoint_exists=None, open_recorder=None, max_task_losses=3):
+                 checkpoint_exists=None, open_recorder=None, max_task_losses=3,
+                 broker=None):
         options = {"max_task_losses": max_task_losses}
         if checkpoint_exists is not None:
             options["checkpoint_exists"] = checkpoint_exists
         if open_recorder is not None:
             options["open_recorder"] = open_recorder
-        self.broker = BrokerState(heartbeat_timeout=heartbeat_timeout, **options)
+        # a given broker core: e.g. one with a journal, or restored from one
+        self.broker = broker or BrokerState(heartbeat_timeout=heartbeat_timeout, **options)
         self.now = 0.0
         self.expect_errors = False
         self.transcript = []          # (sender, receiver, message name, fields)

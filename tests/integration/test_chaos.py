@@ -1,11 +1,13 @@
-"""Chaos: a 10,000-task plan while workers are killed (kill -9) and replaced, 20 times.
+"""Chaos: a 10,000-task plan while workers are killed (kill -9) and replaced, 20 times;
+and plans while the broker itself is killed and restarted from its journal.
 
 Slow (skipped by default). Run it with
 
     python -m pytest -m slow tests/integration/test_chaos.py -s
 
 ``HYPERLOOM_CHAOS_RUNS`` (default 20) sets how many times the plan runs and
-``HYPERLOOM_CHAOS_PERIOD`` (default 2.5) the mean seconds between kills.
+``HYPERLOOM_CHAOS_PERIOD`` (default 2.5) the mean seconds between kills;
+``HYPERLOOM_CHAOS_BROKER_RUNS`` (default 3) how many plans run under broker kills.
 
 Every run must complete with exactly the right results, and the broker's
 resident memory must come back to its baseline between runs (+20 MB).
@@ -189,3 +191,101 @@ def test_plans_complete_while_workers_are_killed(make_cluster):
     # Every completion was counted (none vanished); a task ran again only because a kill
     # lost its data, and a kill costs at most the whole plan's lineage.
     assert 0 <= recomputed <= chaos.kills * n_tasks
+
+
+BROKER_RUNS = int(os.environ.get("HYPERLOOM_CHAOS_BROKER_RUNS", "3"))
+
+
+class BrokerChaos(threading.Thread):
+    """SIGKILLs the broker every PERIOD seconds (on average) and starts it again from its
+    journal on the same port; every second time a worker is killed too while the broker
+    is down (and replaced); before each kill, reads how much the broker computed twice."""
+
+    def __init__(self, processes, seed):
+        super().__init__(daemon=True)
+        self.processes = processes
+        self.random = random.Random(seed)
+        self.stop_event = threading.Event()
+        self.kills = 0
+        self.worker_kills = 0
+        self.recomputed = 0
+        self.killed = []                     # workers killed while the broker was down
+        self.error = None
+
+    def run(self):
+        from hyperloom.client import Client
+        try:
+            while not self.stop_event.wait(self.random.uniform(0.5, 1.5) * PERIOD):
+                with Client("127.0.0.1", self.processes.port, connect_timeout=60) as spy:
+                    self.recomputed += spy.info()["journal"]["recomputed"]
+                self.processes.kill_broker()
+                self.kills += 1
+                if self.kills % 2 == 0:
+                    live = [w for w in self.processes.workers if w.poll() is None]
+                    victim = self.random.choice(live)
+                    victim.kill()
+                    victim.wait(10)
+                    self.killed.append(victim)
+                    self.worker_kills += 1
+                self.processes.start_broker()
+                if len(self.processes.workers) - len(self.killed) < WORKERS:
+                    self.processes.start_worker()
+        except BaseException as error:  # reported by the test
+            self.error = error
+
+
+@pytest.mark.timeout(120 + BROKER_RUNS * 120)
+def test_plans_complete_while_the_broker_is_killed_and_restarted(tmp_path):
+    """The broker (with --journal) is SIGKILLed and restarted during every plan; workers and
+    the client re-attach; every plan completes with the right results."""
+    from hyperloom.client import Client
+    from hyperloom.errors import TaskFailed
+
+    from .test_broker_restart import Processes
+    processes = Processes(str(tmp_path))
+    chaos = None
+    try:
+        processes.start_broker()
+        for _ in range(WORKERS):
+            processes.start_worker()
+        client = Client("127.0.0.1", processes.port, connect_timeout=60)
+        wait_until(lambda: client.info()["n_workers"] == WORKERS, timeout=30,
+                   message="the workers to join")
+        chaos = BrokerChaos(processes, seed=os.environ.get("HYPERLOOM_CHAOS_SEED", "broker"))
+        chaos.start()
+        planned = lost_submits = 0
+        for run in range(BROKER_RUNS):
+            results, expected, n_tasks = build_plan(run)
+            started, kills = time.monotonic(), chaos.kills
+            while True:
+                try:
+                    got = client.gather(client.submit(results))
+                    break
+                except TaskFailed as error:  # the Submit met a kill before it was journaled
+                    assert "does not know this task" in str(error), error
+                    lost_submits += 1
+            assert chaos.error is None, f"the chaos thread failed: {chaos.error!r}"
+            assert got == expected, f"run {run}: wrong results"
+            planned += n_tasks
+            print(f"run {run}: {n_tasks} tasks in {time.monotonic() - started:.1f} s, "
+                  f"{chaos.kills - kills} broker kills, {chaos.worker_kills} workers killed "
+                  f"so far", flush=True)
+        chaos.stop_event.set()
+        chaos.join(60)
+        assert chaos.error is None, f"the chaos thread failed: {chaos.error!r}"
+        recomputed = chaos.recomputed + client.info()["journal"]["recomputed"]
+        print(f"\nbroker chaos: {BROKER_RUNS} plans of {n_tasks} tasks, {chaos.kills} broker "
+              f"kills (kill -9) and restarts from the journal, {chaos.worker_kills} workers "
+              f"killed while it was down; {recomputed} tasks computed twice of {planned} "
+              f"({recomputed / planned:.2%}; read before each kill); {lost_submits} plans "
+              f"submitted again (their Submit met a kill before it was journaled)", flush=True)
+        assert lost_submits < chaos.kills
+        assert chaos.kills >= BROKER_RUNS, "too few kills to call it chaos"
+        assert all(w.poll() is None for w in processes.workers if w not in chaos.killed), \
+            "a worker gave up"
+        client.close()
+    finally:
+        if chaos is not None:
+            chaos.stop_event.set()
+            chaos.join(60)
+        processes.stop()

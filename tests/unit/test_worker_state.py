@@ -94,6 +94,26 @@ def test_reports_have_their_protocol_records():
         protocol.check_entry(protocol.FailedTask, report)
 
 
+def test_rejoining_keeps_data_and_started_tasks_and_drops_the_rest():
+    """A worker re-attaching to a restarted broker: its data and running tasks stay (their
+    cores stay taken), tasks not started are dropped for the broker to place again."""
+    core = WorkerCore(cpus=2)
+    core.on_data(5, Plain(b"held"))
+    core.on_compute([entry(10, cpus=1), entry(11, cpus=1), entry(12, cpus=1),
+                     entry(13, inputs=[99])])
+    running = core.take_startable()
+    assert [t.id for t in running] == [10, 11]      # 12 waits for a core, 13 for data
+    core.on_task_done(running[0], Plain(b"done"))    # finished; its report not sent yet
+    new, held, running_ids = core.rejoining()
+    assert sorted(held) == [[5, 4, 0], [10, 4, 0]]
+    assert running_ids == [11]
+    assert new.free_cpus == [0] or new.free_cpus == [1]
+    assert new.take_startable() == [] and not new.finished
+    new.on_task_done(running[1], Plain(b"late"))     # the running task ends afterwards
+    assert new.take_reports()[0] == [[11, 4, 0]] and len(new.free_cpus) == 2
+    new.check_invariants()
+
+
 def test_send_data_and_upload_are_answered_from_the_store_by_the_core():
     core = WorkerCore(cpus=1)
     core.on_data(5, Plain(b"five"))

@@ -1,0 +1,450 @@
+"""Restart from a journal: replay, sessions, and workers and clients that re-attach.
+
+A mixin of ``BrokerState`` (see state.py). With a journal (``self.journaling``)
+the core emits records through ``self.journal`` (journal.py) and:
+
+- ``replay(records)`` rebuilds the DAG by feeding the recorded events through
+  the core's own handlers: plans are taken in again, finished tasks finish on
+  *ghost* workers (``WorkerRecord``s of the workers named in the journal, kept in
+  ``detached_workers``, never scheduled on), failures, releases and lost workers
+  happen again. Tasks that were waiting, ready or running are waiting or ready.
+- Until every ghost holding data re-attaches or ``reattach_timeout`` passes
+  (``restoring``), nothing is scheduled and fetches of finished results wait:
+  their data is "expected on worker W". A ghost that does not come back is a
+  lost worker (its data is recomputed from lineage).
+- A worker re-attaches with RejoinWorker (its old id, the objects it holds, the
+  tasks it runs): held results are kept, results it finished meanwhile are
+  taken as finished, running tasks are adopted, anything else is removed or
+  canceled.
+- A client whose connection drops is *detached*, not released; it re-attaches
+  with ResumeClient (number + token from Session) within ``session_timeout``
+  and is told which of its waited-on results finished or failed meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+
+from .base import CoreBase
+from .. import protocol
+from . import journal as jn
+from .dynamic import _expand
+from . import taskstate as ts
+from .model import ClientRecord, Node, WorkerRecord
+
+log = logging.getLogger("hyperloom.broker")
+
+
+class Restore(CoreBase):
+    # ------------------------------------------------------------ replay
+
+    def replay(self, records) -> int:
+        """Rebuild the state from journal records; returns how many did not apply."""
+        journal, self.journal = self.journal, jn.NULL_JOURNAL  # replaying records nothing
+        self.replaying = True
+        skipped = 0
+        try:
+            for record in records:
+                try:
+                    skipped += self._replay_record(record)
+                except (TypeError, ValueError, IndexError, KeyError,
+                        protocol.ProtocolError) as error:
+                    log.warning("journal record %.80r does not apply: %s", record, error)
+                    skipped += 1
+        finally:
+            self.replaying = False
+            self.journal = journal
+        self._after_replay()
+        return skipped
+
+    def _replay_record(self, record) -> int:
+        kind = record[0]
+        if kind == jn.FINISHED:
+            flat = record[1]
+            return sum(self._replay_finished(*flat[i:i + 4]) for i in range(0, len(flat), 4))
+        if kind == jn.RELEASED:
+            for task_id in record[1]:
+                node = self.tasks.get(task_id)
+                if node is not None and node.is_result:
+                    self._release(node)
+            return 0
+        if kind == jn.SUBMIT or kind == jn.SUBMITTED:
+            client = self.sessions.get(record[1])
+            if client is None:
+                return 1
+            if kind == jn.SUBMITTED:
+                code, fields = protocol.decode(record[2])
+                if code != protocol.SUBMIT:
+                    return 1
+                self.on_submit(client, *fields)
+            else:
+                self.on_submit(client, *record[2:7])
+            return 0
+        if kind == jn.FAILED:
+            node = self.tasks.get(record[1])
+            if node is None or node.state not in ts.PENDING:
+                return 1
+            self._fail(node, record[2])
+            return 0
+        if kind == jn.CLIENT:
+            number, token = record[1], record[2]
+            client = ClientRecord(b"detached-client-%d" % number, number, 0.0)
+            self.sessions[number] = client
+            self.session_tokens[number] = token
+            self.detached_clients[number] = None
+            self.next_client_number = max(self.next_client_number, number + 1)
+            return 0
+        if kind == jn.END:
+            self._end_session(record[1])
+            return 0
+        if kind == jn.WORKER:
+            self._ghost(*record[1:6])
+            return 0
+        if kind == jn.COUNTERS:
+            self.next_worker_id = max(self.next_worker_id, record[1])
+            self.next_client_number = max(self.next_client_number, record[2])
+            for number, done, total, next_broker_id in record[3]:
+                client = self.sessions[number]
+                client.n_done, client.n_total = done, total
+                client.next_broker_id = max(client.next_broker_id, next_broker_id)
+            return 0
+        if kind == jn.RESTORE:  # a restart that had not finished waiting for its workers
+            self.pending_restore_deadline = record[1]
+            return 0
+        if kind == jn.RESTORED:
+            self.pending_restore_deadline = None
+            return 0
+        if kind == jn.EXPANDED:
+            node = self.tasks.get(record[1])
+            if node is None or node.state != ts.READY:
+                return 1
+            _expand(self, node, record[2])
+            return 0
+        if kind == jn.LOST:
+            ghost = self.detached_workers.pop(record[1], None)
+            if ghost is not None:
+                self._ghost_lost(ghost)
+            return 0
+        return 1
+
+    def _ghost(self, worker_id, address="", cpus=0, task_types=(), hostname="") -> WorkerRecord:
+        """The record of a worker named in the journal, not connected (yet)."""
+        ghost = self.detached_workers.get(worker_id)
+        if ghost is None:
+            ghost = WorkerRecord(b"journal-worker-%d" % worker_id, worker_id, address, cpus,
+                                 task_types, hostname, 0.0)
+            self.detached_workers[worker_id] = ghost
+            self.provided_types.update(task_types)
+            self.next_worker_id = max(self.next_worker_id, worker_id + 1)
+        return ghost
+
+    def _replay_finished(self, task_id, worker_id, size, length) -> int:
+        node = self.tasks.get(task_id)
+        if node is None or node.state != ts.READY:
+            return 1
+        ghost = self._ghost(worker_id)
+        self._adopt(node, ghost)
+        self._finish(node, ghost, size, length)
+        self.finished_in_journal.add(task_id)
+        return 0
+
+    def _adopt(self, node: Node, worker: WorkerRecord):
+        """A READY task is (was) running on ``worker``: ASSIGNED there, nothing sent."""
+        self.transition(node, ts.ASSIGNED)
+        node.worker = worker
+        worker.assigned[node] = None
+        if node.n_cpus:
+            worker.cpus_used += node.n_cpus
+        else:
+            worker.n_light += 1
+
+    def _after_replay(self):
+        self.outbox.clear()  # what the old broker sent, or what nobody is there to receive
+        self.dynamic_ready = [n for n in self.dynamic_ready if n.state == ts.READY]
+        seen = set()
+        self.ready = type(self.ready)(
+            n for n in self.ready if n.state == ts.READY and not (n in seen or seen.add(n)))
+        for client in self.sessions.values():
+            client.pending_plan = None  # a chunked plan cut by the crash was never accepted
+        for worker_id, ghost in list(self.detached_workers.items()):
+            if not ghost.bytes_held and not _holds_anything(self, ghost):
+                del self.detached_workers[worker_id]  # nothing to wait for
+        self.restoring = bool(self.detached_workers)
+        self.restore_deadline = None
+
+    # ------------------------------------------------------------ restoring
+
+    def restore_step(self, now: float) -> bool:
+        """True while the broker still waits for ghost workers (nothing is scheduled)."""
+        if self.restore_deadline is None:
+            self.restore_deadline = now + self.reattach_timeout
+            log.info("restored from the journal: %d tasks, %d sessions; waiting up to %.0f s "
+                     "for %d workers to re-attach", len(self.tasks), len(self.sessions),
+                     self.reattach_timeout, len(self.detached_workers))
+        if self.detached_workers and now < self.restore_deadline:
+            return True
+        for ghost in list(self.detached_workers.values()):
+            log.warning("worker %d did not re-attach: its data is recomputed", ghost.worker_id)
+            self.journal.worker_lost(ghost.worker_id)
+            self._ghost_lost(ghost)
+        self.detached_workers.clear()
+        self.restoring = False
+        self.journal.restored()
+        for task_id in [i for i in self.pending_fetches
+                        if i in self.tasks and self.tasks[i].state == ts.FINISHED]:
+            node = self.tasks[task_id]
+            for client, request, release in self._take_fetches(task_id):
+                self._serve_fetch(node, client, request, release)
+        return False
+
+    def _ghost_lost(self, ghost: WorkerRecord):
+        lost = self._drop_holder(ghost)
+        if lost:
+            self._recompute_lost(lost)
+
+    # ------------------------------------------------------------ workers re-attach
+
+    def on_worker_rejoin(self, identity, version, cpus, address, task_types, hostname,
+                         worker_id, held, running, now):
+        """A worker that lost its broker registers again with what it holds and runs."""
+        if type(worker_id) is not int:
+            self.outbox.add_error((identity, "RejoinWorker: worker_id must be an int", True))
+            return
+        ghost = self.detached_workers.pop(worker_id, None)
+        worker = self.on_worker_hello(identity, version, cpus, address, task_types, hostname,
+                                      now, worker_id=worker_id if ghost is not None else None)
+        if worker is None:
+            if ghost is not None:
+                self.detached_workers[worker_id] = ghost
+            return
+        try:
+            held_sizes = {int(e[0]): (int(e[1]), int(e[2])) for e in held}
+            running_ids = [int(i) for i in running]
+        except (TypeError, ValueError, IndexError):
+            self._worker_error(worker, "RejoinWorker: malformed held or running entries")
+            held_sizes, running_ids = {}, []
+        if ghost is not None:
+            self._take_over(ghost, worker, held_sizes)
+        removed = self._reconcile_held(worker, held_sizes)
+        canceled = []
+        for task_id in running_ids:
+            node = self.tasks.get(task_id)
+            if node is not None and node.state == ts.READY and task_id not in held_sizes:
+                self._adopt(node, worker)
+            else:
+                canceled.append(task_id)
+        if canceled:
+            self.outbox.cancel[worker].extend(canceled)
+        log.info("worker %d re-attached: holds %d objects (%d unwanted), runs %d (%d "
+                 "canceled)", worker.worker_id, len(held_sizes), removed, len(running_ids),
+                 len(canceled))
+
+    def _take_over(self, ghost: WorkerRecord, worker: WorkerRecord, held_sizes):
+        """The ghost's holdings become the worker's where it still holds them."""
+        lost = []
+        for node in self.tasks.values():
+            holders = node.holders
+            if holders is None or ghost not in holders:
+                continue
+            holders.remove(ghost)
+            if node.id in held_sizes and worker not in holders:
+                holders.append(worker)
+                worker.bytes_held += node.size
+            elif not holders:
+                node.holders = None
+                if node.state == ts.FINISHED:
+                    lost.append(node)
+        if lost:
+            self._recompute_lost(lost)
+
+    def _reconcile_held(self, worker: WorkerRecord, held_sizes) -> int:
+        """Objects the worker holds: kept if wanted, finished if it ran them meanwhile,
+        removed otherwise. Returns how many are removed."""
+        remove = []
+        for task_id in sorted(held_sizes):  # post-order: inputs before their consumers
+            node = self.tasks.get(task_id)
+            if node is None:
+                remove.append(task_id)
+            elif node.state == ts.FINISHED:
+                holders = node.holders
+                assert holders is not None  # FINISHED (taskstate.py)
+                if worker not in holders:
+                    holders.append(worker)
+                    worker.bytes_held += node.size
+            elif node.state == ts.READY:  # finished while the broker was away
+                self._adopt(node, worker)
+                self._finish(node, worker, *held_sizes[task_id])
+            else:
+                remove.append(task_id)
+        if remove:
+            self.outbox.remove[worker].extend(remove)
+        return len(remove)
+
+    def journal_stats(self) -> dict:
+        """What ``info()["journal"]`` shows: how a restart went."""
+        return {"restored_finished": len(self.finished_in_journal),
+                "recomputed": self.n_recomputed, "restoring": self.restoring,
+                "detached_workers": sorted(self.detached_workers),
+                "detached_clients": sorted(self.detached_clients)}
+
+    # ------------------------------------------------------------ client sessions
+
+    def start_session(self, client: ClientRecord):
+        token = secrets.token_bytes(16)
+        self.sessions[client.number] = client
+        self.session_tokens[client.number] = token
+        self.journal.client(client.number, token)
+        self.outbox.add_reply((client.identity, protocol.encode(
+            protocol.SESSION, client.number, token)))
+
+    def detach_client(self, client: ClientRecord, now: float):
+        """Its connection dropped: keep its session (and data) for ``session_timeout``."""
+        del self.clients[client.identity]
+        self.peers.pop(client.identity, None)
+        for task_id in list(self.pending_fetches):  # its parked fetches die with the link
+            kept = [f for f in self._take_fetches(task_id) if f[0] is not client]
+            for waiting in kept:
+                self._park_fetch(task_id, waiting)
+        client.pending_plan = None
+        self.detached_clients[client.number] = now + self.session_timeout
+        log.info("client %d disconnected; its session is kept for %.0f s", client.number,
+                 self.session_timeout)
+
+    def expire_sessions(self, now: float):
+        for number, deadline in list(self.detached_clients.items()):
+            if deadline is None:
+                self.detached_clients[number] = now + self.session_timeout
+            elif now >= deadline:
+                log.info("client %d did not come back: its session ends", number)
+                self.journal.client_end(number)
+                self._end_session(number)
+
+    def hold_for_detached(self):
+        """Nothing goes to a detached client: it hears what ended when it re-attaches."""
+        out = self.outbox
+        for batch in (out.finished, out.failed):
+            for client in [c for c in batch if self.clients.get(c.identity) is not c]:
+                del batch[client]
+
+    def _end_session(self, number: int):
+        client = self.sessions.pop(number, None)
+        self.session_tokens.pop(number, None)
+        self.detached_clients.pop(number, None)
+        if client is None:
+            return
+        for task_id in list(client.results):
+            node = self.tasks.get(task_id)
+            if node is not None:
+                self._release(node)
+        client.results.clear()
+
+    def on_client_resume(self, identity, version, number, token, waiting, now):
+        """ResumeClient: re-attach a session; tell it what ended among ``waiting``."""
+        if version != protocol.PROTOCOL_VERSION:
+            self._version_mismatch(identity, "client", version)
+            return
+        client = self.sessions.get(number) if type(number) is int else None
+        if client is None or self.session_tokens.get(number) != token:
+            self.outbox.add_error((identity, f"session {number!r:.20} is not known to this "
+                                             f"broker (its journal has no such session, or "
+                                             f"it expired)", True))
+            return
+        if number not in self.detached_clients:  # its old connection's end not seen yet
+            self.detach_client(client, now)
+        del self.detached_clients[number]
+        client.identity = identity
+        client.last_seen = now
+        self.clients[identity] = self.peers[identity] = client
+        self.outbox.add_reply((identity, protocol.encode(
+            protocol.WELCOME, protocol.PROTOCOL_VERSION, number, sorted(self.provided_types))))
+        finished, failures = [], []
+        for task_id in waiting:
+            node = self.tasks.get(task_id) if type(task_id) is int else None
+            if node is None or node.client is not client or not node.is_result:
+                failures.append([task_id, task_id, "broker",
+                                 "the broker does not know this task (submitted just before "
+                                 "it went down, and not journaled?): submit it again"])
+            elif node.state == ts.FINISHED:
+                finished.append(task_id)
+            elif node.state == ts.FAILED:
+                failures.append([task_id, *node.extra.error])
+        self.outbox.finished[client].extend(finished)
+        self.outbox.progressed.add(client)
+        if failures:
+            self.outbox.failed[client].extend(failures)
+        log.info("client %d re-attached: %d of its %d waited-on results finished meanwhile",
+                 number, len(finished), len(waiting))
+
+    # ------------------------------------------------------------ compaction
+
+    def compact_records(self) -> list:
+        """Records that replay to the present state, and no more: sessions, workers,
+        the live tasks with the lineage they may need, and their outcomes."""
+        records: list = []
+        for worker in [*self.detached_workers.values(), *self.workers.values()]:
+            records.append([jn.WORKER, worker.worker_id, worker.address, worker.cpus,
+                            sorted(worker.task_types), worker.hostname])
+        for number in self.sessions:
+            records.append([jn.CLIENT, number, self.session_tokens[number]])
+        order = _lineage_order(self.tasks.values())
+        by_client: dict[int, list[Node]] = {}
+        for node in order:
+            by_client.setdefault(node.client.number, []).append(node)
+        for number, nodes in by_client.items():
+            symbols: dict[str, int] = {}
+            labels: dict[str | None, int] = {}
+            entries = []
+            for node in nodes:
+                type_index = symbols.setdefault(node.type, len(symbols))
+                label = -1 if node.label is None else labels.setdefault(node.label, len(labels))
+                checkpoint = node.extra.checkpoint_path if node.extra is not None else None
+                entries.append([node.id, type_index, node.config, [i.id for i in node.inputs],
+                                node.n_cpus, node.is_result and node.id in self.tasks, label,
+                                checkpoint])
+            records.append([jn.SUBMIT, number, list(symbols), list(labels), entries, False,
+                            False])
+        finished: list[int] = []
+        failed: list[list] = []
+        for node in order:
+            error = node.extra.error if node.extra is not None else None
+            if error is not None:  # failed (and maybe released since); roots only
+                if error[0] == node.id:
+                    failed.append([jn.FAILED, node.id, error])
+            elif node.state == ts.FINISHED:
+                assert node.holders  # FINISHED (taskstate.py)
+                finished += (node.id, node.holders[0].worker_id, node.size, node.length)
+            elif node.state == ts.RELEASED:  # lineage only: finished, then forgotten
+                finished += (node.id, 0, node.size, node.length)
+        if finished:
+            records.append([jn.FINISHED, finished])
+        records.extend(failed)
+        records.append([jn.COUNTERS, self.next_worker_id, self.next_client_number,
+                        [[number, client.n_done, client.n_total, client.next_broker_id]
+                         for number, client in self.sessions.items()]])
+        return records
+
+
+def _lineage_order(live) -> list[Node]:
+    """Live nodes and every ancestor (their lineage), inputs before consumers."""
+    order: list[Node] = []
+    seen: set[int] = set()
+    for root in live:
+        if root.id in seen:
+            continue
+        stack = [(root, False)]
+        while stack:
+            node, expanded = stack.pop()
+            if expanded:
+                order.append(node)
+                continue
+            if node.id in seen:
+                continue
+            seen.add(node.id)
+            stack.append((node, True))
+            stack.extend((inp, False) for inp in node.inputs if inp.id not in seen)
+    return order
+
+
+def _holds_anything(state, ghost) -> bool:
+    return any(n.holders and ghost in n.holders for n in state.tasks.values())

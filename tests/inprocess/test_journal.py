@@ -1,0 +1,299 @@
+"""The journal, deterministically in memory: a core writes it, a fresh core replays it.
+
+A plan runs part way on a broker core with a journal; its records go through
+the file format (hyperloom/broker/journal.py) and are replayed into a fresh
+core, which must agree with the first on every task (running tasks become
+ready again); compaction must replay to the same state; workers and the
+client re-attach to the restored core and the plan completes without
+computing again what a worker still holds.
+"""
+
+import os
+import struct
+
+import pytest
+
+from hyperloom import protocol
+from hyperloom.broker import journal as jn
+from hyperloom.broker import taskstate as ts
+from hyperloom.broker.state import BrokerState
+from hyperloom.client import tasks
+from hyperloom.worker.state import WorkerCore
+
+from .harness import Cluster, SimClient, SimWorker
+
+
+def _tree(width=16):
+    """Consts merged pairwise up to one root; every level's first node is a result too."""
+    level = [tasks.const(b"%d," % i) for i in range(width)]
+    results = []
+    while len(level) > 1:
+        level = [tasks.merge((level[i], level[i + 1])) for i in range(0, len(level), 2)]
+        results.append(level[0])
+    return results
+
+
+def _expected(width=16):
+    return b"".join(b"%d," % i for i in range(width))
+
+
+def _half_run(rounds=3):
+    """A journaled cluster whose plan ran ``rounds`` task rounds and no more."""
+    cluster = Cluster(workers=2, cpus=1, auto_run=False,
+                      broker=BrokerState(journal=jn.JournalRecorder()))
+    ids = cluster.client.submit(_tree())
+    cluster.run()
+    for _ in range(rounds):
+        for worker in cluster.workers:
+            worker.finish_running()
+        cluster.run()
+    return cluster, ids
+
+
+def _through_file(tmp_path, data, name="journal"):
+    path = os.path.join(tmp_path, name)
+    with open(path, "wb") as file:
+        file.write(jn.header_bytes() + data)
+    return path
+
+
+def _restored(path):
+    core = BrokerState(journal=jn.JournalRecorder())
+    contents = jn.read_journal(path)
+    assert contents.problem is None
+    assert core.replay(contents.records) == 0
+    core.check_invariants()
+    return core
+
+
+def _assert_same(original, restored):
+    assert set(restored.tasks) == set(original.tasks)
+    for task_id, node in original.tasks.items():
+        again = restored.tasks[task_id]
+        expected = ts.READY if node.state == ts.ASSIGNED else node.state
+        assert again.state == expected, (node, again)
+        assert again.refs == node.refs and again.is_result == node.is_result
+        if node.state == ts.WAITING:
+            assert again.remaining == node.remaining
+        if node.state == ts.FINISHED:
+            assert again.holders[0].worker_id in {w.worker_id for w in node.holders}
+            assert (again.size, again.length) == (node.size, node.length)
+    for number, client in restored.sessions.items():
+        [before] = [c for c in original.clients.values() if c.number == number]
+        assert (client.n_done, client.n_total) == (before.n_done, before.n_total)
+        assert client.results == before.results
+    assert restored.next_worker_id == original.next_worker_id
+    assert restored.next_client_number == original.next_client_number
+
+
+def test_replay_rebuilds_the_dag_and_running_tasks_are_ready_again(tmp_path):
+    cluster, ids = _half_run()
+    cluster.client.release(ids[:1])          # a released result stays released
+    cluster.run()
+    original = cluster.broker
+    counts = original.state_counts
+    assert counts[ts.FINISHED] and counts[ts.ASSIGNED] and counts[ts.WAITING]
+    restored = _restored(_through_file(tmp_path, original.journal.take()))
+    _assert_same(original, restored)
+    assert ids[0] not in restored.tasks
+    # it waits for the workers whose data it expects, and only for those
+    holders = {n.holders[0].worker_id for n in restored.tasks.values() if n.holders}
+    assert restored.restoring and set(restored.detached_workers) == holders != set()
+
+
+def test_compaction_replays_to_the_same_state_and_is_smaller(tmp_path):
+    cluster, ids = _half_run(rounds=4)
+    cluster.client.release(ids[:2])
+    cluster.run()
+    full = cluster.broker.journal.take()
+    restored = _restored(_through_file(tmp_path, full))
+    compacted = os.path.join(tmp_path, "compacted")
+    size = jn.write_journal(compacted, restored.compact_records())
+    again = _restored(compacted)
+    _assert_same(cluster.broker, again)
+    assert size <= len(full) + jn.HEADER.size
+
+
+def test_a_torn_tail_is_dropped_and_the_rest_replays(tmp_path):
+    cluster, _ = _half_run()
+    data = cluster.broker.journal.take()
+    path = _through_file(tmp_path, data[:-5])           # the last record is cut
+    contents = jn.read_journal(path)
+    assert "cut off" in contents.problem and contents.dropped_bytes > 0
+    core = BrokerState(journal=jn.JournalRecorder())
+    core.replay(contents.records)
+    core.check_invariants()
+    corrupt = bytearray(jn.header_bytes() + data)
+    corrupt[-3] ^= 0xFF                                  # a flipped bit in the last record
+    path = _through_file(tmp_path, b"", name="corrupt")
+    with open(path, "wb") as file:
+        file.write(corrupt)
+    contents = jn.read_journal(path)
+    assert "checksum" in contents.problem
+    assert len(contents.records) == len(jn.read_journal(_through_file(tmp_path, data,
+                                                                      "whole")).records) - 1
+
+
+def test_a_journal_of_another_version_is_refused(tmp_path):
+    path = os.path.join(tmp_path, "old")
+    with open(path, "wb") as file:
+        file.write(jn.HEADER.pack(jn.MAGIC, jn.JOURNAL_VERSION + 1, protocol.PROTOCOL_VERSION))
+    with pytest.raises(jn.JournalError, match="another hyperloom"):
+        jn.read_journal(path)
+    with open(path, "wb") as file:
+        file.write(b"something else entirely")
+    with pytest.raises(jn.JournalError, match="not a hyperloom journal"):
+        jn.read_journal(path)
+
+
+def _rejoin(cluster, old: SimWorker) -> SimWorker:
+    """``old``'s process re-attaches to the restored broker with the data it holds."""
+    worker = SimWorker(cluster, len(cluster.workers), old.cpus, None, auto_run=True)
+    worker.identity = b"rejoined-%d" % old.core.worker_id
+    worker.address = old.address
+    worker.core = WorkerCore(old.cpus)
+    worker.core.store = dict(old.core.store)     # its queued tasks are dropped, data kept
+    cluster.workers.append(worker)
+    held = [[i, obj.size, obj.length] for i, obj in sorted(worker.core.store.items())]
+    worker.send(protocol.encode(protocol.REJOIN_WORKER, protocol.PROTOCOL_VERSION, old.cpus,
+                                worker.address, worker.task_types, "sim-host",
+                                old.core.worker_id, held, []))
+    cluster.flush()
+    return worker
+
+
+def test_workers_and_the_client_reattach_and_nothing_held_is_computed_again(tmp_path):
+    cluster, ids = _half_run()
+    original = cluster.broker
+    finished_before = {i for i, n in original.tasks.items() if n.state == ts.FINISHED}
+    number, token = cluster.client.session
+    restored = _restored(_through_file(tmp_path, original.journal.take()))
+    again = Cluster(workers=0, broker=restored)
+    for old in cluster.workers:
+        _rejoin(again, old)
+    assert restored.workers and not restored.detached_workers
+    again.client = client = SimClient(again, b"resumed")
+    again.ever.add(b"resumed")
+    client.send(protocol.encode(protocol.RESUME_CLIENT, protocol.PROTOCOL_VERSION, number,
+                                token, ids))
+    again.run()
+    assert set(ids) <= client.finished
+    values = again.gather(ids)
+    assert values[-1] == _expected()
+    computed = set().union(*(w.computed for w in again.workers))
+    assert not computed & finished_before
+    assert restored.stats()["journal"]["recomputed"] == 0
+
+
+def test_a_worker_that_does_not_come_back_is_recomputed_after_the_timeout(tmp_path):
+    cluster, ids = _half_run()
+    number, token = cluster.client.session
+    restored = _restored(_through_file(tmp_path, cluster.broker.journal.take()))
+    restored.reattach_timeout = 5.0
+    again = Cluster(workers=0, broker=restored)
+    dead = next(w for w in cluster.workers if w.core.worker_id in restored.detached_workers)
+    for old in cluster.workers:
+        if old is not dead:                      # it died while the broker was down
+            _rejoin(again, old)
+    again.run()
+    assert restored.restoring                    # still waiting for the second
+    again.advance(6.0)
+    assert not restored.restoring and not restored.detached_workers
+    again.client = client = SimClient(again, b"resumed")
+    again.ever.add(b"resumed")
+    client.send(protocol.encode(protocol.RESUME_CLIENT, protocol.PROTOCOL_VERSION, number,
+                                token, ids))
+    again.run()
+    assert again.gather(ids)[-1] == _expected()
+    assert restored.stats()["journal"]["recomputed"] > 0   # what the dead worker held
+
+
+def test_an_unknown_session_is_refused_clearly(tmp_path):
+    restored = BrokerState(journal=jn.JournalRecorder())
+    cluster = Cluster(workers=1, broker=restored)
+    cluster.expect_errors = True
+    stranger = SimClient(cluster, b"stranger")
+    cluster.ever.add(b"stranger")
+    cluster.client = stranger
+    stranger.send(protocol.encode(protocol.RESUME_CLIENT, protocol.PROTOCOL_VERSION, 7,
+                                  b"x" * 16, []))
+    cluster.flush()
+    assert stranger.errors and "session 7 is not known to this broker" in stranger.errors[0]
+
+
+def test_releases_and_finishes_batched_in_one_round_replay_to_the_same_state(tmp_path):
+    """Finished and released ids of one round are written as two records (finished
+    first): a result released while pending, which then finishes because a consumer
+    still needs it, and results gathered (released) as they finish, replay alike."""
+    cluster, ids = _half_run(rounds=1)
+    pending = [i for i in ids if cluster.broker.tasks[i].state != ts.FINISHED]
+    cluster.client.release(pending[:1])          # still needed by the next level up
+    cluster.run()
+    cluster.client.fetch(ids[1:3], release=True)  # served (and released) as they finish
+    for _ in range(2):
+        for worker in cluster.workers:
+            worker.finish_running()
+        cluster.run()
+    original = cluster.broker
+    restored = _restored(_through_file(tmp_path, original.journal.take()))
+    _assert_same(original, restored)
+
+
+def test_a_running_broker_compacts_to_what_replays_to_its_state(tmp_path):
+    """Online compaction: the records a live core writes (tasks running, data on live
+    workers, a released result) replay to the same state."""
+    cluster, ids = _half_run(rounds=2)
+    cluster.client.release(ids[:1])
+    cluster.run()
+    path = os.path.join(tmp_path, "online")
+    jn.write_journal(path, cluster.broker.compact_records())
+    _assert_same(cluster.broker, _restored(path))
+
+
+def test_dslice_and_dget_expansions_replay_to_the_same_tasks(tmp_path):
+    """Pieces depend on the cores there were: the journal records them, so the restored
+    broker knows the pieces (ids, slices) the workers hold, and compaction keeps them."""
+    cluster = Cluster(workers=2, cpus=1, auto_run=False,
+                      broker=BrokerState(journal=jn.JournalRecorder()))
+    array = tasks.array_make([tasks.const(str(i)) for i in range(20)])
+    letters = tasks.array_make([tasks.const(c) for c in "abcde"])
+    ids = cluster.client.submit([tasks.length(tasks.dslice(array)),
+                                 tasks.merge((tasks.dget(letters), tasks.const("!")))])
+    for _ in range(4):
+        for worker in cluster.workers:
+            worker.finish_running()
+        cluster.run()
+    original = cluster.broker
+    assert any(i & protocol.BROKER_ID_BASE for i in original.tasks)   # expanded already
+    restored = _restored(_through_file(tmp_path, original.journal.take()))
+    _assert_same(original, restored)
+    compacted = os.path.join(tmp_path, "compacted")
+    jn.write_journal(compacted, restored.compact_records())
+    again = _restored(compacted)
+    _assert_same(original, again)
+    assert [c.next_broker_id for c in again.sessions.values()] == \
+        [c.next_broker_id for c in original.clients.values()]
+    # the workers and the client re-attach to the restored broker; the plan completes
+    number, token = cluster.client.session
+    resumed = Cluster(workers=0, broker=restored)
+    for old in cluster.workers:
+        _rejoin(resumed, old)
+    resumed.client = client = SimClient(resumed, b"resumed")
+    resumed.ever.add(b"resumed")
+    client.send(protocol.encode(protocol.RESUME_CLIENT, protocol.PROTOCOL_VERSION, number,
+                                token, ids))
+    resumed.run()
+    lengths, letters = resumed.gather(ids)
+    assert sum(struct.unpack("<Q", item)[0] for item in lengths) == 20
+    assert letters == [b"a!", b"b!", b"c!", b"d!", b"e!"]
+
+
+def test_describe_counts_records_and_finished_tasks(tmp_path):
+    cluster, _ = _half_run()
+    finished = sum(1 for n in cluster.broker.tasks.values() if n.state == ts.FINISHED)
+    released = cluster.broker.state_counts[ts.RELEASED]
+    path = _through_file(tmp_path, cluster.broker.journal.take())
+    summary = jn.describe(path)
+    assert summary["finished_tasks"] == finished + released  # every finish is recorded
+    assert summary["kinds"]["client"] == 1 and summary["kinds"]["worker"] == 2
+    assert summary["problem"] is None and summary["dropped_bytes"] == 0
