@@ -17,6 +17,7 @@ import threading
 import time
 import weakref
 from collections import deque
+from typing import Any
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -61,19 +62,20 @@ class Client:
             from ..local import LocalCluster
             self._cluster = LocalCluster(dashboard=dashboard)
             self._cluster.start()
+            assert self._cluster.port is not None  # started: it has its port
             address, port = self._cluster.host, self._cluster.port
             self.dashboard_url = self._cluster.dashboard_url
         self.server_address = address
         self.server_port = port
         # Unfinished futures by global id. Held strongly until they finish (events
         # must reach them); after that only the user's references keep them.
-        self.futures = {}
-        self.trace_path = None
+        self.futures: dict[int, Future] = {}
+        self.trace_path: str | None = None
         # Ids to release: appended by release_one and Future.__del__ (deque appends and
         # pops are atomic, so the timer thread and __del__ need no lock between them).
-        self._pending_release = deque()
+        self._pending_release: deque[int] = deque()
         self._lock = threading.RLock()   # whoever uses the socket holds it
-        self._replies = {}
+        self._replies: dict[int, Any] = {}
         self._next_request = 1
         self._closed = False
         self._timer = None
@@ -84,7 +86,8 @@ class Client:
         # re-attached (session.py) instead of raising ConnectionLost.
         self._session = None
         self._broken = None      # the ConnectionLost of a re-attach that failed: raised again
-        self._fetching = {}      # request -> (ids, release) of a fetch waiting for Data
+        # request -> (ids, release) of a fetch waiting for Data
+        self._fetching: dict[int, tuple[list[int], bool]] = {}
         self._context = zmq.Context()
         self._open_socket()
         try:
@@ -506,10 +509,10 @@ class Client:
         elif code == protocol.DATA:
             self._on_data(fields[0], fields[1], frames)
         elif code == protocol.TASKS_FAILED:
-            for task_id, *error in fields[0]:
+            for task_id, *failure in fields[0]:
                 future = futures.pop(task_id, None)
                 if future is not None and future.remote_status == RUNNING:
-                    self._set_failed(future, error)
+                    self._set_failed(future, failure)
         elif code == protocol.SUBMIT_REFUSED:
             ids, message = fields
             for task_id in ids:

@@ -34,11 +34,16 @@ import threading
 import traceback
 from collections import deque
 from concurrent.futures import CancelledError, ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
-from ..data import File, PyObj
+from ..data import DataObject, File, PyObj
 from .py_wire import SHARED_FRAME_BYTES
 from .run_task import RunDirs
-from .taskdef import Cancellation, Redirect, TaskContext, TaskError
+from .taskdef import Cancellation, Redirect, TaskContext, TaskError, TaskRegistry
+
+if TYPE_CHECKING:
+    from .py_pool import PythonPool
+    from .state import WorkerTask
 
 log = logging.getLogger("hyperloom.worker")
 
@@ -49,7 +54,8 @@ MAX_BATCH = 64
 
 
 class Executor:
-    def __init__(self, registry, cpus: int, work_dir: str, pin: bool, core_ids=None):
+    def __init__(self, registry: TaskRegistry, cpus: int, work_dir: str, pin: bool,
+                 core_ids: list[int] | None = None) -> None:
         self.registry = registry
         # Cores are allocated as slots 0..cpus-1; this maps them to real core ids for taskset.
         self.core_ids = core_ids or list(range(cpus))
@@ -58,12 +64,12 @@ class Executor:
         self.pin = pin
         self.threads = ThreadPoolExecutor(max_workers=max(4, 2 * cpus + 1),
                                           thread_name_prefix="task")
-        self._python_pool = None
-        self._pool_names = {}
+        self._python_pool: PythonPool | None = None
+        self._pool_names: dict[str, str] = {}   # task symbol -> name the pool imports
         # batch key -> moving average of how long one such task ran (seconds)
         self._seconds: dict = {}
         self.run_dirs = RunDirs()
-        self.completions = deque()
+        self.completions: deque[tuple[WorkerTask, DataObject | None, str | None]] = deque()
         self._wake_pending = False   # a wake-up byte is in the pipe, not yet taken
         # task id -> (WorkerTask, Cancellation) of what runs outside the loop, so that a
         # cancel can stop it; a task leaves when its completion is posted.
@@ -73,7 +79,7 @@ class Executor:
         os.set_blocking(self.wake_read, False)
         os.set_blocking(self.wake_write, False)
 
-    def close(self):
+    def close(self) -> None:
         self.threads.shutdown(wait=False, cancel_futures=True)
         if self._python_pool is not None:
             self._python_pool.close()
@@ -131,6 +137,8 @@ class Executor:
         pool = self._pool()
         futures = pool.submit_batch([(self._pool_name(kind), ctx) for _, kind, ctx in batch])
         for (task, _, ctx), future in zip(batch, futures):
+            # start() or the loop above gave every task of the batch its Cancellation.
+            assert ctx.cancel is not None
             ctx.cancel.on_cancel(lambda future=future: pool.cancel(future))
             future.add_done_callback(
                 lambda f, task=task, ctx=ctx: self._pool_done(task, ctx, f))
@@ -269,7 +277,7 @@ class Executor:
         except BlockingIOError:
             pass  # the pipe is full: the loop is already due to wake
 
-    def take_completions(self):
+    def take_completions(self) -> list[tuple[WorkerTask, DataObject | None, str | None]]:
         try:
             while os.read(self.wake_read, 65536):
                 pass

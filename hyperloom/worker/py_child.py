@@ -13,8 +13,9 @@ import signal
 import threading
 import time
 import traceback
+from typing import Any
 
-from ..data import KIND_PYOBJ, DataError, decode, encode
+from ..data import KIND_PYOBJ, BytesLike, DataError, decode, encode
 from .py_task import execute_python_task
 from .py_wire import INLINE_FRAME_LIMIT, decode_all, pack, receive, send_parts
 from .taskdef import Redirect, TaskContext, TaskError
@@ -141,8 +142,8 @@ def _run_job(fields, frames, log, functions: FunctionCache) -> tuple:
                 + traceback.format_exc(), [])
 
 
-def _encode_result(result) -> tuple:
-    frames = []
+def _encode_result(result: Any) -> tuple[str, Any, list[BytesLike]]:
+    frames: list[BytesLike] = []
     if isinstance(result, Redirect):
         metas = [encode(obj, frames)[0] for obj in result.inputs]
         return "redirect", (result.task_type, result.config, metas), frames

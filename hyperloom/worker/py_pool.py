@@ -41,9 +41,11 @@ import tempfile
 import threading
 import traceback
 from collections import deque
+from collections.abc import Iterable
 from concurrent.futures import Future
+from typing import Any
 
-from ..data import DataError, encode
+from ..data import BytesLike, DataError, DataObject, encode
 from .py_child import CHILD_LOGGER, child_main
 from .py_wire import SharedFiles, decode_all, pack, receive, send_parts
 from .taskdef import Redirect, TaskContext, TaskError
@@ -97,14 +99,14 @@ class PythonPool:
         if n_processes < 1:
             raise ValueError(f"n_processes must be at least 1, got {n_processes}")
         methods = multiprocessing.get_all_start_methods()
-        self._mp = multiprocessing.get_context("forkserver" if "forkserver" in methods
-                                               else "spawn")
+        self._mp = (multiprocessing.get_context("forkserver") if "forkserver" in methods
+                    else multiprocessing.get_context("spawn"))
         self._log_level = log_level
         # Big frames cross to and from the children as files here (see the module doc).
         self._shared = SharedFiles("/dev/shm" if os.path.isdir("/dev/shm")
                                    else tempfile.gettempdir())
         self._lock = threading.Lock()  # guards _queue, _idle, _closed and each child's batch
-        self._queue: deque = deque()   # batches (lists of jobs) waiting for a child
+        self._queue: deque[list[_Job]] = deque()   # batches (lists of jobs) waiting for a child
         self._closed = False
         self._children = [self._start_child() for _ in range(n_processes)]
         self._idle = list(self._children)
@@ -132,19 +134,20 @@ class PythonPool:
 
     # ------------------------------------------------------------ submitting
 
-    def submit(self, fn_name: str, ctx: TaskContext) -> Future:
+    def submit(self, fn_name: str, ctx: TaskContext) -> Future[DataObject | Redirect]:
         """Queue ``execute_python_task(fn_name, ctx)`` on a child process.
 
         May block while a large input is copied into a free child's pipe.
         """
         return self.submit_batch([(fn_name, ctx)])[0]
 
-    def submit_batch(self, calls) -> list:
+    def submit_batch(self, calls: Iterable[tuple[str, TaskContext]]
+                     ) -> list[Future[DataObject | Redirect]]:
         """Queue ``[(fn_name, ctx), ...]`` to run one after the other in one child;
         one Future per call, in order."""
         jobs, futures = [], []
         for fn_name, ctx in calls:
-            future = Future()
+            future: Future[DataObject | Redirect] = Future()
             futures.append(future)
             try:
                 fields, frames = _job_message(fn_name, ctx)
@@ -213,7 +216,7 @@ class PythonPool:
             child.batch, child.answered = None, 0
             if child.doomed:
                 return  # it is being killed: its replacement takes the queue
-            jobs = []
+            jobs: list[_Job] = []
             while self._queue and not jobs and not self._closed:
                 jobs = [job for job in self._queue.popleft() if _claim(job)]
             if not jobs:
@@ -377,8 +380,8 @@ def _kill_tree(pid: int) -> None:
             pass
 
 
-def _job_message(fn_name: str, ctx: TaskContext) -> tuple:
-    frames = []
+def _job_message(fn_name: str, ctx: TaskContext) -> tuple[tuple[Any, ...], list[BytesLike]]:
+    frames: list[BytesLike] = []
     metas = [encode(obj, frames)[0] for obj in ctx.inputs]
     fields = (fn_name, ctx.task_id, ctx.task_type, bytes(ctx.config), tuple(ctx.cpu_ids),
               ctx.work_dir, ctx.pin, ctx.label, metas)

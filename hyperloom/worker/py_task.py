@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import mmap
 import operator
 import traceback
 from collections.abc import Sequence
@@ -49,7 +50,7 @@ class Data:
         if type(raw) is bytes:
             return raw
         data = bytes(raw)
-        if isinstance(self._obj, File):
+        if isinstance(self._obj, File) and isinstance(raw, mmap.mmap):
             raw.close()  # File.raw() made a fresh mmap just for us
         return data
 

@@ -31,8 +31,10 @@ import shutil
 import tempfile
 import threading
 import weakref
+from collections.abc import Iterable
+from typing import Any
 
-from ..data import decode
+from ..data import BytesLike, decode
 
 INLINE_FRAME_LIMIT = 64 * 1024
 SHARED_FRAME_BYTES = 1024 * 1024
@@ -77,11 +79,15 @@ class SharedFiles:
             self._paths[key] = (ref, path)
 
 
-def pack(fields, frames=(), shared=None) -> list:
+def pack(fields: tuple[Any, ...], frames: Iterable[BytesLike] = (),
+         shared: SharedFiles | str | None = None) -> list[BytesLike]:
     """Message parts: the pickled header, then each large frame on its own; the
     biggest ones go through a shared-memory file (``shared``: a SharedFiles in the
     worker, the directory's path in a child)."""
-    inline, large = [], []
+    # Each inline entry: the frame's bytes, (path, nbytes, owned) of a shared-memory
+    # file, or None for a frame that follows as its own message part.
+    inline: list[bytes | tuple[str, int, bool] | None] = []
+    large: list[BytesLike] = []
     for frame in frames:
         nbytes = memoryview(frame).nbytes
         if nbytes < INLINE_FRAME_LIMIT:

@@ -13,8 +13,12 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from typing import TYPE_CHECKING, Any
 
 from ..protocol import INLINE_RESULT_BYTES
+
+if TYPE_CHECKING:
+    from ..data import DataObject
 
 log = logging.getLogger("hyperloom.worker")
 
@@ -47,20 +51,20 @@ class WorkerTask:
 class WorkerCore:
     def __init__(self, cpus: int):
         self.cpus = cpus
-        self.worker_id = None           # from Welcome: None while not registered
-        self.refusal = None             # a fatal Error's message: the broker refused us
+        self.worker_id: int | None = None   # from Welcome: None while not registered
+        self.refusal: str | None = None     # a fatal Error's message: the broker refused us
         self.shutdown_requested = False
         self.free_cpus = list(range(cpus))  # slots; the executor maps them to cores
-        self.store = {}                 # data id -> DataObject
-        self.waiting_for = {}           # data id -> [WorkerTask] that need it
-        self.queued = deque()           # tasks whose inputs just became complete
-        self.queued_cpu = deque()       # core-requesting tasks waiting for cores
-        self.tasks = {}                 # task id -> WorkerTask (not yet reported)
-        self.tombstones = set()         # removed before they arrived
-        self.finished = []              # [id, size, length] to report
-        self.failed = []                # [id, message] to report
-        self.results = []               # (id, DataObject): small results sent along
-        self.stolen = []                # ids given back to the broker
+        self.store: dict[int, DataObject] = {}
+        self.waiting_for: dict[int, list[WorkerTask]] = {}   # data id -> tasks that need it
+        self.queued: deque[WorkerTask] = deque()      # tasks whose inputs just became complete
+        self.queued_cpu: deque[WorkerTask] = deque()  # core-requesting tasks waiting for cores
+        self.tasks: dict[int, WorkerTask] = {}        # not yet reported
+        self.tombstones: set[int] = set()             # data removed before it arrived
+        self.finished: list[list[int]] = []           # [id, size, length] to report
+        self.failed: list[list[Any]] = []             # [id, message] to report
+        self.results: list[tuple[int, DataObject]] = []   # small results sent along
+        self.stolen: list[int] = []                   # ids given back to the broker
 
     # ------------------------------------------------------------ events
 
@@ -194,7 +198,7 @@ class WorkerCore:
         """Queued one-core tasks that ``accept`` lets run right after ``leader`` on its
         core, in arrival order (at most ``limit``; stops at the first refused one).
         The core is freed when the last of them is done: it moves to that task."""
-        followers = []
+        followers: list[WorkerTask] = []
         queued_cpu = self.queued_cpu
         while queued_cpu and len(followers) < limit:
             task = queued_cpu[0]

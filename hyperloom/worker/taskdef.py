@@ -19,6 +19,19 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ..data import DataObject, ExtensionData
+    from .run_task import RunDirs
+
+    # What a task implementation is: a DataObject, or a Redirect (python mode may also
+    # return plain values, which py_task converts).
+    TaskFn = Callable[["TaskContext"], object]
+
+_F = TypeVar("_F", bound="TaskFn")
 
 MODES = ("inline", "thread", "python")
 
@@ -38,12 +51,12 @@ class Cancellation:
 
     __slots__ = ("_lock", "_stop", "canceled")
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._stop = None
+        self._stop: Callable[[], object] | None = None
         self.canceled = False
 
-    def on_cancel(self, stop) -> None:
+    def on_cancel(self, stop: Callable[[], object] | None) -> None:
         """Call ``stop()`` on cancel, or now if canceled already; None: nothing to stop."""
         with self._lock:
             self._stop = stop
@@ -80,8 +93,8 @@ class TaskContext:
         self.pin = pin
         self.label = label
         self.log = log if log is not None else logging.getLogger("hyperloom.worker")
-        self.cancel = None
-        self.run_dirs = None
+        self.cancel: Cancellation | None = None
+        self.run_dirs: RunDirs | None = None
 
     def __repr__(self):
         return f"<TaskContext {self.task_id} {self.task_type}>"
@@ -95,24 +108,24 @@ class Redirect:
     """
     task_type: str
     config: bytes
-    inputs: list
+    inputs: list[DataObject]
 
 
 @dataclass(frozen=True)
 class TaskKind:
     symbol: str
-    fn: object
+    fn: TaskFn
     mode: str
 
 
 class TaskRegistry:
     """The task types one worker provides. Registering a symbol twice is an error."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._kinds: dict[str, TaskKind] = {}
-        self.data_types: dict[str, type] = {}   # symbol -> ExtensionData subclass
+        self.data_types: dict[str, type[ExtensionData]] = {}   # symbol -> its class
 
-    def register(self, symbol: str, fn, mode: str = "thread"):
+    def register(self, symbol: str, fn: TaskFn, mode: str = "thread") -> None:
         if not isinstance(symbol, str) or "/" not in symbol:
             raise ValueError(f"task type symbol {symbol!r} must be namespaced with '/'")
         if mode not in MODES:
@@ -121,7 +134,7 @@ class TaskRegistry:
             raise ValueError(f"task type {symbol!r} is already registered")
         self._kinds[symbol] = TaskKind(symbol, fn, mode)
 
-    def register_data_type(self, cls):
+    def register_data_type(self, cls: object) -> None:
         """Register an ``ExtensionData`` subclass under its ``symbol``."""
         from ..data import ExtensionData
         symbol = getattr(cls, "symbol", "")
@@ -134,9 +147,9 @@ class TaskRegistry:
             raise ValueError(f"data type {symbol!r} is already registered")
         self.data_types[symbol] = cls
 
-    def task(self, symbol: str, mode: str = "thread"):
+    def task(self, symbol: str, mode: str = "thread") -> Callable[[_F], _F]:
         """Decorator form of ``register``."""
-        def decorator(fn):
+        def decorator(fn: _F) -> _F:
             self.register(symbol, fn, mode)
             return fn
         return decorator

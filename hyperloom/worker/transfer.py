@@ -32,9 +32,10 @@ PUSHER_IDLE = 60.0     # seconds without a push before the connection to a peer 
 class _Peer:
     __slots__ = ("socket", "backlog", "last_push")
 
-    def __init__(self, socket):
+    def __init__(self, socket: zmq.Socket[bytes]) -> None:
         self.socket = socket
-        self.backlog = deque()  # (frames, copy) that would have blocked, oldest first
+        # (frames, copy) that would have blocked, oldest first
+        self.backlog: deque[tuple[list[data.BytesLike], bool]] = deque()
         self.last_push = time.monotonic()
 
 
@@ -75,7 +76,7 @@ class DataChannels:
             return
         peer.last_push = time.monotonic()
         entries = []
-        frames = []
+        frames: list[data.BytesLike] = []
         for data_id, obj in objects:
             meta, _ = data.encode(obj, frames)
             entries.append([data_id, meta])

@@ -144,3 +144,15 @@ def test_small_buffers_stay_inside_the_pickle():
 def test_a_pyobj_meta_with_missing_buffer_frames_is_refused():
     with pytest.raises(data.DataError, match="2 buffers has only 1"):
         data.decode([data.KIND_PYOBJ, 10, 2], [data.dumps(1)[0], b"x"])
+
+
+def test_an_index_over_an_array_names_the_problem_instead_of_a_type_error():
+    # A wire meta may put an Index over any object; cutting it used to raise
+    # "TypeError: memoryview: a bytes-like object is required, not 'NoneType'".
+    offsets = Index(Plain(b"ab"), [0, 1, 2]).offsets.tobytes()
+    index, _ = data.decode([data.KIND_INDEX, [data.KIND_ARRAY, []]], [offsets])
+    assert index.length == 2
+    with pytest.raises(data.DataError, match="base is not a D-object"):
+        index.get(0)
+    with pytest.raises(data.DataError, match="base is not a D-object"):
+        index.to_python()
