@@ -24,6 +24,12 @@ import time
 
 import psutil
 
+# Debian installs the daemons (and runuser) in /usr/sbin, which a plain user PATH (a fresh
+# `env -i PATH=/usr/bin:/bin` shell, say) lacks; everything started here inherits this.
+for _sbin in ("/usr/sbin", "/sbin"):
+    if _sbin not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = os.environ.get("PATH", "") + os.pathsep + _sbin
+
 DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("sbatch", "srun", "squeue", "scancel", "sinfo")
 START_TIMEOUT = 60.0
