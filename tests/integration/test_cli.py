@@ -114,13 +114,14 @@ def test_worker_started_before_the_broker_retries_and_joins(processes, tmp_path)
 
 
 def test_worker_joining_mid_plan_gets_work(processes, tmp_path):
-    port = free_port()
-    processes(*BROKER, "--port", str(port), stdout=subprocess.DEVNULL,
-              stderr=subprocess.DEVNULL)
+    broker = processes(*BROKER, "--port", "0", stdout=subprocess.PIPE,
+                       stderr=subprocess.DEVNULL)
+    port = int(broker.stdout.readline().decode().strip().rsplit(":", 1)[1])
     client = Client("127.0.0.1", port)
-    # no worker yet: the plan waits
+    # no worker yet: the plan waits, ready
     futures = client.submit([tasks.run(("sh", "-c", "echo $$")) for _ in range(4)])
-    time.sleep(0.3)
+    wait_until(lambda: client.info()["tasks"]["ready"] == 4, timeout=10,
+               message="the plan to be taken in")
     assert all(f.running() for f in futures)
     processes(*WORKER, "--cpus", "1", "--wdir", str(tmp_path), "--nopin",
               "127.0.0.1", str(port), stderr=subprocess.DEVNULL)
