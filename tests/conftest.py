@@ -1,6 +1,8 @@
 """Fixtures shared by all tests: real clusters on free loopback ports, cleaned up."""
 
 import os
+import signal
+import subprocess
 import sys
 import time
 
@@ -73,6 +75,26 @@ class ClusterFactory:
                 problems.append(f"{crashed} (logs in {cluster.log_dir})")
         self.clusters = []
         return problems
+
+
+@pytest.fixture
+def processes():
+    """``processes(*argv, **popen_kwargs)`` starts a program in its own process group;
+    teardown kills whatever still runs (SIGKILL to the group) and closes its pipes."""
+    started = []
+
+    def start(*args, **kwargs):
+        process = subprocess.Popen(list(args), start_new_session=True, **kwargs)
+        started.append(process)
+        return process
+    yield start
+    for process in started:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        for stream in (process.stdout, process.stderr):
+            if stream:
+                stream.close()
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 
 from hyperloom.client import Client, tasks
 
@@ -22,24 +21,6 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@pytest.fixture
-def processes():
-    started = []
-
-    def start(*args, **kwargs):
-        process = subprocess.Popen(args, start_new_session=True, **kwargs)
-        started.append(process)
-        return process
-    yield start
-    for process in started:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-        for stream in (process.stdout, process.stderr):
-            if stream:
-                stream.close()
 
 
 def test_every_program_starts_without_loom_on_path(tmp_path):

@@ -20,24 +20,6 @@ WORKER = [sys.executable, "-m", "hyperloom.worker"]
 STATUS = [sys.executable, "-m", "hyperloom.status"]
 
 
-@pytest.fixture
-def processes():
-    started = []
-
-    def start(*args, **kwargs):
-        process = subprocess.Popen(list(args), start_new_session=True, **kwargs)
-        started.append(process)
-        return process
-    yield start
-    for process in started:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-        for stream in (process.stdout, process.stderr):
-            if stream:
-                stream.close()
-
-
 # ------------------------------------------------------------ the file itself
 
 def test_written_file_reads_back_and_leaves_no_temporary(tmp_path):
