@@ -146,17 +146,18 @@ def bench_chain(cluster, p):
     return {"latency": times[len(times) // 2] * 1e3}
 
 
-def _transfer_sample(client, n, a, b):
-    """One sample: (cross, local) seconds of concat_len on worker b."""
-    fa = client.submit(make_bytes, n, 1, workers=[a], pure=False)
-    fb = client.submit(make_bytes, n, 2, workers=[b], pure=False)
+def _cross_and_local(client, make, use, n, a, b):
+    """One sample: (cross, local) seconds of ``use`` on worker b, with one of its two
+    inputs made on worker a (cross) or both on b (local)."""
+    fa = client.submit(make, n, 1, workers=[a], pure=False)
+    fb = client.submit(make, n, 2, workers=[b], pure=False)
     client.gather([client.submit(len, f, workers=[w], pure=False)
                    for f, w in ((fa, a), (fb, b))])
     t0 = perf()
-    client.submit(concat_len, fb, fb, workers=[b], pure=False).result()
+    client.submit(use, fb, fb, workers=[b], pure=False).result()
     local = perf() - t0
     t0 = perf()
-    client.submit(concat_len, fa, fb, workers=[b], pure=False).result()
+    client.submit(use, fa, fb, workers=[b], pure=False).result()
     cross = perf() - t0
     del fa, fb
     return cross, local
@@ -165,31 +166,16 @@ def _transfer_sample(client, n, a, b):
 def bench_transfer(cluster, p):
     client = cluster.client()
     a, b = cluster.worker_addresses()[:2]
-    samples = [_transfer_sample(client, p["nbytes"], a, b)
+    samples = [_cross_and_local(client, make_bytes, concat_len, p["nbytes"], a, b)
                for _ in range(p.get("samples", 1))]
     return transfer_metrics(p["nbytes"], samples)
-
-
-def _array_sample(client, n, a, b):
-    """One sample: (cross, local) seconds of array_nbytes on worker b."""
-    fa = client.submit(make_array, n, 1, workers=[a], pure=False)
-    fb = client.submit(make_array, n, 2, workers=[b], pure=False)
-    client.gather([client.submit(len, f, workers=[w], pure=False)
-                   for f, w in ((fa, a), (fb, b))])
-    t0 = perf()
-    client.submit(array_nbytes, fb, fb, workers=[b], pure=False).result()
-    local = perf() - t0
-    t0 = perf()
-    client.submit(array_nbytes, fa, fb, workers=[b], pure=False).result()
-    cross = perf() - t0
-    del fa, fb
-    return cross, local
 
 
 def bench_array(cluster, p):
     client = cluster.client()
     a, b = cluster.worker_addresses()[:2]
-    samples = [_array_sample(client, p["nbytes"], a, b) for _ in range(p.get("samples", 1))]
+    samples = [_cross_and_local(client, make_array, array_nbytes, p["nbytes"], a, b)
+               for _ in range(p.get("samples", 1))]
     return transfer_metrics(p["nbytes"], samples)
 
 

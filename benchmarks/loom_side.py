@@ -227,13 +227,15 @@ def _timed_size(client, tasks, a, b):
     return perf() - t0
 
 
-def _transfer_sample(client, tasks, py, n):
-    """One sample: (cross, local) seconds; checks that bytes really moved."""
-    fa, fb = client.submit([py["make_a"](n, 1), py["make_b"](n, 2)])
+def _cross_and_local(client, producers, timed, n):
+    """One sample: (cross, local) seconds of ``timed(x, y)`` on the two objects the
+    ``producers`` make (one per worker): one object twice (local), then both (cross);
+    checks that bytes really moved."""
+    fa, fb = client.submit(producers)
     client.wait([fa, fb])
-    local = _timed_size(client, tasks, fa, fa)
+    local = timed(fb, fb)
     received = bytes_received(client)
-    cross = _timed_size(client, tasks, fa, fb)
+    cross = timed(fa, fb)
     moved = None if received is None else bytes_received(client) - received
     client.release([fa, fb])
     if moved is not None and moved < n:
@@ -249,7 +251,9 @@ def bench_transfer(cluster, p):
     cross. Baseline: the same merge of one object with itself (no transfer).
     Checked with the workers' bytes_received counters."""
     client, tasks, py = cluster.client(), _tasks(), _py_tasks()
-    samples = [_transfer_sample(client, tasks, py, p["nbytes"])
+    n = p["nbytes"]
+    samples = [_cross_and_local(client, [py["make_a"](n, 1), py["make_b"](n, 2)],
+                                lambda a, b: _timed_size(client, tasks, a, b), n)
                for _ in range(p.get("samples", 1))]
     return transfer_metrics(p["nbytes"], samples)
 
@@ -260,28 +264,15 @@ def _timed_array_use(client, use, a, b):
     return perf() - t0
 
 
-def _array_sample(client, py, n):
-    """One sample: (cross, local) seconds of a Python task on two NumPy arrays,
-    with one of them on the other worker (cross) or both here (local)."""
-    fa, fb = client.submit([py["array_a"](n, 1), py["array_b"](n, 2)])
-    client.wait([fa, fb])
-    local = _timed_array_use(client, py["array_use"], fb, fb)
-    received = bytes_received(client)
-    cross = _timed_array_use(client, py["array_use"], fa, fb)
-    moved = None if received is None else bytes_received(client) - received
-    client.release([fa, fb])
-    if moved is not None and moved < n:
-        raise RuntimeError(f"no cross-worker transfer seen (bytes_received +{moved}): "
-                           "both producers ran on the same worker")
-    return cross, local
-
-
 def bench_array(cluster, p):
     """A NumPy array made by a Python task, used by a Python task on the other
     worker (pickle protocol 5: the array travels as its own zero-copy frame)."""
     client, py = cluster.client(), _py_tasks()
-    samples = [_array_sample(client, py, p["nbytes"]) for _ in range(p.get("samples", 1))]
-    return transfer_metrics(p["nbytes"], samples)
+    n = p["nbytes"]
+    samples = [_cross_and_local(client, [py["array_a"](n, 1), py["array_b"](n, 2)],
+                                lambda a, b: _timed_array_use(client, py["array_use"], a, b), n)
+               for _ in range(p.get("samples", 1))]
+    return transfer_metrics(n, samples)
 
 
 def _held(client, n_total, seen):
