@@ -290,13 +290,18 @@ def test_child_reuses_an_unpickled_function_and_evicts_the_oldest():
 
 # ---------------------------------------------------------------- parallelism
 
-def busy(n, a):
-    """Pure-Python CPU work that holds the GIL throughout; returns the CPU seconds it took."""
-    started = time.process_time()
+def spin(n):
+    """Pure-Python CPU work that holds the GIL throughout."""
     total = 0
     for i in range(n):
         total += i * i
-    return f"{total % 1000} {time.process_time() - started}"
+    return total % 1000
+
+
+def busy(n, a):
+    """spin(n); returns its result and the CPU seconds it took."""
+    started = time.process_time()
+    return f"{spin(n)} {time.process_time() - started}"
 
 
 def iterations_for(seconds: float) -> int:
@@ -309,10 +314,7 @@ def iterations_for(seconds: float) -> int:
 def timed_busy(n, a):
     """busy(), reporting which process ran it and when (CLOCK_MONOTONIC is system-wide)."""
     started = time.monotonic()
-    total = 0
-    for i in range(n):
-        total += i * i
-    return f"{total % 1000} {os.getpid()} {started} {time.monotonic()}"
+    return f"{spin(n)} {os.getpid()} {started} {time.monotonic()}"
 
 
 def test_pool_runs_python_tasks_at_the_same_time_in_separate_processes():
