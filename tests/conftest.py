@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 
 import hyperloom
@@ -37,6 +38,14 @@ def loom_program(name):
     if os.access(script, os.X_OK):
         return [script]
     return [sys.executable, "-m", PROGRAM_MODULES[name]]
+
+
+def data_port(process):
+    """The port of a worker's data socket (the one TCP port it listens on)."""
+    ports = [c.laddr.port for c in psutil.Process(process.pid).net_connections("tcp")
+             if c.status == psutil.CONN_LISTEN]
+    assert len(ports) == 1, ports
+    return ports[0]
 
 
 def wait_until(predicate, timeout=10.0, interval=0.02, message="condition"):

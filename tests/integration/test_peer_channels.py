@@ -15,19 +15,11 @@ import pytest
 
 from hyperloom.client import tasks
 
-from ..conftest import wait_until
+from ..conftest import data_port, wait_until
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "..", "examples")
 sys.path.insert(0, EXAMPLES)
 from my_count import my_count  # noqa: E402
-
-
-def data_port(process):
-    """The port of a worker's data socket (the one TCP port it listens on)."""
-    ports = [c.laddr.port for c in psutil.Process(process.pid).net_connections("tcp")
-             if c.status == psutil.CONN_LISTEN]
-    assert len(ports) == 1, ports
-    return ports[0]
 
 
 def connections_to(process, port):

@@ -19,7 +19,7 @@ import pytest
 from hyperloom.client import TaskFailed, tasks
 from hyperloom.errors import ConnectionLost
 
-from ..conftest import wait_until
+from ..conftest import data_port, wait_until
 
 pytestmark = pytest.mark.allow_crash
 
@@ -35,14 +35,6 @@ def children_named(process, name):
 def running_sleep(cluster):
     """Workers (Popen) that have a ``sleep`` child right now."""
     return [w for w in cluster.workers if w.poll() is None and children_named(w, "sleep")]
-
-
-def data_port(process):
-    """The port of a worker's data socket (the one TCP port it listens on)."""
-    ports = [c.laddr.port for c in psutil.Process(process.pid).net_connections("tcp")
-             if c.status == psutil.CONN_LISTEN]
-    assert len(ports) == 1, ports
-    return ports[0]
 
 
 def worker_info(client, process):
