@@ -156,8 +156,15 @@ def choose_steals(workers: list[WorkerRecord],
     queued on one worker while another is idle; the worker gives back the
     ones it has not started (TasksDone.stolen) and they are placed again.
     """
-    idle = sum(max(0, w.cpus - w.cpus_used) for w in workers)
-    if not idle:
+    idle = 0
+    queued_somewhere = False
+    for w in workers:  # one pass: this runs after every round whose queue emptied
+        free = w.cpus - w.cpus_used
+        if free > 0:
+            idle += free
+        elif free < 0:
+            queued_somewhere = True
+    if not (idle and queued_somewhere):
         return []
     steals = []
     for worker in sorted(workers, key=lambda w: w.cpus - w.cpus_used):

@@ -172,9 +172,10 @@ class BrokerServer:
     def _drain_router(self) -> bool:
         """Handle waiting messages; False if some are left for the next round."""
         router = self.router
+        recv_frames = protocol.recv_frames
         for _ in range(DRAIN_LIMIT):
             try:
-                frames = router.recv_multipart(zmq.NOBLOCK, copy=False)
+                frames = recv_frames(router)
             except zmq.Again:
                 return True
             try:
@@ -277,10 +278,10 @@ class BrokerServer:
         out = self.core.outbox
         if out.is_empty():
             return
-        send = self.router.send_multipart
+        router, send_frames = self.router, protocol.send_frames
         for identity, frames in messages(out):
             try:
-                send([identity, *frames], copy=False)
+                send_frames(router, [identity, *frames], copy=False)
             except zmq.ZMQError as error:
                 if error.errno != zmq.EHOSTUNREACH:
                     raise

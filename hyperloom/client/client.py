@@ -488,7 +488,7 @@ class Client:
             return
         while True:
             try:
-                frames = self._socket.recv_multipart(zmq.NOBLOCK, copy=False)
+                frames = protocol.recv_frames(self._socket)
             except zmq.Again:
                 return
             self._on_message(frames)

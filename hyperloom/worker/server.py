@@ -304,9 +304,10 @@ class WorkerServer:
     # ------------------------------------------------------------ broker messages
 
     def _drain_broker(self):
+        dealer, recv_frames = self.dealer, protocol.recv_frames
         while True:
             try:
-                frames = self.dealer.recv_multipart(zmq.NOBLOCK, copy=False)
+                frames = recv_frames(dealer)
             except zmq.Again:
                 return
             self.last_broker_message = time.monotonic()
@@ -476,7 +477,7 @@ class WorkerServer:
         if self.disconnected_since is not None and not always:
             return
         try:
-            self.dealer.send_multipart(frames, zmq.NOBLOCK, copy=len(frames) == 1)
+            protocol.send_frames(self.dealer, frames, protocol.NOBLOCK, copy=len(frames) == 1)
         except zmq.Again:
             log.debug("no connection to the broker: a message was dropped")
         self.last_sent = time.monotonic()
