@@ -92,7 +92,8 @@ def tree(args):
 def chain(args):
     n = 50 if args.quick else 200
     return [Case("chain", f"{n} sequential", {"n": n}, [LATENCY],
-                 *_sides("bench_chain"))]
+                 *_sides("bench_chain"),
+                 reference=lambda params: {"latency": zmq_limit.round_trip()})]
 
 
 def _pyzmq_reference(nbytes, count):

@@ -39,6 +39,8 @@ class CoreBase:
     dynamic_ready: list[Node]
     unplaceable: list[Node]
     pending_fetches: dict[int, Fetch | list[Fetch]]
+    held_removals: dict[WorkerRecord, list[int]]   # RemoveData not sent yet (lifecycle.py)
+    removals_due: float
     _moves: list[int]
     feed: DashboardFeed          # what live dashboards ask for (snapshot.py)
     # the journal and what survives a restart (journal.py, restore.py)

@@ -33,6 +33,8 @@ def check_invariants(state):
         assert 0 <= client.n_done <= client.n_total, \
             f"client {client.number}: {client.n_done} done of {client.n_total}"
     assert set(state.peers) == set(state.workers) | set(state.clients)
+    for worker in state.held_removals:
+        assert state.workers.get(worker.identity) is worker, f"removals held for a gone {worker}"
 
 
 def _check_state_data(node, live_workers):

@@ -14,6 +14,12 @@ from .dynamic import DYNAMIC_TYPES
 from .model import Node, WorkerRecord, consumers_of
 from .scheduler import Placement, choose_steals, schedule
 
+# RemoveData waits this long, gathering removals into one message per worker. Sent at
+# once, it woke a worker just as the client that caused it (a gather) was woken by
+# its answer: on a one-task round trip with 2 cores, that cost ~10 % (benchmarks/README.md,
+# "Round trip"). Dask batches its worker messages by the same 2 ms.
+REMOVE_DELAY = 0.002
+
 
 class Lifecycle(CoreBase):
     # ------------------------------------------------------------ states
@@ -80,6 +86,31 @@ class Lifecycle(CoreBase):
                 if worker.incoming:
                     worker.incoming.pop(node.id, None)
             node.holders = None
+
+    def hold_removals(self, now: float):
+        """Move this round's removals into the held ones; let the held ones go out once
+        the oldest has waited REMOVE_DELAY (``due_at`` tells the loop when)."""
+        out = self.outbox
+        held = self.held_removals
+        if out.remove:
+            if not held:
+                self.removals_due = now + REMOVE_DELAY
+            for worker, ids in out.remove.items():
+                held.setdefault(worker, []).extend(ids)
+            out.remove.clear()
+        if held and now >= self.removals_due:
+            out.remove.update(held)
+            held.clear()
+
+    def due_at(self) -> float | None:
+        """When the core has something to send without any message coming in (held
+        removals), on the clock of ``now``; None if nothing waits."""
+        return self.removals_due if self.held_removals else None
+
+    def release_held_removals(self):
+        """Send what is held now (the broker is stopping)."""
+        self.outbox.remove.update(self.held_removals)
+        self.held_removals.clear()
 
     def _cancel(self, node: Node):
         if node.state == ts.ASSIGNED:

@@ -120,7 +120,7 @@ class Recovery(CoreBase):
     def _drop_outbox_for(self, worker):
         """Nothing queued for a lost worker may be sent; queued fetches are redone."""
         out = self.outbox
-        for batch in (out.compute, out.sends, out.cancel, out.remove):
+        for batch in (out.compute, out.sends, out.cancel, out.remove, self.held_removals):
             batch.pop(worker, None)
         for key in [key for key in out.uploads if key[0] is worker]:
             _, client_identity, request = key

@@ -111,18 +111,27 @@ def schedule(ready: ReadyQueue, workers: list[WorkerRecord]) -> Placement:
 
 
 class _Kinds:
-    """What the connected workers can run at all, for spotting unplaceable tasks."""
+    """What the connected workers can run at all, for spotting unplaceable tasks.
 
-    __slots__ = ("workers", "max_cpus", "common_types")
+    Built every round, so it computes nothing up front: a task type is looked up in
+    the workers' types on its first appearance in the round only."""
+
+    __slots__ = ("workers", "max_cpus", "runnable")
 
     def __init__(self, workers: list[WorkerRecord]) -> None:
         self.workers = workers
         self.max_cpus = max(w.cpus for w in workers)
-        self.common_types = frozenset.intersection(*(w.task_types for w in workers))
+        self.runnable: dict[str, bool] = {}
 
     def can_run(self, node: Node) -> bool:
-        return node.n_cpus <= self.max_cpus and (node.type in self.common_types or any(
-            node.type in w.task_types for w in self.workers))
+        if node.n_cpus > self.max_cpus:
+            return False
+        task_type = node.type
+        runnable = self.runnable.get(task_type)
+        if runnable is None:
+            runnable = self.runnable[task_type] = any(
+                task_type in w.task_types for w in self.workers)
+        return runnable
 
 
 def _place_from(queue: deque[Node], room: _Room, kinds: _Kinds, placement: Placement,
@@ -254,15 +263,27 @@ class _Room:
 
     def __init__(self, workers: list[WorkerRecord]) -> None:
         self.workers = workers
-        self.index = {w: i for i, w in enumerate(workers)}
-        self.used = [w.cpus_used for w in workers]
-        self.light = [w.n_light for w in workers]
-        self.cores = [w.cpus for w in workers]
-        self.limit = [w.cpus * w.overbooking for w in workers]
+        # one pass over the workers (this runs every round, even for one task)
+        index: dict[WorkerRecord, int] = {}
+        used: list[int] = []
+        light: list[int] = []
+        cores: list[int] = []
+        limit: list[int] = []
+        self.index, self.used, self.light, self.cores, self.limit = \
+            index, used, light, cores, limit
+        light_free = 0
+        for i, w in enumerate(workers):
+            index[w] = i
+            used.append(w.cpus_used)
+            light.append(w.n_light)
+            cores.append(w.cpus)
+            limit.append(w.cpus * w.overbooking)
+            if w.n_light < LIGHT_LIMIT:
+                light_free += 1
         self.light_turn = 0
         self.core_turn = 0
         self.idle_left = True
-        self.light_free = sum(1 for n in self.light if n < LIGHT_LIMIT)
+        self.light_free = light_free
         self.max_cpu_free = self._max_cpu_free()
 
     def _max_cpu_free(self) -> int:

@@ -85,6 +85,8 @@ class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery
         # Fetches of unfinished tasks: id -> (client, request, release), one tuple
         # shared by all ids of one Fetch (a list when several fetches wait on one id).
         self.pending_fetches = {}
+        self.held_removals = {}          # worker -> ids to remove, sent in a while
+        self.removals_due = 0.0
         self.stop_requested = False      # a client sent Terminate
         self.feed = DashboardFeed()      # what live dashboards ask for (snapshot.py)
         self.retirements = Retirements(self)  # workers leaving at walltime (retire.py)
@@ -146,6 +148,8 @@ class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery
                 self.hold_for_detached()
             if self.outbox.progressed:
                 self._throttle_progress(now)
+            if self.outbox.remove or self.held_removals:
+                self.hold_removals(now)
             return
         if self.dynamic_ready and self.workers:
             self.expand_dynamic()
@@ -160,6 +164,8 @@ class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery
             self.hold_for_detached()
         if self.outbox.progressed:
             self._throttle_progress(now)
+        if self.outbox.remove or self.held_removals:
+            self.hold_removals(now)
 
     def _feed_sent(self, now: float):
         """Tell the dashboard feed which tasks and data are sent out now."""
@@ -177,6 +183,7 @@ class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery
 
     def on_shutdown(self):
         """The broker stops: workers are told to shut down, the trace is closed."""
+        self.release_held_removals()
         self.outbox.shutdown.extend(self.workers.values())
         self.recorder.close()
         self.recorder = NULL_RECORDER

@@ -267,6 +267,8 @@ class Client:
                     future._has_result = True
                     if release:
                         future.remote_status = RELEASED  # the broker released it with the fetch
+                    elif future.remote_status == RUNNING:  # a value comes before TasksFinished
+                        future.remote_status = FINISHED
         if release:
             self.release(f for f in futures if f._id not in missing and f.active())
         for future in futures:
