@@ -256,7 +256,8 @@ class BrokerServer:
         what the records say (journal.JournalWriter.commit)."""
         out = self.core.outbox
         assert self.journal is not None
-        self.journal.commit(now, bool(out.finished or out.failed or out.replies))
+        self.journal.commit(now, bool(out.finished or out.failed or out.replies
+                                      or out.data_inline))
         if self.journal.bytes_written > self._compact_at:
             self._compact_online()
 

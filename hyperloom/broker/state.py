@@ -245,8 +245,12 @@ class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery
         self.outbox.add_error((identity, message, fatal))
 
     def _throttle_progress(self, now: float):
-        """Progress alone goes out at most every PROGRESS_INTERVAL; with results, always."""
+        """Progress alone goes out at most every PROGRESS_INTERVAL; with results, always;
+        not at all when the values of all those results go to the client now (Data says
+        they finished: one message less, ~10 % of a one-task round trip)."""
         finished = self.outbox.finished
+        if self.outbox.data_inline:
+            self._leave_out_fetched(finished)
         for client in list(self.outbox.progressed):
             gone = self.clients.get(client.identity) is not client
             if gone or (client not in finished
@@ -254,6 +258,15 @@ class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery
                 self.outbox.progressed.discard(client)
             else:
                 client.progress_sent = now
+
+    def _leave_out_fetched(self, finished):
+        fetched: dict[bytes, set[int]] = {}
+        for (identity, _), inline in self.outbox.data_inline.items():
+            fetched.setdefault(identity, set()).update(entry[0] for entry in inline)
+        for client in [c for c in finished if c.identity in fetched]:
+            if fetched[client.identity].issuperset(finished[client]):
+                del finished[client]
+                self.outbox.progressed.discard(client)
 
     # ------------------------------------------------------------ peers
 

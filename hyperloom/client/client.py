@@ -267,8 +267,9 @@ class Client:
                     future._has_result = True
                     if release:
                         future.remote_status = RELEASED  # the broker released it with the fetch
-                    elif future.remote_status == RUNNING:  # a value comes before TasksFinished
+                    elif future.remote_status == RUNNING:  # the value says it finished
                         future.remote_status = FINISHED
+                    self.futures.pop(task_id, None)  # its TasksFinished may be left out
         if release:
             self.release(f for f in futures if f._id not in missing and f.active())
         for future in futures:

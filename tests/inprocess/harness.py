@@ -297,6 +297,7 @@ class SimClient:
                 continue
             obj, position = data.decode(entry[1], frames, position)
             self.replies[request][entry[0]] = (obj.to_python(), None)
+            self.finished.add(entry[0])  # its TasksFinished may be left out
 
 
 class Cluster:
