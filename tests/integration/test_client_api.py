@@ -23,6 +23,18 @@ def test_future_states_and_repr(client):
     assert future.fetch() == b"x"
 
 
+def test_a_future_fetched_before_it_was_waited_for_is_finished(client):
+    # The broker leaves TasksFinished out when Data carries the value: the value
+    # itself must tell the client that the task finished.
+    futures = [client.submit_one(tasks.const(b"v%d" % i)) for i in range(20)]
+    assert client.fetch(futures) == [b"v%d" % i for i in range(20)]
+    assert all(f.finished() and f.active() for f in futures)
+    client.wait(futures)                      # returns at once: nothing to wait for
+    assert [f.fetch() for f in futures] == [b"v%d" % i for i in range(20)]
+    assert client.gather(futures) == [b"v%d" % i for i in range(20)]
+    assert all(f.released() for f in futures)
+
+
 def test_task_ids_count_from_zero_per_client(shared_cluster):
     client = shared_cluster.client()
     f0, f1 = client.submit((tasks.const("a"), tasks.const("b")))
