@@ -250,7 +250,9 @@ MESSAGES = (
     Message("TasksFinished", 20, "broker->client",
             (("ids", _L), ("done", _I), ("total", _I)), "none",
             "nothing; ids are finished results (maybe none), done/total count every task "
-            "this client submitted (for progress bars)", {"ids": int}),
+            "this client submitted (for progress bars). Left out when a Data sent in the "
+            "same round carries the value of every id it would name: a value in Data means "
+            "its task finished", {"ids": int}),
     Message("TasksFailed", 21, "broker->client", (("failures", _L),), "none", "nothing",
             {"failures": TaskFailure}),
     Message("SubmitRefused", 22, "broker->client",
@@ -274,8 +276,8 @@ MESSAGES = (
     Message("Upload", 32, "broker->worker",
             (("client", _B), ("request", _I), ("ids", _L)), "none", "Uploaded",
             {"ids": int}),
-    Message("RemoveData", 33, "broker->worker", (("ids", _L),), "none", "nothing",
-            {"ids": int}),
+    Message("RemoveData", 33, "broker->worker", (("ids", _L),), "none",
+            "nothing; removals wait up to 2 ms and go out together", {"ids": int}),
     Message("CancelTasks", 34, "broker->worker", (("ids", _L),), "none", "nothing",
             {"ids": int}),
     Message("StartTrace", 35, "broker->worker", (("path", _S), ("worker_id", _I)), "none",
