@@ -1,47 +1,44 @@
 """Client: connect to a broker, submit plans, wait for, fetch and release results.
 
-One DEALER socket, used by one thread at a time under ``_lock``: events from
-the broker are processed whenever a call waits. ``release()`` is sent at once;
-releases noted by garbage-collected futures (``Future.__del__`` does no socket
-I/O) are sent on the client's next wake-up inside a call, or by a small timer
-thread while the client is idle, so an idle client never keeps data alive.
+The user's API. The class is composed of its sub-protocols, as mixins (a call on
+the submit or gather path costs what it did when all was written here):
+
+- connection.py: the one DEALER socket (used by one thread at a time under
+  ``_lock``), the handshake, and the handling of what the broker sends, processed
+  whenever a call waits;
+- releases.py: ``release()`` is sent at once; releases noted by garbage-collected
+  futures (``Future.__del__`` does no socket I/O) are sent on the client's next
+  wake-up inside a call, or by a small timer thread while the client is idle, so
+  an idle client never keeps data alive.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
-import logging
 import os
 import threading
-import time
 import weakref
 from collections import deque
 from typing import Any
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
-from .. import data, protocol, security
-from ..errors import ConnectionLost, LoomError, TaskFailed
-from .future import CANCELED, FAILED, FINISHED, RELEASED, RUNNING, Future
+from .. import protocol
+from ..errors import LoomError
+from .connection import BrokerConnection
+from .future import CANCELED, FAILED, RELEASED, RUNNING, Future
 from .plan import PlanBuilder
 from .progress import ProgressBar
-from .session import reattach
-
-log = logging.getLogger("hyperloom.client")
+from .releases import Releases, release_timer
 
 CONNECT_TIMEOUT = 30.0
-SEND_TIMEOUT = 30.0
 # Tasks per Submit message: the broker checks one chunk while the next is encoded,
 # and its temporary objects are reused instead of piling up.
 SUBMIT_CHUNK = 20000
-# How often an idle client sends the releases of garbage-collected futures, and
-# how long a waiting call blocks before it looks at them again.
-RELEASE_INTERVAL = 0.2
 
 
-class Client:
+class Client(BrokerConnection, Releases):
     """A connection to a broker. ``Client()`` with no address starts a local cluster.
 
     ``dashboard=True`` starts loom-dashboard too (with the local cluster, or against the
@@ -98,70 +95,13 @@ class Client:
             raise
         self._timer_stop = threading.Event()
         self._timer = threading.Thread(
-            target=_release_timer, args=(weakref.ref(self), self._timer_stop),
+            target=release_timer, args=(weakref.ref(self), self._timer_stop),
             name="hyperloom-client-releases", daemon=True)
         self._timer.start()
         if dashboard and self._cluster is None:
             from ..dashboard import start_dashboard
             self._dashboard = start_dashboard(address, port, secret_file)
             self.dashboard_url = self._dashboard.url
-
-    def _open_socket(self):
-        """A new DEALER (and its monitor) to the broker: at start, and to re-attach (what
-        an old one still queues must not reach a restarted broker before ResumeClient)."""
-        self._socket = self._context.socket(zmq.DEALER)
-        if self._secret_file:
-            security.secure_client(self._socket, security.load_secret_file(self._secret_file))
-        self._socket.setsockopt(zmq.LINGER, 0)
-        self._socket.setsockopt(zmq.SNDHWM, 0)
-        self._socket.setsockopt(zmq.RCVHWM, 0)
-        self._socket.setsockopt(zmq.HEARTBEAT_IVL, 2000)
-        self._socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, 10000)
-        self._monitor = self._socket.get_monitor_socket(
-            zmq.EVENT_DISCONNECTED | security.HANDSHAKE_FAILURES)
-        self._poller = zmq.Poller()
-        self._poller.register(self._socket, zmq.POLLIN)
-        self._poller.register(self._monitor, zmq.POLLIN)
-        self._socket.connect(f"tcp://{self.server_address}:{self.server_port}")
-
-    def _handshake(self, timeout):
-        self._send(protocol.encode(protocol.HELLO_CLIENT, protocol.PROTOCOL_VERSION))
-        deadline = time.monotonic() + timeout
-        while not self._socket.poll(100):
-            if self._monitor.poll(0):
-                event = recv_monitor_message(self._monitor)
-                if event["event"] & security.HANDSHAKE_FAILURES:
-                    raise LoomError(
-                        f"the broker at {self.server_address}:{self.server_port} refused the "
-                        f"connection (security handshake failed: a missing or wrong secret "
-                        f"file?)")
-            if time.monotonic() > deadline:
-                raise ConnectionLost(f"no answer from a broker at {self.server_address}:"
-                                     f"{self.server_port} within {timeout:.0f} s")
-        try:
-            code, fields = protocol.decode(self._socket.recv())
-        except protocol.ProtocolError as error:
-            raise LoomError(f"{self.server_address}:{self.server_port} does not speak the "
-                            f"hyperloom protocol (is it a loom-broker?): {error}") from None
-        if code == protocol.ERROR:
-            raise LoomError(f"the broker refused this client: {fields[0]}")
-        if code != protocol.WELCOME:
-            raise LoomError(f"unexpected {protocol.name_of(code)} from the broker")
-        self.number = fields[1]
-        self.task_types = fields[2]
-        self._early = []  # what came with Welcome besides Session: handled in the first wait
-        while self._socket.poll(0) and not self._early:
-            frames = self._socket.recv_multipart(copy=False)
-            try:
-                code, fields = protocol.decode(frames[0].buffer)
-            except protocol.ProtocolError:
-                code = None
-            if code == protocol.SESSION:  # a broker with a journal sends it with Welcome
-                self._session = (fields[0], fields[1])
-            else:
-                self._early.append(frames)
-        self._first_id = self.number << protocol.CLIENT_SHIFT
-        self.submit_id = self._first_id
 
     # ------------------------------------------------------------ submit
 
@@ -292,52 +232,6 @@ class Client:
             if pending:
                 self._process_events()
 
-    # ------------------------------------------------------------ release
-
-    def release(self, futures):
-        """Release results from the workers; running tasks are canceled. Sent at once."""
-        for future in futures:
-            self._note_release(future)
-        self._flush_releases()
-
-    def release_one(self, future):
-        self.release((future,))
-
-    def _note_release(self, future):
-        if future.remote_status in (RELEASED, CANCELED):
-            return
-        self.futures.pop(future._id, None)
-        future.remote_status = RELEASED
-        self._pending_release.append(future._id)
-
-    def _release_later(self, future):
-        """Called from Future.__del__: no socket I/O here, only a note (sent by the next
-        wake-up of a waiting call or by the release timer)."""
-        if not self._closed:
-            self._pending_release.append(future._id)
-
-    def _flush_releases(self):
-        pending = self._pending_release
-        if not pending or self._closed:
-            return
-        ids = []
-        while pending:
-            ids.append(pending.popleft())
-        with self._lock:
-            self._send(protocol.encode(protocol.RELEASE, ids))
-
-    def _flush_releases_if_idle(self):
-        """From the timer thread: send noted releases unless a call is using the socket
-        (that call sends them on its next wake-up)."""
-        if not self._pending_release or not self._lock.acquire(blocking=False):
-            return
-        try:
-            self._flush_releases()
-        except LoomError as error:  # nobody to tell from this thread; the next call raises
-            log.warning("could not send releases: %s", error)
-        finally:
-            self._lock.release()
-
     # ------------------------------------------------------------ other requests
 
     def get_stats(self) -> dict:
@@ -401,11 +295,6 @@ class Client:
             self._cluster.stop()
             self._cluster = None
 
-    def _close_sockets(self):
-        self._monitor.close(linger=0)
-        self._socket.close(linger=200)
-        self._context.term()
-
     def __enter__(self):
         return self
 
@@ -417,25 +306,6 @@ class Client:
             self.close()
         except Exception:
             pass
-
-    # ------------------------------------------------------------ events
-
-    def _send(self, header):
-        """Send, or raise ConnectionLost if no broker takes it within SEND_TIMEOUT
-        (a DEALER without a connection would otherwise block forever)."""
-        with self._lock:
-            if self._session is not None and self._monitor.poll(0):
-                self._handle_events({self._monitor: zmq.POLLIN})  # re-attach first
-            try:
-                self._socket.send(header, zmq.NOBLOCK, copy=False)
-                return
-            except zmq.Again:
-                pass
-            if not self._socket.poll(int(SEND_TIMEOUT * 1000), zmq.POLLOUT):
-                raise ConnectionLost(f"cannot reach the broker at {self.server_address}:"
-                                     f"{self.server_port}: nothing accepted a message for "
-                                     f"{SEND_TIMEOUT:.0f} s")
-            self._socket.send(header, zmq.NOBLOCK, copy=False)
 
     def _request_number(self):
         request = self._next_request
@@ -453,113 +323,6 @@ class Client:
             raise future.error
         if future.remote_status in (RELEASED, CANCELED) and not future._has_result:
             raise LoomError(f"{future!r} was released; its result is gone")
-
-    def _set_failed(self, future, error):
-        future.remote_status = FAILED
-        if isinstance(error, list):
-            failed_id, worker, message = error
-            future.error = TaskFailed(protocol.local_id(failed_id), worker, message)
-        else:
-            future.error = LoomError(str(error))
-
-    def _process_events(self):
-        """Wait a while for, and handle, everything the broker sent.
-
-        Returns after at most RELEASE_INTERVAL so that releases noted by
-        garbage-collected futures during a long wait go out without delay;
-        callers loop until what they wait for has arrived.
-        """
-        with self._lock:
-            if self._broken is not None:
-                raise self._broken
-            self._flush_releases()
-            events = dict(self._poller.poll(int(RELEASE_INTERVAL * 1000)))
-            self._handle_events(events)
-
-    def _handle_events(self, events):
-        while self._early:
-            self._on_message(self._early.pop(0))
-        if self._monitor in events:
-            event = recv_monitor_message(self._monitor)
-            if event["event"] != 0 and self._session is not None:
-                reattach(self)   # session.py: a new connection, the session resumed
-                return
-            if event["event"] != 0:
-                raise ConnectionLost(f"the connection to the broker at {self.server_address}:"
-                                     f"{self.server_port} was lost")
-        if self._socket not in events:
-            return
-        while True:
-            try:
-                frames = protocol.recv_frames(self._socket)
-            except zmq.Again:
-                return
-            self._on_message(frames)
-
-    def _on_message(self, frames):
-        try:
-            code, fields = protocol.decode(frames[0].buffer)
-        except protocol.ProtocolError as error:
-            raise LoomError(f"the broker at {self.server_address}:{self.server_port} sent a "
-                            f"malformed message: {error}") from None
-        futures = self.futures
-        if code == protocol.TASKS_FINISHED:
-            self.progress = (fields[1], fields[2])
-            for task_id in fields[0]:
-                future = futures.pop(task_id, None)
-                if future is not None and future.remote_status == RUNNING:
-                    future.remote_status = FINISHED
-        elif code == protocol.DATA:
-            self._on_data(fields[0], fields[1], frames)
-        elif code == protocol.TASKS_FAILED:
-            for task_id, *failure in fields[0]:
-                future = futures.pop(task_id, None)
-                if future is not None and future.remote_status == RUNNING:
-                    self._set_failed(future, failure)
-        elif code == protocol.SUBMIT_REFUSED:
-            ids, message = fields
-            for task_id in ids:
-                future = futures.pop(task_id, None)
-                if future is not None:
-                    self._set_failed(future, f"Plan refused: {message}")
-        elif code == protocol.SESSION:
-            self._session = (fields[0], fields[1])
-        elif code == protocol.STATS or code == protocol.SNAPSHOT:
-            if fields[0] in self._replies:
-                self._replies[fields[0]] = fields[1]
-        elif code == protocol.ERROR:
-            message, fatal = fields
-            raise LoomError(f"the broker reports an error: {message}")
-        else:
-            log.warning("unexpected %s from the broker", protocol.name_of(code))
-
-    def _on_data(self, request, objects, frames):
-        replies = self._replies.get(request)
-        position = 1
-        small = data.KIND_SMALL
-        for entry in objects:
-            task_id, meta = entry[0], entry[1]
-            if meta is None:
-                outcome = (None, entry[2])
-            elif meta[0] == small:  # the common case, without building a data object
-                outcome = (meta[1], None)
-            else:
-                obj, position = data.decode(meta, frames, position)
-                outcome = (obj.to_python(), None)
-            if replies is not None and (outcome[1] is None or task_id not in replies):
-                replies[task_id] = outcome  # (a re-sent fetch's error never hides a value)
-
-
-def _release_timer(client_ref, stop: threading.Event):
-    """Send the releases of garbage-collected futures while the client is idle.
-
-    Holds only a weak reference, so an unclosed client can still be collected."""
-    while not stop.wait(RELEASE_INTERVAL):
-        client = client_ref()
-        if client is None:
-            return
-        client._flush_releases_if_idle()
-        del client
 
 
 @contextlib.contextmanager

@@ -1,0 +1,221 @@
+"""The client's connection to its broker: one DEALER socket and its monitor, the
+handshake, sends that cannot block forever, and the handling of what the broker sends.
+
+One thread at a time uses the socket, under ``_lock``: events from the broker are
+processed whenever a call waits (``_process_events``). A dropped connection raises
+ConnectionLost, or re-attaches the session of a broker with a journal (session.py).
+
+A mixin of ``Client`` (client.py): the loop's ``self._on_message(...)`` costs what it
+did when it was written in the class itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from .. import data, protocol, security
+from ..errors import ConnectionLost, LoomError, TaskFailed
+from .future import FAILED, FINISHED, RUNNING
+from .releases import RELEASE_INTERVAL
+from .session import reattach
+
+if TYPE_CHECKING:
+    from .future import Future
+
+log = logging.getLogger("hyperloom.client")
+
+SEND_TIMEOUT = 30.0
+
+
+class BrokerConnection:
+    # given their values by Client.__init__ (client.py) and _handshake
+    server_address: str
+    server_port: int
+    futures: dict[int, Future]
+    progress: tuple[int, int]
+    _context: zmq.Context
+    _lock: threading.RLock
+    _replies: dict[int, Any]
+    _secret_file: str | None
+    _session: tuple[int, bytes] | None
+    _broken: LoomError | None
+
+    def _open_socket(self):
+        """A new DEALER (and its monitor) to the broker: at start, and to re-attach (what
+        an old one still queues must not reach a restarted broker before ResumeClient)."""
+        self._socket = self._context.socket(zmq.DEALER)
+        if self._secret_file:
+            security.secure_client(self._socket, security.load_secret_file(self._secret_file))
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.setsockopt(zmq.SNDHWM, 0)
+        self._socket.setsockopt(zmq.RCVHWM, 0)
+        self._socket.setsockopt(zmq.HEARTBEAT_IVL, 2000)
+        self._socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, 10000)
+        self._monitor = self._socket.get_monitor_socket(
+            zmq.EVENT_DISCONNECTED | security.HANDSHAKE_FAILURES)
+        self._poller = zmq.Poller()
+        self._poller.register(self._socket, zmq.POLLIN)
+        self._poller.register(self._monitor, zmq.POLLIN)
+        self._socket.connect(f"tcp://{self.server_address}:{self.server_port}")
+
+    def _close_sockets(self):
+        self._monitor.close(linger=0)
+        self._socket.close(linger=200)
+        self._context.term()
+
+    def _handshake(self, timeout):
+        self._send(protocol.encode(protocol.HELLO_CLIENT, protocol.PROTOCOL_VERSION))
+        deadline = time.monotonic() + timeout
+        while not self._socket.poll(100):
+            if self._monitor.poll(0):
+                event = recv_monitor_message(self._monitor)
+                if event["event"] & security.HANDSHAKE_FAILURES:
+                    raise LoomError(
+                        f"the broker at {self.server_address}:{self.server_port} refused the "
+                        f"connection (security handshake failed: a missing or wrong secret "
+                        f"file?)")
+            if time.monotonic() > deadline:
+                raise ConnectionLost(f"no answer from a broker at {self.server_address}:"
+                                     f"{self.server_port} within {timeout:.0f} s")
+        try:
+            code, fields = protocol.decode(self._socket.recv())
+        except protocol.ProtocolError as error:
+            raise LoomError(f"{self.server_address}:{self.server_port} does not speak the "
+                            f"hyperloom protocol (is it a loom-broker?): {error}") from None
+        if code == protocol.ERROR:
+            raise LoomError(f"the broker refused this client: {fields[0]}")
+        if code != protocol.WELCOME:
+            raise LoomError(f"unexpected {protocol.name_of(code)} from the broker")
+        self.number = fields[1]
+        self.task_types = fields[2]
+        self._early = []  # what came with Welcome besides Session: handled in the first wait
+        while self._socket.poll(0) and not self._early:
+            frames = self._socket.recv_multipart(copy=False)
+            try:
+                code, fields = protocol.decode(frames[0].buffer)
+            except protocol.ProtocolError:
+                code = None
+            if code == protocol.SESSION:  # a broker with a journal sends it with Welcome
+                self._session = (fields[0], fields[1])
+            else:
+                self._early.append(frames)
+        self._first_id = self.number << protocol.CLIENT_SHIFT
+        self.submit_id = self._first_id
+
+    def _send(self, header):
+        """Send, or raise ConnectionLost if no broker takes it within SEND_TIMEOUT
+        (a DEALER without a connection would otherwise block forever)."""
+        with self._lock:
+            if self._session is not None and self._monitor.poll(0):
+                self._handle_events({self._monitor: zmq.POLLIN})  # re-attach first
+            try:
+                self._socket.send(header, zmq.NOBLOCK, copy=False)
+                return
+            except zmq.Again:
+                pass
+            if not self._socket.poll(int(SEND_TIMEOUT * 1000), zmq.POLLOUT):
+                raise ConnectionLost(f"cannot reach the broker at {self.server_address}:"
+                                     f"{self.server_port}: nothing accepted a message for "
+                                     f"{SEND_TIMEOUT:.0f} s")
+            self._socket.send(header, zmq.NOBLOCK, copy=False)
+
+    def _set_failed(self, future, error):
+        future.remote_status = FAILED
+        if isinstance(error, list):
+            failed_id, worker, message = error
+            future.error = TaskFailed(protocol.local_id(failed_id), worker, message)
+        else:
+            future.error = LoomError(str(error))
+
+    def _process_events(self):
+        """Wait a while for, and handle, everything the broker sent.
+
+        Returns after at most RELEASE_INTERVAL so that releases noted by
+        garbage-collected futures during a long wait go out without delay;
+        callers loop until what they wait for has arrived.
+        """
+        with self._lock:
+            if self._broken is not None:
+                raise self._broken
+            self._flush_releases()
+            events = dict(self._poller.poll(int(RELEASE_INTERVAL * 1000)))
+            self._handle_events(events)
+
+    def _handle_events(self, events):
+        while self._early:
+            self._on_message(self._early.pop(0))
+        if self._monitor in events:
+            event = recv_monitor_message(self._monitor)
+            if event["event"] != 0 and self._session is not None:
+                reattach(self)   # session.py: a new connection, the session resumed
+                return
+            if event["event"] != 0:
+                raise ConnectionLost(f"the connection to the broker at {self.server_address}:"
+                                     f"{self.server_port} was lost")
+        if self._socket not in events:
+            return
+        while True:
+            try:
+                frames = protocol.recv_frames(self._socket)
+            except zmq.Again:
+                return
+            self._on_message(frames)
+
+    def _on_message(self, frames):
+        try:
+            code, fields = protocol.decode(frames[0].buffer)
+        except protocol.ProtocolError as error:
+            raise LoomError(f"the broker at {self.server_address}:{self.server_port} sent a "
+                            f"malformed message: {error}") from None
+        futures = self.futures
+        if code == protocol.TASKS_FINISHED:
+            self.progress = (fields[1], fields[2])
+            for task_id in fields[0]:
+                future = futures.pop(task_id, None)
+                if future is not None and future.remote_status == RUNNING:
+                    future.remote_status = FINISHED
+        elif code == protocol.DATA:
+            self._on_data(fields[0], fields[1], frames)
+        elif code == protocol.TASKS_FAILED:
+            for task_id, *failure in fields[0]:
+                future = futures.pop(task_id, None)
+                if future is not None and future.remote_status == RUNNING:
+                    self._set_failed(future, failure)
+        elif code == protocol.SUBMIT_REFUSED:
+            ids, message = fields
+            for task_id in ids:
+                future = futures.pop(task_id, None)
+                if future is not None:
+                    self._set_failed(future, f"Plan refused: {message}")
+        elif code == protocol.SESSION:
+            self._session = (fields[0], fields[1])
+        elif code == protocol.STATS or code == protocol.SNAPSHOT:
+            if fields[0] in self._replies:
+                self._replies[fields[0]] = fields[1]
+        elif code == protocol.ERROR:
+            message, fatal = fields
+            raise LoomError(f"the broker reports an error: {message}")
+        else:
+            log.warning("unexpected %s from the broker", protocol.name_of(code))
+
+    def _on_data(self, request, objects, frames):
+        replies = self._replies.get(request)
+        position = 1
+        small = data.KIND_SMALL
+        for entry in objects:
+            task_id, meta = entry[0], entry[1]
+            if meta is None:
+                outcome = (None, entry[2])
+            elif meta[0] == small:  # the common case, without building a data object
+                outcome = (meta[1], None)
+            else:
+                obj, position = data.decode(meta, frames, position)
+                outcome = (obj.to_python(), None)
+            if replies is not None and (outcome[1] is None or task_id not in replies):
+                replies[task_id] = outcome  # (a re-sent fetch's error never hides a value)
