@@ -397,36 +397,6 @@ def decode(header: Any) -> tuple[int, list[Any]]:
     return value[0], fields
 
 
-# ---------------------------------------------------------------- frames on a socket
-
-# ZeroMQ's flags as plain ints. pyzmq's send_multipart/recv_multipart combine enum flags
-# and query RCVMORE for every frame: ~3 µs more per message than these loops, which is a
-# tenth of what the broker does on a one-task round trip (benchmarks/README.md, "Round trip").
-NOBLOCK = 1
-_SNDMORE = 2
-
-
-def send_frames(socket: Any, frames: list[Any], flags: int = 0, copy: bool = True) -> None:
-    """Send ``frames`` as one multipart message on a ZeroMQ ``socket``."""
-    send = socket.send
-    more = flags | _SNDMORE
-    last = len(frames) - 1
-    for i in range(last):
-        send(frames[i], more, copy=copy)
-    send(frames[last], flags, copy=copy)
-
-
-def recv_frames(socket: Any) -> list[Any]:
-    """Receive one multipart message as zero-copy frames; raises zmq.Again if none waits
-    (the frames of a message arrive together, so only the first receive can fail)."""
-    frame = socket.recv(NOBLOCK, copy=False)
-    frames = [frame]
-    while frame.more:
-        frame = socket.recv(NOBLOCK, copy=False)
-        frames.append(frame)
-    return frames
-
-
 def name_of(code: int) -> str:
     message = BY_CODE.get(code)
     return message.name if message else f"<code {code}>"

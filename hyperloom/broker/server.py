@@ -28,6 +28,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from .. import protocol, security
+from ..frames import recv_frames, send_frames
 from ..protocol import ProtocolError
 from ..trace import TraceWriter
 from .connections import ConnectionTable
@@ -175,7 +176,6 @@ class BrokerServer:
     def _drain_router(self) -> bool:
         """Handle waiting messages; False if some are left for the next round."""
         router = self.router
-        recv_frames = protocol.recv_frames
         for _ in range(DRAIN_LIMIT):
             try:
                 frames = recv_frames(router)
@@ -282,7 +282,7 @@ class BrokerServer:
         out = self.core.outbox
         if out.is_empty():
             return
-        router, send_frames = self.router, protocol.send_frames
+        router = self.router
         for identity, frames in messages(out):
             try:
                 send_frames(router, [identity, *frames], copy=False)

@@ -27,7 +27,7 @@ import zmq
 from .. import protocol
 from ..errors import LoomError
 from .connection import BrokerConnection
-from .future import CANCELED, FAILED, RELEASED, RUNNING, Future
+from .future import CANCELED, FAILED, FINISHED, RELEASED, RUNNING, Future
 from .plan import PlanBuilder
 from .progress import ProgressBar
 from .releases import Releases, release_timer

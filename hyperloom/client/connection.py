@@ -20,6 +20,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from .. import data, protocol, security
+from ..frames import recv_frames
 from ..errors import ConnectionLost, LoomError, TaskFailed
 from .future import FAILED, FINISHED, RUNNING
 from .releases import RELEASE_INTERVAL
@@ -162,7 +163,7 @@ class BrokerConnection:
             return
         while True:
             try:
-                frames = protocol.recv_frames(self._socket)
+                frames = recv_frames(self._socket)
             except zmq.Again:
                 return
             self._on_message(frames)

@@ -20,6 +20,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from .. import protocol
+from ..frames import NOBLOCK, send_frames
 from ..trace import TraceWriter
 from .state import WorkerCore
 from .taskdef import TaskRegistry
@@ -184,7 +185,7 @@ class BrokerLink:
         if self.disconnected_since is not None and not always:
             return
         try:
-            protocol.send_frames(self.dealer, frames, protocol.NOBLOCK, copy=len(frames) == 1)
+            send_frames(self.dealer, frames, NOBLOCK, copy=len(frames) == 1)
         except zmq.Again:
             log.debug("no connection to the broker: a message was dropped")
         self.last_sent = time.monotonic()

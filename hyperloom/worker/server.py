@@ -21,6 +21,7 @@ import psutil
 import zmq
 
 from .. import data, protocol, security
+from ..frames import recv_frames
 from ..trace import TraceWriter
 from .broker_link import CHILDREN_REFRESH, BrokerLink, BrokerLost
 from .builtin import register_builtin_tasks
@@ -192,7 +193,7 @@ class WorkerServer(BrokerLink):
     # ------------------------------------------------------------ broker messages
 
     def _drain_broker(self):
-        dealer, recv_frames = self.dealer, protocol.recv_frames
+        dealer = self.dealer
         while True:
             try:
                 frames = recv_frames(dealer)
