@@ -28,7 +28,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from .. import protocol, security
-from ..frames import recv_frames, send_frames
+from ..frames import has_message, recv_frames, send_frames
 from ..protocol import ProtocolError
 from ..trace import TraceWriter
 from .connections import ConnectionTable
@@ -185,6 +185,8 @@ class BrokerServer:
                 self._on_message(frames)
             except Exception:  # a bug must not take the broker down for everyone
                 log.exception("error while handling a message; message dropped")
+            if not has_message(router):
+                return True
         return False
 
     def _read_monitor(self):

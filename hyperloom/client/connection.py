@@ -20,7 +20,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from .. import data, protocol, security
-from ..frames import recv_frames
+from ..frames import has_message, recv_frames
 from ..errors import ConnectionLost, LoomError, TaskFailed
 from .future import FAILED, FINISHED, RUNNING
 from .releases import RELEASE_INTERVAL
@@ -161,12 +161,15 @@ class BrokerConnection:
                                      f"{self.server_port} was lost")
         if self._socket not in events:
             return
+        socket = self._socket
         while True:
             try:
-                frames = recv_frames(self._socket)
+                frames = recv_frames(socket)
             except zmq.Again:
                 return
             self._on_message(frames)
+            if not has_message(socket):
+                return
 
     def _on_message(self, frames):
         try:

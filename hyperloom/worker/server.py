@@ -21,7 +21,7 @@ import psutil
 import zmq
 
 from .. import data, protocol, security
-from ..frames import recv_frames
+from ..frames import has_message, recv_frames
 from ..trace import TraceWriter
 from .broker_link import CHILDREN_REFRESH, BrokerLink, BrokerLost
 from .builtin import register_builtin_tasks
@@ -206,6 +206,8 @@ class WorkerServer(BrokerLink):
                 log.error("malformed message from the broker: %s", error)
                 continue
             self._on_broker_message(code, fields)
+            if not has_message(dealer):
+                return
 
     def _on_broker_message(self, code, fields):
         """Decoded message -> the core's handler; the server only does the I/O it returns."""
