@@ -12,19 +12,26 @@ import os
 import re
 import sys
 from array import array
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from operator import attrgetter
 from pathlib import Path
-from typing import Optional
+from typing import IO, Any, Optional
 
 import msgpack
 
-from .format import FORMAT_NAME, FORMAT_VERSION, SCHEMAS, STRINGS, SUFFIX, label_group
+from .format import FORMAT_NAME, FORMAT_VERSION, SCHEMAS, STRINGS, SUFFIX
+from .model import Sample, Trace, TracedTask, TracedWorker, Transfer
 
 _WORKER_NAME = re.compile(r"worker-(\d+)\Z")
 
+# An event as decoded: its schema's fields in order (ints, strings, tuples of ints).
+Event = tuple[Any, ...]
+# One execution: (task, worker, cpu ids, start, end or None, ok, size or None)
+Run = tuple[int, int, tuple[int, ...], float, Optional[float], bool, Optional[int]]
 
-def _layout(schema):
+
+def _layout(schema: tuple[str, ...]) -> tuple[int, list[int], list[int], Optional[int]]:
     """(width, time field indices, string field indices, list field index or None)."""
     return (len(schema),
             [i for i, name in enumerate(schema) if name in ("t", "end")],
@@ -35,74 +42,13 @@ def _layout(schema):
 _LAYOUTS = {kind: _layout(schema) for kind, schema in SCHEMAS.items()}
 
 
-# ---- the merged view ---------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class TracedTask:
-    """One execution of a task on a worker (a task re-run elsewhere appears twice)."""
-    task_id: int
-    task_type: Optional[str]      # None when the broker's file is missing
-    label: Optional[str]
-    worker: int
-    cpu_ids: tuple[int, ...]      # empty for light tasks
-    start: float
-    end: Optional[float]          # None when the worker never reported the end
-    ok: bool
-    size: Optional[int] = None
-    inputs: tuple[int, ...] = ()
-
-    @property
-    def group(self) -> str:
-        """Colour group: the label's group, or the task type for unlabelled tasks."""
-        if self.label:
-            return label_group(self.label)
-        return self.task_type or "unknown"
-
-
-@dataclass(frozen=True)
-class TracedWorker:
-    worker_id: int
-    address: Optional[str]        # None when the broker's file does not know the worker
-    cpus: int
-
-
-@dataclass(frozen=True)
-class Transfer:
-    """Data moved between processes; ends are ``worker-<id>`` when the address is a known worker."""
-    data_id: int
-    nbytes: int
-    source: str
-    target: str
-    time: float                   # when it was sent (receiver-only: when receiving began)
-    seconds: Optional[float] = None  # receive duration, when the receiver knew it
-
-
-@dataclass(frozen=True)
-class Sample:
-    worker: Optional[int]         # None for the broker
-    time: float
-    cpu_percent: float
-    mem_bytes: int
-
-
-@dataclass
-class Trace:
-    tasks: list[TracedTask] = field(default_factory=list)
-    workers: list[TracedWorker] = field(default_factory=list)
-    transfers: list[Transfer] = field(default_factory=list)
-    samples: list[Sample] = field(default_factory=list)
-    n_submitted: int = 0
-    duration: float = 0.0         # seconds from the earliest to the latest event
-    bad_records: int = 0          # unreadable blocks and events skipped (e.g. cut by a crash)
-
-
 def worker_id_of(name: str) -> Optional[int]:
     """The worker id in a file name like ``worker-3``, or None for any other name."""
     match = _WORKER_NAME.match(name)
     return int(match.group(1)) if match else None
 
 
-def read_trace(directory: str | os.PathLike) -> Trace:
+def read_trace(directory: str | os.PathLike[str]) -> Trace:
     """Parse every ``*.ltrace`` file of ``directory`` into one time-aligned ``Trace``."""
     files = [read_file(path) for path in _trace_files_in(directory)]
     first = [f.first_event for f in files if f.first_event is not None]
@@ -116,7 +62,7 @@ def read_trace(directory: str | os.PathLike) -> Trace:
     return trace
 
 
-def _trace_files_in(directory: str | os.PathLike) -> list[Path]:
+def _trace_files_in(directory: str | os.PathLike[str]) -> list[Path]:
     paths = sorted(Path(directory).glob("*" + SUFFIX))
     if not paths:
         raise FileNotFoundError(f"no {SUFFIX} files in {directory}")
@@ -131,13 +77,13 @@ class TraceFile:
     kept as integers: a float of seconds since 1970 would round them to ~0.4 µs)."""
     name: str
     start_ns: int                                  # wall clock at the writer's start
-    blocks: list[tuple[str, list[tuple]]]          # (kind, events); an event's field 0 is its time
+    blocks: list[tuple[str, list[Event]]]          # (kind, events); an event's field 0 is its time
     bad_records: int = 0
     first_event: Optional[int] = None
     last_event: Optional[int] = None
 
 
-def read_file(path: str | os.PathLike) -> TraceFile:
+def read_file(path: str | os.PathLike[str]) -> TraceFile:
     """Parse one ``.ltrace`` file; a block cut short by a crash or unreadable is counted, not
     fatal, but a file that does not start with a trace header is refused."""
     with open(path, "rb") as file:
@@ -192,7 +138,7 @@ class _BlockDecoder:
         self._offset = clock_offset_ns
         self._strings: list[str] = []
 
-    def decode(self, block) -> Optional[tuple[str, list[tuple]]]:
+    def decode(self, block: object) -> Optional[tuple[str, list[Event]]]:
         """(kind, events); no events for a kind this reader does not know (a newer writer's:
         skipping it keeps old readers useful); None for a malformed block."""
         if not (isinstance(block, list) and len(block) == 4 and isinstance(block[0], str)
@@ -249,17 +195,21 @@ class _Assembler:
         self._worker_files: set[int] = set()
         # (worker, task) -> its starts and finishes; paired in time order once all are read,
         # since blocks of different kinds are not written in time order.
-        self._starts: dict[tuple[int, int], list] = {}
-        self._finishes: dict[tuple[int, int], list] = {}
-        self._runs: list[tuple] = []
-        self._sent: list[tuple] = []
-        self._received: list[tuple] = []
+        self._starts: dict[tuple[int, int], list[tuple[float, tuple[int, ...]]]] = {}
+        self._finishes: dict[tuple[int, int], list[tuple[float, int, bool]]] = {}
+        self._runs: list[Run] = []
+        # (data id, bytes, source, target, time)
+        self._sent: list[tuple[int, int, str, str, float]] = []
+        # (data id, bytes, source, target, time, seconds or None)
+        self._received: list[tuple[int, int, str, str, float, Optional[float]]] = []
         self._samples: list[Sample] = []
         self._bad_records = 0
-        self._handlers = {"W": self._on_workers_joined, "T": self._on_tasks_submitted,
-                          "S": self._on_tasks_started, "F": self._on_tasks_finished,
-                          "X": self._on_tasks_ran, "D": self._on_data_sent,
-                          "R": self._on_data_received, "M": self._on_samples}
+        # kind -> handler(worker id or None, file name, events)
+        self._handlers: dict[str, Callable[[Optional[int], str, list[Event]], None]] = {
+            "W": self._on_workers_joined, "T": self._on_tasks_submitted,
+            "S": self._on_tasks_started, "F": self._on_tasks_finished,
+            "X": self._on_tasks_ran, "D": self._on_data_sent,
+            "R": self._on_data_received, "M": self._on_samples}
 
     def feed(self, parsed: TraceFile) -> None:
         worker = worker_id_of(parsed.name)
@@ -279,46 +229,57 @@ class _Assembler:
                 events = [((t - origin) / 1e9, *rest) for t, *rest in events]
             self._handlers[kind](worker, parsed.name, events)
 
-    def _on_workers_joined(self, _worker, _endpoint, events):
+    def _on_workers_joined(self, _worker: Optional[int], _endpoint: str,
+                           events: list[Event]) -> None:
         for _, worker_id, cpus, address in events:
             self._joined[worker_id] = (address, cpus)
 
-    def _on_tasks_submitted(self, _worker, _endpoint, events):
+    def _on_tasks_submitted(self, _worker: Optional[int], _endpoint: str,
+                            events: list[Event]) -> None:
         submitted = self._submitted
         for _, task_id, task_type, label, inputs in events:
             submitted[task_id] = (task_type, label, inputs)
 
-    def _on_tasks_started(self, worker, _endpoint, events):
+    def _on_tasks_started(self, worker: Optional[int], _endpoint: str,
+                          events: list[Event]) -> None:
+        assert worker is not None  # feed() passes task events of worker files only
         starts = self._starts
         for t, task_id, cpus in events:
             starts.setdefault((worker, task_id), []).append((t, cpus))
 
-    def _on_tasks_finished(self, worker, _endpoint, events):
+    def _on_tasks_finished(self, worker: Optional[int], _endpoint: str,
+                           events: list[Event]) -> None:
+        assert worker is not None  # (as above)
         finishes = self._finishes
         for t, task_id, size, ok in events:
             finishes.setdefault((worker, task_id), []).append((t, size, bool(ok)))
 
-    def _on_tasks_ran(self, worker, _endpoint, events):
+    def _on_tasks_ran(self, worker: Optional[int], _endpoint: str,
+                      events: list[Event]) -> None:
+        assert worker is not None  # (as above)
         self._runs.extend((task_id, worker, cpus, start, end, bool(ok), size)
                           for start, task_id, end, size, ok, cpus in events)
 
-    def _on_data_sent(self, _worker, endpoint, events):
+    def _on_data_sent(self, _worker: Optional[int], endpoint: str,
+                      events: list[Event]) -> None:
         self._sent.extend((data_id, nbytes, endpoint, target or "", t)
                           for t, data_id, nbytes, target in events)
 
-    def _on_data_received(self, _worker, endpoint, events):
+    def _on_data_received(self, _worker: Optional[int], endpoint: str,
+                          events: list[Event]) -> None:
         self._received.extend((data_id, nbytes, source or "", endpoint, t,
                                duration / 1e9 if duration >= 0 else None)
                               for t, data_id, nbytes, duration, source in events)
 
-    def _on_samples(self, worker, _endpoint, events):
+    def _on_samples(self, worker: Optional[int], _endpoint: str,
+                    events: list[Event]) -> None:
         self._samples.extend(Sample(worker, t, cpu_tenths / 10, memory)
                              for t, cpu_tenths, memory in events)
 
-    def _pair_starts_and_finishes(self) -> list[tuple]:
+    def _pair_starts_and_finishes(self) -> list[Run]:
         """Each finish ends the latest open start of the same task on the same worker; a start
         left open is unfinished, a finish with nothing open (started before tracing) is bad."""
-        runs = []
+        runs: list[Run] = []
         starts, finishes = self._starts, self._finishes
         for key in starts.keys() | finishes.keys():
             worker, task_id = key
@@ -328,9 +289,10 @@ class _Assembler:
                 (start, cpus), (end, size, ok) = started[0], finished[0]
                 runs.append((task_id, worker, cpus, start, end, ok, size))
                 continue
-            events = sorted([(t, 0, cpus) for t, cpus in self._starts.get(key, ())] +
-                            [(t, 1, (size, ok)) for t, size, ok in self._finishes.get(key, ())],
-                            key=lambda e: (e[0], e[1]))
+            events: list[tuple[float, int, Any]] = sorted(
+                [(t, 0, cpus) for t, cpus in self._starts.get(key, ())] +
+                [(t, 1, (size, ok)) for t, size, ok in self._finishes.get(key, ())],
+                key=lambda e: (e[0], e[1]))
             open_starts = []
             for t, is_finish, payload in events:
                 if not is_finish:
@@ -352,7 +314,8 @@ class _Assembler:
                      samples=samples, n_submitted=len(self._submitted),
                      bad_records=self._bad_records)
 
-    def _task(self, task_id, worker, cpu_ids, start, end, ok, size) -> TracedTask:
+    def _task(self, task_id: int, worker: int, cpu_ids: tuple[int, ...], start: float,
+              end: Optional[float], ok: bool, size: Optional[int]) -> TracedTask:
         task_type, label, inputs = self._submitted.get(task_id, (None, None, ()))
         return TracedTask(task_id, task_type, label, worker, cpu_ids, start, end, ok, size, inputs)
 
@@ -370,7 +333,7 @@ class _Assembler:
 
     def _transfers(self) -> list[Transfer]:
         names = {address: f"worker-{wid}" for wid, (address, _) in self._joined.items()}
-        pending: dict[tuple, list] = {}
+        pending: dict[tuple[int, int, str, str], list[tuple[float, Optional[float]]]] = {}
         for data_id, nbytes, source, target, t, seconds in self._received:
             key = (data_id, nbytes, names.get(source, source), target)
             pending.setdefault(key, []).append((t, seconds))
@@ -389,7 +352,7 @@ class _Assembler:
 
 # ---- a file as text, for people ----------------------------------------------------------------
 
-def dump(path: str | os.PathLike, out=sys.stdout) -> None:
+def dump(path: str | os.PathLike[str], out: IO[str] = sys.stdout) -> None:
     """Print a trace file (or every file of a directory) as text: the header, then one event per
     line, ``<kind> <µs since the file's start> <fields...>`` in the order they were written."""
     for file_path in _trace_files_in(path) if os.path.isdir(path) else [Path(path)]:

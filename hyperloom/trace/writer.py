@@ -13,7 +13,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from itertools import chain
-from typing import Optional
+from typing import Any, Optional
 
 import msgpack
 
@@ -88,7 +88,7 @@ class TraceWriter:
         self._extras["S"] += cpu_ids
         self._add("S", (self.now(), task_id, len(cpu_ids)))
 
-    def tasks_ran(self, runs: list) -> None:
+    def tasks_ran(self, runs: list[Any]) -> None:
         """Tasks that ran within one step of the worker's loop, as one flat list of six fields
         a task: start_ns, task_id, end_ns (both read from ``now``), result size, ok, cpu_ids.
         One event each instead of an ``S`` and an ``F``, one call per batch, and flat because
@@ -122,7 +122,7 @@ class TraceWriter:
 
     # ---- writing -----------------------------------------------------------------------------
 
-    def _add(self, kind: str, fields: tuple) -> None:
+    def _add(self, kind: str, fields: tuple[int, ...]) -> None:
         ints = self._ints[kind]
         ints += fields
         if len(ints) >= BLOCK_INTS:
@@ -163,5 +163,5 @@ class TraceWriter:
     def __enter__(self) -> TraceWriter:
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
