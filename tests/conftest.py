@@ -1,7 +1,9 @@
 """Fixtures shared by all tests: real clusters on free loopback ports, cleaned up."""
 
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -46,6 +48,34 @@ def data_port(process):
              if c.status == psutil.CONN_LISTEN]
     assert len(ports) == 1, ports
     return ports[0]
+
+
+def port_to_bind_later(exclude=()):
+    """A free port for a program that must be told its port before it starts (it binds
+    the port itself: a worker started before its broker, Slurm's daemons).
+
+    A port found free may be taken before the program binds it. This one is drawn below
+    the kernel's ephemeral range, which is where every port-0 bind (all the other tests'
+    brokers and workers) and every outgoing connection gets its port: nothing else this
+    machine runs is handed it meanwhile. Callers still restart their program on another
+    port if it finds the port taken (someone binding that very number), so the
+    remaining race costs a retry, never a failed test.
+    """
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            ephemeral_low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    while True:
+        port = random.randrange(max(1024, ephemeral_low - 12000), ephemeral_low)
+        if port in exclude:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+        return port
 
 
 def wait_until(predicate, timeout=10.0, interval=0.02, message="condition"):

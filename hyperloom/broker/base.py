@@ -9,8 +9,9 @@ mixin's ``self.tasks`` or ``self.transition(...)`` costs what it always did.
 from __future__ import annotations
 
 from typing import Any
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 
+from .journal import NullJournal
 from .model import ClientRecord, Node, WorkerRecord
 from .outbox import Outbox
 from .recorder import Recorder, RecorderFactory
@@ -44,7 +45,7 @@ class CoreBase:
     _moves: list[int]
     feed: DashboardFeed          # what live dashboards ask for (snapshot.py)
     # the journal and what survives a restart (journal.py, restore.py)
-    journal: Any
+    journal: NullJournal         # records nothing without --journal
     journaling: bool
     restoring: bool
     replaying: bool
@@ -65,24 +66,26 @@ class CoreBase:
 
     # methods of one mixin that others call (defined in the module named)
     transition: Callable[[Node, int], None]                      # lifecycle
-    add_ready: Callable[[Any], None]                             # lifecycle
+    add_ready: Callable[[Iterable[Node]], None]                  # lifecycle
     make_ready: Callable[[Node], None]                           # lifecycle
     deliver: Callable[[Node, WorkerRecord], None]                # lifecycle
-    drop_inputs: Callable[[Any], None]                           # lifecycle
+    drop_inputs: Callable[[Iterable[Node]], None]                # lifecycle
     release_node: Callable[[Node], None]                         # lifecycle
     _forget: Callable[[Node], None]                              # lifecycle
     _fail: Callable[[Node, list[Any]], None]                     # lifecycle
     _unassign: Callable[[Node, WorkerRecord], None]              # lifecycle
-    _take_fetches: Callable[[int], Any]                          # requests
+    _take_fetches: Callable[[int], Sequence[Fetch]]              # requests
     _serve_fetch: Callable[[Node, ClientRecord, int, bool], None]  # requests
     _park_fetch: Callable[[int, Fetch], None]                    # requests
     _worker_error: Callable[[WorkerRecord, str], None]           # reports
-    new_node: Callable[..., Node]                                # dynamic
+    new_node: Callable[[ClientRecord, str, bytes, tuple[Node, ...], int, str | None],
+                       Node]                                     # dynamic
     link: Callable[[Node], None]                                 # dynamic
     peer_gone: Callable[[bytes, str, float], None]               # state
     on_client_lost: Callable[[ClientRecord], None]               # requests
     on_worker_lost: Callable[[WorkerRecord], None]               # recovery
-    journal_stats: Callable[[], dict]                            # restore
+    journal_stats: Callable[[], dict[str, Any]]                  # restore
+    stats: Callable[[], dict[str, Any]]                          # requests
     _drop_holder: Callable[[WorkerRecord], list[Node]]           # recovery
     _recompute_lost: Callable[[list[Node]], None]                # recovery
     _finish: Callable[[Node, WorkerRecord, int, int], None]      # reports

@@ -8,15 +8,21 @@ dropped history had advanced. Replaying them (restore.py) gives the same DAG.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
 from . import journal as jn
 from . import taskstate as ts
 from .model import Node
 
+if TYPE_CHECKING:
+    from .base import CoreBase
 
-def compact_records(state) -> list:
+
+def compact_records(state: CoreBase) -> list[list[Any]]:
     """Records that replay to the present state, and no more: sessions, workers,
     the live tasks with the lineage they may need, and their outcomes."""
-    records: list = []
+    records: list[list[Any]] = []
     for worker in [*state.detached_workers.values(), *state.workers.values()]:
         records.append([jn.WORKER, worker.worker_id, worker.address, worker.cpus,
                         sorted(worker.task_types), worker.hostname])
@@ -40,7 +46,7 @@ def compact_records(state) -> list:
         records.append([jn.SUBMIT, number, list(symbols), list(labels), entries, False,
                         False])
     finished: list[int] = []
-    failed: list[list] = []
+    failed: list[list[Any]] = []
     for node in order:
         error = node.extra.error if node.extra is not None else None
         if error is not None:  # failed (and maybe released since); roots only
@@ -60,7 +66,7 @@ def compact_records(state) -> list:
     return records
 
 
-def _lineage_order(live) -> list[Node]:
+def _lineage_order(live: Iterable[Node]) -> list[Node]:
     """Live nodes and every ancestor (their lineage), inputs before consumers."""
     order: list[Node] = []
     seen: set[int] = set()

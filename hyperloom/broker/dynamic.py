@@ -15,16 +15,17 @@ element. A length of 0 makes no pieces (an empty list where C was).
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 
 from .base import CoreBase
 from .. import protocol
 from . import taskstate as ts
-from .model import Node, add_consumer, consumers_of, remove_consumer
+from .model import ClientRecord, Node, add_consumer, consumers_of, remove_consumer
 
 DYNAMIC_TYPES = frozenset({protocol.TASK_DSLICE, protocol.TASK_DGET})
 
 
-def piece_configs(task_type: str, length: int, total_cpus: int):
+def piece_configs(task_type: str, length: int, total_cpus: int) -> list[tuple[str, bytes]]:
     """``[(task type, config)]`` of the pieces for an object of ``length`` elements."""
     if task_type == protocol.TASK_DGET:
         return [(protocol.TASK_GET, struct.pack("<Q", i)) for i in range(length)]
@@ -36,7 +37,7 @@ def piece_configs(task_type: str, length: int, total_cpus: int):
 class DynamicPass(CoreBase):
     """A mixin of ``BrokerState``: the expansion pass and the nodes it creates."""
 
-    def expand_dynamic(self):
+    def expand_dynamic(self) -> None:
         """Expand every dslice/dget that became READY (pieces may be dynamic again)."""
         while self.dynamic_ready:
             nodes, self.dynamic_ready = self.dynamic_ready, []
@@ -44,7 +45,8 @@ class DynamicPass(CoreBase):
                 if node.state == ts.READY:
                     _expand(self, node)
 
-    def new_node(self, client, task_type, config, inputs, n_cpus, label) -> Node:
+    def new_node(self, client: ClientRecord, task_type: str, config: bytes,
+                 inputs: tuple[Node, ...], n_cpus: int, label: str | None) -> Node:
         """A task the broker creates for ``client`` (ids from its reserved range)."""
         task_id = (client.number << protocol.CLIENT_SHIFT) + protocol.BROKER_ID_BASE \
             + client.next_broker_id
@@ -57,7 +59,7 @@ class DynamicPass(CoreBase):
         self.recorder.tasks_submitted([(task_id, task_type, label, [i.id for i in inputs])])
         return node
 
-    def link(self, node: Node):
+    def link(self, node: Node) -> None:
         """Register ``node`` as a consumer of its inputs; READY if they are all finished."""
         remaining = 0
         for inp in node.inputs:
@@ -70,7 +72,7 @@ class DynamicPass(CoreBase):
             self.make_ready(node)
 
 
-def _expand(state, dynamic: Node, total_cpus: int | None = None):
+def _expand(state: CoreBase, dynamic: Node, total_cpus: int | None = None) -> None:
     """Replace READY ``dynamic`` and its consumer by per-piece copies (as many as the
     cores now, or ``total_cpus`` when a journal replays an expansion)."""
     consumers = [c for c in consumers_of(dynamic) if c.state == ts.WAITING]
@@ -102,13 +104,13 @@ def _expand(state, dynamic: Node, total_cpus: int | None = None):
         state.release_node(consumer)
 
 
-def _rewire_consumers(state, consumer: Node, copies):
+def _rewire_consumers(state: CoreBase, consumer: Node, copies: Sequence[Node]) -> None:
     """Each consumer of ``consumer`` reads the copies in its place."""
     for reader in consumers_of(consumer):
         if reader.state != ts.WAITING:
             continue
         n_refs = reader.inputs.count(consumer)
-        inputs = []
+        inputs: list[Node] = []
         for inp in reader.inputs:
             if inp is consumer:
                 inputs.extend(copies)
@@ -125,7 +127,7 @@ def _rewire_consumers(state, consumer: Node, copies):
     consumer.consumers = None
 
 
-def _become_array_of(state, consumer: Node, copies):
+def _become_array_of(state: CoreBase, consumer: Node, copies: Sequence[Node]) -> None:
     """A submitted consumer turns into ``array_make`` of its copies."""
     old_inputs = consumer.inputs
     consumer.type = protocol.TASK_ARRAY_MAKE

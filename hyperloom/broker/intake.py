@@ -16,6 +16,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Iterable
+from typing import Any
 
 from .base import CoreBase
 from .. import protocol
@@ -30,12 +32,13 @@ class PlanError(Exception):
 
 
 class PlanIntake(CoreBase):
-    def on_submit(self, client: ClientRecord, symbols, labels, entries, load: bool,
-                  more: bool = False):
+    def on_submit(self, client: ClientRecord, symbols: list[Any], labels: list[Any],
+                  entries: list[Any], load: bool, more: bool = False) -> None:
         """Accept a plan (all of it or nothing) and make its ready tasks READY.
 
         A plan may come in chunks; each is checked and built as it arrives, and
-        nothing is linked into the running DAG before the last one.
+        nothing is linked into the running DAG before the last one. The fields are as
+        msgpack decoded them (SubmitTask entries as lists): checked here.
         """
         plan = client.pending_plan
         if plan is None:
@@ -71,7 +74,8 @@ class PlanIntake(CoreBase):
                 (n.id, n.type, n.label, [i.id for i in n.inputs] if n.inputs else ())
                 for n in nodes.values())
 
-    def _build_plan(self, client, plan, symbols, labels, entries, load=False):
+    def _build_plan(self, client: ClientRecord, plan: PendingPlan, symbols: list[Any],
+                    labels: list[Any], entries: list[Any], load: bool = False) -> None:
         """Pass 1: check a chunk and make its nodes, touching no existing state.
 
         One loop over every entry, kept whole on purpose: it runs a million times for
@@ -84,6 +88,7 @@ class PlanIntake(CoreBase):
         tasks = self.tasks
         new = plan.nodes
         results = plan.results
+        assert new is not None and results is not None  # a refused plan builds nothing
         low = client.number << protocol.CLIENT_SHIFT
         # (a compacted journal's plan holds the tasks the broker made too: restore.py)
         high = low + (1 << protocol.CLIENT_SHIFT if self.replaying else protocol.BROKER_ID_BASE)
@@ -131,8 +136,9 @@ class PlanIntake(CoreBase):
             if is_result:
                 results.append(node)
 
-    def _checkpointed_node(self, client, local_id, entry, task_type, inputs, label,
-                           checkpoint, load) -> Node:
+    def _checkpointed_node(self, client: ClientRecord, local_id: int, entry: list[Any],
+                           task_type: str, inputs: tuple[Node, ...], label: str | None,
+                           checkpoint: object, load: bool) -> Node:
         if type(checkpoint) is not str or not os.path.isabs(checkpoint):
             raise PlanError(f"task id={local_id}: checkpoint path must be absolute")
         task_id, _, config, _, n_cpus = entry[:5]
@@ -144,12 +150,13 @@ class PlanIntake(CoreBase):
         node.get_extra().checkpoint_path = checkpoint
         return node
 
-    def _intern_symbols(self, symbols):
+    def _intern_symbols(self, symbols: list[Any]) -> list[str]:
         if not all(isinstance(s, str) for s in symbols):
             raise PlanError("plan symbols must be strings")
         return [sys.intern(s) for s in symbols]  # one str per type, however many tasks
 
-    def _link_plan(self, client, nodes: dict, results):
+    def _link_plan(self, client: ClientRecord, nodes: dict[int, Node],
+                   results: list[Node]) -> None:
         """Pass 2: wire consumers and reference counts, find what is ready."""
         tasks = self.tasks
         ready = []
@@ -165,8 +172,8 @@ class PlanIntake(CoreBase):
                     inp.consumers = node
                 elif type(consumers) is Node:
                     inp.consumers = [consumers, node]
-                else:
-                    consumers.append(node)
+                else:  # a list (mypy does not narrow on ``type(x) is``)
+                    consumers.append(node)  # type: ignore[union-attr]
                 inp.refs += 1
                 state = inp.state
                 if state != ts.FINISHED:
@@ -185,6 +192,7 @@ class PlanIntake(CoreBase):
         self.add_ready(ready)
         for node, inp in failed_inputs:
             if node.state == ts.WAITING:
+                assert inp.extra is not None and inp.extra.error is not None  # FAILED
                 self._fail(node, inp.extra.error)
         for node in nodes.values():
             # Neither a result nor anyone's input: nobody could ever use it (a client
@@ -193,7 +201,7 @@ class PlanIntake(CoreBase):
                 self._forget(node)
 
 
-def _reachable_from(results, nodes: dict) -> dict:
+def _reachable_from(results: Iterable[Node], nodes: dict[int, Node]) -> dict[int, Node]:
     """The part of a new plan that results still need (after checkpoint loading)."""
     keep = {}
     stack = list(results)

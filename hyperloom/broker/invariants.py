@@ -6,11 +6,16 @@ it is O(tasks), never called by the broker itself.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from . import taskstate as ts
-from .model import consumers_of
+from .model import Node, WorkerRecord, consumers_of
+
+if TYPE_CHECKING:
+    from .base import CoreBase
 
 
-def check_invariants(state):
+def check_invariants(state: CoreBase) -> None:
     counts = [0] * len(ts.TaskState)
     # ghosts of workers named in a journal hold data until they re-attach (restore.py)
     live_workers = {**state.workers,
@@ -37,7 +42,7 @@ def check_invariants(state):
         assert state.workers.get(worker.identity) is worker, f"removals held for a gone {worker}"
 
 
-def _check_state_data(node, live_workers):
+def _check_state_data(node: Node, live_workers: dict[bytes, WorkerRecord]) -> None:
     """The data each state owns (taskstate.py) is there, and only there."""
     state = node.state
     if state == ts.ASSIGNED:

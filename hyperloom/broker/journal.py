@@ -47,6 +47,7 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
+from collections.abc import Iterable
 
 import msgpack
 
@@ -80,12 +81,14 @@ class NullJournal:
 
     def client(self, number: int, token: bytes) -> None: pass
     def client_end(self, number: int) -> None: pass
-    def worker(self, worker_id, address, cpus, task_types, hostname) -> None: pass
+    def worker(self, worker_id: int, address: str, cpus: int, task_types: Iterable[str],
+               hostname: str) -> None: pass
     def worker_lost(self, worker_id: int) -> None: pass
-    def submit(self, number, symbols, labels, entries, load, more) -> None: pass
+    def submit(self, number: int, symbols: list[str], labels: list[str | None],
+               entries: list[Any], load: bool, more: bool) -> None: pass
     def submit_raw(self, number: int, header: bytes) -> None: pass
     def finished(self, task_id: int, worker_id: int, size: int, length: int) -> None: pass
-    def failed(self, task_id: int, error) -> None: pass
+    def failed(self, task_id: int, error: list[Any]) -> None: pass
     def released(self, task_id: int) -> None: pass
     def expanded(self, task_id: int, total_cpus: int) -> None: pass
     def restore(self, deadline: float) -> None: pass
@@ -146,40 +149,42 @@ class JournalRecorder(NullJournal):
     def pending(self) -> bool:
         return bool(self.buffer or self._finished or self._released)
 
-    def client(self, number, token):
+    def client(self, number: int, token: bytes) -> None:
         self._record([CLIENT, number, token])
 
-    def client_end(self, number):
+    def client_end(self, number: int) -> None:
         self._record([END, number])
 
-    def worker(self, worker_id, address, cpus, task_types, hostname):
+    def worker(self, worker_id: int, address: str, cpus: int, task_types: Iterable[str],
+               hostname: str) -> None:
         self._record([WORKER, worker_id, address, cpus, list(task_types), hostname])
 
-    def worker_lost(self, worker_id):
+    def worker_lost(self, worker_id: int) -> None:
         self._record([LOST, worker_id])
 
-    def submit(self, number, symbols, labels, entries, load, more):
+    def submit(self, number: int, symbols: list[str], labels: list[str | None],
+               entries: list[Any], load: bool, more: bool) -> None:
         self._record([SUBMIT, number, symbols, labels, entries, load, more])
 
-    def submit_raw(self, number, header):
+    def submit_raw(self, number: int, header: bytes) -> None:
         self._record([SUBMITTED, number, header])
 
-    def finished(self, task_id, worker_id, size, length):
+    def finished(self, task_id: int, worker_id: int, size: int, length: int) -> None:
         self._finished += (task_id, worker_id, size, length)
 
-    def failed(self, task_id, error):
+    def failed(self, task_id: int, error: list[Any]) -> None:
         self._record([FAILED, task_id, error])
 
-    def released(self, task_id):
+    def released(self, task_id: int) -> None:
         self._released.append(task_id)
 
-    def expanded(self, task_id, total_cpus):
+    def expanded(self, task_id: int, total_cpus: int) -> None:
         self._record([EXPANDED, task_id, total_cpus])
 
-    def restore(self, deadline):
+    def restore(self, deadline: float) -> None:
         self._record([RESTORE, deadline])
 
-    def restored(self):
+    def restored(self) -> None:
         self._record([RESTORED])
 
 
@@ -233,7 +238,7 @@ class JournalWriter(JournalRecorder):
             self.fd = -1
 
 
-def write_journal(path: str, records) -> int:
+def write_journal(path: str, records: Iterable[list[Any]]) -> int:
     """Replace the journal at ``path`` by ``records``, atomically (a crash leaves the old
     one or the new one); returns its size in bytes."""
     recorder = JournalRecorder()
@@ -312,7 +317,7 @@ def read_journal(path: str) -> JournalContents:
     return contents
 
 
-def describe(path: str) -> dict:
+def describe(path: str) -> dict[str, Any]:
     """Counts per record kind and sizes (``python -m hyperloom.broker.journal PATH``)."""
     contents = read_journal(path)
     kinds: dict[str, int] = {}
@@ -325,7 +330,7 @@ def describe(path: str) -> dict:
             "problem": contents.problem}
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     import argparse
     import json
     parser = argparse.ArgumentParser(prog="python -m hyperloom.broker.journal",

@@ -8,6 +8,9 @@ holding it (if finished) or its execution canceled (if not).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 from .base import CoreBase
 from . import taskstate as ts
 from .dynamic import DYNAMIC_TYPES
@@ -24,7 +27,7 @@ REMOVE_DELAY = 0.002
 class Lifecycle(CoreBase):
     # ------------------------------------------------------------ states
 
-    def transition(self, node: Node, new_state: int):
+    def transition(self, node: Node, new_state: int) -> None:
         old = node.state
         if new_state not in ts.ALLOWED[old]:
             raise ts.IllegalTransition(
@@ -43,7 +46,7 @@ class Lifecycle(CoreBase):
                 self.feed.on_task_ended(node, new_state)
 
     @property
-    def state_counts(self) -> list:
+    def state_counts(self) -> list[int]:
         """Tasks per state, indexed by TaskState (RELEASED: forgotten so far).
 
         ``transition`` alone moves counts; a node enters the DAG WAITING without
@@ -53,7 +56,7 @@ class Lifecycle(CoreBase):
         counts[ts.WAITING] = len(self.tasks) - sum(counts[ts.READY:ts.RELEASED])
         return counts
 
-    def _forget(self, first: Node):
+    def _forget(self, first: Node) -> None:
         """Refs reached 0: drop the node, its data, or its pending execution.
 
         Canceling a pending node releases its inputs, which may cascade up a
@@ -75,7 +78,7 @@ class Lifecycle(CoreBase):
             self.transition(node, ts.RELEASED)
             del tasks[node.id]
 
-    def _remove_data(self, node: Node):
+    def _remove_data(self, node: Node) -> None:
         holders = node.holders
         if holders:
             size = node.size
@@ -87,7 +90,7 @@ class Lifecycle(CoreBase):
                     worker.incoming.pop(node.id, None)
             node.holders = None
 
-    def hold_removals(self, now: float):
+    def hold_removals(self, now: float) -> None:
         """Move this round's removals into the held ones; let the held ones go out once
         the oldest has waited REMOVE_DELAY (``due_at`` tells the loop when)."""
         out = self.outbox
@@ -107,12 +110,12 @@ class Lifecycle(CoreBase):
         removals), on the clock of ``now``; None if nothing waits."""
         return self.removals_due if self.held_removals else None
 
-    def release_held_removals(self):
+    def release_held_removals(self) -> None:
         """Send what is held now (the broker is stopping)."""
         self.outbox.remove.update(self.held_removals)
         self.held_removals.clear()
 
-    def _cancel(self, node: Node):
+    def _cancel(self, node: Node) -> None:
         if node.state == ts.ASSIGNED:
             worker = node.worker
             assert worker is not None  # ASSIGNED (taskstate.py)
@@ -121,19 +124,19 @@ class Lifecycle(CoreBase):
             self.outbox.cancel[worker].append(node.id)
         self.transition(node, ts.CANCELED)
 
-    def drop_inputs(self, inputs):
+    def drop_inputs(self, inputs: Iterable[Node]) -> None:
         """A task will never consume ``inputs``: release its references to them."""
         for inp in inputs:
             inp.refs -= 1
             if inp.refs == 0 and inp.id in self.tasks:
                 self._forget(inp)
 
-    def release_node(self, node: Node):
+    def release_node(self, node: Node) -> None:
         """Nobody refers to ``node`` any more (its readers were rewired)."""
         if node.refs == 0 and node.id in self.tasks:
             self._forget(node)
 
-    def _unassign(self, node: Node, worker: WorkerRecord):
+    def _unassign(self, node: Node, worker: WorkerRecord) -> None:
         worker.assigned.pop(node, None)
         if worker.stealing:
             worker.stealing.discard(node.id)
@@ -143,7 +146,7 @@ class Lifecycle(CoreBase):
             worker.n_light -= 1
         node.worker = None
 
-    def _fail(self, root: Node, error):
+    def _fail(self, root: Node, error: list[Any]) -> None:
         """``root`` failed: it and everything waiting on it fail with ``error``."""
         self.feed.on_failed(root, error)
         if root.state in ts.PENDING:
@@ -166,7 +169,7 @@ class Lifecycle(CoreBase):
 
     # ------------------------------------------------------------ ready queue and placement
 
-    def add_ready(self, nodes):
+    def add_ready(self, nodes: Iterable[Node]) -> None:
         """READY nodes join the queue; dynamic ones wait for the expansion pass."""
         light, core = self.ready.light, self.ready.core
         for node in nodes:
@@ -175,11 +178,11 @@ class Lifecycle(CoreBase):
             else:
                 (core if node.n_cpus else light).append(node)
 
-    def make_ready(self, node: Node):
+    def make_ready(self, node: Node) -> None:
         self.transition(node, ts.READY)
         self.add_ready((node,))
 
-    def schedule_round(self):
+    def schedule_round(self) -> None:
         """Ask the scheduler where ready tasks go and apply its answer; then steal."""
         workers = [w for w in self.workers.values() if not w.retiring]
         if not workers:
@@ -190,7 +193,7 @@ class Lifecycle(CoreBase):
         if not ready:
             self.apply_steals(choose_steals(workers, self.tasks))
 
-    def apply_placement(self, placement: Placement):
+    def apply_placement(self, placement: Placement) -> None:
         if placement.deferred:
             self.ready.put_back(placement.deferred)
         self.unplaceable.extend(placement.unplaceable)
@@ -216,13 +219,13 @@ class Lifecycle(CoreBase):
             compute[worker].append([node.id, node.type, node.config, input_ids, n_cpus,
                                     node.label, node.is_result, checkpoint])
 
-    def apply_steals(self, steals):
+    def apply_steals(self, steals: Iterable[tuple[WorkerRecord, Node]]) -> None:
         steal = self.outbox.steal
         for worker, node in steals:
             worker.stealing.add(node.id)
             steal[worker].append(node.id)
 
-    def deliver(self, node: Node, worker: WorkerRecord):
+    def deliver(self, node: Node, worker: WorkerRecord) -> None:
         """Order a holder of ``node``'s data to push it to ``worker``."""
         holders = node.holders
         assert holders, f"{node} is delivered but held nowhere"

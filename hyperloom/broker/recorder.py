@@ -12,12 +12,14 @@ from typing import Optional, Protocol
 from collections.abc import Callable, Iterable, Sequence
 
 
+# (id, type, label, input ids) of a task the broker took in or created
+SubmittedTask = tuple[int, str, Optional[str], Sequence[int]]
+
+
 class Recorder(Protocol):
     def worker_joined(self, worker_id: int, address: str, cpus: int) -> None: ...
 
-    def tasks_submitted(self,
-                        tasks: Iterable[tuple[int, str, Optional[str], Sequence[int]]]) -> None:
-        ...
+    def tasks_submitted(self, tasks: Iterable[SubmittedTask]) -> None: ...
 
     def sample(self, cpu_percent: float, mem_bytes: int) -> None: ...
 
@@ -34,7 +36,7 @@ class NullRecorder:
     def worker_joined(self, worker_id: int, address: str, cpus: int) -> None:
         pass
 
-    def tasks_submitted(self, tasks) -> None:
+    def tasks_submitted(self, tasks: Iterable[SubmittedTask]) -> None:
         pass
 
     def sample(self, cpu_percent: float, mem_bytes: int) -> None:

@@ -19,14 +19,14 @@ log = logging.getLogger("hyperloom.broker")
 
 
 class Recovery(CoreBase):
-    def expire_silent_workers(self, now: float):
+    def expire_silent_workers(self, now: float) -> None:
         """Workers silent for longer than ``heartbeat_timeout`` are lost."""
         limit = self.heartbeat_timeout
         for worker in [w for w in self.workers.values() if now - w.last_seen > limit]:
             self.peer_gone(worker.identity,
                            f"no heartbeat for {now - worker.last_seen:.1f} s", now)
 
-    def on_worker_lost(self, worker: WorkerRecord):
+    def on_worker_lost(self, worker: WorkerRecord) -> None:
         """Reschedule what ran there; recompute lost data that is still needed."""
         del self.workers[worker.identity]
         self.peers.pop(worker.identity, None)
@@ -48,7 +48,7 @@ class Recovery(CoreBase):
             log.info("worker %d held %d needed objects; recomputing them",
                      worker.worker_id, len(lost))
 
-    def _take_back_assigned(self, worker: WorkerRecord):
+    def _take_back_assigned(self, worker: WorkerRecord) -> list[Node]:
         """Tasks assigned to the lost worker wait again (or fail, lost too often)."""
         rerun = []
         for node in list(worker.assigned):
@@ -64,7 +64,7 @@ class Recovery(CoreBase):
                 rerun.append(node)
         return rerun
 
-    def _drop_holder(self, worker: WorkerRecord):
+    def _drop_holder(self, worker: WorkerRecord) -> list[Node]:
         """The worker's copies are gone: finished nodes held nowhere else, returned."""
         lost = []
         for node in self.tasks.values():
@@ -77,7 +77,7 @@ class Recovery(CoreBase):
                         lost.append(node)
         return lost
 
-    def _void_transfers_from(self, lost_worker):
+    def _void_transfers_from(self, lost_worker: WorkerRecord) -> list[tuple[Node, WorkerRecord]]:
         """Copies the lost worker was still to send will never arrive."""
         undelivered = []
         for worker in self.workers.values():
@@ -92,7 +92,7 @@ class Recovery(CoreBase):
                     undelivered.append((node, worker))
         return undelivered
 
-    def _redo_uploads(self, lost_worker):
+    def _redo_uploads(self, lost_worker: WorkerRecord) -> None:
         """Fetches the lost worker was to answer: serve them again (or after recompute)."""
         for (client_identity, request), ids in lost_worker.uploads.items():
             client = self.clients.get(client_identity)
@@ -106,7 +106,7 @@ class Recovery(CoreBase):
                     self._park_fetch(task_id, (client, request, False))
         lost_worker.uploads.clear()
 
-    def _report_peer_gone(self, worker: WorkerRecord):
+    def _report_peer_gone(self, worker: WorkerRecord) -> None:
         """The other workers close their data channel to it (PeersGone), unless it came
         back at the same address first (re-registered before its old connection's loss
         was seen): that channel serves the new registration."""
@@ -117,7 +117,7 @@ class Recovery(CoreBase):
         for targets in self.outbox.sends.values():  # pushes to it would reopen the channel
             targets.pop(address, None)
 
-    def _drop_outbox_for(self, worker):
+    def _drop_outbox_for(self, worker: WorkerRecord) -> None:
         """Nothing queued for a lost worker may be sent; queued fetches are redone."""
         out = self.outbox
         for batch in (out.compute, out.sends, out.cancel, out.remove, self.held_removals):
@@ -130,7 +130,7 @@ class Recovery(CoreBase):
                 if client is not None and node is not None:
                     self._park_fetch(task_id, (client, request, False))
 
-    def _recompute_lost(self, lost):
+    def _recompute_lost(self, lost: list[Node]) -> None:
         """The data of ``lost`` (FINISHED nodes held nowhere now) is gone but needed:
         compute it again, and what it needs, from its lineage.
 
@@ -157,7 +157,7 @@ class Recovery(CoreBase):
                 self.tasks[node.id] = node
                 stack.extend(self._reacquire_inputs(node, refs=True))
 
-    def _reacquire_inputs(self, node: Node, refs: bool):
+    def _reacquire_inputs(self, node: Node, refs: bool) -> list[Node]:
         """Count ``node``'s missing inputs; return those that must be recomputed."""
         missing = []
         remaining = 0

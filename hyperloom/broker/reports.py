@@ -8,6 +8,8 @@ and ignored (its unwanted result is deleted on the worker).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from typing import Any
 
 from .base import CoreBase
 from . import taskstate as ts
@@ -17,8 +19,12 @@ log = logging.getLogger("hyperloom.broker")
 
 
 class WorkerReports(CoreBase):
-    def on_tasks_done(self, worker: WorkerRecord, finished, failed, now: float,
-                      results=(), frames=()):
+    def on_tasks_done(self, worker: WorkerRecord, finished: list[Any], failed: list[Any],
+                      now: float, results: Sequence[Any] = (),
+                      frames: Sequence[Any] = ()) -> None:
+        """TasksDone as msgpack decoded it (FinishedTask, FailedTask, InlineResult entries
+        as lists): each entry is checked before it is used; ``frames`` are the inline
+        results' payload frames."""
         if results:
             self._keep_inline_results(worker, results, frames)
         for entry in finished:
@@ -36,7 +42,7 @@ class WorkerReports(CoreBase):
                 self._unassign(node, worker)
                 self._fail(node, [node.id, worker.address, str(entry[1])])
 
-    def _reported_node(self, worker, entry, kind):
+    def _reported_node(self, worker: WorkerRecord, entry: Any, kind: str) -> Node | None:
         """The ASSIGNED node a finished/failed ``entry`` reports on this worker, or None."""
         try:
             task_id = entry[0]
@@ -54,7 +60,8 @@ class WorkerReports(CoreBase):
             return None
         return node
 
-    def _keep_inline_results(self, worker, results, frames):
+    def _keep_inline_results(self, worker: WorkerRecord, results: Sequence[Any],
+                             frames: Sequence[Any]) -> None:
         """Small results sent along with TasksDone: kept to answer fetches at once."""
         position = 0
         tasks = self.tasks
@@ -72,7 +79,7 @@ class WorkerReports(CoreBase):
             if node is not None and node.worker is worker and node.is_result:
                 node.get_extra().inline = (meta, taken)
 
-    def on_tasks_stolen(self, worker: WorkerRecord, ids):
+    def on_tasks_stolen(self, worker: WorkerRecord, ids: list[Any]) -> None:
         """The worker gave back tasks it had not started: place them again."""
         returned = []
         for task_id in ids:
@@ -91,7 +98,7 @@ class WorkerReports(CoreBase):
             returned.append(node)
         self.ready.put_back(returned)
 
-    def _unexpected_report(self, worker, task_id, finished):
+    def _unexpected_report(self, worker: WorkerRecord, task_id: int, finished: bool) -> None:
         if task_id in worker.canceled:
             worker.canceled.discard(task_id)
             if finished:  # its result is unwanted: delete it on the worker
@@ -99,11 +106,11 @@ class WorkerReports(CoreBase):
             return
         self._worker_error(worker, f"task {task_id!r:.30} was never assigned to this worker")
 
-    def _worker_error(self, worker, message):
+    def _worker_error(self, worker: WorkerRecord, message: str) -> None:
         log.warning("worker %d: %s", worker.worker_id, message)
         self.outbox.add_error((worker.identity, message, False))
 
-    def _finish(self, node: Node, worker: WorkerRecord, size: int, length: int):
+    def _finish(self, node: Node, worker: WorkerRecord, size: int, length: int) -> None:
         self.journal.finished(node.id, worker.worker_id, size, length)
         if self.finished_in_journal and node.id in self.finished_in_journal \
                 and not self.replaying:
@@ -134,7 +141,7 @@ class WorkerReports(CoreBase):
         if node.refs == 0 and node.id in self.tasks:
             self._forget(node)
 
-    def _input_finished(self, node: Node):
+    def _input_finished(self, node: Node) -> None:
         """``node`` finished: its consumers have one input less to wait for."""
         consumers = node.consumers
         ready = None

@@ -9,8 +9,10 @@ until the task ends.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from typing import Any
 
-from .base import CoreBase
+from .base import CoreBase, Fetch
 from .. import protocol
 from . import taskstate as ts
 from .model import ClientRecord, Node, WorkerRecord
@@ -20,7 +22,7 @@ log = logging.getLogger("hyperloom.broker")
 
 
 class ClientRequests(CoreBase):
-    def on_client_lost(self, client: ClientRecord):
+    def on_client_lost(self, client: ClientRecord) -> None:
         """The client disconnected: cancel its tasks and release its data."""
         del self.clients[client.identity]
         self.peers.pop(client.identity, None)
@@ -31,7 +33,7 @@ class ClientRequests(CoreBase):
         client.results.clear()
         log.info("client %d disconnected; its tasks were released", client.number)
 
-    def on_release(self, client: ClientRecord, ids):
+    def on_release(self, client: ClientRecord, ids: list[Any]) -> None:
         bad = [task_id for task_id in ids if type(task_id) is not int]
         if bad:
             self.outbox.add_error((client.identity, f"Release: ids must be integers, got "
@@ -42,7 +44,7 @@ class ClientRequests(CoreBase):
                 continue  # already released (a Future's __del__ may race a release)
             self._release(node)
 
-    def _release(self, node: Node):
+    def _release(self, node: Node) -> None:
         self.journal.released(node.id)
         node.is_result = False
         node.client.results.discard(node.id)
@@ -54,7 +56,8 @@ class ClientRequests(CoreBase):
         if node.refs == 0:
             self._forget(node)
 
-    def on_fetch(self, client: ClientRecord, request: int, ids, release: bool):
+    def on_fetch(self, client: ClientRecord, request: int, ids: list[Any],
+                 release: bool) -> None:
         waiting = (client, request, release)
         for task_id in ids:
             node = self.tasks.get(task_id) if type(task_id) is int else None
@@ -69,22 +72,24 @@ class ClientRequests(CoreBase):
             else:
                 self._park_fetch(task_id, waiting)
 
-    def _park_fetch(self, task_id, waiting):
+    def _park_fetch(self, task_id: int, waiting: Fetch) -> None:
         parked = self.pending_fetches.get(task_id)
         if parked is None:
             self.pending_fetches[task_id] = waiting
         elif type(parked) is list:
             parked.append(waiting)
         else:
-            self.pending_fetches[task_id] = [parked, waiting]
+            # (a Fetch: mypy does not narrow on ``type(x) is``)
+            self.pending_fetches[task_id] = [parked, waiting]  # type: ignore[list-item]
 
-    def _take_fetches(self, task_id):
+    def _take_fetches(self, task_id: int) -> Sequence[Fetch]:
         parked = self.pending_fetches.pop(task_id, None)
         if parked is None:
             return ()
-        return parked if type(parked) is list else (parked,)
+        return parked if type(parked) is list else (parked,)  # type: ignore[return-value]
 
-    def _serve_fetch(self, node: Node, client, request, release):
+    def _serve_fetch(self, node: Node, client: ClientRecord, request: int,
+                     release: bool) -> None:
         if node.state == ts.FAILED:
             assert node.extra is not None  # FAILED: it holds the error (taskstate.py)
             self.outbox.data_errors[(client.identity, request)].append(
@@ -108,7 +113,7 @@ class ClientRequests(CoreBase):
         return holders[0]
 
     def on_uploaded(self, worker: WorkerRecord, client_identity: bytes, request: int,
-                    objects, frames):
+                    objects: list[Any], frames: Sequence[Any]) -> None:
         """Relay a worker's answer to an Upload as Data to the client that asked.
 
         Only answers to uploads this broker ordered, of the ids it ordered, go on: a
@@ -131,14 +136,14 @@ class ClientRequests(CoreBase):
             self.outbox.add_reply((client_identity, protocol.encode(protocol.DATA, request,
                                                                     objects), *frames))
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         counts = self.state_counts
         stats = self._stats(counts)
         if self.journaling:
             stats["journal"] = self.journal_stats()
         return stats
 
-    def _stats(self, counts) -> dict:
+    def _stats(self, counts: list[int]) -> dict[str, Any]:
         return {
             "n_workers": len(self.workers),
             "n_clients": len(self.clients),

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Iterable
+from typing import Any
 
 from .base import CoreBase
 from .. import protocol
@@ -33,6 +35,7 @@ from .compaction import compact_records
 from .dynamic import _expand
 from . import taskstate as ts
 from .model import ClientRecord, Node, WorkerRecord
+from .scheduler import ReadyQueue
 
 log = logging.getLogger("hyperloom.broker")
 
@@ -40,7 +43,7 @@ log = logging.getLogger("hyperloom.broker")
 class Restore(CoreBase):
     # ------------------------------------------------------------ replay
 
-    def replay(self, records) -> int:
+    def replay(self, records: Iterable[list[Any]]) -> int:
         """Rebuild the state from journal records; returns how many did not apply."""
         journal, self.journal = self.journal, jn.NULL_JOURNAL  # replaying records nothing
         self.replaying = True
@@ -59,7 +62,7 @@ class Restore(CoreBase):
         self._after_replay()
         return skipped
 
-    def _replay_record(self, record) -> int:
+    def _replay_record(self, record: list[Any]) -> int:
         kind = record[0]
         if kind == jn.FINISHED:
             flat = record[1]
@@ -129,7 +132,8 @@ class Restore(CoreBase):
             return 0
         return 1
 
-    def _ghost(self, worker_id, address="", cpus=0, task_types=(), hostname="") -> WorkerRecord:
+    def _ghost(self, worker_id: int, address: str = "", cpus: int = 0,
+               task_types: Iterable[str] = (), hostname: str = "") -> WorkerRecord:
         """The record of a worker named in the journal, not connected (yet)."""
         ghost = self.detached_workers.get(worker_id)
         if ghost is None:
@@ -140,7 +144,7 @@ class Restore(CoreBase):
             self.next_worker_id = max(self.next_worker_id, worker_id + 1)
         return ghost
 
-    def _replay_finished(self, task_id, worker_id, size, length) -> int:
+    def _replay_finished(self, task_id: int, worker_id: int, size: int, length: int) -> int:
         node = self.tasks.get(task_id)
         if node is None or node.state != ts.READY:
             return 1
@@ -150,7 +154,7 @@ class Restore(CoreBase):
         self.finished_in_journal.add(task_id)
         return 0
 
-    def _adopt(self, node: Node, worker: WorkerRecord):
+    def _adopt(self, node: Node, worker: WorkerRecord) -> None:
         """A READY task is (was) running on ``worker``: ASSIGNED there, nothing sent."""
         self.transition(node, ts.ASSIGNED)
         node.worker = worker
@@ -160,12 +164,11 @@ class Restore(CoreBase):
         else:
             worker.n_light += 1
 
-    def _after_replay(self):
+    def _after_replay(self) -> None:
         self.outbox.clear()  # what the old broker sent, or what nobody is there to receive
         self.dynamic_ready = [n for n in self.dynamic_ready if n.state == ts.READY]
-        seen = set()
-        self.ready = type(self.ready)(
-            n for n in self.ready if n.state == ts.READY and not (n in seen or seen.add(n)))
+        # each READY node once, in order (replayed events may have queued one twice)
+        self.ready = ReadyQueue(dict.fromkeys(n for n in self.ready if n.state == ts.READY))
         for client in self.sessions.values():
             client.pending_plan = None  # a chunked plan cut by the crash was never accepted
         for worker_id, ghost in list(self.detached_workers.items()):
@@ -199,15 +202,16 @@ class Restore(CoreBase):
                 self._serve_fetch(node, client, request, release)
         return False
 
-    def _ghost_lost(self, ghost: WorkerRecord):
+    def _ghost_lost(self, ghost: WorkerRecord) -> None:
         lost = self._drop_holder(ghost)
         if lost:
             self._recompute_lost(lost)
 
     # ------------------------------------------------------------ workers re-attach
 
-    def on_worker_rejoin(self, identity, version, cpus, address, task_types, hostname,
-                         worker_id, held, running, now):
+    def on_worker_rejoin(self, identity: bytes, version: int, cpus: int, address: str,
+                         task_types: list[Any], hostname: str, worker_id: int,
+                         held: list[Any], running: list[Any], now: float) -> None:
         """A worker that lost its broker registers again with what it holds and runs."""
         if type(worker_id) is not int:
             self.outbox.add_error((identity, "RejoinWorker: worker_id must be an int", True))
@@ -241,7 +245,8 @@ class Restore(CoreBase):
                  "canceled)", worker.worker_id, len(held_sizes), removed, len(running_ids),
                  len(canceled))
 
-    def _take_over(self, ghost: WorkerRecord, worker: WorkerRecord, held_sizes):
+    def _take_over(self, ghost: WorkerRecord, worker: WorkerRecord,
+                   held_sizes: dict[int, tuple[int, int]]) -> None:
         """The ghost's holdings become the worker's where it still holds them."""
         lost = []
         for node in self.tasks.values():
@@ -259,7 +264,8 @@ class Restore(CoreBase):
         if lost:
             self._recompute_lost(lost)
 
-    def _reconcile_held(self, worker: WorkerRecord, held_sizes) -> int:
+    def _reconcile_held(self, worker: WorkerRecord,
+                        held_sizes: dict[int, tuple[int, int]]) -> int:
         """Objects the worker holds: kept if wanted, finished if it ran them meanwhile,
         removed otherwise. Returns how many are removed."""
         remove = []
@@ -282,7 +288,7 @@ class Restore(CoreBase):
             self.outbox.remove[worker].extend(remove)
         return len(remove)
 
-    def journal_stats(self) -> dict:
+    def journal_stats(self) -> dict[str, Any]:
         """What ``info()["journal"]`` shows: how a restart went."""
         return {"restored_finished": len(self.finished_in_journal),
                 "recomputed": self.n_recomputed, "restoring": self.restoring,
@@ -291,7 +297,7 @@ class Restore(CoreBase):
 
     # ------------------------------------------------------------ client sessions
 
-    def start_session(self, client: ClientRecord):
+    def start_session(self, client: ClientRecord) -> None:
         token = secrets.token_bytes(16)
         self.sessions[client.number] = client
         self.session_tokens[client.number] = token
@@ -299,7 +305,7 @@ class Restore(CoreBase):
         self.outbox.add_reply((client.identity, protocol.encode(
             protocol.SESSION, client.number, token)))
 
-    def detach_client(self, client: ClientRecord, now: float):
+    def detach_client(self, client: ClientRecord, now: float) -> None:
         """Its connection dropped: keep its session (and data) for ``session_timeout``."""
         del self.clients[client.identity]
         self.peers.pop(client.identity, None)
@@ -312,7 +318,7 @@ class Restore(CoreBase):
         log.info("client %d disconnected; its session is kept for %.0f s", client.number,
                  self.session_timeout)
 
-    def expire_sessions(self, now: float):
+    def expire_sessions(self, now: float) -> None:
         for number, deadline in list(self.detached_clients.items()):
             if deadline is None:
                 self.detached_clients[number] = now + self.session_timeout
@@ -321,14 +327,14 @@ class Restore(CoreBase):
                 self.journal.client_end(number)
                 self._end_session(number)
 
-    def hold_for_detached(self):
+    def hold_for_detached(self) -> None:
         """Nothing goes to a detached client: it hears what ended when it re-attaches."""
         out = self.outbox
         for batch in (out.finished, out.failed):
             for client in [c for c in batch if self.clients.get(c.identity) is not c]:
                 del batch[client]
 
-    def _end_session(self, number: int):
+    def _end_session(self, number: int) -> None:
         client = self.sessions.pop(number, None)
         self.session_tokens.pop(number, None)
         self.detached_clients.pop(number, None)
@@ -340,7 +346,8 @@ class Restore(CoreBase):
                 self._release(node)
         client.results.clear()
 
-    def on_client_resume(self, identity, version, number, token, waiting, now):
+    def on_client_resume(self, identity: bytes, version: int, number: int, token: bytes,
+                         waiting: list[Any], now: float) -> None:
         """ResumeClient: re-attach a session; tell it what ended among ``waiting``."""
         if version != protocol.PROTOCOL_VERSION:
             self._version_mismatch(identity, "client", version)
@@ -369,6 +376,7 @@ class Restore(CoreBase):
             elif node.state == ts.FINISHED:
                 finished.append(task_id)
             elif node.state == ts.FAILED:
+                assert node.extra is not None and node.extra.error is not None  # FAILED
                 failures.append([task_id, *node.extra.error])
         self.outbox.finished[client].extend(finished)
         self.outbox.progressed.add(client)
@@ -379,10 +387,10 @@ class Restore(CoreBase):
 
     # ------------------------------------------------------------ compaction
 
-    def compact_records(self) -> list:
+    def compact_records(self) -> list[list[Any]]:
         """Records that replay to the present state (compaction.py)."""
         return compact_records(self)
 
 
-def _holds_anything(state, ghost) -> bool:
+def _holds_anything(state: CoreBase, ghost: WorkerRecord) -> bool:
     return any(n.holders and ghost in n.holders for n in state.tasks.values())

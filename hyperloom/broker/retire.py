@@ -23,20 +23,28 @@ which is sent after everything else, so the SendData orders go first.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from . import taskstate as ts
+from .model import WorkerRecord
+
+if TYPE_CHECKING:
+    from .base import CoreBase
 
 log = logging.getLogger("hyperloom.broker")
 
 
 class Retirements:
-    def __init__(self, state):
+    def __init__(self, state: CoreBase) -> None:
         self.state = state
-        self.workers = {}       # WorkerRecord -> True once its sole data was copied
-        self.told_to_go = set()  # told Shutdown: its Goodbye is a clean retirement
-        self.stuck = set()       # retiring workers already logged as having nowhere to copy
+        # WorkerRecord -> True once its sole data was copied
+        self.workers: dict[WorkerRecord, bool] = {}
+        # told Shutdown: its Goodbye is a clean retirement
+        self.told_to_go: set[WorkerRecord] = set()
+        # retiring workers already logged as having nowhere to copy
+        self.stuck: set[WorkerRecord] = set()
 
-    def on_retiring(self, worker):
+    def on_retiring(self, worker: WorkerRecord) -> None:
         if worker.retiring:
             return
         worker.retiring = True
@@ -48,7 +56,7 @@ class Retirements:
         log.info("worker %d retires: %d assigned tasks asked back", worker.worker_id,
                  len(queued))
 
-    def advance(self) -> list:
+    def advance(self) -> list[WorkerRecord]:
         """Workers that may go now (tell them Shutdown after the outbox is flushed)."""
         leaving = []
         for worker, copied in list(self.workers.items()):
@@ -66,7 +74,7 @@ class Retirements:
             leaving.append(worker)
         return leaving
 
-    def _copy_sole_data(self, worker) -> bool:
+    def _copy_sole_data(self, worker: WorkerRecord) -> bool:
         """Order copies of what only ``worker`` holds; False if there is nowhere to copy."""
         targets = [w for w in self.state.workers.values() if not w.retiring]
         sole = [node for node in self.state.tasks.values()
@@ -87,7 +95,7 @@ class Retirements:
                  sum(node.size for node in sole))
         return True
 
-    def on_left(self, worker, clean: bool):
+    def on_left(self, worker: WorkerRecord, clean: bool) -> None:
         """``worker`` leaves. After Shutdown and with a Goodbye (``clean``), the copies it
         pushed before going arrive (it lingers on close): real copies, not transfers to void."""
         self.workers.pop(worker, None)

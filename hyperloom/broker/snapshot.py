@@ -18,11 +18,16 @@ Sans-I/O: the server calls the ``on_*`` hooks and ``snapshot``; no sockets, no c
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 from .. import protocol
 from ..trace import label_group
 from . import taskstate as ts
+from .model import ClientRecord, Node, WorkerRecord
+
+if TYPE_CHECKING:
+    from .base import CoreBase
 
 WATCH_SECONDS = 5.0         # recording stops this long after the last GetSnapshot
 EVENT_CAPACITY = 20_000     # events kept between snapshots (oldest dropped; the page shows
@@ -54,7 +59,7 @@ class DashboardFeed:
         # (label, type) -> group, so each label is split once
         self._group_of: dict[tuple[str | None, str], str] = {}
         # (client record, label, type) -> its group's counts (fast path)
-        self._counts_of: dict[tuple[Any, str | None, str], list[int]] = {}
+        self._counts_of: dict[tuple[ClientRecord, str | None, str], list[int]] = {}
         self.failures: deque[dict[str, Any]] = deque(maxlen=LAST_FAILURES)   # always: rare
         self.departed: deque[dict[str, Any]] = deque(maxlen=LAST_DEPARTURES)  # always: rare
         self.usage: dict[int, tuple[int, int]] = {}   # worker id -> (cpu percent, memory)
@@ -62,14 +67,14 @@ class DashboardFeed:
 
     # ------------------------------------------------------------ watching
 
-    def watch(self, state, now: float):
+    def watch(self, state: CoreBase, now: float) -> None:
         """A dashboard asked: record (again) for the next WATCH_SECONDS."""
         if not self.active:
             self.active = True
             self._scan(state)
         self.watch_until = now + self.watch_seconds
 
-    def tick(self, now: float):
+    def tick(self, now: float) -> None:
         """Called now and then by the server: stop recording once nobody asks."""
         if self.active and now > self.watch_until:
             self.active = False
@@ -78,7 +83,7 @@ class DashboardFeed:
             self._group_of.clear()
             self._counts_of.clear()
 
-    def _scan(self, state):
+    def _scan(self, state: CoreBase) -> None:
         """Counters for the tasks the broker holds now (once, when watching starts)."""
         self.groups.clear()
         self._counts_of.clear()
@@ -90,14 +95,14 @@ class DashboardFeed:
         for worker in state.workers.values():
             self.worker_of_address[worker.address] = worker.worker_id
 
-    def _counts(self, node) -> list:
+    def _counts(self, node: Node) -> list[int]:
         counts = self._counts_of.get((node.client, node.label, node.type))
         if counts is None:
             counts = self._counts_of[(node.client, node.label, node.type)] = \
                 self._counts_slow(node)
         return counts
 
-    def _counts_slow(self, node) -> list:
+    def _counts_slow(self, node: Node) -> list[int]:
         key = (node.label, node.type)
         group = self._group_of.get(key)
         if group is None:
@@ -112,29 +117,29 @@ class DashboardFeed:
         return counts
 
     @staticmethod
-    def _counts_other(groups) -> list:
+    def _counts_other(groups: dict[str, list[int]]) -> list[int]:
         counts = groups.get(OTHER_GROUPS)
         if counts is None:
             counts = groups[OTHER_GROUPS] = [0, 0, 0, 0]
         return counts
 
-    def _event(self, *fields):
+    def _event(self, *fields: Any) -> None:
         self.seq += 1
         self.events.append([self.seq, *fields])
 
     # ------------------------------------------------------------ hooks (state.py)
 
-    def on_tasks_added(self, nodes):
+    def on_tasks_added(self, nodes: Iterable[Node]) -> None:
         """New tasks of a client (a submit, or tasks the broker made); only while active."""
         for node in nodes:
             self._counts(node)[0] += 1
 
-    def on_task_ended(self, node, new_state: int):
+    def on_task_ended(self, node: Node, new_state: int) -> None:
         """``node`` became FINISHED, FAILED or CANCELED for the first time; only while active."""
         self._counts(node)[new_state - ts.FINISHED + 1] += 1
         self.sent_at.pop(node.id, None)
 
-    def on_failed(self, node, error):
+    def on_failed(self, node: Node, error: list[Any]) -> None:
         """A task failed with ``error`` = [failed id, worker, message]; always recorded."""
         self.failures.append({"client": node.client.number,
                               "id": protocol.local_id(node.id), "label": node.label,
@@ -143,13 +148,13 @@ class DashboardFeed:
 
     # ------------------------------------------------------------ hooks (server.py)
 
-    def on_worker_joined(self, worker, now: float):
+    def on_worker_joined(self, worker: WorkerRecord, now: float) -> None:
         self.worker_of_address[worker.address] = worker.worker_id
         self.usage.pop(worker.worker_id, None)
         if self.active:
             self._event(WORKER, worker.worker_id, "joined", now)
 
-    def on_worker_gone(self, worker, left: bool, why: str, now: float):
+    def on_worker_gone(self, worker: WorkerRecord, left: bool, why: str, now: float) -> None:
         """Always recorded (rare), so a dashboard started later still sees who went."""
         kind = "left" if left else "lost"
         self.worker_of_address.pop(worker.address, None)
@@ -162,16 +167,17 @@ class DashboardFeed:
         if self.active:
             self._event(WORKER, worker.worker_id, kind, now)
 
-    def on_usage(self, worker, cpu_percent: int, memory: int):
+    def on_usage(self, worker: WorkerRecord, cpu_percent: int, memory: int) -> None:
         self.usage[worker.worker_id] = (cpu_percent, memory)
 
-    def on_compute_sent(self, entries, now: float):
+    def on_compute_sent(self, entries: Iterable[list[Any]], now: float) -> None:
         """ComputeTasks left for a worker; only while active."""
         sent_at = self.sent_at
         for entry in entries:
             sent_at[entry[0]] = now
 
-    def on_tasks_done(self, worker, tasks: dict, finished, failed, now: float):
+    def on_tasks_done(self, worker: WorkerRecord, tasks: dict[int, Node],
+                      finished: list[Any], failed: list[Any], now: float) -> None:
         """A worker's report, before the state handles it (the nodes are still assigned).
 
         Per task while watching: kept lean (locals, no calls on the common path)."""
@@ -192,7 +198,8 @@ class DashboardFeed:
                                sent_at.pop(node.id, None), now, node.n_cpus, ok, node.id & mask])
         self.seq = seq
 
-    def on_sends(self, source, targets: dict, tasks: dict, now: float):
+    def on_sends(self, source: WorkerRecord, targets: dict[str, list[int]],
+                 tasks: dict[int, Node], now: float) -> None:
         """SendData left for ``source``: one event per target; only while active."""
         for address, ids in targets.items():
             size = 0
@@ -205,7 +212,7 @@ class DashboardFeed:
 
     # ------------------------------------------------------------ the answer
 
-    def snapshot(self, state, since: int, now: float) -> dict:
+    def snapshot(self, state: CoreBase, since: int, now: float) -> dict[str, Any]:
         """Counters now and the events after ``since`` (a previous snapshot's ``seq``)."""
         self.watch(state, now)
         events = []
@@ -226,7 +233,7 @@ class DashboardFeed:
             "clients": [self._client_entry(client) for client in state.clients.values()],
         }
 
-    def _client_entry(self, client) -> dict:
+    def _client_entry(self, client: ClientRecord) -> dict[str, Any]:
         groups = self.groups.get(client.number, {})
         return {"number": client.number, "done": client.n_done, "total": client.n_total,
                 "groups": [[name, *counts] for name, counts in groups.items()]}

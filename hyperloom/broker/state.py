@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from .. import protocol
 from . import taskstate as ts
@@ -26,7 +29,7 @@ from .dynamic import DynamicPass
 from .intake import PlanError, PlanIntake  # noqa: F401  (PlanError: part of this API)
 from .invariants import check_invariants
 from .lifecycle import Lifecycle
-from .model import ClientRecord, WorkerRecord
+from .model import ClientRecord, Node, WorkerRecord
 from .outbox import Outbox
 from .recorder import NULL_RECORDER, Recorder, RecorderFactory, no_tracing
 from .recovery import Recovery
@@ -34,11 +37,17 @@ from .reports import WorkerReports
 from .requests import ClientRequests
 from .restore import Restore
 from . import journal as jn
+from .journal import NullJournal
 from .retire import Retirements
 from .scheduler import ReadyQueue
 from .snapshot import DashboardFeed
 
 log = logging.getLogger("hyperloom.broker")
+
+# A message handler: (the peer, the decoded fields, the message's frames, now). Fields
+# have the top-level types of protocol.MESSAGES (decode checks them); what is inside a
+# batch is checked by the handler that reads it.
+Handler = Callable[[Any, list[Any], Sequence[Any], float], None]
 
 # Task types every worker provides; plans may name them before workers join.
 BUILTIN_TYPES = frozenset({
@@ -60,9 +69,11 @@ def _no_checkpoints(path: str) -> bool:
 class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery,
                   DynamicPass, Restore):
     def __init__(self, overbooking: int = 3, max_task_losses: int = 3,
-                 heartbeat_timeout: float = 5.0, checkpoint_exists=_no_checkpoints,
+                 heartbeat_timeout: float = 5.0,
+                 checkpoint_exists: Callable[[str], bool] = _no_checkpoints,
                  open_recorder: RecorderFactory = no_tracing, max_peers: int | None = None,
-                 journal=None, reattach_timeout: float = 10.0, session_timeout: float = 120.0):
+                 journal: NullJournal | None = None, reattach_timeout: float = 10.0,
+                 session_timeout: float = 120.0) -> None:
         self.overbooking = overbooking            # core tasks per core, at least
         self.max_task_losses = max_task_losses
         self.heartbeat_timeout = heartbeat_timeout
@@ -70,14 +81,14 @@ class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery
         self.checkpoint_exists = checkpoint_exists  # the server passes os.path.exists
         self.open_recorder = open_recorder
         self.recorder: Recorder = NULL_RECORDER
-        self.tasks = {}                  # id -> Node in the DAG (not RELEASED)
-        self.peers = {}                  # identity -> ClientRecord | WorkerRecord
-        self.workers = {}                # identity -> WorkerRecord
-        self.clients = {}                # identity -> ClientRecord
+        self.tasks: dict[int, Node] = {}  # id -> Node in the DAG (not RELEASED)
+        self.peers: dict[bytes, ClientRecord | WorkerRecord] = {}
+        self.workers: dict[bytes, WorkerRecord] = {}
+        self.clients: dict[bytes, ClientRecord] = {}
         self.outbox = Outbox()
         self.ready = ReadyQueue()        # READY nodes to place, in order (light / core)
-        self.dynamic_ready = []          # READY dslice/dget nodes to expand
-        self.unplaceable = []            # READY nodes no connected worker can run
+        self.dynamic_ready: list[Node] = []  # READY dslice/dget nodes to expand
+        self.unplaceable: list[Node] = []    # READY nodes no connected worker can run
         self._moves = [0] * len(ts.TaskState)  # see Lifecycle.state_counts
         self.next_worker_id = 1
         self.next_client_number = 1
@@ -115,7 +126,8 @@ class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery
 
     # ------------------------------------------------------------ events
 
-    def on_message(self, identity: bytes, code: int, fields, frames, now: float):
+    def on_message(self, identity: bytes, code: int, fields: list[Any], frames: Sequence[Any],
+                   now: float) -> None:
         """A decoded message; ``frames[2:]`` are its payload frames."""
         peer = self.peers.get(identity)
         if peer is None:
@@ -129,10 +141,10 @@ class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery
             return
         handler(peer, fields, frames, now)
 
-    def on_undecodable(self, identity: bytes, message: str):
+    def on_undecodable(self, identity: bytes, message: str) -> None:
         self.refuse(identity, message)
 
-    def on_tick(self, now: float):
+    def on_tick(self, now: float) -> None:
         """Time passed (about once per heartbeat interval)."""
         self.expire_silent_workers(now)
         if self.detached_clients:
@@ -140,7 +152,7 @@ class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery
         self.update_overbooking(now)
         self.feed.tick(now)
 
-    def on_drained(self, now: float):
+    def on_drained(self, now: float) -> None:
         """The waiting messages are handled: expand, place, let retiring workers go,
         decide what progress goes out."""
         if self.restoring and self.restore_step(now):
@@ -167,28 +179,29 @@ class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery
         if self.outbox.remove or self.held_removals:
             self.hold_removals(now)
 
-    def _feed_sent(self, now: float):
+    def _feed_sent(self, now: float) -> None:
         """Tell the dashboard feed which tasks and data are sent out now."""
         for entries in self.outbox.compute.values():
             self.feed.on_compute_sent(entries, now)
         for worker, targets in self.outbox.sends.items():
             self.feed.on_sends(worker, targets, self.tasks, now)
 
-    def on_peer_disconnected(self, identity: bytes, now: float, why="connection closed"):
+    def on_peer_disconnected(self, identity: bytes, now: float,
+                             why: str = "connection closed") -> None:
         self.peer_gone(identity, why, now)
 
-    def on_sample(self, cpu_percent: float, rss: int):
+    def on_sample(self, cpu_percent: float, rss: int) -> None:
         """The broker process's resource use, for traces."""
         self.recorder.sample(cpu_percent, rss)
 
-    def on_shutdown(self):
+    def on_shutdown(self) -> None:
         """The broker stops: workers are told to shut down, the trace is closed."""
         self.release_held_removals()
         self.outbox.shutdown.extend(self.workers.values())
         self.recorder.close()
         self.recorder = NULL_RECORDER
 
-    def _handler_table(self):
+    def _handler_table(self) -> dict[tuple[str, int], Handler]:
         return {
             ("client", protocol.SUBMIT): self._on_submit_message,
             ("client", protocol.FETCH): lambda c, f, _, now: self.on_fetch(c, *f),
@@ -204,47 +217,53 @@ class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery
             ("worker", protocol.RETIRING): lambda w, f, _, now: self.retirements.on_retiring(w),
             ("worker", protocol.TASKS_DONE): self._on_tasks_done,
             ("worker", protocol.UPLOADED):
-                lambda w, f, frames, now: self.on_uploaded(w, *f, frames[2:]),
+                lambda w, f, frames, now: self.on_uploaded(w, f[0], f[1], f[2], frames[2:]),
             ("worker", protocol.HEARTBEAT): _ignore,
             ("worker", protocol.GOODBYE): self._on_goodbye,
         }
 
-    def _on_submit_message(self, client, fields, frames, now):
+    def _on_submit_message(self, client: ClientRecord, fields: list[Any],
+                           frames: Sequence[Any], now: float) -> None:
         if self.journaling:  # the chunk as received: its header's bytes, not packed again
             header = frames[1]
             self.journal.submit_raw(client.number,
                                     header if type(header) is bytes else header.bytes)
         self.on_submit(client, *fields)
 
-    def _on_tasks_done(self, worker, fields, frames, now):
+    def _on_tasks_done(self, worker: WorkerRecord, fields: list[Any], frames: Sequence[Any],
+                       now: float) -> None:
         if self.feed.active:
             self.feed.on_tasks_done(worker, self.tasks, fields[0], fields[1], now)
         self.on_tasks_done(worker, fields[0], fields[1], now, fields[2], frames[2:])
         if fields[3]:
             self.on_tasks_stolen(worker, fields[3])
 
-    def _on_get_stats(self, client, fields, frames, now):
+    def _on_get_stats(self, client: ClientRecord, fields: list[Any], frames: Sequence[Any],
+                      now: float) -> None:
         self.outbox.add_reply(
             (client.identity, protocol.encode(protocol.STATS, fields[0], self.stats())))
 
-    def _on_get_snapshot(self, client, fields, frames, now):
+    def _on_get_snapshot(self, client: ClientRecord, fields: list[Any],
+                         frames: Sequence[Any], now: float) -> None:
         request, since = fields
         snapshot = self.feed.snapshot(self, since, now)
         self.outbox.add_reply(
             (client.identity, protocol.encode(protocol.SNAPSHOT, request, snapshot)))
 
-    def _on_terminate(self, client, fields, frames, now):
+    def _on_terminate(self, client: ClientRecord, fields: list[Any], frames: Sequence[Any],
+                      now: float) -> None:
         log.info("client %d asked the broker to terminate", client.number)
         self.stop_requested = True
 
-    def _on_goodbye(self, peer, fields, frames, now):
+    def _on_goodbye(self, peer: ClientRecord | WorkerRecord, fields: list[Any],
+                    frames: Sequence[Any], now: float) -> None:
         self.peer_gone(peer.identity, "said goodbye", now)
 
-    def refuse(self, identity, message, fatal=False):
+    def refuse(self, identity: bytes, message: str, fatal: bool = False) -> None:
         log.warning("refused a message from %s: %s", identity.hex(), message)
         self.outbox.add_error((identity, message, fatal))
 
-    def _throttle_progress(self, now: float):
+    def _throttle_progress(self, now: float) -> None:
         """Progress alone goes out at most every PROGRESS_INTERVAL; with results, always;
         not at all when the values of all those results go to the client now (Data says
         they finished: one message less, ~10 % of a one-task round trip)."""
@@ -259,7 +278,7 @@ class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery
             else:
                 client.progress_sent = now
 
-    def _leave_out_fetched(self, finished):
+    def _leave_out_fetched(self, finished: defaultdict[ClientRecord, list[int]]) -> None:
         fetched: dict[bytes, set[int]] = {}
         for (identity, _), inline in self.outbox.data_inline.items():
             fetched.setdefault(identity, set()).update(entry[0] for entry in inline)
@@ -270,7 +289,7 @@ class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery
 
     # ------------------------------------------------------------ peers
 
-    def _on_stranger(self, identity, code, fields, now):
+    def _on_stranger(self, identity: bytes, code: int, fields: list[Any], now: float) -> None:
         """A message from a peer that has not said hello (or was dropped)."""
         limit = self.max_peers
         if limit is not None and len(self.peers) >= limit and code in (
@@ -282,11 +301,15 @@ class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery
         elif code == protocol.HELLO_CLIENT:
             self.on_client_hello(identity, fields[0], now)
         elif code == protocol.HELLO_WORKER:
-            self.on_worker_hello(identity, *fields, now)
+            version, cpus, address, task_types, hostname = fields
+            self.on_worker_hello(identity, version, cpus, address, task_types, hostname, now)
         elif code == protocol.RESUME_CLIENT:
-            self.on_client_resume(identity, *fields, now)
+            version, number, token, waiting = fields
+            self.on_client_resume(identity, version, number, token, waiting, now)
         elif code == protocol.REJOIN_WORKER:
-            self.on_worker_rejoin(identity, *fields, now)
+            version, cpus, address, task_types, hostname, worker_id, held, running = fields
+            self.on_worker_rejoin(identity, version, cpus, address, task_types, hostname,
+                                  worker_id, held, running, now)
         elif code not in (protocol.GOODBYE, protocol.HEARTBEAT):
             # (those two come from a peer already dropped: its disconnect was seen first)
             self.refuse(identity, f"{protocol.name_of(code)} before HelloClient/HelloWorker",
@@ -307,8 +330,9 @@ class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery
         log.info("client %d connected", client.number)
         return client
 
-    def on_worker_hello(self, identity, version, cpus, address, task_types, hostname, now,
-                        worker_id=None):
+    def on_worker_hello(self, identity: bytes, version: int, cpus: int, address: str,
+                        task_types: list[Any], hostname: str, now: float,
+                        worker_id: int | None = None) -> WorkerRecord | None:
         if version != protocol.PROTOCOL_VERSION:
             self._version_mismatch(identity, "worker", version)
             return None
@@ -339,13 +363,13 @@ class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery
             self.unplaceable = []
         return worker
 
-    def _version_mismatch(self, identity, kind, version):
+    def _version_mismatch(self, identity: bytes, kind: str, version: int) -> None:
         message = (f"protocol version mismatch: this broker speaks version "
                    f"{protocol.PROTOCOL_VERSION}, the {kind} version {version}")
         log.warning("refused a %s: %s", kind, message)
         self.outbox.add_error((identity, message, True))
 
-    def peer_gone(self, identity: bytes, why: str, now: float):
+    def peer_gone(self, identity: bytes, why: str, now: float) -> None:
         """Forget a peer (said goodbye, disconnected, or silent too long)."""
         peer = self.peers.pop(identity, None)
         if peer is None:
@@ -370,7 +394,7 @@ class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery
         self.on_worker_lost(peer)
         self.feed.on_worker_gone(peer, clean, why, now)
 
-    def update_overbooking(self, now: float):
+    def update_overbooking(self, now: float) -> None:
         """Let workers that finish core tasks quickly queue ~QUEUE_SECONDS of them.
 
         Overbooking hides the round trip to the broker between tasks; 3x cores
@@ -388,7 +412,8 @@ class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery
 
     # ------------------------------------------------------------ tracing
 
-    def _on_set_trace(self, client, fields, frames, now):
+    def _on_set_trace(self, client: ClientRecord, fields: list[Any], frames: Sequence[Any],
+                      now: float) -> None:
         path = fields[0]
         if type(path) is not str or not os.path.isabs(path):
             self.refuse(client.identity, f"SetTrace.path must be an absolute path, got {path!r}")
@@ -401,7 +426,7 @@ class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery
         log.info("tracing into %s", path)
         self.start_trace(recorder, path)
 
-    def start_trace(self, recorder: Recorder, directory: str):
+    def start_trace(self, recorder: Recorder, directory: str) -> None:
         """Trace from now on: the broker into ``recorder``, every worker into ``directory``."""
         self.recorder.close()
         self.recorder = recorder
@@ -409,15 +434,16 @@ class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery
         for worker in self.workers.values():
             self._start_worker_trace(worker)
 
-    def _start_worker_trace(self, worker):
+    def _start_worker_trace(self, worker: WorkerRecord) -> None:
         self.recorder.worker_joined(worker.worker_id, worker.address, worker.cpus)
         self.outbox.add_reply((worker.identity, protocol.encode(
             protocol.START_TRACE, self.trace_directory, worker.worker_id)))
 
-    def check_invariants(self):
+    def check_invariants(self) -> None:
         """Assert the bookkeeping agrees with itself (tests call this after each step)."""
         check_invariants(self)
 
 
-def _ignore(peer, fields, frames, now):
+def _ignore(peer: ClientRecord | WorkerRecord, fields: list[Any], frames: Sequence[Any],
+            now: float) -> None:
     """Heartbeat: ``on_message`` noted the peer's ``last_seen``; nothing else to do."""

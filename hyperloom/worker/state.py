@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from ..protocol import INLINE_RESULT_BYTES
+from ..protocol import INLINE_RESULT_BYTES, ComputeTask, DataSend
 
 if TYPE_CHECKING:
     from ..data import DataObject
@@ -29,8 +30,9 @@ class WorkerTask:
     __slots__ = ("id", "type", "config", "input_ids", "n_cpus", "label", "is_result",
                  "missing", "cpu_ids", "canceled", "owner", "checkpoint_path")
 
-    def __init__(self, task_id, task_type, config, input_ids, n_cpus, label, is_result=False,
-                 checkpoint_path=None):
+    def __init__(self, task_id: int, task_type: str, config: bytes, input_ids: list[int],
+                 n_cpus: int, label: str | None, is_result: bool = False,
+                 checkpoint_path: str | None = None) -> None:
         self.id = task_id
         self.type = task_type
         self.config = config
@@ -38,18 +40,18 @@ class WorkerTask:
         self.n_cpus = n_cpus
         self.label = label
         self.is_result = is_result
-        self.missing = 0
-        self.cpu_ids = ()
+        self.missing = 0              # inputs not here yet
+        self.cpu_ids: tuple[int, ...] = ()  # core slots while it runs
         self.canceled = False
-        self.owner = None
+        self.owner: WorkerCore | None = None  # the core that accepted it
         self.checkpoint_path = checkpoint_path
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<WorkerTask {self.id} {self.type}>"
 
 
 class WorkerCore:
-    def __init__(self, cpus: int):
+    def __init__(self, cpus: int) -> None:
         self.cpus = cpus
         self.worker_id: int | None = None   # from Welcome: None while not registered
         self.refusal: str | None = None     # a fatal Error's message: the broker refused us
@@ -68,8 +70,9 @@ class WorkerCore:
 
     # ------------------------------------------------------------ events
 
-    def on_compute(self, entries):
-        """Accept ``[id, type, config, input ids, n_cpus, label, is_result, checkpoint]``."""
+    def on_compute(self, entries: Iterable[ComputeTask]) -> None:
+        """Accept ComputeTasks entries (lists in ComputeTask's field order: the broker
+        builds them, the worker trusts them)."""
         store = self.store
         for task_id, task_type, config, input_ids, n_cpus, label, is_result, checkpoint \
                 in entries:
@@ -90,7 +93,7 @@ class WorkerCore:
             if not missing:
                 self.queued.append(task)
 
-    def on_data(self, data_id, obj):
+    def on_data(self, data_id: int, obj: DataObject) -> None:
         if data_id in self.tombstones:
             self.tombstones.discard(data_id)
             return
@@ -102,22 +105,22 @@ class WorkerCore:
                 if task.missing == 0 and not task.canceled:
                     self.queued.append(task)
 
-    def on_remove(self, ids):
+    def on_remove(self, ids: Iterable[int]) -> None:
         store = self.store
         for data_id in ids:
             if store.pop(data_id, None) is None and data_id in self.waiting_for:
                 self.tombstones.add(data_id)
 
-    def on_cancel(self, ids):
+    def on_cancel(self, ids: Iterable[int]) -> None:
         for task_id in ids:
             task = self.tasks.pop(task_id, None)
             if task is not None:
                 task.canceled = True  # dropped when dequeued; a running one is not reported
 
-    def on_steal(self, ids):
+    def on_steal(self, ids: Iterable[int]) -> None:
         """Give back the tasks among ``ids`` that have not started."""
         wanted = set(ids)
-        kept = deque()
+        kept: deque[WorkerTask] = deque()
         for task in self.queued_cpu:
             if task.id in wanted and not task.canceled:
                 self.tasks.pop(task.id, None)
@@ -128,22 +131,23 @@ class WorkerCore:
 
     # ------------------------------------------------------------ registration
 
-    def on_welcome(self, worker_id: int):
+    def on_welcome(self, worker_id: int) -> None:
         self.worker_id = worker_id
         log.info("registered as worker %d", worker_id)
 
-    def on_error(self, message: str, fatal: bool):
+    def on_error(self, message: str, fatal: bool) -> None:
         log.error("broker: %s", message)
         if fatal:
             self.refusal = message
 
-    def on_shutdown(self):
+    def on_shutdown(self) -> None:
         log.info("the broker asked this worker to shut down")
         self.shutdown_requested = True
 
     # ------------------------------------------------------------ data for others
 
-    def on_send_data(self, sends):
+    def on_send_data(self, sends: Iterable[DataSend]
+                     ) -> list[tuple[str, list[tuple[int, DataObject]]]]:
         """SendData: ``[(target address, [(id, DataObject)])]`` to push, of what is here."""
         store = self.store
         pushes = []
@@ -155,14 +159,14 @@ class WorkerCore:
             pushes.append((address, objects))
         return pushes
 
-    def on_upload(self, ids):
+    def on_upload(self, ids: Iterable[int]) -> list[tuple[int, DataObject | None]]:
         """Upload: ``[(id, DataObject or None)]``; None for what is not (any more) here."""
         store = self.store
         return [(data_id, store.get(data_id)) for data_id in ids]
 
     # ------------------------------------------------------------ tasks
 
-    def take_startable(self):
+    def take_startable(self) -> list[WorkerTask]:
         """Tasks to start now, with ``cpu_ids`` allocated.
 
         Light tasks (no core requested) always start; core-requesting ones
@@ -194,7 +198,8 @@ class WorkerCore:
             started.append(task)
         return started
 
-    def take_followers(self, leader: WorkerTask, accept, limit: int) -> list:
+    def take_followers(self, leader: WorkerTask, accept: Callable[[WorkerTask], bool],
+                       limit: int) -> list[WorkerTask]:
         """Queued one-core tasks that ``accept`` lets run right after ``leader`` on its
         core, in arrival order (at most ``limit``; stops at the first refused one).
         The core is freed when the last of them is done: it moves to that task."""
@@ -213,11 +218,12 @@ class WorkerCore:
             followers[-1].cpu_ids, leader.cpu_ids = leader.cpu_ids, ()
         return followers
 
-    def inputs_of(self, task: WorkerTask):
+    def inputs_of(self, task: WorkerTask) -> list[DataObject]:
         store = self.store
         return [store[data_id] for data_id in task.input_ids]
 
-    def on_task_done(self, task: WorkerTask, result=None, error=None):
+    def on_task_done(self, task: WorkerTask, result: DataObject | None = None,
+                     error: str | None = None) -> None:
         """A started task ended: store its result (or failure) and free its cores."""
         if task.owner is not self:
             return  # started before this worker re-registered: void
@@ -229,18 +235,20 @@ class WorkerCore:
         if error is not None:
             self.failed.append([task.id, error])
         else:
+            assert result is not None  # an ended task has a result or an error
             self.store[task.id] = result
             self.finished.append([task.id, result.size, result.length])
             if task.is_result and result.size <= INLINE_RESULT_BYTES:
                 self.results.append((task.id, result))
 
-    def take_reports(self):
+    def take_reports(self) -> tuple[list[list[int]], list[list[Any]],
+                                    list[tuple[int, DataObject]], list[int]]:
         """``(finished, failed, results, stolen)`` since the last call."""
         reports = self.finished, self.failed, self.results, self.stolen
         self.finished, self.failed, self.results, self.stolen = [], [], [], []
         return reports
 
-    def rejoining(self):
+    def rejoining(self) -> tuple[WorkerCore, list[list[int]], list[int]]:
         """For a broker this worker re-attaches to: ``(core, held, running)``.
 
         ``core`` keeps the data and the tasks already started (they finish and are
@@ -265,7 +273,7 @@ class WorkerCore:
         held = [[data_id, obj.size, obj.length] for data_id, obj in self.store.items()]
         return core, held, running
 
-    def check_invariants(self):
+    def check_invariants(self) -> None:
         for data_id, waiters in self.waiting_for.items():
             assert data_id not in self.store
             assert all(t.missing > 0 for t in waiters)

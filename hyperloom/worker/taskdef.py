@@ -81,8 +81,8 @@ class TaskContext:
     __slots__ = ("task_id", "task_type", "config", "inputs", "cpu_ids", "work_dir", "pin",
                  "label", "log", "cancel", "run_dirs")
 
-    def __init__(self, task_id: int, task_type: str, config: bytes, inputs: list,
-                 cpu_ids: tuple = (), work_dir: str = "", pin: bool = False,
+    def __init__(self, task_id: int, task_type: str, config: bytes, inputs: list[DataObject],
+                 cpu_ids: tuple[int, ...] = (), work_dir: str = "", pin: bool = False,
                  label: str | None = None, log: logging.Logger | None = None):
         self.task_id = task_id
         self.task_type = task_type
@@ -96,7 +96,7 @@ class TaskContext:
         self.cancel: Cancellation | None = None
         self.run_dirs: RunDirs | None = None
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<TaskContext {self.task_id} {self.task_type}>"
 
 

@@ -18,10 +18,13 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from collections.abc import Iterable
 
 import zmq
 
 from .. import data, protocol, security
+from ..data import DataObject, ExtensionData
+from ..security import ClusterKeys
 
 log = logging.getLogger("hyperloom.worker")
 
@@ -40,8 +43,10 @@ class _Peer:
 
 
 class DataChannels:
-    def __init__(self, context: zmq.Context, host: str, keys=None, data_types=None,
-                 send_hwm: int = PUSH_HWM):
+    def __init__(self, context: zmq.Context[zmq.Socket[bytes]], host: str,
+                 keys: ClusterKeys | None = None,
+                 data_types: dict[str, type[ExtensionData]] | None = None,
+                 send_hwm: int = PUSH_HWM) -> None:
         self.context = context
         self.data_types = data_types if data_types is not None else {}
         self.keys = keys
@@ -56,7 +61,7 @@ class DataChannels:
         self._peers: dict[str, _Peer] = {}   # data address -> its channel
         self.n_waiting = 0     # messages in the backlogs
 
-    def close(self, linger_ms: int = 0):
+    def close(self, linger_ms: int = 0) -> None:
         """``linger_ms``: how long pushes already handed to ZeroMQ may still take to leave
         (a retiring worker's last copies)."""
         for peer in self._peers.values():
@@ -65,11 +70,11 @@ class DataChannels:
         self.n_waiting = 0
         self.pull.close(linger=0)
 
-    def open_channels(self) -> list:
+    def open_channels(self) -> list[str]:
         """The peer addresses this worker holds a channel to (for tests and debugging)."""
         return sorted(self._peers)
 
-    def push(self, address: str, objects):
+    def push(self, address: str, objects: Iterable[tuple[int, DataObject]]) -> None:
         """Send ``[(id, DataObject)]`` to the worker listening at ``address``."""
         peer = self._peers.get(address) or self._connect(address)
         if peer is None:
@@ -88,7 +93,7 @@ class DataChannels:
             peer.backlog.append(message)  # after the others: a peer gets its data in order
             self.n_waiting += 1
 
-    def _connect(self, address: str):
+    def _connect(self, address: str) -> _Peer | None:
         socket = self.context.socket(zmq.PUSH)
         try:
             if self.keys is not None:
@@ -115,7 +120,7 @@ class DataChannels:
                 self.n_waiting -= 1
         return self.n_waiting
 
-    def close_peers(self, addresses):
+    def close_peers(self, addresses: Iterable[str]) -> None:
         """The workers at ``addresses`` left: close their channels, drop what waits."""
         for address in addresses:
             peer = self._peers.pop(address, None)
@@ -128,7 +133,7 @@ class DataChannels:
                          len(peer.backlog), address)
             log.info("closed the data channel to %s: the worker left", address)
 
-    def close_idle(self, now: float, idle: float = PUSHER_IDLE):
+    def close_idle(self, now: float, idle: float = PUSHER_IDLE) -> None:
         """Close connections to peers not pushed to for ``idle`` seconds (and with nothing
         waiting): with hundreds of workers coming and going (adapt, walltime) each would
         otherwise keep a socket and its reconnect attempts to a peer that left. A later
@@ -137,7 +142,7 @@ class DataChannels:
                         if not peer.backlog and now - peer.last_push > idle]:
             self._peers.pop(address).socket.close(linger=0)
 
-    def receive(self):
+    def receive(self) -> tuple[str, list[tuple[int, DataObject]]] | None:
         """Decode one PushData message: ``(source, [(id, DataObject)])``; None if none waits."""
         try:
             frames = self.pull.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -158,7 +163,7 @@ class DataChannels:
             return "", []
 
 
-def _send(socket, message) -> bool:
+def _send(socket: zmq.Socket[bytes], message: tuple[list[data.BytesLike], bool]) -> bool:
     """Send without blocking; False if the peer's queue is full."""
     frames, copy = message
     try:
@@ -168,6 +173,6 @@ def _send(socket, message) -> bool:
     return True
 
 
-def _small(frames) -> bool:
+def _small(frames: list[data.BytesLike]) -> bool:
     # zmq copies small frames faster than it tracks zero-copy ones.
     return sum(len(f) for f in frames) < 65536

@@ -3,24 +3,17 @@
 import configparser
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 
+import pytest
 
 from hyperloom.client import Client, tasks
 
-from ..conftest import PROGRAM_MODULES, loom_program, wait_until
+from ..conftest import PROGRAM_MODULES, loom_program, port_to_bind_later, wait_until
 
 BROKER = loom_program("loom-broker")
 WORKER = loom_program("loom-worker")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_every_program_starts_without_loom_on_path(tmp_path):
@@ -70,16 +63,37 @@ def test_broker_prints_its_endpoint_first(processes):
     assert line.startswith("tcp://127.0.0.1:") and int(line.rsplit(":", 1)[1]) > 0
 
 
+def start_worker_then_broker(processes, wdir, log_dir, attempts=5):
+    """A worker told a port no broker listens on yet, then the broker on that port:
+    ``(worker, port)``. The port is chosen before the broker binds it (it cannot be 0):
+    if the broker finds it taken, both go and the scenario starts again on another."""
+    for attempt in range(attempts):
+        port = port_to_bind_later()
+        worker_log = log_dir / f"worker-{attempt}.log"
+        with open(worker_log, "wb") as log:
+            worker = processes(*WORKER, "--cpus", "1", "--wdir", str(wdir), "--log-level",
+                               "info", "127.0.0.1", str(port), stderr=log)
+        # its loop runs, its Hello queued, before any broker exists
+        wait_until(lambda log=worker_log, process=worker: b"worker started" in log.read_bytes()
+                   or process.poll() is not None, timeout=30, message="the worker to start")
+        assert worker.poll() is None, worker_log.read_text()
+        broker_log = log_dir / f"broker-{attempt}.log"
+        with open(broker_log, "wb") as log:
+            broker = processes(*BROKER, "--port", str(port), stdout=subprocess.PIPE,
+                               stderr=log)
+        if broker.stdout.readline().startswith(b"tcp://"):
+            return worker, port
+        assert broker.wait(10) != 0
+        assert "Address already in use" in broker_log.read_text(), broker_log.read_text()
+        os.killpg(worker.pid, signal.SIGTERM)   # (it removes its work directory)
+        assert worker.wait(10) == 0             # and again, on another port
+    pytest.fail(f"{attempts} ports in a row were taken before the broker bound them")
+
+
 def test_worker_started_before_the_broker_retries_and_joins(processes, tmp_path):
-    port = free_port()
     wdir = tmp_path / "wdir"
     wdir.mkdir()
-    worker = processes(*WORKER, "--cpus", "1", "--wdir", str(wdir), "127.0.0.1", str(port),
-                       stderr=subprocess.DEVNULL)
-    time.sleep(0.5)  # the worker is up and retrying before any broker exists
-    assert worker.poll() is None
-    processes(*BROKER, "--port", str(port), stdout=subprocess.DEVNULL,
-              stderr=subprocess.DEVNULL)
+    worker, port = start_worker_then_broker(processes, wdir, tmp_path)
     client = Client("127.0.0.1", port)
     wait_until(lambda: client.get_stats()["n_workers"] == 1, timeout=15, message="worker to join")
     assert client.submit_one(tasks.const("late")).gather() == b"late"

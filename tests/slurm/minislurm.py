@@ -15,7 +15,6 @@ and must reach its socket, and refuses paths not executable by everyone.
 from __future__ import annotations
 
 import os
-import random
 import shutil
 import socket
 import subprocess
@@ -23,6 +22,8 @@ import tempfile
 import time
 
 import psutil
+
+from ..conftest import port_to_bind_later
 
 # Debian installs the daemons (and runuser) in /usr/sbin, which a plain user PATH (a fresh
 # `env -i PATH=/usr/bin:/bin` shell, say) lacks; everything started here inherits this.
@@ -233,12 +234,8 @@ def _stop_group(process, timeout: float = 10.0):
 
 
 def _two_free_ports():
-    """Two ports nothing listens on now. Slurm has no 'port 0': a daemon that loses the race
-    for one exits, and MiniSlurm.start retries with new ports."""
-    ports = []
-    while len(ports) < 2:
-        port = random.randint(20000, 40000)
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) != 0 and port not in ports:
-                ports.append(port)
-    return ports
+    """Two free ports for slurmctld and slurmd. Slurm has no 'port 0'; these are drawn below
+    the ephemeral range (see port_to_bind_later), and a daemon that finds one taken anyway
+    exits, which ``MiniSlurm.start`` answers by starting again with new ports."""
+    first = port_to_bind_later()
+    return first, port_to_bind_later(exclude=(first,))

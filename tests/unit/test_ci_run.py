@@ -114,3 +114,23 @@ def test_ci_fails_when_the_install_fails(run_ci):
     result, commands = run_ci(pytest_status=0, pip_status=1)
     assert result.returncode == 1
     assert not any(command.startswith("python -m pytest") for command in commands)
+
+
+def test_every_core_module_is_typed_strictly():
+    # A new module of the broker's core (or of the trace package) is typed strictly from
+    # its first commit: pyproject.toml lists it, or this test names it.
+    import glob
+    tomllib = pytest.importorskip("tomllib")   # Python 3.11+
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        overrides = tomllib.load(f)["tool"]["mypy"]["overrides"]
+    strict = {module for override in overrides if override.get("disallow_untyped_defs")
+              for module in override["module"]}
+    package = os.path.join(ROOT, "hyperloom")
+    cores = {f"hyperloom.{sub}.{os.path.basename(path)[:-3]}"
+             for sub in ("broker", "trace") for path in glob.glob(f"{package}/{sub}/*.py")}
+    cores -= {"hyperloom.broker.server",      # the socket loop
+              "hyperloom.broker.__init__", "hyperloom.broker.__main__"}
+    cores |= {"hyperloom.worker.state", "hyperloom.protocol", "hyperloom.data"}
+    cores = {name.removesuffix(".__init__") for name in cores}
+    assert "hyperloom.broker.state" in cores and "hyperloom.trace.writer" in cores
+    assert sorted(cores - strict) == []

@@ -9,6 +9,7 @@ import pytest
 import msgpack
 
 from hyperloom import trace as trace_module
+from hyperloom.trace import writer as trace_writer
 from hyperloom.trace import (TraceWriter, TracedTask, TracedWorker, Transfer, label_group,
                              read_trace)
 
@@ -215,7 +216,7 @@ def test_a_task_run_twice_in_one_block_pairs_each_start_with_its_finish(tmp_path
 
 
 def test_many_events_span_several_blocks(tmp_path, monkeypatch):
-    monkeypatch.setattr(trace_module, "BLOCK_INTS", 7)
+    monkeypatch.setattr(trace_writer, "BLOCK_INTS", 7)
     clock = FakeClock(0)
     broker = writer(tmp_path, "broker", clock)
     broker.tasks_submitted((i, "t", f"L{i % 3}", [i - 1] if i else []) for i in range(100))
@@ -227,6 +228,9 @@ def test_many_events_span_several_blocks(tmp_path, monkeypatch):
         clock.at(i + 0.5)
         w.tasks_ran([begin, i, w.now(), i, True, ()])
     w.close()
+    # the small block size took effect: each file holds many blocks of its events
+    assert len(trace_module.read_file(tmp_path / "broker.ltrace").blocks) > 10
+    assert len(trace_module.read_file(tmp_path / "worker-1.ltrace").blocks) > 10
     trace = read_trace(tmp_path)
     assert trace.n_submitted == 100 and trace.bad_records == 0
     assert [(t.task_id, t.size, t.label, t.inputs) for t in trace.tasks] == [

@@ -1,18 +1,9 @@
-"""Trace files: the batched binary writer each process uses, and the reader that merges them.
-
-Each process (the broker, every worker) owns one ``<name>.ltrace`` file in a shared trace directory
-and is the only writer of it.  The format is specified in ``docs/trace-format.md``; in short: a
-msgpack stream whose first object is a header map, followed by *blocks*, each holding many events
-of one kind as one flat array of integers (strings are indices into a table the file defines).
-
-Why flat integer blocks: recording an event is then one ``list +=`` of a few ints (~0.3 µs),
-retains no object the garbage collector has to scan, and the encoding is paid once per block in
-C (msgpack), not once per event in Python.  A text line per event cost 1–2 µs, several percent
-of a plan of tiny tasks.
+"""The trace reader: parses the files of a trace directory and merges them into one ``Trace``.
 
 ``read_trace`` parses every file of a directory into one ``Trace`` whose times are seconds
-relative to the earliest event, aligned across files through each header's wall-clock time.
-``python -m hyperloom.trace PATH`` prints a file (or a directory of them) as text, an event a line.
+relative to the earliest event, aligned across files through each header's wall-clock
+time; ``read_file`` parses one file; ``dump`` prints files as text, an event a line
+(``python -m hyperloom.trace PATH``).
 """
 
 from __future__ import annotations
@@ -20,46 +11,27 @@ from __future__ import annotations
 import os
 import re
 import sys
-import time
 from array import array
-from dataclasses import dataclass, field
-from itertools import chain
+from collections.abc import Callable
+from dataclasses import dataclass
 from operator import attrgetter
 from pathlib import Path
-from typing import Optional
-from collections.abc import Callable, Iterable, Sequence
+from typing import IO, Any, Optional
 
 import msgpack
 
-FORMAT_NAME = "hyperloom-trace"
-FORMAT_VERSION = 2
-SUFFIX = ".ltrace"
-BROKER_NAME = "broker"
+from .format import FORMAT_NAME, FORMAT_VERSION, SCHEMAS, STRINGS, SUFFIX
+from .model import Sample, Trace, TracedTask, TracedWorker, Transfer
+
 _WORKER_NAME = re.compile(r"worker-(\d+)\Z")
-# Integers of one kind held before they are written as a block: ~20k task events, a few MB.
-BLOCK_INTS = 1 << 17
-# Strings remembered for reuse; beyond that a new string (say a unique label per task) is
-# written each time it occurs instead of growing the table without bound.
-MAX_INTERNED = 1 << 16
-STRINGS = "$"  # the kind of the blocks that define strings
 
-# The integer fields of each kind's events, in order.  The first is always the time (the
-# writer's monotonic clock in ns; the header's clock_ns/wall_ns place it on the wall clock).
-# "name$": an index into the file's string table, -1 for none.  "name*": how many integers
-# of the block's extra list belong to this event (its cpu ids, its inputs).
-SCHEMAS = {
-    "W": ("t", "worker", "cpus", "address$"),
-    "T": ("t", "task", "type$", "label$", "inputs*"),
-    "S": ("t", "task", "cpus*"),
-    "F": ("t", "task", "size", "ok"),
-    "X": ("t", "task", "end", "size", "ok", "cpus*"),
-    "D": ("t", "data", "bytes", "target$"),
-    "R": ("t", "data", "bytes", "duration", "source$"),
-    "M": ("t", "cpu_tenths", "memory"),
-}
+# An event as decoded: its schema's fields in order (ints, strings, tuples of ints).
+Event = tuple[Any, ...]
+# One execution: (task, worker, cpu ids, start, end or None, ok, size or None)
+Run = tuple[int, int, tuple[int, ...], float, Optional[float], bool, Optional[int]]
 
 
-def _layout(schema):
+def _layout(schema: tuple[str, ...]) -> tuple[int, list[int], list[int], Optional[int]]:
     """(width, time field indices, string field indices, list field index or None)."""
     return (len(schema),
             [i for i, name in enumerate(schema) if name in ("t", "end")],
@@ -70,220 +42,13 @@ def _layout(schema):
 _LAYOUTS = {kind: _layout(schema) for kind, schema in SCHEMAS.items()}
 
 
-def label_group(label: str) -> str:
-    """A label's colour group: the prefix before the first ':' (whole label if none), stripped."""
-    return label.split(":", 1)[0].strip()
-
-
-class TraceWriter:
-    """Appends events to ``<directory>/<name>.ltrace``: one writer per process and per file.
-
-    Not thread-safe: the owner's event loop is the only caller.  Events wait in per-kind lists
-    until ``flush``, ``sample`` (about once a second), ``close``, or until a kind has
-    ``BLOCK_INTS`` integers; a process that dies loses at most that much.
-    """
-
-    def __init__(self, directory: str, name: str,
-                 clock: Callable[[], int] = time.monotonic_ns,
-                 wall_clock: Callable[[], int] = time.time_ns):
-        os.makedirs(directory, exist_ok=True)
-        self.path = os.path.join(directory, name + SUFFIX)
-        self.now = clock  # the time events carry; the worker reads it for a task's start
-        self._file = open(self.path, "wb")
-        self._packer = msgpack.Packer(use_bin_type=True)
-        self._ints: dict[str, list[int]] = {kind: [] for kind in SCHEMAS}
-        self._extras: dict[str, list[int]] = {kind: [] for kind in SCHEMAS}
-        self._ran = self._ints["X"]
-        self._strings: dict[str, int] = {}
-        self._n_strings = 0
-        self._new_strings: list[str] = []
-        # Both clocks read back to back: the wall clock aligns files of different processes,
-        # the monotonic one gives event times that never jump.
-        header = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "name": name,
-                  "clock_ns": clock(), "wall_ns": wall_clock()}
-        self._file.write(self._packer.pack(header))
-        # On disk at once: a process that dies before its first flush still leaves a valid file.
-        self._file.flush()
-
-    # ---- broker side -------------------------------------------------------------------------
-
-    def worker_joined(self, worker_id: int, address: str, cpus: int) -> None:
-        self._add("W", (self.now(), worker_id, cpus, self._string(address)))
-
-    def tasks_submitted(self,
-                        tasks: Iterable[tuple[int, str, Optional[str], Sequence[int]]]) -> None:
-        """Record a plan: (task_id, task_type, label or None, input_ids) per task."""
-        now = self.now()
-        ints, inputs = self._ints["T"], self._extras["T"]
-        strings, string = self._strings, self._string
-        for task_id, task_type, label, input_ids in tasks:
-            type_index = strings.get(task_type)
-            if type_index is None:
-                type_index = string(task_type)
-            if label:
-                label_index = strings.get(label)
-                if label_index is None:
-                    label_index = string(label)
-            else:
-                label_index = -1
-            ints += (now, task_id, type_index, label_index, len(input_ids))
-            inputs += input_ids
-            if len(ints) >= BLOCK_INTS:
-                self._write_block("T")
-
-    # ---- worker side -------------------------------------------------------------------------
-
-    def task_started(self, task_id: int, cpu_ids: Sequence[int]) -> None:
-        self._extras["S"] += cpu_ids
-        self._add("S", (self.now(), task_id, len(cpu_ids)))
-
-    def tasks_ran(self, runs: list) -> None:
-        """Tasks that ran within one step of the worker's loop, as one flat list of six fields
-        a task: start_ns, task_id, end_ns (both read from ``now``), result size, ok, cpu_ids.
-        One event each instead of an ``S`` and an ``F``, one call per batch, and flat because
-        this is the event of every tiny task: a tuple per task, alive until the batch ends,
-        would be tracked and scanned by the garbage collector (measured: +1 µs a task).
-        The writer takes ``runs`` over: it rewrites the list in place."""
-        cpu_ids = runs[5::6]
-        runs[5::6] = map(len, cpu_ids)
-        runs[4::6] = map(int, runs[4::6])  # ok: True/False -> 1/0, as the format says
-        self._ran += runs
-        self._extras["X"].extend(chain.from_iterable(cpu_ids))
-        if len(self._ran) >= BLOCK_INTS:
-            self._write_block("X")
-
-    def task_finished(self, task_id: int, size: int, ok: bool = True) -> None:
-        self._add("F", (self.now(), task_id, size, 1 if ok else 0))
-
-    def data_sent(self, data_id: int, nbytes: int, target: str) -> None:
-        self._add("D", (self.now(), data_id, nbytes, self._string(target)))
-
-    def data_received(self, data_id: int, nbytes: int, source: str,
-                      seconds: Optional[float] = None) -> None:
-        """``seconds``: how long receiving took, if the receiver knows (-1 in the file if not)."""
-        duration = -1 if seconds is None else round(seconds * 1e9)
-        self._add("R", (self.now(), data_id, nbytes, duration, self._string(source)))
-
-    def sample(self, cpu_percent: float, mem_bytes: int) -> None:
-        """Resource use of the process's node; also flushes, so a live trace lags ~1 s at most."""
-        self._add("M", (self.now(), round(cpu_percent * 10), mem_bytes))
-        self.flush()
-
-    # ---- writing -----------------------------------------------------------------------------
-
-    def _add(self, kind: str, fields: tuple) -> None:
-        ints = self._ints[kind]
-        ints += fields
-        if len(ints) >= BLOCK_INTS:
-            self._write_block(kind)
-
-    def _string(self, text: str) -> int:
-        index = self._strings.get(text)
-        if index is None:
-            index = self._n_strings
-            self._n_strings += 1
-            self._new_strings.append(text)
-            if index < MAX_INTERNED:
-                self._strings[text] = index
-        return index
-
-    def _write_block(self, kind: str) -> None:
-        if self._new_strings:  # before the block that may refer to them
-            self._file.write(self._packer.pack(
-                [STRINGS, len(self._new_strings), [], self._new_strings]))
-            self._new_strings = []
-        ints, extras = self._ints[kind], self._extras[kind]
-        self._file.write(self._packer.pack([kind, len(ints) // len(SCHEMAS[kind]), ints, extras]))
-        # Cleared in place: tasks_submitted holds the lists while it fills them.
-        ints.clear()
-        extras.clear()
-
-    def flush(self) -> None:
-        for kind, ints in self._ints.items():
-            if ints:
-                self._write_block(kind)
-        self._file.flush()
-
-    def close(self) -> None:
-        if not self._file.closed:
-            self.flush()
-            self._file.close()
-
-    def __enter__(self) -> TraceWriter:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
-
-
-# ---- the merged view ---------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class TracedTask:
-    """One execution of a task on a worker (a task re-run elsewhere appears twice)."""
-    task_id: int
-    task_type: Optional[str]      # None when the broker's file is missing
-    label: Optional[str]
-    worker: int
-    cpu_ids: tuple[int, ...]      # empty for light tasks
-    start: float
-    end: Optional[float]          # None when the worker never reported the end
-    ok: bool
-    size: Optional[int] = None
-    inputs: tuple[int, ...] = ()
-
-    @property
-    def group(self) -> str:
-        """Colour group: the label's group, or the task type for unlabelled tasks."""
-        if self.label:
-            return label_group(self.label)
-        return self.task_type or "unknown"
-
-
-@dataclass(frozen=True)
-class TracedWorker:
-    worker_id: int
-    address: Optional[str]        # None when the broker's file does not know the worker
-    cpus: int
-
-
-@dataclass(frozen=True)
-class Transfer:
-    """Data moved between processes; ends are ``worker-<id>`` when the address is a known worker."""
-    data_id: int
-    nbytes: int
-    source: str
-    target: str
-    time: float                   # when it was sent (receiver-only: when receiving began)
-    seconds: Optional[float] = None  # receive duration, when the receiver knew it
-
-
-@dataclass(frozen=True)
-class Sample:
-    worker: Optional[int]         # None for the broker
-    time: float
-    cpu_percent: float
-    mem_bytes: int
-
-
-@dataclass
-class Trace:
-    tasks: list[TracedTask] = field(default_factory=list)
-    workers: list[TracedWorker] = field(default_factory=list)
-    transfers: list[Transfer] = field(default_factory=list)
-    samples: list[Sample] = field(default_factory=list)
-    n_submitted: int = 0
-    duration: float = 0.0         # seconds from the earliest to the latest event
-    bad_records: int = 0          # unreadable blocks and events skipped (e.g. cut by a crash)
-
-
 def worker_id_of(name: str) -> Optional[int]:
     """The worker id in a file name like ``worker-3``, or None for any other name."""
     match = _WORKER_NAME.match(name)
     return int(match.group(1)) if match else None
 
 
-def read_trace(directory: str | os.PathLike) -> Trace:
+def read_trace(directory: str | os.PathLike[str]) -> Trace:
     """Parse every ``*.ltrace`` file of ``directory`` into one time-aligned ``Trace``."""
     files = [read_file(path) for path in _trace_files_in(directory)]
     first = [f.first_event for f in files if f.first_event is not None]
@@ -297,7 +62,7 @@ def read_trace(directory: str | os.PathLike) -> Trace:
     return trace
 
 
-def _trace_files_in(directory: str | os.PathLike) -> list[Path]:
+def _trace_files_in(directory: str | os.PathLike[str]) -> list[Path]:
     paths = sorted(Path(directory).glob("*" + SUFFIX))
     if not paths:
         raise FileNotFoundError(f"no {SUFFIX} files in {directory}")
@@ -312,13 +77,13 @@ class TraceFile:
     kept as integers: a float of seconds since 1970 would round them to ~0.4 µs)."""
     name: str
     start_ns: int                                  # wall clock at the writer's start
-    blocks: list[tuple[str, list[tuple]]]          # (kind, events); an event's field 0 is its time
+    blocks: list[tuple[str, list[Event]]]          # (kind, events); an event's field 0 is its time
     bad_records: int = 0
     first_event: Optional[int] = None
     last_event: Optional[int] = None
 
 
-def read_file(path: str | os.PathLike) -> TraceFile:
+def read_file(path: str | os.PathLike[str]) -> TraceFile:
     """Parse one ``.ltrace`` file; a block cut short by a crash or unreadable is counted, not
     fatal, but a file that does not start with a trace header is refused."""
     with open(path, "rb") as file:
@@ -373,7 +138,7 @@ class _BlockDecoder:
         self._offset = clock_offset_ns
         self._strings: list[str] = []
 
-    def decode(self, block) -> Optional[tuple[str, list[tuple]]]:
+    def decode(self, block: object) -> Optional[tuple[str, list[Event]]]:
         """(kind, events); no events for a kind this reader does not know (a newer writer's:
         skipping it keeps old readers useful); None for a malformed block."""
         if not (isinstance(block, list) and len(block) == 4 and isinstance(block[0], str)
@@ -430,17 +195,21 @@ class _Assembler:
         self._worker_files: set[int] = set()
         # (worker, task) -> its starts and finishes; paired in time order once all are read,
         # since blocks of different kinds are not written in time order.
-        self._starts: dict[tuple[int, int], list] = {}
-        self._finishes: dict[tuple[int, int], list] = {}
-        self._runs: list[tuple] = []
-        self._sent: list[tuple] = []
-        self._received: list[tuple] = []
+        self._starts: dict[tuple[int, int], list[tuple[float, tuple[int, ...]]]] = {}
+        self._finishes: dict[tuple[int, int], list[tuple[float, int, bool]]] = {}
+        self._runs: list[Run] = []
+        # (data id, bytes, source, target, time)
+        self._sent: list[tuple[int, int, str, str, float]] = []
+        # (data id, bytes, source, target, time, seconds or None)
+        self._received: list[tuple[int, int, str, str, float, Optional[float]]] = []
         self._samples: list[Sample] = []
         self._bad_records = 0
-        self._handlers = {"W": self._on_workers_joined, "T": self._on_tasks_submitted,
-                          "S": self._on_tasks_started, "F": self._on_tasks_finished,
-                          "X": self._on_tasks_ran, "D": self._on_data_sent,
-                          "R": self._on_data_received, "M": self._on_samples}
+        # kind -> handler(worker id or None, file name, events)
+        self._handlers: dict[str, Callable[[Optional[int], str, list[Event]], None]] = {
+            "W": self._on_workers_joined, "T": self._on_tasks_submitted,
+            "S": self._on_tasks_started, "F": self._on_tasks_finished,
+            "X": self._on_tasks_ran, "D": self._on_data_sent,
+            "R": self._on_data_received, "M": self._on_samples}
 
     def feed(self, parsed: TraceFile) -> None:
         worker = worker_id_of(parsed.name)
@@ -460,46 +229,57 @@ class _Assembler:
                 events = [((t - origin) / 1e9, *rest) for t, *rest in events]
             self._handlers[kind](worker, parsed.name, events)
 
-    def _on_workers_joined(self, _worker, _endpoint, events):
+    def _on_workers_joined(self, _worker: Optional[int], _endpoint: str,
+                           events: list[Event]) -> None:
         for _, worker_id, cpus, address in events:
             self._joined[worker_id] = (address, cpus)
 
-    def _on_tasks_submitted(self, _worker, _endpoint, events):
+    def _on_tasks_submitted(self, _worker: Optional[int], _endpoint: str,
+                            events: list[Event]) -> None:
         submitted = self._submitted
         for _, task_id, task_type, label, inputs in events:
             submitted[task_id] = (task_type, label, inputs)
 
-    def _on_tasks_started(self, worker, _endpoint, events):
+    def _on_tasks_started(self, worker: Optional[int], _endpoint: str,
+                          events: list[Event]) -> None:
+        assert worker is not None  # feed() passes task events of worker files only
         starts = self._starts
         for t, task_id, cpus in events:
             starts.setdefault((worker, task_id), []).append((t, cpus))
 
-    def _on_tasks_finished(self, worker, _endpoint, events):
+    def _on_tasks_finished(self, worker: Optional[int], _endpoint: str,
+                           events: list[Event]) -> None:
+        assert worker is not None  # (as above)
         finishes = self._finishes
         for t, task_id, size, ok in events:
             finishes.setdefault((worker, task_id), []).append((t, size, bool(ok)))
 
-    def _on_tasks_ran(self, worker, _endpoint, events):
+    def _on_tasks_ran(self, worker: Optional[int], _endpoint: str,
+                      events: list[Event]) -> None:
+        assert worker is not None  # (as above)
         self._runs.extend((task_id, worker, cpus, start, end, bool(ok), size)
                           for start, task_id, end, size, ok, cpus in events)
 
-    def _on_data_sent(self, _worker, endpoint, events):
+    def _on_data_sent(self, _worker: Optional[int], endpoint: str,
+                      events: list[Event]) -> None:
         self._sent.extend((data_id, nbytes, endpoint, target or "", t)
                           for t, data_id, nbytes, target in events)
 
-    def _on_data_received(self, _worker, endpoint, events):
+    def _on_data_received(self, _worker: Optional[int], endpoint: str,
+                          events: list[Event]) -> None:
         self._received.extend((data_id, nbytes, source or "", endpoint, t,
                                duration / 1e9 if duration >= 0 else None)
                               for t, data_id, nbytes, duration, source in events)
 
-    def _on_samples(self, worker, _endpoint, events):
+    def _on_samples(self, worker: Optional[int], _endpoint: str,
+                    events: list[Event]) -> None:
         self._samples.extend(Sample(worker, t, cpu_tenths / 10, memory)
                              for t, cpu_tenths, memory in events)
 
-    def _pair_starts_and_finishes(self) -> list[tuple]:
+    def _pair_starts_and_finishes(self) -> list[Run]:
         """Each finish ends the latest open start of the same task on the same worker; a start
         left open is unfinished, a finish with nothing open (started before tracing) is bad."""
-        runs = []
+        runs: list[Run] = []
         starts, finishes = self._starts, self._finishes
         for key in starts.keys() | finishes.keys():
             worker, task_id = key
@@ -509,9 +289,10 @@ class _Assembler:
                 (start, cpus), (end, size, ok) = started[0], finished[0]
                 runs.append((task_id, worker, cpus, start, end, ok, size))
                 continue
-            events = sorted([(t, 0, cpus) for t, cpus in self._starts.get(key, ())] +
-                            [(t, 1, (size, ok)) for t, size, ok in self._finishes.get(key, ())],
-                            key=lambda e: (e[0], e[1]))
+            events: list[tuple[float, int, Any]] = sorted(
+                [(t, 0, cpus) for t, cpus in self._starts.get(key, ())] +
+                [(t, 1, (size, ok)) for t, size, ok in self._finishes.get(key, ())],
+                key=lambda e: (e[0], e[1]))
             open_starts = []
             for t, is_finish, payload in events:
                 if not is_finish:
@@ -533,7 +314,8 @@ class _Assembler:
                      samples=samples, n_submitted=len(self._submitted),
                      bad_records=self._bad_records)
 
-    def _task(self, task_id, worker, cpu_ids, start, end, ok, size) -> TracedTask:
+    def _task(self, task_id: int, worker: int, cpu_ids: tuple[int, ...], start: float,
+              end: Optional[float], ok: bool, size: Optional[int]) -> TracedTask:
         task_type, label, inputs = self._submitted.get(task_id, (None, None, ()))
         return TracedTask(task_id, task_type, label, worker, cpu_ids, start, end, ok, size, inputs)
 
@@ -551,7 +333,7 @@ class _Assembler:
 
     def _transfers(self) -> list[Transfer]:
         names = {address: f"worker-{wid}" for wid, (address, _) in self._joined.items()}
-        pending: dict[tuple, list] = {}
+        pending: dict[tuple[int, int, str, str], list[tuple[float, Optional[float]]]] = {}
         for data_id, nbytes, source, target, t, seconds in self._received:
             key = (data_id, nbytes, names.get(source, source), target)
             pending.setdefault(key, []).append((t, seconds))
@@ -570,7 +352,7 @@ class _Assembler:
 
 # ---- a file as text, for people ----------------------------------------------------------------
 
-def dump(path: str | os.PathLike, out=sys.stdout) -> None:
+def dump(path: str | os.PathLike[str], out: IO[str] = sys.stdout) -> None:
     """Print a trace file (or every file of a directory) as text: the header, then one event per
     line, ``<kind> <µs since the file's start> <fields...>`` in the order they were written."""
     for file_path in _trace_files_in(path) if os.path.isdir(path) else [Path(path)]:
@@ -585,13 +367,3 @@ def dump(path: str | os.PathLike, out=sys.stdout) -> None:
                           for i, f in enumerate(event[1:])]
                 print(kind, t, *(repr(f) if isinstance(f, str) or f is None else f
                                  for f in fields), file=out)
-
-
-if __name__ == "__main__":
-    import argparse
-    parser = argparse.ArgumentParser(prog="python -m hyperloom.trace", description=dump.__doc__)
-    parser.add_argument("path", help="a .ltrace file or a directory given to set_trace")
-    try:
-        dump(parser.parse_args().path)
-    except (OSError, ValueError) as error:
-        sys.exit(f"error: {error}")
