@@ -130,10 +130,14 @@ def broker_main(argv=None):
                           session_timeout=args.session_timeout,
                           journal_compact_bytes=args.journal_compact_bytes)
     from .broker.journal import JournalError
+    import zmq
     try:
         server = BrokerServer(config)
     except JournalError as error:
         parser.exit(2, f"loom-broker: {error}\n")
+    except zmq.ZMQError as error:  # e.g. the port is taken: one line, not a traceback
+        parser.exit(2, f"loom-broker: cannot listen on tcp://{host}:{args.port}: "
+                       f"{zmq.strerror(error.errno)} (another broker there? choose --port)\n")
     server.install_signal_handlers()
     if args.exit_with_parent:
         _exit_with_parent("broker")

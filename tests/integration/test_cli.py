@@ -63,6 +63,18 @@ def test_broker_prints_its_endpoint_first(processes):
     assert line.startswith("tcp://127.0.0.1:") and int(line.rsplit(":", 1)[1]) > 0
 
 
+def test_a_broker_on_a_taken_port_says_so_in_one_line(processes):
+    first = processes(*BROKER, "--port", "0", stdout=subprocess.PIPE)
+    port = first.stdout.readline().decode().strip().rsplit(":", 1)[1]
+    second = subprocess.run([*BROKER, "--port", port], capture_output=True, text=True,
+                            timeout=60)
+    assert second.returncode == 2 and "Traceback" not in second.stderr
+    assert second.stderr.strip().splitlines()[-1] == (
+        f"loom-broker: cannot listen on tcp://127.0.0.1:{port}: Address already in use "
+        f"(another broker there? choose --port)")
+    assert first.poll() is None   # the first broker serves on
+
+
 def start_worker_then_broker(processes, wdir, log_dir, attempts=5):
     """A worker told a port no broker listens on yet, then the broker on that port:
     ``(worker, port)``. The port is chosen before the broker binds it (it cannot be 0):
