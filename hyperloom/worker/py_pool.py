@@ -37,6 +37,7 @@ import os
 import pickle
 import selectors
 import shutil
+import signal
 import tempfile
 import threading
 import traceback
@@ -300,8 +301,11 @@ class PythonPool:
             replacement = self._start_child()
         except Exception as error:  # e.g. out of processes, or the worker is being
             # stopped with its process group: run on with one child fewer
-            logging.getLogger(CHILD_LOGGER).warning("cannot replace a Python executor: %r",
-                                                    error)
+            stopping = child.process.exitcode == -signal.SIGTERM  # the group's SIGTERM,
+            # which reached the worker too: a warning there only confused (issue 12 review)
+            logging.getLogger(CHILD_LOGGER).log(
+                logging.DEBUG if stopping else logging.WARNING,
+                "cannot replace a Python executor: %r", error)
             with self._lock:
                 self._children.remove(child)
             replacement = None
