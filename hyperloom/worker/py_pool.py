@@ -301,8 +301,8 @@ class PythonPool:
             replacement = self._start_child()
         except Exception as error:  # e.g. out of processes, or the worker is being
             # stopped with its process group: run on with one child fewer
-            stopping = child.process.exitcode == -signal.SIGTERM  # the group's SIGTERM,
-            # which reached the worker too: a warning there only confused (issue 12 review)
+            # killed by SIGTERM: most likely its process group's, which stops the worker too
+            stopping = child.process.exitcode == -signal.SIGTERM
             logging.getLogger(CHILD_LOGGER).log(
                 logging.DEBUG if stopping else logging.WARNING,
                 "cannot replace a Python executor: %r", error)
