@@ -63,6 +63,7 @@ INLINE_INPUT_BYTES = 256 * 1024   # inline tasks on bigger inputs go to a thread
 THREAD_INPUT_BYTES = 16 * 1024 * 1024  # see the module doc
 BATCH_TASK_SECONDS = 0.002        # Python and thread tasks of a kind that ran faster are batched
 MAX_BATCH = 64
+MAX_KINDS = 4096                  # kinds whose task durations are remembered
 REPORT_SECONDS = 0.002            # a batch in a thread posts what finished at least this often
 
 
@@ -208,6 +209,8 @@ class Executor:
         # Runs in the pool's reader thread or a worker thread; a dict item assignment is atomic.
         key = _batch_key(task)
         previous = self._seconds.get(key)
+        if previous is None and len(self._seconds) >= MAX_KINDS:
+            return  # (programs by the thousand): those not yet seen are never batched
         self._seconds[key] = seconds if previous is None else 0.8 * previous + 0.2 * seconds
 
     def stop(self, task_ids) -> int:
@@ -372,11 +375,11 @@ def _bytes_to_copy(inputs) -> int:
 
 def _batch_key(task):
     """Tasks that run the same code: a py_call's function object is its input 0, a
-    run task's program is its first argument."""
+    run task's program is its first argument; other tasks of one type run the same."""
+    if task.type == protocol.TASK_PY_CALL and task.input_ids:
+        return task.type, task.input_ids[0]
     if task.type == protocol.TASK_RUN:
         return task.type, program_of(task.config)
-    if task.input_ids:
-        return task.type, task.input_ids[0]
     return task.type, None
 
 
