@@ -16,8 +16,9 @@ Behaviour (reference §5.2) and the deliberate differences from the original:
 - the program is spawned by CPython's ``subprocess`` (vfork + exec, no copy of
   the worker's memory) and pinned by setting the spawning thread's CPU
   affinity, which the child inherits: no ``taskset`` exec (which doubled the
-  cost of a short program). ``os.posix_spawn`` would not be faster (glibc
-  implements it with the same vfork) and cannot set the working directory;
+  cost of a short program). ``os.posix_spawn`` (the same vfork in glibc) would
+  save ~30 µs of Popen's Python per program but cannot set the working
+  directory (benchmarks/README.md, "Programs");
 - a program killed by a signal fails the task (the original reported success);
 - the program runs in a process group of its own, killed whole when the task
   is canceled (``ctx.cancel``), so a released task stops at once;
