@@ -8,9 +8,12 @@ warmed up, then: ``rt`` 300 one-task round trips (median of the last 250),
 ``run("true")``, ``py`` tiny ``py_task``s (PYN in the environment, default
 5,000). Prints one JSON line: the figures, the load average, and µs of CPU per
 task of the broker, the workers (with the programs they reaped), the workers'
-executor processes and this client (psutil). Run it with PYTHONPATH set to
-another tree, from a directory outside this one, to measure that tree the
-same way (the benchmarks README's before/after figures were taken so).
+executor processes and this client (psutil); for ``run`` also per thread
+(``run_threads_us``, from /proc on Linux: the broker's and workers' main
+threads, their libzmq threads, the workers' task threads, and the programs).
+Run it with PYTHONPATH set to another tree, from a directory outside this one,
+to measure that tree the same way (the benchmarks README's before/after
+figures were taken so).
 """
 
 from __future__ import annotations
@@ -51,6 +54,24 @@ class CpuMeter:
         after = self.read()
         return {k: round((after[k] - before.get(k, 0.0)) / n * 1e6) for k in after}
 
+    def threads(self) -> dict:
+        """CPU seconds of the broker's and workers' threads by role, and the programs."""
+        out = {"programs": sum(p.cpu_times().children_user + p.cpu_times().children_system
+                               for p in self.groups["workers"])}
+        for group in ("broker", "workers"):
+            for process in self.groups[group]:
+                for thread in process.threads():
+                    try:
+                        with open(f"/proc/{process.pid}/task/{thread.id}/comm") as f:
+                            name = f.read().strip()
+                    except OSError:
+                        continue
+                    role = ("main" if thread.id == process.pid else
+                            "zmq" if name.startswith("ZMQbg") else "task threads")
+                    key = f"{group} {role}"
+                    out[key] = out.get(key, 0.0) + thread.user_time + thread.system_time
+        return out
+
 
 def measure(client, what, meter, out):
     py = tasks.py_task()(tiny)
@@ -70,10 +91,14 @@ def measure(client, what, meter, out):
         client.submit_one(last).gather()
         out["chain_ms_link"] = round((perf() - t0) / 200 * 1e3, 3)
     if "run" in what:
+        threads = meter.threads() if sys.platform == "linux" else None
         before, t0 = meter.read(), perf()
         client.gather(client.submit([tasks.run("true") for _ in range(1000)]))
         out["run_s"] = round(1000 / (perf() - t0))
         out["run_cpu_us"] = meter.per_task(before, 1000)
+        if threads is not None:
+            out["run_threads_us"] = {k: round((v - threads.get(k, 0.0)) / 1000 * 1e6)
+                                     for k, v in meter.threads().items()}
     if "py" in what:
         n = int(os.environ.get("PYN", 5000))
         before, t0 = meter.read(), perf()

@@ -20,11 +20,13 @@ class LoomCluster:
     """``hyperloom.LocalCluster(workers=W, cpus=1)`` plus one shared client.
 
     Workers run with ``--nopin``: Dask does not pin programs to cores either,
-    and the original's published figures were taken with ``--nopin``.
+    and the original's published figures were taken with ``--nopin``; ``pin``
+    leaves pinning on (the workers' default) for the cases that measure it.
     """
 
-    def __init__(self, workers: int = 2):
+    def __init__(self, workers: int = 2, pin: bool = False):
         self.n_workers = workers
+        self.pin = pin
         self.cluster = None
         self._client = None
 
@@ -43,7 +45,8 @@ class LoomCluster:
             os.remove(path)
             broker_args = ("--journal", path)
         self.cluster = hyperloom.LocalCluster(workers=self.n_workers, cpus=1,
-                                              worker_args=("--nopin",), dashboard=dashboard,
+                                              worker_args=() if self.pin else ("--nopin",),
+                                              dashboard=dashboard,
                                               broker_args=broker_args)
         self.cluster.__enter__()
         return self

@@ -57,17 +57,18 @@ def log(msg: str) -> None:
 
 
 class ClusterSlot:
-    """At most one cluster alive at a time, reused while (system, workers)
+    """At most one cluster alive at a time, reused while (system, workers, pin)
     stays the same; discarded after an error so the next case starts clean."""
 
     def __init__(self):
         self.key, self.cluster = None, None
 
-    def get(self, system: str, workers: int):
-        if self.key != (system, workers):
+    def get(self, system: str, workers: int, pin: bool = False):
+        pin = pin and system == "hyperloom"  # Dask has no pinning: its cluster is reused
+        if self.key != (system, workers, pin):
             self.close()
-            self.cluster = start_cluster(system, workers)
-            self.key = (system, workers)
+            self.cluster = start_cluster(system, workers, pin)
+            self.key = (system, workers, pin)
         return self.cluster
 
     def close(self):
@@ -79,10 +80,10 @@ class ClusterSlot:
                 log(f"  (error while stopping cluster: {exc!r})")
 
 
-def start_cluster(system: str, workers: int):
+def start_cluster(system: str, workers: int, pin: bool = False):
     if system == "hyperloom":
         from benchmarks.loom_side import LoomCluster, warmup
-        cluster = LoomCluster(workers)
+        cluster = LoomCluster(workers, pin)
     else:
         from benchmarks.dask_cluster import DaskCluster
         from benchmarks.dask_side import warmup
@@ -128,7 +129,7 @@ def one_rep(case, system, params, slot, workers, timeout):
             return case.reference(params)
     try:
         with time_limit(timeout):
-            return side_function(case, system)(slot.get(system, workers), params)
+            return side_function(case, system)(slot.get(system, workers, case.pin), params)
     finally:
         if case.fresh:  # outside the time limit: teardown is never cut short
             slot.close()
@@ -217,7 +218,8 @@ def main(argv=None) -> int:
 
 
 HYPERLOOM_DESCRIPTION = ("hyperloom: hyperloom.LocalCluster(workers=W, cpus=1, "
-                         "worker_args=('--nopin',)) (loom-broker + W loom-worker processes)")
+                         "worker_args=('--nopin',)) (loom-broker + W loom-worker processes; "
+                         "cases marked 'pinned' without --nopin)")
 
 
 def suite_metadata() -> dict:

@@ -49,6 +49,7 @@ class Case:
     dask_params: dict | None = None      # overrides params for the Dask side
     workers: int | None = None           # None: the suite's --workers
     fresh: bool = False                  # a new cluster for every repetition
+    pin: bool = False                    # hyperloom workers pin run tasks (no --nopin)
     reference: Callable | None = None    # -> {metric: value}, system "pyzmq"
     notes: list = field(default_factory=list)
 
@@ -154,9 +155,12 @@ def python(args):
 
 
 def run(args):
+    """Without pinning (as every other case), then with it (the workers' default;
+    Dask, which does not pin, runs the same tasks again for the ratio)."""
     n = 200 if args.quick else 2_000
-    return [Case("run", f"{_k(n)} x 'true'", {"n": n}, [THROUGHPUT],
-                 *_sides("bench_run"))]
+    return [Case("run", f"{_k(n)} x 'true'{', pinned' if pin else ''}",
+                 {"n": n, "pin": pin}, [THROUGHPUT], *_sides("bench_run"), pin=pin)
+            for pin in (False, True)]
 
 
 def scaling(args):

@@ -221,7 +221,11 @@ def worker_main(argv=None):
                         help="directory in which the worker makes its own work directory "
                              "(default /tmp; removed on exit)")
     parser.add_argument("--nopin", action="store_true",
-                        help="do not pin run tasks to their cores with taskset")
+                        help="do not pin run tasks to their cores")
+    parser.add_argument("--cores", metavar="LIST",
+                        help="comma-separated ids of the cores that run tasks are pinned to, "
+                             "as many as --cpus (default: the first --cpus cores this worker "
+                             "may run on); workers sharing a machine pin to distinct cores")
     parser.add_argument("--host", default=None,
                         help="address peers use to reach this worker's data socket "
                              "(default: the local address that reaches the broker)")
@@ -251,6 +255,7 @@ def worker_main(argv=None):
     args = parser.parse_args(argv)
     if args.cpus < 0:
         parser.error("Invalid number of cpus")
+    core_ids = _core_list(parser, args.cores, args.cpus)
     _setup_logging(args.log_level, "loom-worker")
     _broker_address(parser, args)
     if not 1 <= args.broker_port <= 65535:
@@ -263,7 +268,7 @@ def worker_main(argv=None):
     from .worker.server import BrokerLost, WorkerConfig, WorkerServer
     config = WorkerConfig(
         broker_host=args.broker_host, broker_port=args.broker_port, cpus=args.cpus,
-        work_dir=args.wdir, pin=not args.nopin, host=args.host,
+        work_dir=args.wdir, pin=not args.nopin, core_ids=core_ids, host=args.host,
         heartbeat_interval=args.heartbeat, broker_timeout=args.broker_timeout,
         extensions=extensions, secret_file=args.secret_file, lifetime=lifetime)
     server = WorkerServer(config)
@@ -300,6 +305,18 @@ def _broker_address(parser, args):
         args.broker_host, args.broker_port = info.host, info.port
     elif args.broker_host is None or args.broker_port is None:
         parser.error("give BROKER_HOST BROKER_PORT or --scheduler-file PATH")
+
+
+def _core_list(parser, value, cpus) -> tuple:
+    if value is None:
+        return ()
+    try:
+        cores = tuple(int(core) for core in value.split(","))
+    except ValueError:
+        parser.error(f"--cores must be comma-separated core ids, got {value!r}")
+    if len(cores) != cpus or min(cores, default=0) < 0:
+        parser.error(f"--cores must list {cpus} core ids (one per --cpus), got {value!r}")
+    return cores
 
 
 def _lifetime(parser, value):

@@ -16,6 +16,15 @@ each way instead of one per task, and its results reach the broker together.
 Slow functions are never batched, so a queued task stays free to be stolen by
 an idle worker.
 
+Thread tasks (``run`` programs above all) batch the same way: once a kind (a
+run task's program) has been seen to run in under BATCH_TASK_SECONDS, the tiny
+thread tasks queued behind a starting one for its core run after it in the
+same worker thread, which reports what finished at least every
+REPORT_SECONDS. Measured with 2 one-core workers on `run("true")`: one thread
+hand-off, one loop wake-up and one TasksDone per task cost more CPU (worker,
+broker and client together) than the program's spawn itself
+(benchmarks/README.md, "Programs").
+
 One exception, decided by measurement (benchmarks/README.md, "Python tasks"):
 on a one-core worker, a Python task whose inputs hold THREAD_INPUT_BYTES or
 more that would have to be copied into shared memory (data that came from
@@ -27,18 +36,21 @@ through an executor process). Such a task cannot be stopped when canceled.
 
 from __future__ import annotations
 
+import functools
 import logging
 import mmap
 import os
 import threading
+import time
 import traceback
 from collections import deque
 from concurrent.futures import CancelledError, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
+from .. import protocol
 from ..data import DataObject, File, PyObj
 from .py_wire import SHARED_FRAME_BYTES
-from .run_task import RunDirs
+from .run_task import RunDirs, program_of
 from .taskdef import Cancellation, Redirect, TaskContext, TaskError, TaskRegistry
 
 if TYPE_CHECKING:
@@ -49,8 +61,10 @@ log = logging.getLogger("hyperloom.worker")
 
 INLINE_INPUT_BYTES = 256 * 1024   # inline tasks on bigger inputs go to a thread
 THREAD_INPUT_BYTES = 16 * 1024 * 1024  # see the module doc
-BATCH_TASK_SECONDS = 0.002        # Python tasks of a kind that ran faster are batched
+BATCH_TASK_SECONDS = 0.002        # Python and thread tasks of a kind that ran faster are batched
 MAX_BATCH = 64
+MAX_KINDS = 4096                  # kinds whose task durations are remembered
+REPORT_SECONDS = 0.002            # a batch in a thread posts what finished at least this often
 
 
 class Executor:
@@ -109,16 +123,29 @@ class Executor:
                 self._redirect(task, ctx, outcome[0])
                 return None
             return outcome
-        ctx.cancel = cancel = Cancellation()
-        ctx.run_dirs = self.run_dirs
-        with self._running_lock:
-            self._running[task.id] = (task, cancel)
+        self._runs_outside(task, ctx)
         if mode == "python" and not (self.cpus == 1 and _bytes_to_copy(inputs)
                                      >= THREAD_INPUT_BYTES):
             self._start_python([(task, kind, ctx)], core)
             return None
+        if mode == "thread" and core is not None and task.n_cpus == 1 and self._is_tiny(task):
+            self._start_thread_batch([(task, kind.fn, ctx)], core)
+            return None
         self.threads.submit(self._run_in_thread, task, kind.fn, ctx)
         return None
+
+    def _runs_outside(self, task, ctx) -> None:
+        """Give ``ctx`` what a task running outside the loop needs, and make it stoppable."""
+        ctx.cancel = cancel = Cancellation()
+        ctx.run_dirs = self.run_dirs
+        with self._running_lock:
+            self._running[task.id] = (task, cancel)
+
+    def _follower_context(self, follower, core, cpu_ids) -> TaskContext:
+        ctx = TaskContext(follower.id, follower.type, follower.config, core.inputs_of(follower),
+                          cpu_ids, self.work_dir, self.pin, follower.label, log)
+        self._runs_outside(follower, ctx)
+        return ctx
 
     # ------------------------------------------------------------ python tasks
 
@@ -127,13 +154,8 @@ class Executor:
         if core is not None and batch[0][0].n_cpus == 1 and self._is_tiny(batch[0][0]):
             for follower in core.take_followers(batch[0][0], self._batchable, MAX_BATCH - 1):
                 kind = self.registry.get(follower.type)
-                ctx = TaskContext(follower.id, follower.type, follower.config,
-                                  core.inputs_of(follower), batch[0][2].cpu_ids,
-                                  self.work_dir, self.pin, follower.label, log)
-                ctx.cancel, ctx.run_dirs = Cancellation(), self.run_dirs
-                with self._running_lock:
-                    self._running[follower.id] = (follower, ctx.cancel)
-                batch.append((follower, kind, ctx))
+                batch.append((follower, kind,
+                              self._follower_context(follower, core, batch[0][2].cpu_ids)))
         pool = self._pool()
         futures = pool.submit_batch([(self._pool_name(kind), ctx) for _, kind, ctx in batch])
         for (task, _, ctx), future in zip(batch, futures):
@@ -143,19 +165,52 @@ class Executor:
             future.add_done_callback(
                 lambda f, task=task, ctx=ctx: self._pool_done(task, ctx, f))
 
-    def _batchable(self, task) -> bool:
+    def _batchable(self, task, mode="python") -> bool:
         kind = self.registry.get(task.type)
-        return (kind is not None and kind.mode == "python" and task.n_cpus == 1
+        return (kind is not None and kind.mode == mode and task.n_cpus == 1
                 and task.checkpoint_path is None and self._is_tiny(task))
+
+    # ------------------------------------------------------------ thread tasks
+
+    def _start_thread_batch(self, batch, core) -> None:
+        """Run ``[(task, fn, ctx)]`` and the tiny thread tasks queued behind it for its
+        core, one after the other in one worker thread."""
+        leader_ctx = batch[0][2]
+        accept = functools.partial(self._batchable, mode="thread")
+        for follower in core.take_followers(batch[0][0], accept, MAX_BATCH - 1):
+            kind = self.registry.get(follower.type)
+            assert kind is not None  # accept() found it
+            batch.append((follower, kind.fn,
+                          self._follower_context(follower, core, leader_ctx.cpu_ids)))
+        self.threads.submit(self._run_batch_in_thread, batch)
+
+    def _run_batch_in_thread(self, batch):
+        """Post what finished at least every REPORT_SECONDS and at the end: one wake-up
+        of the loop, one TasksDone and one ComputeTasks in answer, for several tasks."""
+        done: list = []
+        oldest = 0.0
+        try:
+            for task, fn, ctx in batch:
+                if done and time.perf_counter() - oldest >= REPORT_SECONDS:
+                    self._post_many(done)
+                    done = []
+                result, error = self._execute(task, fn, ctx)
+                if not done:
+                    oldest = time.perf_counter()
+                done.append((task, result, error))
+        finally:
+            self._post_many(done)
 
     def _is_tiny(self, task) -> bool:
         seconds = self._seconds.get(_batch_key(task))
         return seconds is not None and seconds < BATCH_TASK_SECONDS
 
     def _learn(self, task, seconds) -> None:
-        # Runs in the pool's reader thread; a dict item assignment is atomic.
+        # Runs in the pool's reader thread or a worker thread; a dict item assignment is atomic.
         key = _batch_key(task)
         previous = self._seconds.get(key)
+        if previous is None and len(self._seconds) >= MAX_KINDS:
+            return  # (programs by the thousand): those not yet seen are never batched
         self._seconds[key] = seconds if previous is None else 0.8 * previous + 0.2 * seconds
 
     def stop(self, task_ids) -> int:
@@ -199,13 +254,18 @@ class Executor:
                           f"{traceback.format_exc()}")
 
     def _run_in_thread(self, task, fn, ctx):
+        self._post(task, *self._execute(task, fn, ctx))
+
+    def _execute(self, task, fn, ctx):
+        """Run a thread task; learn how long its kind runs (see ``_start_thread_batch``)."""
         if ctx.cancel.canceled:  # canceled while it waited for a thread
-            self._post(task, None, "Canceled")
-            return
+            return None, "Canceled"
+        started = time.perf_counter()
         result, error = self._call(fn, ctx)
         if isinstance(result, Redirect):
             result, error = self._run_redirect(ctx, result)
-        self._post(task, result, error)
+        self._learn(task, time.perf_counter() - started)
+        return result, error
 
     def _pool_done(self, task, ctx, future):
         # The stop hook refers to the future, whose callback refers to ctx: without
@@ -252,19 +312,26 @@ class Executor:
     # ------------------------------------------------------------ completions
 
     def _post(self, task, result, error):
-        with self._running_lock:
-            entry = self._running.get(task.id)
-            if entry is not None and entry[0] is task:
-                del self._running[task.id]
-        if error is None and task.checkpoint_path is not None:
-            try:
-                error = write_checkpoint(task.checkpoint_path, result)
-            except Exception:  # a completion that is never posted hangs the task for ever
-                error = (f"Writing checkpoint '{task.checkpoint_path}' failed:\n"
-                         f"{traceback.format_exc()}")
-            if error is not None:
-                result = None
-        self.completions.append((task, result, error))
+        self._post_many([(task, result, error)])
+
+    def _post_many(self, done):
+        """Hand ``[(task, result, error)]`` to the loop, with one wake-up."""
+        for task, result, error in done:
+            with self._running_lock:
+                entry = self._running.get(task.id)
+                if entry is not None and entry[0] is task:
+                    del self._running[task.id]
+            if error is None and task.checkpoint_path is not None:
+                try:
+                    error = write_checkpoint(task.checkpoint_path, result)
+                except Exception:  # a completion that is never posted hangs the task for ever
+                    error = (f"Writing checkpoint '{task.checkpoint_path}' failed:\n"
+                             f"{traceback.format_exc()}")
+                if error is not None:
+                    result = None
+            self.completions.append((task, result, error))
+        if not done:
+            return
         # One wake-up per round of the loop, not per completion (a batch of tiny
         # Python tasks completes together). The loop empties the pipe, then clears
         # the flag, then takes the completions: one appended before the clearing is
@@ -307,9 +374,12 @@ def _bytes_to_copy(inputs) -> int:
 
 
 def _batch_key(task):
-    """Tasks that run the same code: a py_call's function object is its input 0."""
-    if task.input_ids:
+    """Tasks that run the same code: a py_call's function object is its input 0, a
+    run task's program is its first argument; other tasks of one type run the same."""
+    if task.type == protocol.TASK_PY_CALL and task.input_ids:
         return task.type, task.input_ids[0]
+    if task.type == protocol.TASK_RUN:
+        return task.type, program_of(task.config)
     return task.type, None
 
 

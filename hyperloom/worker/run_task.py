@@ -16,8 +16,9 @@ Behaviour (reference §5.2) and the deliberate differences from the original:
 - the program is spawned by CPython's ``subprocess`` (vfork + exec, no copy of
   the worker's memory) and pinned by setting the spawning thread's CPU
   affinity, which the child inherits: no ``taskset`` exec (which doubled the
-  cost of a short program). ``os.posix_spawn`` would not be faster (glibc
-  implements it with the same vfork) and cannot set the working directory;
+  cost of a short program). ``os.posix_spawn`` (the same vfork in glibc) would
+  save ~30 µs of Popen's Python per program but cannot set the working
+  directory (benchmarks/README.md, "Programs");
 - a program killed by a signal fails the task (the original reported success);
 - the program runs in a process group of its own, killed whole when the task
   is canceled (``ctx.cancel``), so a released task stops at once;
@@ -75,12 +76,23 @@ def execute_run(ctx: TaskContext) -> DataObject:
     try:
         variables = _map_inputs(run_dir, input_names, ctx.inputs)
         argv = [variables.get(arg, arg) for arg in args]
-        status, clean = _spawn(argv, run_dir, ctx)
+        # Only a mapped file can be +in: a fresh or reused run directory holds no other.
+        maps_files = len(variables) < len(input_names)
+        status, clean = _spawn(argv, run_dir, ctx, maps_files)
         _check_status(status, run_dir)
         return _collect_outputs(run_dir, output_names)
     finally:
         if not (clean and run_dirs is not None and run_dirs.give_back(run_dir)):
             shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def program_of(config: bytes) -> str | None:
+    """The program a run task's config names (its first argument), None if invalid."""
+    try:
+        args = protocol.decode_run_config(config)[0]
+    except protocol.ProtocolError:
+        return None
+    return args[0] if args else None
 
 
 def _make_run_dir(ctx: TaskContext) -> str:
@@ -103,7 +115,9 @@ class RunDirs:
 
     It also remembers where programs named without a ``/`` were found on PATH
     (``which``): given the full path, the spawn makes one ``execve`` instead of
-    trying each PATH directory in turn (~45 µs of CPU per program here).
+    trying each PATH directory in turn (~45 µs of CPU per program here). A path
+    that no longer works is forgotten when its spawn fails (``forget``), and the
+    spawn searches PATH again.
     """
 
     def __init__(self, limit: int = 16):
@@ -119,12 +133,16 @@ class RunDirs:
             return None
         key = (program, os.environ.get("PATH", os.defpath))
         path = self._programs.get(key)
-        if path is not None and os.access(path, os.X_OK):
+        if path is not None:
             return path
         path = shutil.which(program)
         if path is not None and len(self._programs) < 1024:
             self._programs[key] = path
         return path
+
+    def forget(self, program: str) -> None:
+        """``which`` found ``program`` where it no longer runs from: search again next time."""
+        self._programs.pop((program, os.environ.get("PATH", os.defpath)), None)
 
     def take(self) -> str | None:
         with self._lock:
@@ -220,12 +238,15 @@ def _close_mapping(raw) -> None:
 
 # ---------------------------------------------------------------- the program
 
-def _spawn(argv: list, run_dir: str, ctx: TaskContext) -> tuple[int, bool]:
+def _spawn(argv: list, run_dir: str, ctx: TaskContext, maps_files: bool) -> tuple[int, bool]:
     """Run the program to completion. Returns its wait status (negative = signal)
     and whether it ended cleanly: not canceled, nothing of its process group left
     running (that could still write into the run directory)."""
-    stdin_path = os.path.join(run_dir, STDIN_NAME)
-    stdin_name = stdin_path if os.path.lexists(stdin_path) else os.devnull
+    stdin_name = os.devnull
+    if maps_files:
+        stdin_path = os.path.join(run_dir, STDIN_NAME)
+        if os.path.lexists(stdin_path):
+            stdin_name = stdin_path
     cpus = ctx.cpu_ids if ctx.pin and ctx.cpu_ids else None
     fds = []
     try:
@@ -233,8 +254,15 @@ def _spawn(argv: list, run_dir: str, ctx: TaskContext) -> tuple[int, bool]:
         for name in (STDOUT_NAME, STDERR_NAME):
             fds.append(os.open(os.path.join(run_dir, name),
                                os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644))
-        executable = ctx.run_dirs.which(argv[0]) if ctx.run_dirs is not None else None
-        process = _popen(argv, run_dir, fds, cpus, executable)
+        run_dirs = ctx.run_dirs
+        executable = run_dirs.which(argv[0]) if run_dirs is not None else None
+        try:
+            process = _popen(argv, run_dir, fds, cpus, executable)
+        except OSError:
+            if executable is None or run_dirs is None:
+                raise
+            run_dirs.forget(argv[0])  # moved or removed since it was found: search PATH
+            process = _popen(argv, run_dir, fds, cpus)
     except OSError as error:
         # libuv's wording is the lower-case strerror ("no such file or directory").
         raise TaskError(f"spawning '{argv[0]}': {(error.strerror or str(error)).lower()}") \
@@ -321,6 +349,25 @@ def _read_stderr(run_dir: str) -> str:
 
 # ---------------------------------------------------------------- outputs
 
+def _read_file(path: str) -> bytes:
+    """The whole file, in one ``read`` when its size holds (``open(path, "rb").read()``
+    makes seven system calls; each cost several µs after the program's exit)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        wanted = os.fstat(fd).st_size + 1
+        data = os.read(fd, wanted)
+        if len(data) < wanted:  # a short read of a regular file: the end
+            return data
+        chunks = [data]
+        while True:  # it grew, or is no regular file: read to the end
+            data = os.read(fd, 1 << 20)
+            if not data:
+                return b"".join(chunks)
+            chunks.append(data)
+    finally:
+        os.close(fd)
+
+
 def _collect_outputs(run_dir: str, names: list) -> DataObject:
     results = [_read_output(run_dir, name) for name in names]
     if len(results) == 1:
@@ -331,8 +378,7 @@ def _collect_outputs(run_dir: str, names: list) -> DataObject:
 def _read_output(run_dir: str, name: str) -> Plain:
     path = _path_in(run_dir, name, f"Output '{name}' error")
     try:
-        with open(path, "rb") as f:
-            return Plain(f.read())
+        return Plain(_read_file(path))
     except OSError as error:
         raise TaskError(f"Output '{name}' error: {error.strerror}\n"
                         f"Stderr:\n{_read_stderr(run_dir)}") from None

@@ -51,6 +51,7 @@ class WorkerConfig:
     secret_file: str | None = None       # CURVE on the broker and data connections
     lifetime: float | None = None        # retire this many seconds after start (walltime)
     retire_grace: float = 60.0           # after retiring, exit anyway this much later
+    core_ids: tuple = ()                 # cores run tasks are pinned to; (): the first cpus
 
 
 def standard_registry() -> TaskRegistry:
@@ -105,7 +106,7 @@ class WorkerServer(BrokerLink):
         self.channels = DataChannels(self.context, host, self.keys, self.registry.data_types)
         self.core = WorkerCore(config.cpus)
         self.executor = Executor(self.registry, config.cpus, self.work_dir, config.pin,
-                                 _core_ids(config.cpus))
+                                 list(config.core_ids) or _core_ids(config.cpus))
         self.monitor = self.dealer.get_monitor_socket(
             zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
         self.disconnected_since = None

@@ -56,6 +56,13 @@ def test_invalid_arguments_are_refused():
     assert result.returncode != 0 and "HYPERLOOM_GC_THRESHOLDS" in result.stderr
 
 
+@pytest.mark.parametrize("cores", ["0,x", "0,1", "-1"])
+def test_cores_must_name_one_core_per_cpu(cores):
+    result = subprocess.run([*WORKER, "--cpus", "1", "--cores", cores, "localhost", "9010"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "--cores must" in result.stderr
+
+
 def test_broker_prints_its_endpoint_first(processes):
     broker = processes(*BROKER, "--port", "0", stdout=subprocess.PIPE,
                        stderr=subprocess.DEVNULL)

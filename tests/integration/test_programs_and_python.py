@@ -1,5 +1,6 @@
 """The guide's "Running external programs" and "Python functions" sections, end to end."""
 
+import os
 import time
 
 import pytest
@@ -35,6 +36,18 @@ def test_same_file_names_in_simultaneous_runs_do_not_collide(make_cluster):
     runs = [tasks.run(("sh", "-c", "sleep 0.2; cat file1"), [(tasks.const(c), "file1")])
             for c in "abc"]
     assert client.gather(client.submit(runs)) == [b"a", b"b", b"c"]
+
+
+def test_workers_of_a_local_cluster_pin_their_programs_to_cores_of_their_own(make_cluster):
+    """Pinning is on by default; two one-core workers on one machine must not both
+    pin to its first core."""
+    client = make_cluster(workers=2, cpus=1).client()
+    # Eight tasks: one worker may hold at most 3 per core, so both run some.
+    script = "sleep 0.1; grep Cpus_allowed_list /proc/self/status #{}"
+    where = [tasks.run(("sh", "-c", script.format(i))) for i in range(8)]
+    lists = {line.split()[-1].decode() for line in client.gather(client.submit(where))}
+    cores = sorted(os.sched_getaffinity(0))
+    assert lists == {str(core) for core in (cores * 2)[:2]}
 
 
 def test_output_files_and_stdout(client):

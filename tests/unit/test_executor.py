@@ -95,3 +95,64 @@ def test_tiny_python_tasks_queued_for_one_core_run_as_one_batch(tmp_path):
         assert core.free_cpus == [0]
     finally:
         executor.close()
+
+
+def _run_batch_setup(tmp_path, monkeypatch):
+    """An executor that counts every kind seen once as tiny (the tests must not depend
+    on how fast this machine spawns a program), and a one-core WorkerCore."""
+    from hyperloom.worker import executor as executor_module
+    monkeypatch.setattr(executor_module, "BATCH_TASK_SECONDS", 3600.0)
+    return Executor(standard_registry(), 1, str(tmp_path), False), WorkerCore(1)
+
+
+def _start_queued(executor, core, entries):
+    """Queue ``entries`` (run tasks) for the one core and start what can start."""
+    core.on_compute([[task_id, protocol.TASK_RUN, task.config, [], 1, None, False, None]
+                     for task_id, task in entries])
+    started = core.take_startable()
+    assert len(started) == 1  # one core
+    executor.start(started[0], [], core)
+    return started[0]
+
+
+def test_tiny_programs_queued_for_one_core_run_as_one_batch_in_order(tmp_path, monkeypatch):
+    """Once a program is known to be tiny, the run tasks queued behind a starting one
+    run after it, one at a time on its core, which the last of them frees."""
+    executor, core = _run_batch_setup(tmp_path, monkeypatch)
+    log = tmp_path / "log"
+    try:
+        _start_queued(executor, core, [(1, tasks.run(("sh", "-c", "true")))])
+        core.on_task_done(*completions(executor, 1)[0])  # it learns that sh is tiny
+        entries = [(100 + i, tasks.run(("sh", "-c", f"echo {i} >> {log}; echo {i}")))
+                   for i in range(6)]
+        leader = _start_queued(executor, core, entries)
+        assert leader.cpu_ids == () and not core.queued_cpu  # the five others went along
+        done = completions(executor, 6)
+        assert sorted((t.id, e, r.data) for t, r, e in done) == \
+            [(100 + i, None, b"%d\n" % i) for i in range(6)]
+        assert log.read_text().split() == [str(i) for i in range(6)]  # one after the other
+        for t, r, e in done:
+            core.on_task_done(t, r, e)
+        assert core.free_cpus == [0]
+    finally:
+        executor.close()
+
+
+def test_a_program_canceled_while_its_batch_runs_never_starts(tmp_path, monkeypatch):
+    executor, core = _run_batch_setup(tmp_path, monkeypatch)
+    go, log = tmp_path / "go", tmp_path / "log"
+    try:
+        _start_queued(executor, core, [(1, tasks.run(("sh", "-c", "true")))])
+        core.on_task_done(*completions(executor, 1)[0])
+        waits = tasks.run(("sh", "-c", f"until [ -e {go} ]; do sleep 0.01; done"))
+        _start_queued(executor, core, [
+            (10, waits), (11, tasks.run(("sh", "-c", f"echo 11 >> {log}"))),
+            (12, tasks.run(("sh", "-c", f"echo 12 >> {log}")))])
+        core.on_cancel([11])
+        assert executor.stop([11]) == 1
+        go.write_bytes(b"")
+        done = {t.id: e for t, _, e in completions(executor, 3)}
+        assert done == {10: None, 11: "Canceled", 12: None}
+        assert log.read_text() == "12\n"
+    finally:
+        executor.close()

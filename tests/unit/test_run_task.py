@@ -373,3 +373,25 @@ def test_programs_on_path_are_spawned_by_their_full_path(work_dir, run_dirs, tmp
     with pytest.raises(TaskError, match="spawning 'hello-4f1e': no such file or directory"):
         run_pooled(work_dir, run_dirs, tasks.run("hello-4f1e"))
     assert run_dirs.which("./relative") is None
+
+
+def test_a_program_found_on_path_then_removed_is_searched_for_again(
+        work_dir, run_dirs, tmp_path, monkeypatch):
+    first, second = tmp_path / "first" / "hello-9c2d", tmp_path / "second" / "hello-9c2d"
+    for program in (first, second):
+        program.parent.mkdir()
+        program.write_text(f"#!/bin/sh\necho {program.parent.name}\n")
+        program.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{first.parent}:{second.parent}:{os.environ['PATH']}")
+    assert run_pooled(work_dir, run_dirs, tasks.run("hello-9c2d")).data == b"first\n"
+    first.unlink()
+    assert run_pooled(work_dir, run_dirs, tasks.run("hello-9c2d")).data == b"second\n"
+    assert run_dirs.which("hello-9c2d") == str(second)
+
+
+def test_an_output_whose_size_the_file_system_does_not_know_is_read_whole(work_dir):
+    """/proc files report size 0; an output linked to one is read to its end."""
+    task = tasks.run(("/bin/sh", "-c", "ln -s /proc/self/status status"), outputs=("status",))
+    assert run(work_dir, task).data.startswith(b"Name:")
+    big = tasks.run(("/bin/sh", "-c", "head -c 3000000 /dev/zero > big"), outputs=("big",))
+    assert run(work_dir, big).data == bytes(3_000_000)
