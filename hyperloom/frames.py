@@ -6,9 +6,10 @@ for RCVMORE frame by frame, ~3 µs more per message than these loops, which was
 a tenth of what the broker did on a one-task round trip (benchmarks/README.md,
 "Round trip"). Flags are plain ints for the same reason; nothing here imports zmq.
 
-A loop that drains a socket asks ``has_message`` after each message instead of
-receiving until zmq.Again: pyzmq builds that exception for ~6.5 µs, the
-question costs ~1.7 µs, and most drains on a round trip find one message.
+The worker's and the client's drains ask ``has_message`` after each message
+instead of receiving until zmq.Again: pyzmq builds that exception for ~6.5 µs,
+the question costs ~1.7 µs, and most of their drains find one message. (The
+broker does not: see its ``_drain_router``.)
 """
 
 from __future__ import annotations
