@@ -9,7 +9,7 @@ a tenth of what the broker did on a one-task round trip (benchmarks/README.md,
 The worker's and the client's drains ask ``has_message`` after each message
 instead of receiving until zmq.Again: pyzmq builds that exception for ~6.5 µs,
 the question costs ~1.7 µs, and most of their drains find one message. (The
-broker does not: see its ``_drain_router``.)
+broker asks only after small messages: see its ``_drain_router``.)
 """
 
 from __future__ import annotations
