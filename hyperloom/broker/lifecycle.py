@@ -102,8 +102,7 @@ class Lifecycle(CoreBase):
                 held.setdefault(worker, []).extend(ids)
             out.remove.clear()
         if held and now >= self.removals_due:
-            out.remove.update(held)
-            held.clear()
+            self.release_held_removals()
 
     def due_at(self) -> float | None:
         """When the core has something to send without any message coming in (held

@@ -137,9 +137,9 @@ class BrokerServer:
         core = self.core
         while self.running and not core.stop_requested:
             due = core.due_at()
-            if due is not None:  # poll would round a fraction of a millisecond down to 0
-                wait_ms = min(timeout_ms, max(0, int((due - time.monotonic()) * 1000) + 1))
-            events = dict(poller.poll(timeout_ms if due is None else wait_ms))
+            wait_ms = timeout_ms if due is None else min(  # +1: poll would round 0.5 ms to 0
+                timeout_ms, max(0, int((due - time.monotonic()) * 1000) + 1))
+            events = dict(poller.poll(wait_ms))
             # Messages first: a peer's last messages precede its disconnect event.
             drained = self._drain_router() if self.router in events else True
             if drained and (self.monitor in events or self._disconnected):

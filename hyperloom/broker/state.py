@@ -154,15 +154,17 @@ class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery
 
     def on_drained(self, now: float) -> None:
         """The waiting messages are handled: expand, place, let retiring workers go,
-        decide what progress goes out."""
-        if self.restoring and self.restore_step(now):
-            if self.detached_clients:
-                self.hold_for_detached()
-            if self.outbox.progressed:
-                self._throttle_progress(now)
-            if self.outbox.remove or self.held_removals:
-                self.hold_removals(now)
-            return
+        decide what goes out (held for detached clients, progress, removals)."""
+        if not (self.restoring and self.restore_step(now)):  # a restart waits: no placing
+            self._place_round(now)
+        if self.detached_clients:
+            self.hold_for_detached()
+        if self.outbox.progressed:
+            self._throttle_progress(now)
+        if self.outbox.remove or self.held_removals:
+            self.hold_removals(now)
+
+    def _place_round(self, now: float) -> None:
         if self.dynamic_ready and self.workers:
             self.expand_dynamic()
         self.schedule_round()
@@ -172,12 +174,6 @@ class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery
             self.outbox.peers_gone_to = list(self.workers.values())
         if self.feed.active:
             self._feed_sent(now)
-        if self.detached_clients:
-            self.hold_for_detached()
-        if self.outbox.progressed:
-            self._throttle_progress(now)
-        if self.outbox.remove or self.held_removals:
-            self.hold_removals(now)
 
     def _feed_sent(self, now: float) -> None:
         """Tell the dashboard feed which tasks and data are sent out now."""
