@@ -90,6 +90,14 @@ def wait_until(predicate, timeout=10.0, interval=0.02, message="condition"):
         time.sleep(interval)
 
 
+def process_gone(pid: int) -> bool:
+    """The process ``pid`` ended (exited, or a zombie waiting for its parent to reap it)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 class ClusterFactory:
     """Starts LocalClusters with logs in the test's tmp dir; stops them all at teardown."""
 

@@ -40,29 +40,38 @@ def _lose_a_worker(cluster, rng):
     cluster.add_worker(cpus=rng.choice([1, 2]), auto_run=False)
 
 
+def _run_with_losses(cluster, rng, ids, rounds, max_losses, loss_below, new_below, most_run):
+    """Run in random steps until ``ids`` finished (or ``rounds`` passed): a step whose
+    roll is under ``loss_below`` loses a worker (at most ``max_losses`` times), under
+    ``new_below`` adds one, else lets one run up to ``most_run`` tasks; then the rest
+    runs without further losses."""
+    losses = 0
+    for _ in range(rounds):
+        cluster.run()
+        if all(i in cluster.client.finished for i in ids):
+            break
+        roll = rng.random()
+        if losses < max_losses and roll < loss_below:
+            _lose_a_worker(cluster, rng)
+            losses += 1
+        elif roll < new_below:
+            cluster.add_worker(cpus=1, auto_run=False)
+        else:
+            rng.choice(cluster.live_workers()).finish_running(rng.randint(1, most_run))
+    for worker in cluster.live_workers():
+        worker.auto_run = True
+        worker.finish_running()
+    cluster.run()
+
+
 @pytest.mark.parametrize("seed", range(60))
 def test_results_survive_random_worker_deaths(seed):
     rng = random.Random(seed)
     cluster = Cluster(workers=3, cpus=rng.choice([1, 2]), auto_run=False, max_task_losses=10)
     plan, expected = random_plan(rng, rng.randint(3, 15), rng.randint(5, 40))
     ids = cluster.client.submit(plan)
-    losses = 0
-    for _ in range(600):
-        cluster.run()
-        if all(i in cluster.client.finished for i in ids):
-            break
-        roll = rng.random()
-        if losses < 6 and roll < 0.1:
-            _lose_a_worker(cluster, rng)
-            losses += 1
-        elif roll < 0.15:
-            cluster.add_worker(cpus=1, auto_run=False)
-        else:
-            rng.choice(cluster.live_workers()).finish_running(rng.randint(1, 4))
-    for worker in cluster.live_workers():   # the rest runs without further losses
-        worker.auto_run = True
-        worker.finish_running()
-    cluster.run()
+    _run_with_losses(cluster, rng, ids, rounds=600, max_losses=6, loss_below=0.1, new_below=0.15,
+                     most_run=4)
     assert all(i in cluster.client.finished for i in ids), cluster.client.failed
     assert cluster.gather(ids) == expected
     assert cluster.broker.tasks == {}
@@ -106,23 +115,8 @@ def test_dynamic_plans_and_stealing_survive_random_worker_deaths(seed):
     cluster = Cluster(workers=2, cpus=rng.choice([1, 2]), auto_run=False, max_task_losses=10)
     plan, expected = random_dynamic_plan(rng)
     ids = cluster.client.submit(plan)
-    losses = 0
-    for _ in range(800):
-        cluster.run()
-        if all(i in cluster.client.finished for i in ids):
-            break
-        roll = rng.random()
-        if losses < 4 and roll < 0.07:
-            _lose_a_worker(cluster, rng)
-            losses += 1
-        elif roll < 0.12:
-            cluster.add_worker(cpus=1, auto_run=False)
-        else:
-            rng.choice(cluster.live_workers()).finish_running(rng.randint(1, 3))
-    for worker in cluster.live_workers():
-        worker.auto_run = True
-        worker.finish_running()
-    cluster.run()
+    _run_with_losses(cluster, rng, ids, rounds=800, max_losses=4, loss_below=0.07, new_below=0.12,
+                     most_run=3)
     values = cluster.gather(ids)
     for value, want in zip(values, expected):
         if isinstance(want, int):   # dslice: the pieces' lengths add up to the array's

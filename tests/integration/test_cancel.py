@@ -13,18 +13,11 @@ import pytest
 
 from hyperloom.client import tasks
 
-from ..conftest import wait_until
+from ..conftest import process_gone, wait_until
 
 
 def programs_named(worker, name):
     return [p for p in psutil.Process(worker.pid).children(recursive=True) if p.name() == name]
-
-
-def gone(pid) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def running_program(cluster):
@@ -39,7 +32,7 @@ def running_program(cluster):
 
 
 def assert_stopped(pid, run_dir):
-    wait_until(lambda: gone(pid), timeout=10, message="the program to be killed")
+    wait_until(lambda: process_gone(pid), timeout=10, message="the program to be killed")
     wait_until(lambda: not os.path.exists(run_dir), timeout=10,
                message="the run directory to be removed")
 
@@ -100,7 +93,7 @@ def test_releasing_running_python_tasks_stops_their_executor_processes(make_clus
     executors = {p.pid for p in psutil.Process(cluster.workers[0].pid).children(recursive=True)}
     assert set(pids) <= executors, (pids, executors)  # they run in the worker's executors
     client.release(futures)
-    wait_until(lambda: all(gone(pid) for pid in pids), timeout=10,
+    wait_until(lambda: all(process_gone(pid) for pid in pids), timeout=10,
                message="the executor processes running them to be killed")
     results = client.gather(client.submit([executor_pid(), executor_pid()]))
     assert not {int(r) for r in results} & set(pids)  # replacements ran them
@@ -119,5 +112,5 @@ def test_releasing_a_running_python_task_stops_it_on_a_one_core_worker(make_clus
     pid = int(open(pid_file).read())
     assert pid != cluster.workers[0].pid  # not in the worker's own process
     client.release([future])
-    wait_until(lambda: gone(pid), timeout=10, message="its executor process to be killed")
+    wait_until(lambda: process_gone(pid), timeout=10, message="its executor process to be killed")
     assert int(client.submit_one(executor_pid()).gather()) != pid

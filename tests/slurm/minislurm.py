@@ -55,6 +55,13 @@ def missing_reason() -> str | None:
     return None
 
 
+def job_queued(job: str) -> bool:
+    """Whether Slurm still lists job ``job`` (pending or running)."""
+    queue = subprocess.run(["squeue", "-h", "-j", job, "-o", "%i"], capture_output=True,
+                           text=True, timeout=30).stdout
+    return job in queue.split()
+
+
 def find_running(timeout: float = 5.0) -> dict | None:
     """The environment of a Slurm that already runs jobs here, or None."""
     conf = os.environ.get("SLURM_CONF") or "/etc/slurm/slurm.conf"

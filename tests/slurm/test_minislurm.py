@@ -4,6 +4,7 @@ import os
 import subprocess
 
 from ..conftest import wait_until
+from .minislurm import job_queued
 
 
 def test_srun_runs_a_job_step(slurm):
@@ -22,9 +23,7 @@ def test_sbatch_job_runs_and_leaves_the_queue(slurm, tmp_path):
     job = result.stdout.strip().split(";")[0]
 
     def gone():
-        queue = subprocess.run(["squeue", "-h", "-j", job, "-o", "%i"], capture_output=True,
-                               text=True, timeout=30).stdout
-        return job not in queue and out.exists() and out.read_text().strip()
+        return not job_queued(job) and out.exists() and out.read_text().strip()
     wait_until(gone, timeout=60, interval=0.2, message=f"job {job} to finish")
     assert out.read_text().startswith(f"job {job} on ")
     assert os.environ["SLURM_CONF"]

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 from ..conftest import wait_until
+from .minislurm import job_queued
 
 README = os.path.join(os.path.dirname(__file__), "..", "..", "README.md")
 
@@ -33,11 +34,8 @@ def test_readme_sbatch_recipe_runs_a_plan(slurm, tmp_path):
     assert submitted.returncode == 0, submitted.stderr
     job = submitted.stdout.strip().split(";")[0]
 
-    def finished():
-        queue = subprocess.run(["squeue", "-h", "-j", job, "-o", "%i"], capture_output=True,
-                               text=True, timeout=30).stdout
-        return job not in queue
-    wait_until(finished, timeout=120, interval=0.5, message=f"recipe job {job} to end")
+    wait_until(lambda: not job_queued(job), timeout=120, interval=0.5,
+               message=f"recipe job {job} to end")
     lines = out.read_text().splitlines()
     reported = [line for line in lines if "from job" in line]
     assert reported == [f"{i} from job {job}" for i in range(8)], out.read_text()

@@ -349,16 +349,8 @@ def sleep_in_child_and_grandchild(pid_file):
     return b"slept"
 
 
-def gone(pid) -> bool:
-    import psutil
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
 def test_cancelling_a_running_task_kills_its_process_and_what_it_started(tmp_path):
-    from tests.conftest import wait_until
+    from tests.conftest import process_gone, wait_until
     pid_file = str(tmp_path / "pids")
     with PythonPool(1) as one:
         future = one.submit("py_call", py_call_ctx(sleep_in_child_and_grandchild(pid_file)))
@@ -367,7 +359,7 @@ def test_cancelling_a_running_task_kills_its_process_and_what_it_started(tmp_pat
         one.cancel(future)
         with pytest.raises(TaskError, match="Python executor process died"):
             future.result(TIMEOUT)
-        wait_until(lambda: gone(child) and gone(grandchild), timeout=10,
+        wait_until(lambda: process_gone(child) and process_gone(grandchild), timeout=10,
                    message="the executor process and its subprocess to die")
         # a replacement process runs the next task
         assert through(one, tasks.py_task()(lambda: str(os.getpid()))()).data \

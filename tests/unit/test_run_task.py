@@ -250,9 +250,8 @@ def test_run_directory_is_named_after_the_task_and_unique(work_dir):
 def test_a_cancel_kills_the_program_and_what_it_started(work_dir, tmp_path):
     """The program runs in a process group of its own: a cancel kills all of it, the
     task fails at once and its run directory is removed (the fixture checks)."""
-    import psutil
     from hyperloom.worker.taskdef import Cancellation
-    from tests.conftest import wait_until
+    from tests.conftest import process_gone, wait_until
     pids = tmp_path / "pids"
     task = tasks.run(("sh", "-c", f"sleep 60 & echo $$ $! > {pids}.tmp; "
                                   f"mv {pids}.tmp {pids}; wait"))
@@ -274,10 +273,7 @@ def test_a_cancel_kills_the_program_and_what_it_started(work_dir, tmp_path):
     thread.join(10)
     assert not thread.is_alive()
     assert outcome["error"].startswith("Program terminated by signal 9 (SIGKILL)")
-    def gone(pid):
-        return not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-
-    wait_until(lambda: gone(shell) and gone(sleep), timeout=10,
+    wait_until(lambda: process_gone(shell) and process_gone(sleep), timeout=10,
                message="the shell and its background sleep to die")
 
 
