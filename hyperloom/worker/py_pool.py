@@ -51,6 +51,9 @@ from .py_child import CHILD_LOGGER, child_main
 from .py_wire import SharedFiles, decode_all, pack, receive, send_parts
 from .taskdef import Redirect, TaskContext, TaskError
 
+# How long a child's replacement that failed to start waits for the pool to be closed
+# (the worker stopping) before it is reported as a failure.
+STOP_GRACE = 2.0
 
 
 class PythonPoolError(Exception):
@@ -109,6 +112,7 @@ class PythonPool:
         self._lock = threading.Lock()  # guards _queue, _idle, _closed and each child's batch
         self._queue: deque[list[_Job]] = deque()   # batches (lists of jobs) waiting for a child
         self._closed = False
+        self._closing = threading.Event()   # set with _closed, for a reader thread to wait on
         self._children = [self._start_child() for _ in range(n_processes)]
         self._idle = list(self._children)
         self._wakeup_recv, self._wakeup_send = self._mp.Pipe(duplex=False)
@@ -301,8 +305,11 @@ class PythonPool:
             replacement = self._start_child()
         except Exception as error:  # e.g. out of processes, or the worker is being
             # stopped with its process group: run on with one child fewer
-            # killed by SIGTERM: most likely its process group's, which stops the worker too
-            stopping = child.process.exitcode == -signal.SIGTERM
+            # A SIGTERM to the worker's process group (a stopped cluster, scancel) ends the
+            # executors and their forkserver, so no replacement can start, and stops the
+            # worker too, which closes this pool within a loop turn: not worth a warning.
+            stopping = (child.process.exitcode == -signal.SIGTERM
+                        or self._closing.wait(STOP_GRACE))
             logging.getLogger(CHILD_LOGGER).log(
                 logging.DEBUG if stopping else logging.WARNING,
                 "cannot replace a Python executor: %r", error)
@@ -334,6 +341,7 @@ class PythonPool:
             self._closed = True
             unfinished = [job.future for batch in self._queue for job in batch]
             self._queue.clear()
+        self._closing.set()
         self._wakeup_send.send_bytes(b"")
         self._reader.join()
         for child in self._children:

@@ -113,6 +113,19 @@ def test_py_task_decorator(client):
     assert task2.label == "hello"
 
 
+def test_a_stopped_cluster_logs_no_executor_failure(tmp_path):
+    # Stopping signals each process group: the executors and their forkserver end with
+    # the worker, which used to log "cannot replace a Python executor" as a WARNING.
+    import hyperloom
+    with hyperloom.LocalCluster(workers=2, cpus=1, log_dir=str(tmp_path)) as cluster:
+        client = cluster.client()
+        names = [tasks.const(b"w%d" % i) for i in range(4)]
+        assert client.gather(client.submit([hello(n) for n in names])) == \
+            [b"Hello w%d" % i for i in range(4)]
+    logs = {path.name: path.read_text() for path in tmp_path.glob("worker*")}
+    assert len(logs) == 2 and not any("WARNING" in text for text in logs.values()), logs
+
+
 def test_py_call_with_py_value(client):
     def hello_fn(a):
         return b"Hello " + a.read()

@@ -438,3 +438,4 @@ def test_shared_memory_directories_of_dead_pools_are_removed(tmp_path):
     (tmp_path / "someone-else").mkdir()
     SharedFiles(str(tmp_path))
     assert sorted(os.listdir(tmp_path)) == [f"{DIR_PREFIX}{os.getpid()}-abcd", "someone-else"]
+
