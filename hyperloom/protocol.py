@@ -19,7 +19,7 @@ import msgpack
 
 from .errors import LoomError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2   # 2: Results; Submit.release
 DEFAULT_PORT = 9010
 
 # Task type symbols of the built-in tasks (the original's names).
@@ -51,6 +51,10 @@ BROKER_ID_BASE = 1 << (CLIENT_SHIFT - 1)
 MAX_HEADER_BYTES = 256 * 1024 * 1024
 # Results of result tasks up to this size travel with TasksDone to the broker.
 INLINE_RESULT_BYTES = 64 * 1024
+# Results up to this size go on to their client as they finish (Results), unasked: a
+# gather of them needs no Fetch. Small enough that a client holding many finished
+# futures holds little more than the futures themselves.
+PUSH_RESULT_BYTES = 4096
 
 
 class ProtocolError(LoomError):
@@ -227,11 +231,13 @@ MESSAGES = (
     # --- client -> broker
     Message("Submit", 10, "client->broker",
             (("symbols", _L), ("labels", _L), ("tasks", _L), ("load", (bool,)),
-             ("more", (bool,))), "none",
-            "TasksFinished / TasksFailed later; SubmitRefused if the plan is invalid. A big "
-            "plan comes in chunks (more=True on all but the last); symbols and labels extend "
-            "the tables of earlier chunks; the plan is accepted or refused whole",
-            {"symbols": str, "labels": str, "tasks": SubmitTask}),
+             ("more", (bool,)), ("release", _L)), "none",
+            "Results / TasksFinished / TasksFailed later; SubmitRefused if the plan is "
+            "invalid. A big plan comes in chunks (more=True on all but the last); symbols "
+            "and labels extend the tables of earlier chunks; the plan is accepted or "
+            "refused whole. release: ids the client released since its last message, "
+            "handled as a Release before the chunk (one message instead of two)",
+            {"symbols": str, "labels": str, "tasks": SubmitTask, "release": int}),
     Message("Fetch", 11, "client->broker",
             (("request", _I), ("ids", _L), ("release", (bool,))), "none",
             "Data with the same request number, once each task is done (one or more "
@@ -265,6 +271,12 @@ MESSAGES = (
             "nothing; stats is what Client.info() returns"),
     Message("Snapshot", 25, "broker->client", (("request", _I), ("snapshot", (dict,))), "none",
             "nothing; counters now and the events after GetSnapshot.since (docs/dashboard.md)"),
+    Message("Results", 27, "broker->client",
+            (("objects", _L), ("done", _I), ("total", _I)), "the objects' frames in order",
+            "nothing; the values of finished results of at most PUSH_RESULT_BYTES (4 KiB), "
+            "sent unasked as they finish (a value here means its task finished); done/total "
+            "as in TasksFinished, which is left out when this names every id it would",
+            {"objects": DataEntry}),
     Message("Session", 26, "broker->client", (("client_number", _I), ("token", _B)), "none",
             "nothing; sent after Welcome by a broker with a journal: what ResumeClient needs "
             "to re-attach"),
@@ -339,6 +351,7 @@ TASKS_FINISHED = BY_NAME["TasksFinished"].code
 TASKS_FAILED = BY_NAME["TasksFailed"].code
 SUBMIT_REFUSED = BY_NAME["SubmitRefused"].code
 DATA = BY_NAME["Data"].code
+RESULTS = BY_NAME["Results"].code
 STATS = BY_NAME["Stats"].code
 COMPUTE_TASKS = BY_NAME["ComputeTasks"].code
 SEND_DATA = BY_NAME["SendData"].code
@@ -376,25 +389,38 @@ def decode(header: Any) -> tuple[int, list[Any]]:
     if len(header) > MAX_HEADER_BYTES:
         raise ProtocolError(f"header of {len(header)} bytes exceeds the limit")
     try:
-        value = msgpack.unpackb(header, raw=False, strict_map_key=False,
-                                max_bin_len=MAX_HEADER_BYTES, max_str_len=MAX_HEADER_BYTES)
+        # (msgpack bounds strings and binaries by the header's own size)
+        value = msgpack.unpackb(header, strict_map_key=False)
     except Exception as error:
         raise ProtocolError(f"header is not valid msgpack: {error}") from None
-    if not isinstance(value, list) or not value or type(value[0]) is not int:
+    if type(value) is not list or not value or type(value[0]) is not int:
         raise ProtocolError("header is not a list starting with a message code")
-    message = BY_CODE.get(value[0])
-    if message is None:
+    checked = _FIELD_TYPES.get(value[0])
+    if checked is None:
         raise ProtocolError(f"unknown message code {value[0]}")
+    message, field_types = checked
     fields = value[1:]
-    if len(fields) != len(message.fields):
+    if len(fields) != len(field_types):
         raise ProtocolError(
             f"{message.name} takes {len(message.fields)} fields, got {len(fields)}")
+    # msgpack decodes to exact types (a bool is never an int here): a set lookup each
+    for given, allowed in zip(fields, field_types):
+        if type(given) not in allowed:
+            _wrong_field(message, fields)
+    return value[0], fields
+
+
+def _wrong_field(message: Message, fields: list[Any]) -> None:
     for (name, types), given in zip(message.fields, fields):
-        if not isinstance(given, types) or (type(given) is bool and bool not in types):
+        if type(given) not in types:
             raise ProtocolError(
                 f"{message.name}.{name} must be {'/'.join(t.__name__ for t in types)}, "
                 f"got {type(given).__name__}")
-    return value[0], fields
+
+
+# code -> (message, the exact types each field may have)
+_FIELD_TYPES = {message.code: (message, tuple(frozenset(types) for _, types in message.fields))
+                for message in MESSAGES}
 
 
 def name_of(code: int) -> str:

@@ -29,9 +29,16 @@ class Outbox:
     """
 
     def __init__(self) -> None:
-        self.clear()
+        self._create()
 
     def clear(self) -> None:
+        """Empty every batch, in place: new containers cost ~6 µs, twice a round trip."""
+        for batch in self._batches:
+            if batch:
+                batch.clear()
+        self.peers_gone_to.clear()   # (reassigned each round: not among the batches)
+
+    def _create(self) -> None:
         # per worker: ComputeTask entries; {target address: ids} to push
         self.compute: defaultdict[WorkerRecord, list[list[Any]]] = defaultdict(list)
         self.sends: defaultdict[WorkerRecord, dict[str, list[int]]] = defaultdict(dict)
@@ -51,12 +58,19 @@ class Outbox:
         self.data_errors: defaultdict[tuple[bytes, int], list[list[Any]]] = defaultdict(list)
         self.data_inline: defaultdict[tuple[bytes, int], list[tuple[int, Any, Any]]] = \
             defaultdict(list)
+        # per client: (id, meta, frames) of small results it gets as they finish (Results)
+        self.pushed: defaultdict[ClientRecord, list[tuple[int, Any, Any]]] = defaultdict(list)
         self.refused: list[Refusal] = []       # (client identity, [ids], message)
         self.errors: list[ErrorNotice] = []    # (identity, message, fatal)
         # replies, errors, refusals: in the order they arose
         self.notices: list[tuple[str, Any]] = []
         self.replies: list[tuple[Any, ...]] = []  # (identity, header frame, *payload frames)
         self.shutdown: list[WorkerRecord] = []  # told Shutdown after every other message
+        self._batches: tuple[Any, ...] = (
+            self.compute, self.sends, self.uploads, self.cancel, self.steal, self.remove,
+            self.peers_gone, self.finished, self.progressed, self.failed, self.data_errors,
+            self.data_inline, self.pushed, self.refused, self.errors, self.notices,
+            self.replies, self.shutdown)
 
     def add_reply(self, entry: tuple[Any, ...]) -> None:
         """``(identity, header frame, *payload frames)``: an answer (Welcome, Stats, a
@@ -85,7 +99,8 @@ class Outbox:
     def is_empty(self) -> bool:
         return not (self.compute or self.sends or self.uploads or self.cancel or self.steal
                     or self.remove or self.peers_gone or self.finished or self.progressed
-                    or self.failed or self.data_errors or self.data_inline or self.refused
+                    or self.failed or self.data_errors or self.data_inline or self.pushed
+                    or self.refused
                     or self.errors or self.replies or self.shutdown)
 
 
@@ -141,14 +156,14 @@ def _worker_housekeeping(out: Outbox, encode: Callable[..., bytes]) -> Iterator[
 
 
 def _client_messages(out: Outbox, encode: Callable[..., bytes]) -> Iterator[Message]:
-    # Fetched values first: the client waiting in gather returns on them, and each
-    # send before them delays it by its cost (~10 µs).
+    # Values first: the client waiting in gather returns on them, and each send
+    # before them delays it by its cost (~10 µs).
+    for client, pushed in out.pushed.items():
+        entries, frames = _entries_and_frames(pushed)
+        yield client.identity, [encode(protocol.RESULTS, entries, client.n_done,
+                                       client.n_total), *frames]
     for (client_identity, request), inline in out.data_inline.items():
-        frames: list[Any] = []
-        entries = []
-        for task_id, meta, object_frames in inline:
-            entries.append([task_id, meta])
-            frames.extend(object_frames)
+        entries, frames = _entries_and_frames(inline)
         yield client_identity, [encode(protocol.DATA, request, entries), *frames]
     finished = out.finished
     for client in out.progressed:  # progress the core chose to send (with results or not)
@@ -163,3 +178,13 @@ def _client_messages(out: Outbox, encode: Callable[..., bytes]) -> Iterator[Mess
     # Errors after TasksFailed: the failure it reports explains more than the fetch's.
     for (client_identity, request), entries in out.data_errors.items():
         yield client_identity, [encode(protocol.DATA, request, entries)]
+
+
+def _entries_and_frames(values: list[tuple[int, Any, Any]]) -> tuple[list[Any], list[Any]]:
+    """DataEntry list and payload frames of ``(id, meta, frames)`` values."""
+    frames: list[Any] = []
+    entries = []
+    for task_id, meta, object_frames in values:
+        entries.append([task_id, meta])
+        frames.extend(object_frames)
+    return entries, frames

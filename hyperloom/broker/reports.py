@@ -11,6 +11,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from ..protocol import PUSH_RESULT_BYTES
 from .base import CoreBase
 from . import taskstate as ts
 from .model import Node, WorkerRecord
@@ -135,9 +136,14 @@ class WorkerReports(CoreBase):
                 self._forget(inp)
         if node.is_result:
             self.outbox.finished[node.client].append(node.id)
-            if self.pending_fetches:
-                for client, request, release in self._take_fetches(node.id):
-                    self._serve_fetch(node, client, request, release)
+            fetches = self._take_fetches(node.id) if self.pending_fetches else ()
+            for client, request, release in fetches:
+                self._serve_fetch(node, client, request, release)
+            if not fetches and size <= PUSH_RESULT_BYTES:
+                extra = node.extra
+                if extra is not None and extra.inline is not None:
+                    # Its value goes to the client now: a gather needs no Fetch.
+                    self.outbox.pushed[node.client].append((node.id, *extra.inline))
         if node.refs == 0 and node.id in self.tasks:
             self._forget(node)
 

@@ -33,10 +33,10 @@ class ClientRequests(CoreBase):
         client.results.clear()
         log.info("client %d disconnected; its tasks were released", client.number)
 
-    def on_release(self, client: ClientRecord, ids: list[Any]) -> None:
+    def on_release(self, client: ClientRecord, ids: list[Any], field: str = "Release") -> None:
         bad = [task_id for task_id in ids if type(task_id) is not int]
         if bad:
-            self.outbox.add_error((client.identity, f"Release: ids must be integers, got "
+            self.outbox.add_error((client.identity, f"{field}: ids must be integers, got "
                                                          f"{bad[0]!r:.30}", False))
         for task_id in ids:
             node = self.tasks.get(task_id) if type(task_id) is int else None

@@ -81,7 +81,7 @@ class Restore(CoreBase):
                 code, fields = protocol.decode(record[2])
                 if code != protocol.SUBMIT:
                     return 1
-                self.on_submit(client, *fields)
+                self.on_submit(client, *fields[:5])   # (its releases: RELEASED records)
             else:
                 self.on_submit(client, *record[2:7])
             return 0
@@ -330,7 +330,7 @@ class Restore(CoreBase):
     def hold_for_detached(self) -> None:
         """Nothing goes to a detached client: it hears what ended when it re-attaches."""
         out = self.outbox
-        for batch in (out.finished, out.failed):
+        for batch in (out.finished, out.failed, out.pushed):
             for client in [c for c in batch if self.clients.get(c.identity) is not c]:
                 del batch[client]
 

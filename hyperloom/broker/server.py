@@ -264,7 +264,7 @@ class BrokerServer:
         out = self.core.outbox
         assert self.journal is not None
         self.journal.commit(now, bool(out.finished or out.failed or out.replies
-                                      or out.data_inline))
+                                      or out.data_inline or out.pushed))
         if self.journal.bytes_written > self._compact_at:
             self._compact_online()
 

@@ -220,11 +220,13 @@ class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery
 
     def _on_submit_message(self, client: ClientRecord, fields: list[Any],
                            frames: Sequence[Any], now: float) -> None:
+        if fields[5]:   # releases sent along: before the plan, as a Release before it
+            self.on_release(client, fields[5], "Submit.release")
         if self.journaling:  # the chunk as received: its header's bytes, not packed again
-            header = frames[1]
+            header = frames[1]   # (a replay takes its releases from their own records)
             self.journal.submit_raw(client.number,
                                     header if type(header) is bytes else header.bytes)
-        self.on_submit(client, *fields)
+        self.on_submit(client, *fields[:5])
 
     def _on_tasks_done(self, worker: WorkerRecord, fields: list[Any], frames: Sequence[Any],
                        now: float) -> None:
@@ -264,7 +266,7 @@ class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery
         not at all when the values of all those results go to the client now (Data says
         they finished: one message less, ~10 % of a one-task round trip)."""
         finished = self.outbox.finished
-        if self.outbox.data_inline:
+        if self.outbox.data_inline or self.outbox.pushed:
             self._leave_out_fetched(finished)
         for client in list(self.outbox.progressed):
             gone = self.clients.get(client.identity) is not client
@@ -278,6 +280,8 @@ class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery
         fetched: dict[bytes, set[int]] = {}
         for (identity, _), inline in self.outbox.data_inline.items():
             fetched.setdefault(identity, set()).update(entry[0] for entry in inline)
+        for client, pushed in self.outbox.pushed.items():
+            fetched.setdefault(client.identity, set()).update(entry[0] for entry in pushed)
         for client in [c for c in finished if c.identity in fetched]:
             if fetched[client.identity].issuperset(finished[client]):
                 del finished[client]

@@ -126,9 +126,11 @@ class Client(BrokerConnection, Releases):
             future = Future(self, task_id)
             futures[task_id] = future
             created[task_id] = future
-        self._flush_releases()
+        released = self._take_releases()   # they go with the first chunk
         for chunk in builder.chunks(SUBMIT_CHUNK):
-            self._send(protocol.encode(protocol.SUBMIT, *chunk, bool(load), chunk.more))
+            self._send(protocol.encode(protocol.SUBMIT, *chunk, bool(load), chunk.more,
+                                       released))
+            released = []
         return [created[task_id] for task_id in roots]
 
     def submit_one(self, task, load: bool = False) -> Future:
@@ -185,37 +187,73 @@ class Client(BrokerConnection, Releases):
                 continue
             self._raise_if_unusable(future)
             missing[future._id] = future
+        released = set()
         if missing:
-            request = self._request_number()
             self._flush_releases()
-            replies = self._replies[request] = {}
-            self._fetching[request] = (list(missing), release)
-            self._send(protocol.encode(protocol.FETCH, request, list(missing), release))
-            try:
-                while len(replies) < len(missing):
-                    self._process_events()
-            finally:
-                del self._replies[request]
-                del self._fetching[request]
-            for task_id, (value, error) in replies.items():
-                future = missing[task_id]
-                if error is not None:
-                    if future.remote_status != FAILED:  # a refusal that came first explains more
-                        self._set_failed(future, error)
-                else:
-                    future._result = value
-                    future._has_result = True
-                    if release:
-                        future.remote_status = RELEASED  # the broker released it with the fetch
-                    elif future.remote_status == RUNNING:  # the value says it finished
-                        future.remote_status = FINISHED
-                    self.futures.pop(task_id, None)  # its TasksFinished may be left out
+            released = self._collect(missing, release)
         if release:
-            self.release(f for f in futures if f._id not in missing and f.active())
+            # Values the client had (most came with Results, unasked): their releases
+            # go with the next message to the broker (or the release timer's), not
+            # as a message of their own on the way back from gather.
+            for future in futures:
+                if future._has_result and future._id not in released and future.active():
+                    self._note_release(future)
         for future in futures:
             if future.remote_status == FAILED:
                 raise future.error
         return [future._result for future in futures]
+
+    def _collect(self, missing, release):
+        """Wait for the values of ``missing`` futures; the ids the broker released.
+
+        Small results come unasked as they finish (Results). The others are fetched
+        once the client knows they finished (at once if it already does), with one
+        Fetch per wake-up, so that big values travel while other tasks still run.
+        Asking before a task finished would cost every round trip a message.
+        """
+        requests = []      # numbers of the Fetches sent
+        asked = set()
+        released = set()
+        pending = list(missing.values())
+        try:
+            while True:
+                for request in requests:
+                    self._take_replies(self._replies[request], missing, release, released)
+                pending = [f for f in pending if not f._has_result and f.remote_status != FAILED]
+                if not pending:
+                    return released
+                ask = [f._id for f in pending
+                       if f.remote_status == FINISHED and f._id not in asked]
+                if ask:
+                    request = self._request_number()
+                    requests.append(request)
+                    asked.update(ask)
+                    self._replies[request] = {}
+                    self._fetching[request] = (ask, release)
+                    self._send(protocol.encode(protocol.FETCH, request, ask, release))
+                self._process_events()
+        finally:
+            for request in requests:
+                del self._replies[request]
+                del self._fetching[request]
+
+    def _take_replies(self, replies, missing, release, released):
+        """Fetched values and errors (Data) into their futures."""
+        while replies:
+            task_id, (value, error) = replies.popitem()
+            future = missing[task_id]
+            if error is not None:
+                if future.remote_status != FAILED:  # a refusal that came first explains more
+                    self._set_failed(future, error)
+            elif not future._has_result:
+                future._result = value
+                future._has_result = True
+                if release:
+                    future.remote_status = RELEASED  # the broker released it with the fetch
+                    released.add(task_id)
+                elif future.remote_status == RUNNING:  # the value says it finished
+                    future.remote_status = FINISHED
+                self.futures.pop(task_id, None)  # its TasksFinished may be left out
 
     def as_completed(self, futures):
         """Yield futures as they finish (already finished ones first)."""

@@ -184,6 +184,9 @@ class BrokerConnection:
                 future = futures.pop(task_id, None)
                 if future is not None and future.remote_status == RUNNING:
                     future.remote_status = FINISHED
+        elif code == protocol.RESULTS:
+            self.progress = (fields[1], fields[2])
+            self._on_results(fields[0], frames)
         elif code == protocol.DATA:
             self._on_data(fields[0], fields[1], frames)
         elif code == protocol.TASKS_FAILED:
@@ -223,3 +226,21 @@ class BrokerConnection:
                 outcome = (obj.to_python(), None)
             if replies is not None and (outcome[1] is None or task_id not in replies):
                 replies[task_id] = outcome  # (a re-sent fetch's error never hides a value)
+
+    def _on_results(self, objects, frames):
+        """Values of small results, sent as they finished: the futures finish with them,
+        and a later gather or fetch returns them without asking the broker."""
+        futures = self.futures
+        position = 1
+        small = data.KIND_SMALL
+        for task_id, meta in objects:
+            if meta[0] == small:
+                value = meta[1]
+            else:
+                obj, position = data.decode(meta, frames, position)
+                value = obj.to_python()
+            future = futures.pop(task_id, None)
+            if future is not None and future.remote_status == RUNNING:
+                future._result = value
+                future._has_result = True
+                future.remote_status = FINISHED

@@ -62,14 +62,20 @@ class Releases:
             self._pending_release.append(future._id)
 
     def _flush_releases(self):
+        ids = self._take_releases()
+        if ids:
+            with self._lock:
+                self._send(protocol.encode(protocol.RELEASE, ids))
+
+    def _take_releases(self):
+        """The noted releases, to send now (in a Release, or along with a Submit)."""
         pending = self._pending_release
-        if not pending or self._closed:
-            return
         ids = []
+        if self._closed:
+            return ids
         while pending:
             ids.append(pending.popleft())
-        with self._lock:
-            self._send(protocol.encode(protocol.RELEASE, ids))
+        return ids
 
     def _flush_releases_if_idle(self):
         """From the timer thread: send noted releases unless a call is using the socket

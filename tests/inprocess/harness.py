@@ -38,7 +38,7 @@ WORKER_EXPECTS = frozenset({
 })
 CLIENT_EXPECTS = frozenset({
     protocol.WELCOME, protocol.TASKS_FINISHED, protocol.TASKS_FAILED, protocol.DATA,
-    protocol.SUBMIT_REFUSED, protocol.STATS, protocol.SNAPSHOT, protocol.SESSION,
+    protocol.RESULTS, protocol.SUBMIT_REFUSED, protocol.STATS, protocol.SNAPSHOT, protocol.SESSION,
 })
 
 
@@ -228,6 +228,7 @@ class SimClient:
         self.failed = {}              # id -> [failed id, worker address, message]
         self.progress = (0, 0)
         self.replies = {}             # request -> {id: (value, error)}
+        self.pushed = {}              # id -> value sent unasked (Results)
         self.refused = []
         self.stats = {}
         self.errors = []
@@ -247,7 +248,7 @@ class SimClient:
             builder.mark_result(task_id)
         self.next_id = builder.next_id
         for part in builder.chunks(chunk):
-            self.send(protocol.encode(protocol.SUBMIT, *part, bool(load), part.more))
+            self.send(protocol.encode(protocol.SUBMIT, *part, bool(load), part.more, []))
         return roots
 
     def fetch(self, ids, release=False) -> int:
@@ -280,6 +281,13 @@ class SimClient:
                 self.failed[task_id] = error
         elif code == protocol.DATA:
             self._on_data(*fields, frames)
+        elif code == protocol.RESULTS:
+            self.progress = (fields[1], fields[2])
+            position = 1
+            for task_id, meta in fields[0]:
+                obj, position = data.decode(meta, frames, position)
+                self.pushed[task_id] = obj.to_python()
+                self.finished.add(task_id)  # a value means its task finished
         elif code == protocol.SUBMIT_REFUSED:
             self.refused.append(fields)
         elif code in (protocol.STATS, protocol.SNAPSHOT):

@@ -117,7 +117,7 @@ def test_messages_not_expected_from_a_peer_are_refused_by_the_core():
     cluster = Cluster(workers=1)
     cluster.expect_errors = True
     worker = cluster.workers[0]
-    worker.send(protocol.encode(protocol.SUBMIT, [], [], [], False, False))
+    worker.send(protocol.encode(protocol.SUBMIT, [], [], [], False, False, []))
     cluster.client.send(protocol.encode(protocol.TASKS_DONE, [], [], [], []))
     cluster.to_broker(b"stranger", protocol.encode(protocol.FETCH, 1, [], False))
     cluster.ever.add(b"stranger")

@@ -5,22 +5,38 @@ import threading
 
 import pytest
 
+from hyperloom import protocol
 from hyperloom.client import Client, LoomError, TaskFailed, tasks
 
 from ..conftest import wait_until
 
 
 def test_future_states_and_repr(client):
-    future = client.submit_one(tasks.const("x"))
+    big = b"x" * (protocol.PUSH_RESULT_BYTES + 1)    # fetched, not sent unasked
+    future = client.submit_one(tasks.const(big))
     future.wait()
     assert future.finished() and future.active() and not future.released()
     assert repr(future) == f"<Future task_id={future.task_id} finished>"
-    assert future.fetch() == b"x"
+    assert future.fetch() == big
     assert repr(future).endswith("finished R>")
     future.release()
     assert future.released() and not future.active()
     # a cached result stays readable after release (as the original)
-    assert future.fetch() == b"x"
+    assert future.fetch() == big
+
+
+def test_a_small_result_reaches_the_client_as_its_task_finishes(client):
+    future = client.submit_one(tasks.const(b"small"))
+    future.wait()
+    assert repr(future).endswith("finished R>")      # the value came with the news
+    sent = []
+    original_send = client._send
+    client._send = lambda header: sent.append(protocol.decode(header)[0]) or \
+        original_send(header)
+    assert future.gather() == b"small"
+    assert sent == []                                # no Fetch; the release waits
+    assert client.get_stats()["n_data_objects"] == 0  # ... for the next message
+    assert sent == [protocol.RELEASE, protocol.GET_STATS]
 
 
 def test_a_future_fetched_before_it_was_waited_for_is_finished(client):

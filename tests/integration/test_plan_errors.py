@@ -58,7 +58,7 @@ def test_malformed_messages_are_answered_and_the_broker_keeps_serving(shared_clu
     rogue.setsockopt(zmq.LINGER, 0)
     rogue.connect(f"tcp://{shared_cluster.host}:{shared_cluster.port}")
     try:
-        submit_from_a_stranger = protocol.encode(protocol.SUBMIT, [], [], [], False, False)
+        submit_from_a_stranger = protocol.encode(protocol.SUBMIT, [], [], [], False, False, [])
         for frames in ([b"\xc1garbage"], [msgpack.packb({"not": "a list"})],
                        [msgpack.packb([999])], [submit_from_a_stranger]):
             rogue.send_multipart(frames)
@@ -70,12 +70,12 @@ def test_malformed_messages_are_answered_and_the_broker_keeps_serving(shared_clu
         assert rogue.poll(5000)
         rogue.recv()
         # a registered client sending wrong field types
-        rogue.send(msgpack.packb([protocol.SUBMIT, "x", 1, None, False, False]))
+        rogue.send(msgpack.packb([protocol.SUBMIT, "x", 1, None, False, False, []]))
         assert rogue.poll(5000)
         code, fields = protocol.decode(rogue.recv())
         assert code == protocol.ERROR and "Submit.symbols" in fields[0]
         rogue.send(protocol.encode(protocol.SUBMIT, ["loom/data/const"], [],
-                                   [[1, 0, b"x", [], 0, True, -1, None]], False, False))
+                                   [[1, 0, b"x", [], 0, True, -1, None]], False, False, []))
         assert rogue.poll(5000)
         code, fields = protocol.decode(rogue.recv())
         assert code == protocol.SUBMIT_REFUSED and "not in this client's range" in fields[1]
