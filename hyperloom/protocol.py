@@ -19,7 +19,7 @@ import msgpack
 
 from .errors import LoomError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2   # 2: OfferData (the bulk lane)
 DEFAULT_PORT = 9010
 
 # Task type symbols of the built-in tasks (the original's names).
@@ -314,6 +314,12 @@ MESSAGES = (
     Message("PushData", 50, "worker->worker", (("source", _S), ("objects", _L)),
             "the objects' frames in order", "nothing; source is the sender's data address",
             {"objects": PushedObject}),
+    Message("OfferData", 51, "worker->worker",
+            (("source", _S), ("objects", _L), ("bulk_address", _S), ("token", _B),
+             ("sizes", _L)), "none",
+            "nothing; the receiver fetches the objects' frames (sizes: bytes of each, in "
+            "order) from the sender's bulk_address with the token (see Bulk lane)",
+            {"objects": PushedObject, "sizes": int}),
 )
 
 BY_NAME = {message.name: message for message in MESSAGES}
@@ -352,6 +358,7 @@ PEERS_GONE = BY_NAME["PeersGone"].code
 TASKS_DONE = BY_NAME["TasksDone"].code
 UPLOADED = BY_NAME["Uploaded"].code
 PUSH_DATA = BY_NAME["PushData"].code
+OFFER_DATA = BY_NAME["OfferData"].code
 RETIRING = BY_NAME["Retiring"].code
 RESUME_CLIENT = BY_NAME["ResumeClient"].code
 REJOIN_WORKER = BY_NAME["RejoinWorker"].code
