@@ -316,9 +316,8 @@ MESSAGES = (
             {"objects": PushedObject}),
     Message("OfferData", 51, "worker->worker",
             (("source", _S), ("objects", _L), ("bulk_address", _S), ("token", _B),
-             ("sizes", _L)), "none",
-            "nothing; the receiver fetches the objects' frames (sizes: bytes of each, in "
-            "order) from the sender's bulk_address with the token (see Bulk lane)",
+             ("sizes", _L)), "none", "nothing; the receiver fetches the frames (sizes in "
+            "bytes, in order) from bulk_address with token (see Bulk lane)",
             {"objects": PushedObject, "sizes": int}),
 )
 

@@ -4,8 +4,8 @@ Owns every socket and all worker state (one thread). Each iteration drains
 the broker, the data channel and finished executions, starts what can
 start, and sends one TasksDone carrying every report since the last one.
 Big objects from peers arrive on the bulk lane's threads (bulk.py), which wake
-the loop through a pipe it polls. The link to the broker (hello, reconnection and rejoin, keep-alive, retirement,
-sends) is the ``BrokerLink`` mixin of broker_link.py.
+the loop through a pipe it polls. The link to the broker (hello, reconnection and
+rejoin, keep-alive, retirement, sends) is the ``BrokerLink`` mixin of broker_link.py.
 """
 
 from __future__ import annotations
