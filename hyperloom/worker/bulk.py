@@ -86,12 +86,18 @@ class WakePipe:
         self.read_fd, self._write_fd = os.pipe()
         os.set_blocking(self.read_fd, False)
         os.set_blocking(self._write_fd, False)
+        # A thread that ends after close must not write into a reused descriptor number.
+        self._lock = threading.Lock()
+        self._closed = False
 
     def wake(self) -> None:
-        try:
-            os.write(self._write_fd, b"x")
-        except BlockingIOError:
-            pass  # full: the loop is due to wake anyway
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                os.write(self._write_fd, b"x")
+            except BlockingIOError:
+                pass  # full: the loop is due to wake anyway
 
     def drain(self) -> None:
         try:
@@ -101,8 +107,12 @@ class WakePipe:
             pass
 
     def close(self) -> None:
-        os.close(self.read_fd)
-        os.close(self._write_fd)
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            os.close(self.read_fd)
+            os.close(self._write_fd)
 
 
 class BulkServer:
@@ -204,9 +214,9 @@ class BulkServer:
                 for frame in offer.frames:
                     connection.sendall(frame)   # releases the GIL while the kernel copies
             except (OSError, ValueError) as error:
-                if offer is None:
-                    log.warning("bulk lane: a fetch from %s failed before its offer was "
-                                "found: %s", _peer(connection), error)
+                if offer is None:  # the asking side reports its own failures
+                    log.debug("bulk lane: a connection from %s ended before it named an "
+                              "offer: %s", _peer(connection), error)
                     return
                 log.warning("bulk lane: sending %d frames to %s failed (%s): they go over "
                             "ZeroMQ", len(offer.frames), offer.address, error)
@@ -238,7 +248,7 @@ class BulkFetcher:
         try:
             frames = fetch_frames(address, token, sizes)
             error = ""
-        except (OSError, ValueError) as failure:
+        except Exception as failure:  # whatever it is, the loop must hear of it
             frames, error = None, str(failure) or type(failure).__name__
         self.done.put((source, entries, frames, error, sum(sizes),
                        time.perf_counter() - start))

@@ -31,7 +31,8 @@ import zmq
 from .. import data, protocol, security
 from ..data import DataObject, ExtensionData
 from ..security import ClusterKeys
-from .bulk import BULK_BYTES, OFFER_TIMEOUT, BulkFetcher, BulkServer, WakePipe, frame_bytes
+from .bulk import (BULK_BYTES, OFFER_TIMEOUT, TOKEN_BYTES, BulkFetcher, BulkServer, WakePipe,
+                   frame_bytes)
 
 log = logging.getLogger("hyperloom.worker")
 
@@ -212,6 +213,9 @@ class DataChannels:
             code, fields = protocol.decode(frames[0].buffer)
             if code == protocol.OFFER_DATA and self.fetcher is not None:
                 source, entries, address, token, sizes = fields
+                if len(token) != TOKEN_BYTES or \
+                        not all(type(n) is int and n >= 0 for n in sizes):
+                    raise protocol.ProtocolError("OfferData with a bad token or sizes")
                 self.fetcher.fetch(source, entries, address, token, sizes)
                 return source, []
             if code != protocol.PUSH_DATA:

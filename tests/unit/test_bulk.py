@@ -212,3 +212,20 @@ def test_offers_to_a_peer_that_left_are_dropped(channels, context):
     assert a.bulk_server.n_offers() == 1
     a.close_peers([address])
     assert a.bulk_server.n_offers() == 0
+
+
+def test_a_malformed_offer_is_dropped_and_logged(channels, context, caplog):
+    b = channels()
+    push = context.socket(zmq.PUSH)
+    push.connect(b.address)
+    try:
+        for token, sizes in ((b"short", [10]), (b"t" * TOKEN_BYTES, [-1]),
+                             (b"t" * TOKEN_BYTES, ["ten"])):
+            push.send(protocol.encode(protocol.OFFER_DATA, "tcp://x:1", [[1, [0]]],
+                                      "tcp://127.0.0.1:9", token, sizes))
+            with caplog.at_level(logging.WARNING, logger="hyperloom.worker"):
+                wait_until(lambda: b.receive() == ("", []), timeout=10,
+                           message="the offer to be refused")
+        assert caplog.text.count("OfferData with a bad token or sizes") == 3
+    finally:
+        push.close(linger=0)
