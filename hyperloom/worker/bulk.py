@@ -125,6 +125,7 @@ class BulkServer:
         self._taken = threading.Condition(self._lock)
         self._offers: dict[bytes, Offer] = {}    # token -> offer, oldest first
         self._unsent: deque[Offer] = deque()     # serving failed: back to ZeroMQ
+        self._sending = 0                        # offers being sent now
         self._listener = socket.create_server((host, 0))
         self.address = f"tcp://{host}:{self._listener.getsockname()[1]}"
         self._stop = WakePipe()
@@ -146,28 +147,35 @@ class BulkServer:
     def take_unsent(self, now: float) -> list[Offer]:
         """Offers to push over ZeroMQ now: their sending failed, or nobody fetched them in
         time (the receiver could not reach this lane)."""
-        with self._lock:
+        with self._taken:
             unsent = list(self._unsent)
             self._unsent.clear()
             offers = self._offers
             for token in [t for t, o in offers.items() if o.expires <= now]:
                 unsent.append(offers.pop(token))
+            self._taken.notify_all()
         return unsent
 
     def drop(self, addresses: set[str]) -> int:
         """The workers at ``addresses`` left: drop what waits for them; how many."""
-        with self._lock:
+        with self._taken:
             gone = [t for t, o in self._offers.items() if o.address in addresses]
             for token in gone:
                 del self._offers[token]
             self._unsent = deque(o for o in self._unsent if o.address not in addresses)
+            self._taken.notify_all()
         return len(gone)
 
     def wait_fetched(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for every offer to be fetched (a retiring worker's
-        last copies); True if none is left."""
+        """Wait up to ``timeout`` seconds for every offer to be fetched, to the last byte,
+        or dropped (a retiring worker's last copies); True if none is left."""
         with self._taken:
-            return self._taken.wait_for(lambda: not self._offers, timeout)
+            return self._taken.wait_for(lambda: not self._offers and not self._sending,
+                                        timeout)
+
+    def busy(self) -> bool:
+        """Offers wait or are being sent."""
+        return bool(self._offers) or self._sending > 0
 
     def close(self) -> None:
         if not self._thread.is_alive() and self._listener.fileno() == -1:
@@ -204,9 +212,10 @@ class BulkServer:
             try:
                 _blocking_with_timeout(connection, IO_TIMEOUT)
                 token = _read_exactly(connection, TOKEN_BYTES)
-                with self._taken:
+                with self._lock:
                     offer = self._offers.pop(token, None)
-                    self._taken.notify_all()
+                    if offer is not None:
+                        self._sending += 1
                 if offer is None:
                     connection.sendall(UNKNOWN)
                     return
@@ -223,6 +232,11 @@ class BulkServer:
                 with self._lock:
                     self._unsent.append(offer)
                 self._wake.wake()
+            finally:
+                if offer is not None:
+                    with self._taken:
+                        self._sending -= 1
+                        self._taken.notify_all()
 
 
 class BulkFetcher:

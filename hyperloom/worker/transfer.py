@@ -84,8 +84,9 @@ class DataChannels:
         """``linger_ms``: how long pushes already handed to ZeroMQ or offered on the bulk
         lane may still take to leave (a retiring worker's last copies)."""
         if self.bulk_server is not None:
-            if linger_ms and self.bulk_server.n_offers():
-                self.bulk_server.wait_fetched(linger_ms / 1000)
+            if linger_ms:
+                if self.bulk_server.busy():
+                    self.bulk_server.wait_fetched(linger_ms / 1000)
                 self._push_unsent(float("inf"))   # not fetched: over ZeroMQ, lingering
             self.bulk_server.close()
             self.bulk_server = None

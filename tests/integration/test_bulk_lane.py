@@ -139,3 +139,28 @@ def test_with_a_secret_file_there_is_no_lane(make_cluster, extension_path, secre
     assert lane_lines(worker_log(cluster, 0)) == lane_lines(worker_log(cluster, 1)) == []
     assert sum(w["bytes_received"] for w in client.info()["workers"]) >= BIG
     assert data_port(newcomer, client)   # one listening port the broker knows (no lane)
+
+
+@pytest.mark.timeout(120)
+def test_a_retiring_worker_hands_its_big_data_over_the_lane(make_cluster, tmp_path):
+    """Retiring, a worker copies what only it holds to the others and exits; its offers
+    must be fetched before it goes (it waits for them as ZeroMQ lingers), or the copies
+    the broker counts delivered would be lost and recomputed."""
+    counter = tmp_path / "runs"
+    cluster = make_cluster(workers=1, cpus=1, log_level="debug")
+    client = cluster.client()
+    retiring = cluster.add_worker(extra_args=("--lifetime", "3"))
+    cluster.wait_for_workers(2)
+    big = [tasks.run(["sh", "-c", f"echo {i} >> {counter}; head -c {BIG} /dev/zero"])
+           for i in range(4)]
+    futures = client.submit(big)
+    client.wait(futures)
+    held = {w["id"]: w["bytes_held"] for w in client.info()["workers"]}
+    assert all(held.values()), f"both workers hold results: {held}"
+    wait_until(lambda: client.get_stats()["n_workers"] == 1, timeout=30,
+               message="the worker with a 3 s lifetime to retire")
+    assert retiring.wait(timeout=30) == 0
+    sizes = client.gather(client.submit([tasks.size(f) for f in futures]))
+    assert [int.from_bytes(size, "little") for size in sizes] == [BIG] * 4
+    assert len(counter.read_text().splitlines()) == 4, "no result was recomputed"
+    assert "on the bulk lane" in worker_log(cluster, 0)
