@@ -229,6 +229,10 @@ def worker_main(argv=None):
     parser.add_argument("--host", default=None,
                         help="address peers use to reach this worker's data socket "
                              "(default: the local address that reaches the broker)")
+    parser.add_argument("--no-bulk", action="store_true",
+                        help="send big objects to other workers over ZeroMQ, not over the "
+                             "plain-TCP bulk lane (this worker still fetches what others "
+                             "offer there; off anyway with --secret-file)")
     parser.add_argument("--extension", action="append", default=[], metavar="MODULE",
                         help="import MODULE and call its register_tasks(registry) to add "
                              "task types (repeatable)")
@@ -270,7 +274,8 @@ def worker_main(argv=None):
         broker_host=args.broker_host, broker_port=args.broker_port, cpus=args.cpus,
         work_dir=args.wdir, pin=not args.nopin, core_ids=core_ids, host=args.host,
         heartbeat_interval=args.heartbeat, broker_timeout=args.broker_timeout,
-        extensions=extensions, secret_file=args.secret_file, lifetime=lifetime)
+        extensions=extensions, secret_file=args.secret_file, lifetime=lifetime,
+        bulk=not args.no_bulk)
     server = WorkerServer(config)
     server.install_signal_handlers()
     if args.exit_with_parent:

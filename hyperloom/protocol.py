@@ -19,7 +19,7 @@ import msgpack
 
 from .errors import LoomError
 
-PROTOCOL_VERSION = 2   # 2: Results; Submit.release
+PROTOCOL_VERSION = 2   # 2: Results, Submit.release, OfferData (the bulk lane)
 DEFAULT_PORT = 9010
 
 # Task type symbols of the built-in tasks (the original's names).
@@ -326,6 +326,11 @@ MESSAGES = (
     Message("PushData", 50, "worker->worker", (("source", _S), ("objects", _L)),
             "the objects' frames in order", "nothing; source is the sender's data address",
             {"objects": PushedObject}),
+    Message("OfferData", 51, "worker->worker",
+            (("source", _S), ("objects", _L), ("bulk_address", _S), ("token", _B),
+             ("sizes", _L)), "none", "nothing; the receiver fetches the frames (sizes in "
+            "bytes, in order) from bulk_address with token (see Bulk lane)",
+            {"objects": PushedObject, "sizes": int}),
 )
 
 BY_NAME = {message.name: message for message in MESSAGES}
@@ -365,6 +370,7 @@ PEERS_GONE = BY_NAME["PeersGone"].code
 TASKS_DONE = BY_NAME["TasksDone"].code
 UPLOADED = BY_NAME["Uploaded"].code
 PUSH_DATA = BY_NAME["PushData"].code
+OFFER_DATA = BY_NAME["OfferData"].code
 RETIRING = BY_NAME["Retiring"].code
 RESUME_CLIENT = BY_NAME["ResumeClient"].code
 REJOIN_WORKER = BY_NAME["RejoinWorker"].code

@@ -42,12 +42,24 @@ def loom_program(name):
     return [sys.executable, "-m", PROGRAM_MODULES[name]]
 
 
-def data_port(process):
-    """The port of a worker's data socket (the one TCP port it listens on)."""
-    ports = [c.laddr.port for c in psutil.Process(process.pid).net_connections("tcp")
-             if c.status == psutil.CONN_LISTEN]
-    assert len(ports) == 1, ports
-    return ports[0]
+def data_port(process, client):
+    """The port of a worker's data socket: of the TCP ports it listens on (its data socket
+    and its bulk lane), the one the broker knows as a worker's data address."""
+    port = data_port_or_none(process.pid, client)
+    assert port is not None, f"worker {process.pid} has no data address the broker knows"
+    return port
+
+
+def data_port_or_none(pid, client):
+    """``data_port``, or None while the worker is not registered (or is gone)."""
+    try:
+        listening = {c.laddr.port for c in psutil.Process(pid).net_connections("tcp")
+                     if c.status == psutil.CONN_LISTEN}
+    except psutil.NoSuchProcess:
+        return None
+    known = {int(w["address"].rsplit(":", 1)[1]) for w in client.info()["workers"]}
+    ports = listening & known
+    return ports.pop() if len(ports) == 1 else None
 
 
 def port_to_bind_later(exclude=()):

@@ -3,8 +3,9 @@
 Owns every socket and all worker state (one thread). Each iteration drains
 the broker, the data channel and finished executions, starts what can
 start, and sends one TasksDone carrying every report since the last one.
-The link to the broker (hello, reconnection and rejoin, keep-alive, retirement,
-sends) is the ``BrokerLink`` mixin of broker_link.py.
+Big objects from peers arrive on the bulk lane's threads (bulk.py), which wake
+the loop through a pipe it polls. The link to the broker (hello, reconnection and
+rejoin, keep-alive, retirement, sends) is the ``BrokerLink`` mixin of broker_link.py.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class WorkerConfig:
     lifetime: float | None = None        # retire this many seconds after start (walltime)
     retire_grace: float = 60.0           # after retiring, exit anyway this much later
     core_ids: tuple = ()                 # cores run tasks are pinned to; (): the first cpus
+    bulk: bool = True                    # offer big objects on the plain-TCP bulk lane
 
 
 def standard_registry() -> TaskRegistry:
@@ -103,7 +105,8 @@ class WorkerServer(BrokerLink):
         interval_ms = int(config.heartbeat_interval * 1000)
         self.dealer.setsockopt(zmq.HEARTBEAT_IVL, interval_ms)
         self.dealer.setsockopt(zmq.HEARTBEAT_TIMEOUT, interval_ms * 5)
-        self.channels = DataChannels(self.context, host, self.keys, self.registry.data_types)
+        self.channels = DataChannels(self.context, host, self.keys, self.registry.data_types,
+                                     bulk=config.bulk)
         self.core = WorkerCore(config.cpus)
         self.executor = Executor(self.registry, config.cpus, self.work_dir, config.pin,
                                  list(config.core_ids) or _core_ids(config.cpus))
@@ -138,6 +141,9 @@ class WorkerServer(BrokerLink):
         poller.register(self.monitor, zmq.POLLIN)
         poller.register(self.channels.pull, zmq.POLLIN)
         poller.register(self.executor.wake_read, zmq.POLLIN)
+        bulk_wake = self.channels.wake.read_fd if self.channels.wake is not None else None
+        if bulk_wake is not None:
+            poller.register(bulk_wake, zmq.POLLIN)
         interval_ms = int(self.config.heartbeat_interval * 1000)
         while self.running:
             # Pushes waiting for a busy peer are retried soon (they are rare).
@@ -149,6 +155,9 @@ class WorkerServer(BrokerLink):
                 self._on_connection_events()
             if self.channels.pull in events:
                 self._drain_data()
+            if bulk_wake in events:
+                for source, received in self.channels.take_fetched():
+                    self._on_data(source, received)
             if self.executor.wake_read in events:
                 for task, result, error in self.executor.take_completions():
                     self._task_done(task, result, error)
@@ -281,11 +290,13 @@ class WorkerServer(BrokerLink):
             message = self.channels.receive()
             if message is None:
                 return
-            source, received = message
-            for data_id, obj in received:
-                self.core.on_data(data_id, obj)
-                if self.tracer is not None:
-                    self.tracer.data_received(data_id, obj.size, source)  # duration unknown
+            self._on_data(*message)
+
+    def _on_data(self, source, received):
+        for data_id, obj in received:
+            self.core.on_data(data_id, obj)
+            if self.tracer is not None:
+                self.tracer.data_received(data_id, obj.size, source)  # duration unknown
 
     def _task_done(self, task, result, error):
         if error is not None and "terminated by signal 15 (SIGTERM)" in str(error):

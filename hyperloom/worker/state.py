@@ -98,6 +98,9 @@ class WorkerCore:
             self.tombstones.discard(data_id)
             return
         self.store[data_id] = obj
+        self._arrived(data_id)
+
+    def _arrived(self, data_id: int) -> None:
         waiters = self.waiting_for.pop(data_id, None)
         if waiters:
             for task in waiters:
@@ -237,6 +240,10 @@ class WorkerCore:
         else:
             assert result is not None  # an ended task has a result or an error
             self.store[task.id] = result
+            if self.waiting_for:
+                # A task here waits for it as pushed data: its holder was lost before the
+                # push arrived (a failed bulk fetch), and the broker computed it again here.
+                self._arrived(task.id)
             self.finished.append([task.id, result.size, result.length])
             if task.is_result and result.size <= INLINE_RESULT_BYTES:
                 self.results.append((task.id, result))

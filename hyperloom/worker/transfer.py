@@ -11,6 +11,11 @@ in order, once the peer takes data again (``retry``): a live peer never
 loses a push, which would hang the task waiting for it. When the broker
 reports a peer gone (``PeersGone``) its channel is closed and whatever
 still waited for it is dropped: the broker has voided those transfers.
+
+Pushes carrying a frame of at least ``bulk_bytes`` send only their metas over
+ZeroMQ (``OfferData``): the receiver fetches the frames over the plain-TCP bulk
+lane (bulk.py). No lane with CURVE keys (it is not encrypted) nor with
+``bulk=False`` (then this worker still fetches what others offer).
 """
 
 from __future__ import annotations
@@ -18,13 +23,16 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import zmq
 
 from .. import data, protocol, security
 from ..data import DataObject, ExtensionData
 from ..security import ClusterKeys
+from .bulk import (BULK_BYTES, OFFER_TIMEOUT, TOKEN_BYTES, BulkFetcher, BulkServer, WakePipe,
+                   frame_bytes)
 
 log = logging.getLogger("hyperloom.worker")
 
@@ -46,7 +54,8 @@ class DataChannels:
     def __init__(self, context: zmq.Context[zmq.Socket[bytes]], host: str,
                  keys: ClusterKeys | None = None,
                  data_types: dict[str, type[ExtensionData]] | None = None,
-                 send_hwm: int = PUSH_HWM) -> None:
+                 send_hwm: int = PUSH_HWM, bulk: bool = True, bulk_bytes: int = BULK_BYTES,
+                 offer_timeout: float = OFFER_TIMEOUT) -> None:
         self.context = context
         self.data_types = data_types if data_types is not None else {}
         self.keys = keys
@@ -60,10 +69,31 @@ class DataChannels:
         self.address = f"tcp://{host}:{port}"
         self._peers: dict[str, _Peer] = {}   # data address -> its channel
         self.n_waiting = 0     # messages in the backlogs
+        self.bulk_bytes = bulk_bytes
+        self.n_fetched = 0     # objects that came over the bulk lane (tests, debugging)
+        self.wake: WakePipe | None = None       # the loop polls wake.read_fd: fetches done
+        self.bulk_server: BulkServer | None = None
+        self.fetcher: BulkFetcher | None = None
+        if keys is None:  # without bulk, this worker still fetches what others offer
+            self.wake = WakePipe()
+            self.fetcher = BulkFetcher(self.wake)
+            if bulk:
+                self.bulk_server = BulkServer(host, self.wake, offer_timeout)
 
     def close(self, linger_ms: int = 0) -> None:
-        """``linger_ms``: how long pushes already handed to ZeroMQ may still take to leave
-        (a retiring worker's last copies)."""
+        """``linger_ms``: how long pushes already handed to ZeroMQ or offered on the bulk
+        lane may still take to leave (a retiring worker's last copies)."""
+        if self.bulk_server is not None:
+            if linger_ms:
+                if self.bulk_server.busy():
+                    self.bulk_server.wait_fetched(linger_ms / 1000)
+                self._push_unsent(float("inf"))   # not fetched: over ZeroMQ, lingering
+            self.bulk_server.close()
+            self.bulk_server = None
+        if self.fetcher is not None and self.wake is not None:
+            self.fetcher.close()
+            self.wake.close()
+            self.fetcher = self.wake = None
         for peer in self._peers.values():
             peer.socket.close(linger=linger_ms)
         self._peers.clear()
@@ -85,13 +115,38 @@ class DataChannels:
         for data_id, obj in objects:
             meta, _ = data.encode(obj, frames)
             entries.append([data_id, meta])
+        sizes = [frame_bytes(f) for f in frames]
+        if self.bulk_server is not None and sizes and max(sizes) >= self.bulk_bytes:
+            token = self.bulk_server.offer(address, entries, frames)
+            log.debug("offered %d objects (%d bytes) to %s on the bulk lane", len(entries),
+                      sum(sizes), address)
+            self._enqueue(peer, address, ([protocol.encode(
+                protocol.OFFER_DATA, self.address, entries, self.bulk_server.address, token,
+                sizes)], True))
+            return
         header = protocol.encode(protocol.PUSH_DATA, self.address, entries)
-        message = ([header, *frames], len(frames) == 0 or _small(frames))
+        self._enqueue(peer, address, ([header, *frames], len(frames) == 0 or _small(frames)))
+
+    def _enqueue(self, peer: _Peer, address: str,
+                 message: tuple[list[data.BytesLike], bool]) -> None:
         if peer.backlog or not _send(peer.socket, message):
             if not peer.backlog:
                 log.debug("the peer at %s takes no data for now: pushes wait", address)
             peer.backlog.append(message)  # after the others: a peer gets its data in order
             self.n_waiting += 1
+
+    def _push_unsent(self, now: float) -> None:
+        """Offers whose sending failed or that nobody fetched in time: over ZeroMQ."""
+        if self.bulk_server is None:
+            return
+        for offer in self.bulk_server.take_unsent(now):
+            peer = self._peers.get(offer.address) or self._connect(offer.address)
+            if peer is None:
+                continue
+            log.info("%d objects offered to %s on the bulk lane go over ZeroMQ",
+                     len(offer.entries), offer.address)
+            header = protocol.encode(protocol.PUSH_DATA, self.address, offer.entries)
+            self._enqueue(peer, offer.address, ([header, *offer.frames], False))
 
     def _connect(self, address: str) -> _Peer | None:
         socket = self.context.socket(zmq.PUSH)
@@ -122,6 +177,11 @@ class DataChannels:
 
     def close_peers(self, addresses: Iterable[str]) -> None:
         """The workers at ``addresses`` left: close their channels, drop what waits."""
+        addresses = set(addresses)
+        if self.bulk_server is not None:
+            dropped = self.bulk_server.drop(addresses)
+            if dropped:
+                log.info("dropped %d bulk offers: their workers left", dropped)
         for address in addresses:
             peer = self._peers.pop(address, None)
             if peer is None:
@@ -137,30 +197,68 @@ class DataChannels:
         """Close connections to peers not pushed to for ``idle`` seconds (and with nothing
         waiting): with hundreds of workers coming and going (adapt, walltime) each would
         otherwise keep a socket and its reconnect attempts to a peer that left. A later
-        push opens it again."""
+        push opens it again. Offers nobody fetched in time go over ZeroMQ."""
+        self._push_unsent(now)
         for address in [address for address, peer in self._peers.items()
                         if not peer.backlog and now - peer.last_push > idle]:
             self._peers.pop(address).socket.close(linger=0)
 
     def receive(self) -> tuple[str, list[tuple[int, DataObject]]] | None:
-        """Decode one PushData message: ``(source, [(id, DataObject)])``; None if none waits."""
+        """Decode one PushData message: ``(source, [(id, DataObject)])``; None if none waits.
+        An OfferData starts a fetch (see ``take_fetched``) and gives ``(source, [])``."""
         try:
             frames = self.pull.recv_multipart(zmq.NOBLOCK, copy=False)
         except zmq.Again:
             return None
         try:
             code, fields = protocol.decode(frames[0].buffer)
+            if code == protocol.OFFER_DATA and self.fetcher is not None:
+                source, entries, address, token, sizes = fields
+                if len(token) != TOKEN_BYTES or \
+                        not all(type(n) is int and n >= 0 for n in sizes):
+                    raise protocol.ProtocolError("OfferData with a bad token or sizes")
+                self.fetcher.fetch(source, entries, address, token, sizes)
+                return source, []
             if code != protocol.PUSH_DATA:
                 raise protocol.ProtocolError(f"{protocol.name_of(code)} on the data channel")
-            received = []
-            position = 1
-            for data_id, meta in fields[1]:
-                obj, position = data.decode(meta, frames, position, self.data_types)
-                received.append((data_id, obj))
-            return fields[0], received
+            return fields[0], self._decode(fields[1], frames, 1)
         except Exception as error:
             log.warning("dropped a malformed data message from a peer: %s", error)
             return "", []
+
+    def take_fetched(self) -> list[tuple[str, list[tuple[int, DataObject]]]]:
+        """What the bulk lane fetched since the last call, as ``receive`` gives it; pushes
+        offered from here whose sending failed go over ZeroMQ meanwhile."""
+        if self.wake is None or self.fetcher is None:
+            return []
+        self.wake.drain()
+        self._push_unsent(float("-inf"))   # only the failed ones: none is due to expire
+        received = []
+        done = self.fetcher.done
+        while not done.empty():
+            source, entries, frames, error, size, seconds = done.get()
+            if frames is None:
+                log.warning("bulk lane: fetching %d objects (%d bytes) from %s failed: %s",
+                            len(entries), size, source, error)
+                continue
+            try:
+                objects = self._decode(entries, frames, 0)
+            except Exception as failure:
+                log.warning("dropped malformed data fetched from %s: %s", source, failure)
+                continue
+            log.debug("fetched %d objects (%d bytes) from %s on the bulk lane in %.3f s",
+                      len(objects), size, source, seconds)
+            self.n_fetched += len(objects)
+            received.append((source, objects))
+        return received
+
+    def _decode(self, entries: list[Any], frames: Sequence[data.WireFrame],
+                position: int) -> list[tuple[int, DataObject]]:
+        received = []
+        for data_id, meta in entries:
+            obj, position = data.decode(meta, frames, position, self.data_types)
+            received.append((data_id, obj))
+        return received
 
 
 def _send(socket: zmq.Socket[bytes], message: tuple[list[data.BytesLike], bool]) -> bool:

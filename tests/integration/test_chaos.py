@@ -41,7 +41,7 @@ import pytest
 
 from hyperloom.client import tasks
 
-from ..conftest import wait_until
+from ..conftest import data_port_or_none, wait_until
 
 RUNS = int(os.environ.get("HYPERLOOM_CHAOS_RUNS", "20"))
 PERIOD = float(os.environ.get("HYPERLOOM_CHAOS_PERIOD", "2.5"))
@@ -70,12 +70,6 @@ def build_plan(round_number):
         results.append(task)
         expected.append(value.encode())
     return results, expected, N_CONSTS + CHAINS * (STEPS - 1)
-
-
-def data_port(pid):
-    ports = [c.laddr.port for c in psutil.Process(pid).net_connections("tcp")
-             if c.status == psutil.CONN_LISTEN]
-    return ports[0] if len(ports) == 1 else None
 
 
 class Chaos(threading.Thread):
@@ -107,11 +101,11 @@ class Chaos(threading.Thread):
 
     def kill_one(self, client):
         live = [w for w in self.cluster.workers if w.poll() is None]
-        candidates = [w for w in live if data_port(w.pid) is not None]
+        candidates = [w for w in live if data_port_or_none(w.pid, client) is not None]
         if not candidates:
             return
         victim = self.random.choice(candidates)
-        port = data_port(victim.pid)
+        port = data_port_or_none(victim.pid, client)
         finished = [w["tasks_finished"] for w in client.info()["workers"]
                     if w["address"].endswith(f":{port}")]
         os.kill(victim.pid, signal.SIGKILL)

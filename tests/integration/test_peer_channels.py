@@ -44,7 +44,7 @@ def pull_from(client, held, survivor, newcomer):
     """Run a my/count on ``newcomer`` on data held by ``survivor``; return the port of the
     newcomer's data socket, to which the survivor now has a connection."""
     assert client.submit_one(my_count(held, "a")).gather() == struct.pack("<Q", 3)
-    port = data_port(newcomer)
+    port = data_port(newcomer, client)
     assert connections_to(survivor, port), "the data did not go worker to worker"
     return port
 

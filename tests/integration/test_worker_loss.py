@@ -39,7 +39,7 @@ def running_sleep(cluster):
 
 def worker_info(client, process):
     """The broker's info() entry for the worker process ``process``."""
-    port = data_port(process)
+    port = data_port(process, client)
     for entry in client.info()["workers"]:
         if entry["address"].endswith(f":{port}"):
             return entry

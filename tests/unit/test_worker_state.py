@@ -21,6 +21,21 @@ def test_task_waits_for_its_inputs():
     core.check_invariants()
 
 
+def test_a_result_computed_here_starts_the_task_waiting_for_it_as_pushed_data():
+    """Task 10 waits for object 1 from a peer; that peer is lost before the push
+    arrives (a bulk fetch refused) and the broker recomputes 1 here. The old core
+    stored the result but left task 10 waiting for a push that never comes."""
+    core = WorkerCore(cpus=1)
+    core.on_compute([entry(10, inputs=[1])])
+    core.on_compute([entry(1, cpus=1)])
+    [producer] = core.take_startable()
+    assert producer.id == 1
+    core.on_task_done(producer, Plain(b"again"))
+    [task] = core.take_startable()
+    assert task.id == 10 and core.inputs_of(task)[0].data == b"again"
+    core.check_invariants()
+
+
 def test_cores_are_allocated_fifo_and_light_tasks_never_wait():
     core = WorkerCore(cpus=2)
     core.on_compute([entry(1, cpus=2), entry(2, cpus=1), entry(3, cpus=0)])

@@ -1,0 +1,342 @@
+"""The bulk lane: big objects' frames between workers over plain TCP, beside ZeroMQ.
+
+A frame bigger than glibc's largest mmap threshold (32 MiB) lands, in ZeroMQ, in
+fresh memory whose every 4 KiB page faults when the kernel copies into it: half
+the receiver's time (a 100 MB NumPy array between two workers on one machine:
+about 1.6 GB/s). Read here with ``recv_into`` into private memory in huge pages,
+it moves at about 2.7 GB/s. Frames below that size are reused heap memory in
+ZeroMQ, which the lane does not beat (benchmarks/README.md, "Bulk lane"). So a
+push carrying a frame of at least ``BULK_BYTES`` leaves its frames here: the
+holder keeps references to them (no copy) in a table of *offers* under a random
+token and sends only ``OfferData`` (the metas, this lane's address, the token,
+the frame sizes) over ZeroMQ; the receiver fetches the frames on a thread.
+
+The fetch, on one TCP connection to the holder's bulk address (docs/protocol.md,
+"Bulk lane"): the receiver sends the 16-byte token; the holder answers one byte,
+``FOUND`` followed by the frames back to back, or ``UNKNOWN``, and closes.
+
+Neither side's loop ever blocks on this I/O: the holder serves each fetch on a
+thread of its own; the receiver fetches on a small pool and hands what it read
+back through a queue and a wake-up pipe the loop polls. An offer nobody fetched
+in time, or whose sending failed, goes back to the loop to be pushed again over
+ZeroMQ (``take_unsent``): a live receiver never loses data to this lane. A fetch
+that fails is logged and dropped: it fails because the holder is gone (the
+broker voids that transfer and orders it again, as for any lost worker) or
+because the offer went back to ZeroMQ already.
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+import queue
+import secrets
+import selectors
+import socket
+import struct
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from .. import data
+
+log = logging.getLogger("hyperloom.worker")
+
+MiB = 1024 * 1024
+BULK_BYTES = 32 * MiB  # pushes carrying a frame this big take the lane
+OFFER_TIMEOUT = 30.0   # seconds an offer waits for its fetch before it goes over ZeroMQ
+TOKEN_BYTES = 16
+FOUND, UNKNOWN = b"\x01", b"\x00"
+IO_TIMEOUT = 30.0      # seconds a bulk connection may stall before it is given up
+FETCH_THREADS = 2      # fetches a receiver runs at once
+MMAP_BYTES = 16 * MiB  # frames this big are read into huge pages; smaller: reused heap
+
+
+class ReceivedBuffer(mmap.mmap):
+    """Anonymous memory a fetch read into. Its own type: the executor takes a plain
+    ``mmap.mmap`` buffer for one of the worker's shared-memory files, which a Python
+    executor process maps without a copy (executor._bytes_to_copy); this one is not."""
+
+
+def frame_bytes(frame: data.BytesLike) -> int:
+    return frame.nbytes if isinstance(frame, memoryview) else len(frame)
+
+
+class Offer:
+    """Frames waiting for their receiver to fetch them; ``entries`` and ``frames`` make
+    the PushData that carries them over ZeroMQ if the fetch never comes."""
+    __slots__ = ("address", "entries", "frames", "expires")
+
+    def __init__(self, address: str, entries: list[list[Any]],
+                 frames: list[data.BytesLike], expires: float) -> None:
+        self.address = address     # the receiver's data address
+        self.entries = entries
+        self.frames = frames
+        self.expires = expires
+
+
+class WakePipe:
+    """A pipe the loop polls; threads write a byte to wake it (one while it is unread)."""
+
+    def __init__(self) -> None:
+        self.read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self.read_fd, False)
+        os.set_blocking(self._write_fd, False)
+        # A thread that ends after close must not write into a reused descriptor number.
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def wake(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                os.write(self._write_fd, b"x")
+            except BlockingIOError:
+                pass  # full: the loop is due to wake anyway
+
+    def drain(self) -> None:
+        try:
+            while os.read(self.read_fd, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            os.close(self.read_fd)
+            os.close(self._write_fd)
+
+
+class BulkServer:
+    """The offers of this worker and the listening socket that serves them (a thread)."""
+
+    def __init__(self, host: str, wake: WakePipe, timeout: float = OFFER_TIMEOUT) -> None:
+        self.timeout = timeout
+        self._wake = wake
+        self._lock = threading.Lock()
+        self._taken = threading.Condition(self._lock)
+        self._offers: dict[bytes, Offer] = {}    # token -> offer, oldest first
+        self._unsent: deque[Offer] = deque()     # serving failed: back to ZeroMQ
+        self._sending = 0                        # offers being sent now
+        self._listener = socket.create_server((host, 0))
+        self.address = f"tcp://{host}:{self._listener.getsockname()[1]}"
+        self._stop = WakePipe()
+        self._thread = threading.Thread(target=self._accept, name="bulk-server", daemon=True)
+        self._thread.start()
+
+    def offer(self, address: str, entries: list[list[Any]],
+              frames: list[data.BytesLike]) -> bytes:
+        """Keep ``frames`` for the worker at ``address``; the token it fetches them with."""
+        token = secrets.token_bytes(TOKEN_BYTES)
+        with self._lock:
+            self._offers[token] = Offer(address, entries, frames,
+                                        time.monotonic() + self.timeout)
+        return token
+
+    def n_offers(self) -> int:
+        return len(self._offers)
+
+    def take_unsent(self, now: float) -> list[Offer]:
+        """Offers to push over ZeroMQ now: their sending failed, or nobody fetched them in
+        time (the receiver could not reach this lane)."""
+        with self._taken:
+            unsent = list(self._unsent)
+            self._unsent.clear()
+            offers = self._offers
+            for token in [t for t, o in offers.items() if o.expires <= now]:
+                unsent.append(offers.pop(token))
+            self._taken.notify_all()
+        return unsent
+
+    def drop(self, addresses: set[str]) -> int:
+        """The workers at ``addresses`` left: drop what waits for them; how many."""
+        with self._taken:
+            gone = [t for t, o in self._offers.items() if o.address in addresses]
+            for token in gone:
+                del self._offers[token]
+            self._unsent = deque(o for o in self._unsent if o.address not in addresses)
+            self._taken.notify_all()
+        return len(gone)
+
+    def wait_fetched(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for every offer to be fetched, to the last byte,
+        or dropped (a retiring worker's last copies); True if none is left."""
+        with self._taken:
+            return self._taken.wait_for(lambda: not self._offers and not self._sending,
+                                        timeout)
+
+    def busy(self) -> bool:
+        """Offers wait or are being sent."""
+        return bool(self._offers) or self._sending > 0
+
+    def close(self) -> None:
+        if not self._thread.is_alive() and self._listener.fileno() == -1:
+            return  # closed already
+        self._stop.wake()
+        self._thread.join(5)
+        self._listener.close()
+        self._stop.close()
+        with self._lock:
+            self._offers.clear()
+            self._unsent.clear()
+
+    # ------------------------------------------------------------ threads
+
+    def _accept(self) -> None:
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._listener, selectors.EVENT_READ)
+            selector.register(self._stop.read_fd, selectors.EVENT_READ)
+            while True:
+                ready = {key.fileobj for key, _ in selector.select()}
+                if self._stop.read_fd in ready:
+                    return
+                try:
+                    connection, _ = self._listener.accept()
+                except OSError as error:
+                    log.warning("bulk lane: accept failed: %s", error)
+                    continue
+                threading.Thread(target=self._serve, args=(connection,), name="bulk-serve",
+                                 daemon=True).start()
+
+    def _serve(self, connection: socket.socket) -> None:
+        offer = None
+        with connection:
+            try:
+                _blocking_with_timeout(connection, IO_TIMEOUT)
+                token = _read_exactly(connection, TOKEN_BYTES)
+                with self._lock:
+                    offer = self._offers.pop(token, None)
+                    if offer is not None:
+                        self._sending += 1
+                if offer is None:
+                    connection.sendall(UNKNOWN)
+                    return
+                connection.sendall(FOUND)
+                for frame in offer.frames:
+                    connection.sendall(frame)   # releases the GIL while the kernel copies
+            except (OSError, ValueError) as error:
+                if offer is None:  # the asking side reports its own failures
+                    log.debug("bulk lane: a connection from %s ended before it named an "
+                              "offer: %s", _peer(connection), error)
+                    return
+                log.warning("bulk lane: sending %d frames to %s failed (%s): they go over "
+                            "ZeroMQ", len(offer.frames), offer.address, error)
+                with self._lock:
+                    self._unsent.append(offer)
+                self._wake.wake()
+            finally:
+                if offer is not None:
+                    with self._taken:
+                        self._sending -= 1
+                        self._taken.notify_all()
+
+
+class BulkFetcher:
+    """Fetches offers on a small thread pool; what it read waits in ``done`` for the loop."""
+
+    def __init__(self, wake: WakePipe) -> None:
+        self._wake = wake
+        self._pool = ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="bulk-fetch")
+        # (source, entries, frames or None, error, bytes, seconds)
+        self.done: queue.SimpleQueue[tuple[str, list[Any], list[memoryview] | None, str,
+                                           int, float]] = queue.SimpleQueue()
+
+    def fetch(self, source: str, entries: list[Any], address: str, token: bytes,
+              sizes: Sequence[int]) -> None:
+        self._pool.submit(self._fetch, source, entries, address, token, list(sizes))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _fetch(self, source: str, entries: list[Any], address: str, token: bytes,
+               sizes: list[int]) -> None:
+        start = time.perf_counter()
+        try:
+            frames = fetch_frames(address, token, sizes)
+            error = ""
+        except Exception as failure:  # whatever it is, the loop must hear of it
+            frames, error = None, str(failure) or type(failure).__name__
+        self.done.put((source, entries, frames, error, sum(sizes),
+                       time.perf_counter() - start))
+        self._wake.wake()
+
+
+def fetch_frames(address: str, token: bytes, sizes: Sequence[int],
+                 timeout: float = IO_TIMEOUT) -> list[memoryview]:
+    """The frames offered under ``token`` at ``address`` (``tcp://HOST:PORT``), read-only
+    like ZeroMQ's. Raises OSError (refused, reset, stalled) or ValueError (unknown token,
+    short read, bad address)."""
+    host, _, port = address.removeprefix("tcp://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"bad bulk address {address!r}")
+    with socket.create_connection((host, int(port)), timeout=timeout) as connection:
+        _blocking_with_timeout(connection, timeout)
+        connection.sendall(token)
+        if _read_exactly(connection, 1) != FOUND:
+            raise ValueError("the holder does not know the token (the offer expired or "
+                             "went over ZeroMQ)")
+        frames = []
+        for size in sizes:
+            buffer = _fresh_buffer(size) if size >= MMAP_BYTES else bytearray(size)
+            view = memoryview(buffer)
+            _read_into(connection, view)
+            frames.append(view.toreadonly())
+        return frames
+
+
+def _fresh_buffer(size: int) -> ReceivedBuffer:
+    """Private anonymous memory in huge pages where the kernel allows (as NumPy's own
+    big arrays): a fault per 4 KiB page when recv_into first writes it took half the
+    receiver's time. Private: shared anonymous memory gets no huge pages. Its pages
+    are not touched before the read (bytearray(size) would zero-fill them first)."""
+    buffer = ReceivedBuffer(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    advice = getattr(mmap, "MADV_HUGEPAGE", None)
+    if advice is not None:
+        try:
+            buffer.madvise(advice)
+        except OSError:  # a kernel without transparent huge pages
+            pass
+    return buffer
+
+
+def _blocking_with_timeout(connection: socket.socket, timeout: float) -> None:
+    """Blocking mode with the kernel's send and receive timeouts: Python's own timeout
+    polls before every recv and send, which cost a quarter of the bandwidth."""
+    connection.settimeout(None)
+    seconds = int(timeout)
+    value = struct.pack("ll", seconds, int((timeout - seconds) * 1e6))
+    connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
+    connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
+
+
+def _read_into(connection: socket.socket, view: memoryview) -> None:
+    filled, size = 0, len(view)
+    while filled < size:
+        # MSG_WAITALL: one system call fills the buffer (the kernel waits for the data),
+        # not one per packet burst: 10-20 % more bandwidth for 100 MB.
+        n = connection.recv_into(view[filled:], 0, socket.MSG_WAITALL)
+        if n == 0:
+            raise ValueError(f"short read: the holder closed after {filled} of {size} bytes")
+        filled += n
+
+
+def _read_exactly(connection: socket.socket, size: int) -> bytes:
+    buffer = bytearray(size)
+    _read_into(connection, memoryview(buffer))
+    return bytes(buffer)
+
+
+def _peer(connection: socket.socket) -> str:
+    try:
+        host, port = connection.getpeername()[:2]
+        return f"{host}:{port}"
+    except OSError:
+        return "a peer"

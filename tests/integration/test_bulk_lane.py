@@ -1,0 +1,166 @@
+"""The bulk lane between real workers: a big result crosses on it intact and a small one
+on ZeroMQ; a holder lost between its offer and the fetch leaves no hang (the broker
+recomputes, the receiver goes on); with a secret file there is no lane at all.
+
+Placement is forced: the data is made while one worker runs, then a task type that only
+a newcomer provides (``my/histogram``, ``--extension my_count``) needs it there."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from hyperloom.client import tasks
+
+from ..conftest import data_port, loom_program, wait_until
+
+EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "..", "examples")
+sys.path.insert(0, EXAMPLES)
+from my_count import histogram  # noqa: E402
+
+BIG = 40_000_000          # one 40 MB frame: above the lane's 32 MiB
+SMALL = 1_000_000
+
+
+@tasks.py_task(n_direct_args=1)
+def pattern(n):
+    """Every byte value in turn: a histogram shows each one n / 256 times."""
+    return bytes(range(256)) * (n // 256)
+
+
+def expected(n):
+    return {bytes([b]): n // 256 for b in range(256)}
+
+
+def worker_log(cluster, index):
+    with open(os.path.join(cluster.log_dir, f"worker-{index}.log")) as f:
+        return f.read()
+
+
+@pytest.fixture
+def extension_path(monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", os.path.abspath(EXAMPLES) + os.pathsep
+                       + os.environ.get("PYTHONPATH", ""))
+
+
+def held_then_newcomer(make_cluster, **options):
+    """A cluster whose first worker holds a small and a big pattern, and a second worker
+    that alone runs my/histogram: ``(cluster, client, small, big, newcomer)``."""
+    cluster = make_cluster(workers=1, cpus=1, log_level="debug", **options)
+    client = cluster.client()
+    small, big = client.submit([pattern(SMALL), pattern(BIG)])
+    client.wait([small, big])
+    newcomer = cluster.add_worker(extra_args=("--extension", "my_count"))
+    cluster.wait_for_workers(2)
+    return cluster, client, small, big, newcomer
+
+
+def lane_lines(text):
+    return [line for line in text.splitlines() if "bulk lane" in line]
+
+
+@pytest.mark.timeout(120)
+def test_a_big_result_crosses_on_the_bulk_lane_and_a_small_one_on_zeromq(make_cluster,
+                                                                         extension_path):
+    cluster, client, small, big, _ = held_then_newcomer(make_cluster)
+    assert client.submit_one(histogram(small)).gather() == expected(SMALL)
+    assert lane_lines(worker_log(cluster, 0)) == []    # 1 MB: over ZeroMQ
+    assert client.submit_one(histogram(big)).gather() == expected(BIG)
+    assert "offered 1 objects (40000000 bytes) to tcp://" in worker_log(cluster, 0)
+    fetched = lane_lines(worker_log(cluster, 1))
+    assert len(fetched) == 1 and "fetched 1 objects (40000000 bytes) from tcp://" in fetched[0]
+    received = sum(w["bytes_received"] for w in client.info()["workers"])
+    assert received >= BIG                              # the broker counts it as before
+
+
+def receive_queue(port):
+    """Bytes waiting unread in the kernel on the established connections to ``port``."""
+    waiting = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
+                waiting += int(fields[4].split(":")[1], 16)
+    return waiting
+
+
+@pytest.mark.allow_crash
+@pytest.mark.timeout(120)
+def test_a_holder_lost_between_offer_and_fetch(make_cluster, extension_path):
+    """The receiver is stopped while the holder offers, the holder is killed once the
+    offer sits in the receiver's socket, then the receiver goes on: its fetch is refused,
+    it logs that and stays healthy, and the broker recomputes the data, as for any data
+    lost with its worker."""
+    cluster, client, small, big, receiver = held_then_newcomer(
+        make_cluster, broker_args=("--heartbeat-misses", "60"))
+    assert client.submit_one(histogram(small)).gather() == expected(SMALL)  # channel open
+    holder = cluster.workers[0]
+    port = data_port(receiver, client)
+    os.kill(receiver.pid, signal.SIGSTOP)
+    try:
+        future = client.submit_one(histogram(big))
+        wait_until(lambda: "offered 1 objects" in worker_log(cluster, 0), timeout=20,
+                   message="the holder to offer the big object")
+        wait_until(lambda: receive_queue(port) > 0, timeout=10,
+                   message="the offer to reach the receiver's socket")
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait(10)
+        wait_until(lambda: client.get_stats()["n_workers"] == 1, timeout=20,
+                   message="the broker to count the holder lost")
+    finally:
+        os.kill(receiver.pid, signal.SIGCONT)
+    assert future.gather() == expected(BIG)
+    log = worker_log(cluster, 1)
+    assert "bulk lane: fetching 1 objects (40000000 bytes) from tcp://" in log, log[-3000:]
+    assert receiver.poll() is None
+    assert client.submit_one(histogram(small)).gather() == expected(SMALL)
+
+
+@pytest.fixture
+def secret(tmp_path):
+    path = tmp_path / "cluster.secret"
+    subprocess.run([*loom_program("loom-keygen"), str(path)], check=True,
+                   capture_output=True)
+    return str(path)
+
+
+@pytest.mark.timeout(120)
+def test_with_a_secret_file_there_is_no_lane(make_cluster, extension_path, secret):
+    """The lane is plain TCP: with CURVE every byte stays on the encrypted channels."""
+    cluster, client, _, big, newcomer = held_then_newcomer(make_cluster, secret_file=secret)
+    assert client.submit_one(histogram(big)).gather() == expected(BIG)
+    assert lane_lines(worker_log(cluster, 0)) == lane_lines(worker_log(cluster, 1)) == []
+    assert sum(w["bytes_received"] for w in client.info()["workers"]) >= BIG
+    assert data_port(newcomer, client)   # one listening port the broker knows (no lane)
+
+
+@pytest.mark.timeout(120)
+def test_a_retiring_worker_hands_its_big_data_over_the_lane(make_cluster, tmp_path):
+    """Retiring, a worker copies what only it holds to the others and exits; its offers
+    must be fetched before it goes (it waits for them as ZeroMQ lingers), or the copies
+    the broker counts delivered would be lost and recomputed."""
+    counter = tmp_path / "runs"
+    cluster = make_cluster(workers=1, cpus=1, log_level="debug")
+    client = cluster.client()
+    retiring = cluster.add_worker(extra_args=("--lifetime", "3"))
+    cluster.wait_for_workers(2)
+    big = [tasks.run(["sh", "-c", f"echo {i} >> {counter}; head -c {BIG} /dev/zero"])
+           for i in range(4)]
+    futures = client.submit(big)
+    client.wait(futures)
+    held = {w["id"]: w["bytes_held"] for w in client.info()["workers"]}
+    assert all(held.values()), f"both workers hold results: {held}"
+    wait_until(lambda: client.get_stats()["n_workers"] == 1, timeout=30,
+               message="the worker with a 3 s lifetime to retire")
+    assert retiring.wait(timeout=30) == 0
+    sizes = client.gather(client.submit([tasks.size(f) for f in futures]))
+    assert [int.from_bytes(size, "little") for size in sizes] == [BIG] * 4
+    assert len(counter.read_text().splitlines()) == 4, "no result was recomputed"
+    assert "on the bulk lane" in worker_log(cluster, 0)
