@@ -60,6 +60,7 @@ class BrokerLink:
     last_usage: float
     last_broker_message: float
     last_sent: float
+    broker_address: str
     _children: list[psutil.Process]
     _children_listed: float
 
@@ -83,6 +84,7 @@ class BrokerLink:
                     # Nothing is sent until a broker takes this worker again: libzmq would
                     # queue it and deliver it before the RejoinWorker.
                     self.rejoin_as, self.core.worker_id = self.core.worker_id, None
+                    self._reopen_broker_socket()
             elif event["event"] == zmq.EVENT_CONNECTED and self.disconnected_since is not None:
                 # A TCP connection, not yet a broker that accepts us: the timer
                 # stops only at Welcome (a refused handshake reconnects in a loop).

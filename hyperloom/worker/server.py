@@ -96,22 +96,13 @@ class WorkerServer(BrokerLink):
         self.authenticator = None
         if self.keys is not None:
             self.authenticator = security.start_authenticator(self.context, self.keys, log)
-        self.dealer = self.context.socket(zmq.DEALER)
-        if self.keys is not None:
-            security.secure_client(self.dealer, self.keys)
-        self.dealer.setsockopt(zmq.LINGER, 0)
-        self.dealer.setsockopt(zmq.SNDHWM, 0)
-        self.dealer.setsockopt(zmq.RCVHWM, 0)
-        interval_ms = int(config.heartbeat_interval * 1000)
-        self.dealer.setsockopt(zmq.HEARTBEAT_IVL, interval_ms)
-        self.dealer.setsockopt(zmq.HEARTBEAT_TIMEOUT, interval_ms * 5)
+        self.poller = zmq.Poller()
+        self._open_broker_socket()
         self.channels = DataChannels(self.context, host, self.keys, self.registry.data_types,
                                      bulk=config.bulk)
         self.core = WorkerCore(config.cpus)
         self.executor = Executor(self.registry, config.cpus, self.work_dir, config.pin,
                                  list(config.core_ids) or _core_ids(config.cpus))
-        self.monitor = self.dealer.get_monitor_socket(
-            zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
         self.disconnected_since = None
         self.tracer = None
         self.process = psutil.Process()
@@ -127,18 +118,42 @@ class WorkerServer(BrokerLink):
         self.retire_at = time.monotonic() + config.lifetime if config.lifetime else None
         self.last_broker_message = time.monotonic()
         self.last_sent = 0.0
+        self.broker_address = f"tcp://{config.broker_host}:{config.broker_port}"
 
     # ------------------------------------------------------------ lifecycle
 
+    def _open_broker_socket(self):
+        """The DEALER to the broker, its connection monitor, both polled by the loop."""
+        self.dealer = self.context.socket(zmq.DEALER)
+        if self.keys is not None:
+            security.secure_client(self.dealer, self.keys)
+        self.dealer.setsockopt(zmq.LINGER, 0)
+        self.dealer.setsockopt(zmq.SNDHWM, 0)
+        self.dealer.setsockopt(zmq.RCVHWM, 0)
+        interval_ms = int(self.config.heartbeat_interval * 1000)
+        self.dealer.setsockopt(zmq.HEARTBEAT_IVL, interval_ms)
+        self.dealer.setsockopt(zmq.HEARTBEAT_TIMEOUT, interval_ms * 5)
+        self.monitor = self.dealer.get_monitor_socket(
+            zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+        self.poller.register(self.dealer, zmq.POLLIN)
+        self.poller.register(self.monitor, zmq.POLLIN)
+
+    def _reopen_broker_socket(self):
+        """The connection dropped: a new DEALER. libzmq would deliver what the old one
+        still queued (reports sent before the loss was seen) to the next broker ahead
+        of the RejoinWorker, which that broker refuses; the rejoin carries them."""
+        for socket in (self.dealer, self.monitor):
+            self.poller.unregister(socket)
+            socket.close(linger=0)
+        self._open_broker_socket()
+        self.dealer.connect(self.broker_address)
+
     def run(self):
-        address = f"tcp://{self.config.broker_host}:{self.config.broker_port}"
-        self.dealer.connect(address)
+        self.dealer.connect(self.broker_address)
         self._hello()
         log.info("worker started: %d cpus, data at %s, broker %s", self.config.cpus,
-                 self.channels.address, address)
-        poller = zmq.Poller()
-        poller.register(self.dealer, zmq.POLLIN)
-        poller.register(self.monitor, zmq.POLLIN)
+                 self.channels.address, self.broker_address)
+        poller = self.poller
         poller.register(self.channels.pull, zmq.POLLIN)
         poller.register(self.executor.wake_read, zmq.POLLIN)
         bulk_wake = self.channels.wake.read_fd if self.channels.wake is not None else None
