@@ -120,17 +120,18 @@ class Client(BrokerConnection, Releases):
         for task_id in result_ids:
             builder.mark_result(task_id)
         self.submit_id = builder.next_id
-        futures = self.futures
-        created = {}
-        for task_id in result_ids:
-            future = Future(self, task_id)
-            futures[task_id] = future
-            created[task_id] = future
-        released = self._take_releases()   # they go with the first chunk
-        for chunk in builder.chunks(SUBMIT_CHUNK):
-            self._send(protocol.encode(protocol.SUBMIT, *chunk, bool(load), chunk.more,
-                                       released))
-            released = []
+        created = {task_id: Future(self, task_id) for task_id in result_ids}
+        # The futures join the table the broker's answers go to once the plan is sent,
+        # under the socket's lock: a re-attach (session.py) in between, here or on the
+        # release timer's thread, would name them to a restarted broker that never got
+        # them, which fails them as unknown.
+        with self._lock:
+            released = self._take_releases()   # they go with the first chunk
+            for chunk in builder.chunks(SUBMIT_CHUNK):
+                self._send(protocol.encode(protocol.SUBMIT, *chunk, bool(load), chunk.more,
+                                           released))
+                released = []
+            self.futures.update(created)
         return [created[task_id] for task_id in roots]
 
     def submit_one(self, task, load: bool = False) -> Future:

@@ -267,3 +267,21 @@ def test_a_broker_that_does_not_come_back_ends_the_wait_with_connection_lost(pro
     with pytest.raises(ConnectionLost):            # and so does every later wait
         client.wait([future])
     client.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_plan_submitted_as_the_client_sees_the_restart_runs(processes):
+    # The client notices the dropped connection inside the submit's send and
+    # re-attaches there: the new plan's futures must not be among those it tells
+    # the restarted broker it waits on (which never got that plan: "unknown task").
+    processes.start_broker()
+    client = _connect(processes, count=1)
+    assert client.gather([client.submit_one(tasks.const("before"))]) == [b"before"]
+    client.info()                   # sends the gather's release: nothing left to send
+    processes.kill_broker()
+    processes.start_broker()
+    wait_until(lambda: client._monitor.poll(0), timeout=10,
+               message="the client's socket to see the connection drop")
+    future = client.submit_one(tasks.merge((tasks.const("a"), tasks.const("b"))))
+    assert client.gather([future]) == [b"ab"]
+    client.close()
