@@ -14,7 +14,6 @@ import zmq
 from hyperloom import protocol
 from hyperloom.data import Plain
 from hyperloom.worker.bulk import FOUND, TOKEN_BYTES, BulkServer, WakePipe, fetch_frames
-from hyperloom.worker.transfer import DataChannels
 
 from ..conftest import wait_until
 
@@ -34,26 +33,6 @@ def server():
     for bulk, wake in made:
         bulk.close()
         wake.close()
-
-
-@pytest.fixture
-def context():
-    ctx = zmq.Context()
-    yield ctx
-    ctx.term()
-
-
-@pytest.fixture
-def channels(context):
-    made = []
-
-    def make(**options):
-        made.append(DataChannels(context, "127.0.0.1", **options))
-        return made[-1]
-
-    yield make
-    for channel in made:
-        channel.close()
 
 
 def test_an_offer_is_fetched_once_with_its_token(server):

@@ -4,36 +4,14 @@ broker reports their peer gone."""
 
 import time
 
-import pytest
 import zmq
 
 from hyperloom import protocol
 from hyperloom.data import Plain
-from hyperloom.worker.transfer import DataChannels
 
 from ..conftest import wait_until
 
 MiB = 1024 * 1024
-
-
-@pytest.fixture
-def context():
-    ctx = zmq.Context()
-    yield ctx
-    ctx.term()
-
-
-@pytest.fixture
-def channels(context):
-    made = []
-
-    def make(**options):
-        made.append(DataChannels(context, "127.0.0.1", **options))
-        return made[-1]
-
-    yield make
-    for channel in made:
-        channel.close()
 
 
 def receive_all(receiver, count, sender=None, timeout=20.0):
