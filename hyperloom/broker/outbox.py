@@ -66,6 +66,7 @@ class Outbox:
         self.notices: list[tuple[str, Any]] = []
         self.replies: list[tuple[Any, ...]] = []  # (identity, header frame, *payload frames)
         self.shutdown: list[WorkerRecord] = []  # told Shutdown after every other message
+        # every batch above, for clear() and is_empty()
         self._batches: tuple[Any, ...] = (
             self.compute, self.sends, self.uploads, self.cancel, self.steal, self.remove,
             self.peers_gone, self.finished, self.progressed, self.failed, self.data_errors,
@@ -97,11 +98,7 @@ class Outbox:
             ids.append(data_id)
 
     def is_empty(self) -> bool:
-        return not (self.compute or self.sends or self.uploads or self.cancel or self.steal
-                    or self.remove or self.peers_gone or self.finished or self.progressed
-                    or self.failed or self.data_errors or self.data_inline or self.pushed
-                    or self.refused
-                    or self.errors or self.replies or self.shutdown)
+        return not any(self._batches)   # (peers_gone_to only names who gets peers_gone)
 
 
 def messages(out: Outbox) -> Iterator[Message]:

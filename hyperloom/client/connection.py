@@ -213,34 +213,33 @@ class BrokerConnection:
 
     def _on_data(self, request, objects, frames):
         replies = self._replies.get(request)
-        position = 1
-        small = data.KIND_SMALL
-        for entry in objects:
-            task_id, meta = entry[0], entry[1]
-            if meta is None:
-                outcome = (None, entry[2])
-            elif meta[0] == small:  # the common case, without building a data object
-                outcome = (meta[1], None)
-            else:
-                obj, position = data.decode(meta, frames, position)
-                outcome = (obj.to_python(), None)
-            if replies is not None and (outcome[1] is None or task_id not in replies):
-                replies[task_id] = outcome  # (a re-sent fetch's error never hides a value)
+        for task_id, value, error in _values(objects, frames):
+            if replies is not None and (error is None or task_id not in replies):
+                replies[task_id] = (value, error)  # (a re-sent fetch's error never hides a value)
 
     def _on_results(self, objects, frames):
         """Values of small results, sent as they finished: the futures finish with them,
         and a later gather or fetch returns them without asking the broker."""
         futures = self.futures
-        position = 1
-        small = data.KIND_SMALL
-        for task_id, meta in objects:
-            if meta[0] == small:
-                value = meta[1]
-            else:
-                obj, position = data.decode(meta, frames, position)
-                value = obj.to_python()
+        for task_id, value, _ in _values(objects, frames):
             future = futures.pop(task_id, None)
             if future is not None and future.remote_status == RUNNING:
                 future._result = value
                 future._has_result = True
                 future.remote_status = FINISHED
+
+
+def _values(objects, frames):
+    """``(id, value, error)`` of each DataEntry of a Data or Results message; the objects'
+    frames follow the header (``frames[0]``) in entry order."""
+    position = 1
+    small = data.KIND_SMALL
+    for entry in objects:
+        task_id, meta = entry[0], entry[1]
+        if meta is None:
+            yield task_id, None, entry[2]
+        elif meta[0] == small:  # the common case, without building a data object
+            yield task_id, meta[1], None
+        else:
+            obj, position = data.decode(meta, frames, position)
+            yield task_id, obj.to_python(), None
