@@ -436,11 +436,18 @@ def name_of(code: int) -> str:
 
 def valid_data_address(address: str) -> bool:
     """A worker's data address must be ``tcp://HOST:PORT``: peers connect to it."""
+    return host_and_port(address) is not None
+
+
+def host_and_port(address: str) -> tuple[str, int] | None:
+    """``(HOST, PORT)`` of ``tcp://HOST:PORT``; None if ``address`` is not of that form."""
     if not address.startswith("tcp://"):
-        return False
+        return None
     host, _, port = address[6:].rpartition(":")
-    return bool(host) and port.isdigit() and 0 < int(port) < 65536 \
-        and not any(c.isspace() for c in host)
+    if not host or not port.isdigit() or not 0 < int(port) < 65536 \
+            or any(c.isspace() for c in host):
+        return None
+    return host, int(port)
 
 
 def local_id(task_id: int) -> int:

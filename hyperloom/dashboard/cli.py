@@ -29,10 +29,12 @@ def read_scheduler_file(path: str) -> tuple[str, int]:
         raise ValueError(f"scheduler file {path} is not JSON: {error}") from None
     if not isinstance(info, dict):
         raise ValueError(f"scheduler file {path} does not hold a JSON object")
+    address = info.get("address")
+    where = protocol.host_and_port(address) if isinstance(address, str) else None
     if "host" in info and "port" in info:
         host, port = info["host"], info["port"]
-    elif isinstance(info.get("address"), str) and protocol.valid_data_address(info["address"]):
-        host, _, port = info["address"][len("tcp://"):].rpartition(":")
+    elif where is not None:
+        host, port = where
     else:
         raise ValueError(f"scheduler file {path} has neither \"host\" and \"port\" nor an "
                          f"\"address\" of the form tcp://HOST:PORT")

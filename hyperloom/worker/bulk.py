@@ -42,7 +42,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from .. import data
+from .. import data, protocol
 
 log = logging.getLogger("hyperloom.worker")
 
@@ -274,10 +274,10 @@ def fetch_frames(address: str, token: bytes, sizes: Sequence[int],
     """The frames offered under ``token`` at ``address`` (``tcp://HOST:PORT``), read-only
     like ZeroMQ's. Raises OSError (refused, reset, stalled) or ValueError (unknown token,
     short read, bad address)."""
-    host, _, port = address.removeprefix("tcp://").rpartition(":")
-    if not host or not port.isdigit():
+    where = protocol.host_and_port(address)
+    if where is None:
         raise ValueError(f"bad bulk address {address!r}")
-    with socket.create_connection((host, int(port)), timeout=timeout) as connection:
+    with socket.create_connection(where, timeout=timeout) as connection:
         _blocking_with_timeout(connection, timeout)
         connection.sendall(token)
         if _read_exactly(connection, 1) != FOUND:

@@ -37,6 +37,7 @@ from .bulk import (BULK_BYTES, OFFER_TIMEOUT, TOKEN_BYTES, BulkFetcher, BulkServ
 log = logging.getLogger("hyperloom.worker")
 
 PUSH_HWM = 1000        # messages ZeroMQ may queue towards one peer
+SMALL_PUSH_BYTES = 65536  # pushes smaller than this are copied into ZeroMQ, not tracked
 PUSHER_IDLE = 60.0     # seconds without a push before the connection to a peer is closed
 
 
@@ -125,7 +126,8 @@ class DataChannels:
                 sizes)], True))
             return
         header = protocol.encode(protocol.PUSH_DATA, self.address, entries)
-        self._enqueue(peer, address, ([header, *frames], len(frames) == 0 or _small(frames)))
+        # zmq copies small frames faster than it tracks zero-copy ones
+        self._enqueue(peer, address, ([header, *frames], sum(sizes) < SMALL_PUSH_BYTES))
 
     def _enqueue(self, peer: _Peer, address: str,
                  message: tuple[list[data.BytesLike], bool]) -> None:
@@ -270,7 +272,3 @@ def _send(socket: zmq.Socket[bytes], message: tuple[list[data.BytesLike], bool])
         return False
     return True
 
-
-def _small(frames: list[data.BytesLike]) -> bool:
-    # zmq copies small frames faster than it tracks zero-copy ones.
-    return sum(len(f) for f in frames) < 65536
