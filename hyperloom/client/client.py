@@ -6,6 +6,8 @@ the submit or gather path costs what it did when all was written here):
 - connection.py: the one DEALER socket (used by one thread at a time under
   ``_lock``), the handshake, and the handling of what the broker sends, processed
   whenever a call waits;
+- waiting.py: ``wait``, ``fetch``, ``gather`` and ``as_completed``, which look at
+  the futures that changed since their last wake-up;
 - releases.py: ``release()`` is sent at once; releases noted by garbage-collected
   futures (``Future.__del__`` does no socket I/O) are sent on the client's next
   wake-up inside a call, or by a small timer thread while the client is idle, so
@@ -26,10 +28,10 @@ import zmq
 
 from .. import protocol
 from ..errors import LoomError
+from .waiting import FutureChanges, Waiting
 from .connection import BrokerConnection
-from .future import CANCELED, FAILED, FINISHED, RELEASED, RUNNING, Future
+from .future import Future
 from .plan import PlanBuilder
-from .progress import ProgressBar
 from .releases import Releases, release_timer
 
 CONNECT_TIMEOUT = 30.0
@@ -38,7 +40,7 @@ CONNECT_TIMEOUT = 30.0
 SUBMIT_CHUNK = 20000
 
 
-class Client(BrokerConnection, Releases):
+class Client(BrokerConnection, Releases, Waiting):
     """A connection to a broker. ``Client()`` with no address starts a local cluster.
 
     ``dashboard=True`` starts loom-dashboard too (with the local cluster, or against the
@@ -73,6 +75,7 @@ class Client(BrokerConnection, Releases):
         self._pending_release: deque[int] = deque()
         self._lock = threading.RLock()   # whoever uses the socket holds it
         self._replies: dict[int, Any] = {}
+        self._changes = FutureChanges()   # what waiting calls look at (changes.py)
         self._next_request = 1
         self._closed = False
         self._timer = None
@@ -138,140 +141,6 @@ class Client(BrokerConnection, Releases):
         return self.submit((task,), load)[0]
 
     # ------------------------------------------------------------ wait / fetch
-
-    def wait(self, futures, progress: bool = False):
-        """Block until every future is finished; raise TaskFailed if one failed.
-
-        ``progress=True`` shows a progress bar of this client's finished / submitted tasks.
-        """
-        futures = list(futures)
-        self._flush_releases()
-        pending = [f for f in futures if f.remote_status == RUNNING]
-        bar = ProgressBar(self) if progress else None
-        try:
-            while pending:
-                self._process_events()
-                pending = [f for f in pending if f.remote_status == RUNNING]
-                if bar is not None:
-                    bar.update()
-        finally:
-            if bar is not None:
-                bar.close()
-        for future in futures:
-            self._raise_if_unusable(future)
-
-    def wait_one(self, future):
-        self.wait((future,))
-
-    def fetch(self, futures):
-        """Download results (they stay on the workers). Order as given."""
-        return self._download(list(futures), release=False)
-
-    def fetch_one(self, future):
-        return self.fetch((future,))[0]
-
-    def gather(self, futures, progress: bool = False):
-        """Download results and release them from the workers."""
-        futures = list(futures)
-        if progress:
-            self.wait([f for f in futures if not f._has_result], progress=True)
-        return self._download(futures, release=True)
-
-    def gather_one(self, future):
-        return self.gather((future,))[0]
-
-    def _download(self, futures, release):
-        self._check_open()
-        missing = {}
-        for future in futures:
-            if future._has_result:
-                continue
-            self._raise_if_unusable(future)
-            missing[future._id] = future
-        released = set()
-        if missing:
-            self._flush_releases()
-            released = self._collect(missing, release)
-        if release:
-            # Values the client had (most came with Results, unasked): their releases
-            # go with the next message to the broker (or the release timer's), not
-            # as a message of their own on the way back from gather.
-            for future in futures:
-                if future._has_result and future._id not in released and future.active():
-                    self._note_release(future)
-        for future in futures:
-            if future.remote_status == FAILED:
-                raise future.error
-        return [future._result for future in futures]
-
-    def _collect(self, missing, release):
-        """Wait for the values of ``missing`` futures; the ids the broker released.
-
-        Small results come unasked as they finish (Results). The others are fetched
-        once the client knows they finished (at once if it already does), with one
-        Fetch per wake-up, so that big values travel while other tasks still run.
-        Asking before a task finished would cost every round trip a message.
-        """
-        requests = []      # numbers of the Fetches sent
-        asked = set()
-        released = set()
-        pending = list(missing.values())
-        try:
-            while True:
-                for request in requests:
-                    self._take_replies(self._replies[request], missing, release, released)
-                pending = [f for f in pending if not f._has_result and f.remote_status != FAILED]
-                if not pending:
-                    return released
-                ask = [f._id for f in pending
-                       if f.remote_status == FINISHED and f._id not in asked]
-                if ask:
-                    request = self._request_number()
-                    requests.append(request)
-                    asked.update(ask)
-                    self._replies[request] = {}
-                    self._fetching[request] = (ask, release)
-                    self._send(protocol.encode(protocol.FETCH, request, ask, release))
-                self._process_events()
-        finally:
-            for request in requests:
-                del self._replies[request]
-                del self._fetching[request]
-
-    def _take_replies(self, replies, missing, release, released):
-        """Fetched values and errors (Data) into their futures."""
-        while replies:
-            task_id, (value, error) = replies.popitem()
-            future = missing[task_id]
-            if error is not None:
-                if future.remote_status != FAILED:  # a refusal that came first explains more
-                    self._set_failed(future, error)
-            elif not future._has_result:
-                future._result = value
-                future._has_result = True
-                if release:
-                    future.remote_status = RELEASED  # the broker released it with the fetch
-                    released.add(task_id)
-                elif future.remote_status == RUNNING:  # the value says it finished
-                    future.remote_status = FINISHED
-                self.futures.pop(task_id, None)  # its TasksFinished may be left out
-
-    def as_completed(self, futures):
-        """Yield futures as they finish (already finished ones first)."""
-        pending = list(futures)
-        while pending:
-            still = []
-            for future in pending:
-                self._raise_if_unusable(future)
-                if future.remote_status == RUNNING:
-                    still.append(future)
-                else:
-                    yield future
-            pending = still
-            if pending:
-                self._process_events()
-
-    # ------------------------------------------------------------ other requests
 
     def get_stats(self) -> dict:
         """``n_workers``, ``n_data_objects`` (finished results held), ``n_tasks``."""
@@ -354,14 +223,6 @@ class Client(BrokerConnection, Releases):
     def _check_open(self):
         if self._closed:
             raise LoomError("the client is closed")
-
-    def _raise_if_unusable(self, future):
-        if future.client is not self:
-            raise LoomError(f"{future!r} belongs to another client")
-        if future.remote_status == FAILED:
-            raise future.error
-        if future.remote_status in (RELEASED, CANCELED) and not future._has_result:
-            raise LoomError(f"{future!r} was released; its result is gone")
 
 
 @contextlib.contextmanager

@@ -22,6 +22,7 @@ from zmq.utils.monitor import recv_monitor_message
 from .. import data, protocol, security
 from ..frames import has_message, recv_frames
 from ..errors import ConnectionLost, LoomError, TaskFailed
+from .waiting import FutureChanges
 from .future import FAILED, FINISHED, RUNNING
 from .releases import RELEASE_INTERVAL
 from .session import reattach
@@ -39,6 +40,7 @@ class BrokerConnection:
     server_address: str
     server_port: int
     futures: dict[int, Future]
+    _changes: FutureChanges
     progress: tuple[int, int]
     _context: zmq.Context
     _lock: threading.RLock
@@ -128,6 +130,7 @@ class BrokerConnection:
 
     def _set_failed(self, future, error):
         future.remote_status = FAILED
+        self._changes.note(future._id)
         if isinstance(error, list):
             failed_id, worker, message = error
             future.error = TaskFailed(protocol.local_id(failed_id), worker, message)
@@ -180,10 +183,12 @@ class BrokerConnection:
         futures = self.futures
         if code == protocol.TASKS_FINISHED:
             self.progress = (fields[1], fields[2])
+            note = self._changes.note
             for task_id in fields[0]:
                 future = futures.pop(task_id, None)
                 if future is not None and future.remote_status == RUNNING:
                     future.remote_status = FINISHED
+                    note(task_id)
         elif code == protocol.RESULTS:
             self.progress = (fields[1], fields[2])
             self._on_results(fields[0], frames)
@@ -221,12 +226,14 @@ class BrokerConnection:
         """Values of small results, sent as they finished: the futures finish with them,
         and a later gather or fetch returns them without asking the broker."""
         futures = self.futures
+        note = self._changes.note
         for task_id, value, _ in _values(objects, frames):
             future = futures.pop(task_id, None)
             if future is not None and future.remote_status == RUNNING:
                 future._result = value
                 future._has_result = True
                 future.remote_status = FINISHED
+                note(task_id)
 
 
 def _values(objects, frames):

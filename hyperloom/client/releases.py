@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from .. import protocol
 from ..errors import LoomError
+from .waiting import FutureChanges
 from .future import CANCELED, RELEASED
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ RELEASE_INTERVAL = 0.2
 class Releases:
     # given their values by Client.__init__ (client.py)
     futures: dict[int, Future]
+    _changes: FutureChanges
     _pending_release: deque[int]
     _lock: threading.RLock
     _closed: bool
@@ -53,6 +55,7 @@ class Releases:
             return
         self.futures.pop(future._id, None)
         future.remote_status = RELEASED
+        self._changes.note(future._id)  # a call waiting for it stops waiting
         self._pending_release.append(future._id)
 
     def _release_later(self, future):
