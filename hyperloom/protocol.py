@@ -19,7 +19,7 @@ import msgpack
 
 from .errors import LoomError
 
-PROTOCOL_VERSION = 2   # 2: Results, Submit.release, OfferData (the bulk lane)
+PROTOCOL_VERSION = 2   # 2: Results, Submit.release, OfferData and DeclineOffer (the bulk lane)
 DEFAULT_PORT = 9010
 
 # Task type symbols of the built-in tasks (the original's names).
@@ -331,6 +331,11 @@ MESSAGES = (
              ("sizes", _L)), "none", "nothing; the receiver fetches the frames (sizes in "
             "bytes, in order) from bulk_address with token (see Bulk lane)",
             {"objects": PushedObject, "sizes": int}),
+    Message("DeclineOffer", 52, "worker->worker",
+            (("source", _S), ("token", _B), ("reason", _S)), "none",
+            "PushData of the offer at once; the receiver at source (its data address) could "
+            "not connect to the holder's bulk_address: the holder pushes to it over ZeroMQ "
+            "from then on (see Bulk lane)"),
 )
 
 BY_NAME = {message.name: message for message in MESSAGES}
@@ -371,6 +376,7 @@ TASKS_DONE = BY_NAME["TasksDone"].code
 UPLOADED = BY_NAME["Uploaded"].code
 PUSH_DATA = BY_NAME["PushData"].code
 OFFER_DATA = BY_NAME["OfferData"].code
+DECLINE_OFFER = BY_NAME["DeclineOffer"].code
 RETIRING = BY_NAME["Retiring"].code
 RESUME_CLIENT = BY_NAME["ResumeClient"].code
 REJOIN_WORKER = BY_NAME["RejoinWorker"].code

@@ -40,7 +40,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, NamedTuple
 
 from .. import data, protocol
 
@@ -52,6 +52,10 @@ OFFER_TIMEOUT = 30.0   # seconds an offer waits for its fetch before it goes ove
 TOKEN_BYTES = 16
 FOUND, UNKNOWN = b"\x01", b"\x00"
 IO_TIMEOUT = 30.0      # seconds a bulk connection may stall before it is given up
+# Seconds a receiver tries to connect to a holder's lane: SYN retries come after 1 and
+# 3 s, so this allows for a loaded holder; a firewall that drops the lane's packets
+# costs this once per holder, not OFFER_TIMEOUT per transfer (DeclineOffer).
+CONNECT_TIMEOUT = 10.0
 FETCH_THREADS = 2      # fetches a receiver runs at once
 MMAP_BYTES = 16 * MiB  # frames this big are read into huge pages; smaller: reused heap
 
@@ -77,6 +81,22 @@ class Offer:
         self.entries = entries
         self.frames = frames
         self.expires = expires
+
+
+class Unreachable(OSError):
+    """A receiver could not connect to a holder's lane (refused, filtered, no route)."""
+
+
+class Fetched(NamedTuple):
+    """What a fetch gave, for the loop: the frames, or why there are none."""
+    source: str                      # the holder's data address
+    entries: list[Any]               # the offer's metas
+    token: bytes
+    frames: list[memoryview] | None  # None: the fetch failed
+    error: str                       # why it failed ("" if it did not)
+    unreachable: bool                # it failed to connect: decline the offer
+    size: int                        # bytes offered
+    seconds: float
 
 
 class WakePipe:
@@ -140,6 +160,18 @@ class BulkServer:
             self._offers[token] = Offer(address, entries, frames,
                                         time.monotonic() + self.timeout)
         return token
+
+    def withdraw(self, token: bytes, address: str) -> Offer | None:
+        """The offer under ``token`` to the worker at ``address``, no longer offered (that
+        receiver declined it: it goes over ZeroMQ now); None if there is none (fetched,
+        dropped, sent over ZeroMQ already, or another receiver's)."""
+        with self._taken:
+            offer = self._offers.get(token)
+            if offer is None or offer.address != address:
+                return None
+            del self._offers[token]
+            self._taken.notify_all()
+        return offer
 
     def n_offers(self) -> int:
         return len(self._offers)
@@ -245,9 +277,7 @@ class BulkFetcher:
     def __init__(self, wake: WakePipe) -> None:
         self._wake = wake
         self._pool = ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="bulk-fetch")
-        # (source, entries, frames or None, error, bytes, seconds)
-        self.done: queue.SimpleQueue[tuple[str, list[Any], list[memoryview] | None, str,
-                                           int, float]] = queue.SimpleQueue()
+        self.done: queue.SimpleQueue[Fetched] = queue.SimpleQueue()
 
     def fetch(self, source: str, entries: list[Any], address: str, token: bytes,
               sizes: Sequence[int]) -> None:
@@ -259,13 +289,14 @@ class BulkFetcher:
     def _fetch(self, source: str, entries: list[Any], address: str, token: bytes,
                sizes: list[int]) -> None:
         start = time.perf_counter()
+        frames, error, unreachable = None, "", False
         try:
             frames = fetch_frames(address, token, sizes)
-            error = ""
         except Exception as failure:  # whatever it is, the loop must hear of it
-            frames, error = None, str(failure) or type(failure).__name__
-        self.done.put((source, entries, frames, error, sum(sizes),
-                       time.perf_counter() - start))
+            error = str(failure) or type(failure).__name__
+            unreachable = isinstance(failure, Unreachable)
+        self.done.put(Fetched(source, entries, token, frames, error, unreachable,
+                              sum(sizes), time.perf_counter() - start))
         self._wake.wake()
 
 
@@ -273,11 +304,15 @@ def fetch_frames(address: str, token: bytes, sizes: Sequence[int],
                  timeout: float = IO_TIMEOUT) -> list[memoryview]:
     """The frames offered under ``token`` at ``address`` (``tcp://HOST:PORT``), read-only
     like ZeroMQ's. Raises OSError (refused, reset, stalled) or ValueError (unknown token,
-    short read, bad address)."""
+    short read, bad address); Unreachable if it cannot connect."""
     where = protocol.host_and_port(address)
     if where is None:
         raise ValueError(f"bad bulk address {address!r}")
-    with socket.create_connection(where, timeout=timeout) as connection:
+    try:
+        connection = socket.create_connection(where, timeout=min(timeout, CONNECT_TIMEOUT))
+    except OSError as error:
+        raise Unreachable(f"cannot connect to {address}: {error}") from None
+    with connection:
         _blocking_with_timeout(connection, timeout)
         connection.sendall(token)
         if _read_exactly(connection, 1) != FOUND:

@@ -15,7 +15,10 @@ still waited for it is dropped: the broker has voided those transfers.
 Pushes carrying a frame of at least ``bulk_bytes`` send only their metas over
 ZeroMQ (``OfferData``): the receiver fetches the frames over the plain-TCP bulk
 lane (bulk.py). No lane with CURVE keys (it is not encrypted) nor with
-``bulk=False`` (then this worker still fetches what others offer).
+``bulk=False`` (then this worker still fetches what others offer). A receiver
+that cannot connect to a holder's lane (a firewall that lets the data port
+through but not the lane's) says so (``DeclineOffer``): the holder pushes that
+offer over ZeroMQ at once, and everything else for that receiver too.
 """
 
 from __future__ import annotations
@@ -31,8 +34,8 @@ import zmq
 from .. import data, protocol, security
 from ..data import DataObject, ExtensionData
 from ..security import ClusterKeys
-from .bulk import (BULK_BYTES, OFFER_TIMEOUT, TOKEN_BYTES, BulkFetcher, BulkServer, WakePipe,
-                   frame_bytes)
+from .bulk import (BULK_BYTES, OFFER_TIMEOUT, TOKEN_BYTES, BulkFetcher, BulkServer, Fetched,
+                   Offer, WakePipe, frame_bytes)
 
 log = logging.getLogger("hyperloom.worker")
 
@@ -72,6 +75,7 @@ class DataChannels:
         self.n_waiting = 0     # messages in the backlogs
         self.bulk_bytes = bulk_bytes
         self.n_fetched = 0     # objects that came over the bulk lane (tests, debugging)
+        self.no_lane_to: set[str] = set()   # receivers that cannot reach our lane
         self.wake: WakePipe | None = None       # the loop polls wake.read_fd: fetches done
         self.bulk_server: BulkServer | None = None
         self.fetcher: BulkFetcher | None = None
@@ -117,7 +121,8 @@ class DataChannels:
             meta, _ = data.encode(obj, frames)
             entries.append([data_id, meta])
         sizes = [frame_bytes(f) for f in frames]
-        if self.bulk_server is not None and sizes and max(sizes) >= self.bulk_bytes:
+        if self.bulk_server is not None and sizes and max(sizes) >= self.bulk_bytes \
+                and address not in self.no_lane_to:
             token = self.bulk_server.offer(address, entries, frames)
             log.debug("offered %d objects (%d bytes) to %s on the bulk lane", len(entries),
                       sum(sizes), address)
@@ -142,13 +147,36 @@ class DataChannels:
         if self.bulk_server is None:
             return
         for offer in self.bulk_server.take_unsent(now):
-            peer = self._peers.get(offer.address) or self._connect(offer.address)
-            if peer is None:
-                continue
-            log.info("%d objects offered to %s on the bulk lane go over ZeroMQ",
-                     len(offer.entries), offer.address)
-            header = protocol.encode(protocol.PUSH_DATA, self.address, offer.entries)
-            self._enqueue(peer, offer.address, ([header, *offer.frames], False))
+            self._push_offer(offer)
+
+    def _push_offer(self, offer: Offer) -> None:
+        peer = self._peers.get(offer.address) or self._connect(offer.address)
+        if peer is None:
+            return
+        log.info("%d objects offered to %s on the bulk lane go over ZeroMQ",
+                 len(offer.entries), offer.address)
+        header = protocol.encode(protocol.PUSH_DATA, self.address, offer.entries)
+        self._enqueue(peer, offer.address, ([header, *offer.frames], False))
+
+    def _on_declined(self, source: str, token: bytes, reason: str) -> None:
+        """The receiver at ``source`` cannot connect to this worker's lane: its offer, and
+        every later push to it, go over ZeroMQ."""
+        if source not in self.no_lane_to:
+            log.warning("the worker at %s cannot reach this worker's bulk lane (%s): data "
+                        "for it goes over ZeroMQ from now on", source, reason)
+            self.no_lane_to.add(source)
+        offer = self.bulk_server.withdraw(token, source) if self.bulk_server else None
+        if offer is not None:
+            self._push_offer(offer)
+
+    def _decline(self, fetched: Fetched) -> None:
+        """Tell the holder that its lane is out of reach (see ``_on_declined``)."""
+        peer = self._peers.get(fetched.source) or self._connect(fetched.source)
+        if peer is None:
+            return
+        header = protocol.encode(protocol.DECLINE_OFFER, self.address, fetched.token,
+                                 fetched.error)
+        self._enqueue(peer, fetched.source, ([header], True))
 
     def _connect(self, address: str) -> _Peer | None:
         socket = self.context.socket(zmq.PUSH)
@@ -184,6 +212,7 @@ class DataChannels:
             dropped = self.bulk_server.drop(addresses)
             if dropped:
                 log.info("dropped %d bulk offers: their workers left", dropped)
+        self.no_lane_to -= addresses   # a worker later at the same address may reach it
         for address in addresses:
             peer = self._peers.pop(address, None)
             if peer is None:
@@ -221,6 +250,9 @@ class DataChannels:
                     raise protocol.ProtocolError("OfferData with a bad token or sizes")
                 self.fetcher.fetch(source, entries, address, token, sizes)
                 return source, []
+            if code == protocol.DECLINE_OFFER:
+                self._on_declined(*fields)
+                return fields[0], []
             if code != protocol.PUSH_DATA:
                 raise protocol.ProtocolError(f"{protocol.name_of(code)} on the data channel")
             return fields[0], self._decode(fields[1], frames, 1)
@@ -238,18 +270,21 @@ class DataChannels:
         received = []
         done = self.fetcher.done
         while not done.empty():
-            source, entries, frames, error, size, seconds = done.get()
-            if frames is None:
+            fetched = done.get()
+            source = fetched.source
+            if fetched.frames is None:
                 log.warning("bulk lane: fetching %d objects (%d bytes) from %s failed: %s",
-                            len(entries), size, source, error)
+                            len(fetched.entries), fetched.size, source, fetched.error)
+                if fetched.unreachable:   # the holder may be gone too: then no harm done
+                    self._decline(fetched)
                 continue
             try:
-                objects = self._decode(entries, frames, 0)
+                objects = self._decode(fetched.entries, fetched.frames, 0)
             except Exception as failure:
                 log.warning("dropped malformed data fetched from %s: %s", source, failure)
                 continue
             log.debug("fetched %d objects (%d bytes) from %s on the bulk lane in %.3f s",
-                      len(objects), size, source, seconds)
+                      len(objects), fetched.size, source, fetched.seconds)
             self.n_fetched += len(objects)
             received.append((source, objects))
         return received

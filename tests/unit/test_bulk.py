@@ -13,7 +13,8 @@ import zmq
 
 from hyperloom import protocol
 from hyperloom.data import Plain
-from hyperloom.worker.bulk import FOUND, TOKEN_BYTES, BulkServer, WakePipe, fetch_frames
+from hyperloom.worker.bulk import (FOUND, TOKEN_BYTES, BulkServer, Unreachable, WakePipe,
+                                   fetch_frames)
 
 from ..conftest import wait_until
 
@@ -81,10 +82,18 @@ def test_a_fetch_from_a_holder_that_is_gone_is_refused(server):
     address = bulk.address
     token = bulk.offer("tcp://peer:1", [], [b"z" * MiB])
     bulk.close()
-    with pytest.raises(OSError):
+    with pytest.raises(Unreachable, match="cannot connect to tcp://127.0.0.1:"):
         fetch_frames(address, token, [MiB])
     with pytest.raises(ValueError, match="bad bulk address"):
         fetch_frames("tcp://nowhere", token, [MiB])
+
+
+def test_only_its_receiver_withdraws_an_offer(server):
+    bulk = server()
+    token = bulk.offer("tcp://b:1", [[4, [0]]], [b"w"])
+    assert bulk.withdraw(token, "tcp://c:1") is None and bulk.n_offers() == 1
+    assert bulk.withdraw(token, "tcp://b:1").entries == [[4, [0]]]
+    assert bulk.n_offers() == 0 and bulk.withdraw(token, "tcp://b:1") is None
 
 
 def test_offers_expire_and_are_dropped_for_peers_that_left(server):
@@ -115,10 +124,13 @@ def test_an_offer_whose_sending_fails_goes_back_to_the_loop(server):
     assert [o.entries for o in unsent] == [[[7, [0]]]]
 
 
-def receive_one(receiver, timeout=20.0):
-    """``(source, [(id, bytes)])`` of the next object, over ZeroMQ or the bulk lane."""
+def receive_one(receiver, timeout=20.0, holder=None):
+    """``(source, [(id, bytes)])`` of the next object, over ZeroMQ or the bulk lane (with
+    ``holder``: what comes back to it, such as a DeclineOffer, is handled meanwhile)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        while holder is not None and holder.receive() is not None:
+            pass
         for source, objects in receiver.take_fetched():
             return source, [(i, bytes(obj.data)) for i, obj in objects]
         message = receiver.receive()
@@ -208,3 +220,50 @@ def test_a_malformed_offer_is_dropped_and_logged(channels, context, caplog):
         assert caplog.text.count("OfferData with a bad token or sizes") == 3
     finally:
         push.close(linger=0)
+
+
+def closed_port():
+    """A loopback port nobody listens on: connecting is refused, as through a firewall
+    that rejects the lane's port."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        return listener.getsockname()[1]
+
+
+def test_a_receiver_that_cannot_reach_the_lane_gets_the_data_over_zeromq_at_once(
+        channels, caplog):
+    """The holder's data port is reachable, its lane's is not: the receiver declines
+    the offer, the holder pushes it over ZeroMQ at once (not after its offer timeout,
+    here 300 s), and offers nothing more to that receiver."""
+    a, b = channels(bulk_bytes=MiB, offer_timeout=300.0), channels()
+    a.bulk_server.address = f"tcp://127.0.0.1:{closed_port()}"
+    first, second = b"f" * 2 * MiB, b"s" * 2 * MiB
+    with caplog.at_level(logging.WARNING, logger="hyperloom.worker"):
+        a.push(b.address, [(1, Plain(first))])
+        assert a.bulk_server.n_offers() == 1
+        assert receive_one(b, holder=a) == (a.address, [(1, first)])
+        assert "cannot reach this worker's bulk lane (cannot connect to" in caplog.text
+    assert b.n_fetched == 0 and a.bulk_server.n_offers() == 0
+    assert a.no_lane_to == {b.address}
+    a.push(b.address, [(2, Plain(second))])   # straight over ZeroMQ: no offer
+    assert a.bulk_server.n_offers() == 0
+    assert receive_one(b, holder=a) == (a.address, [(2, second)])
+    assert caplog.text.count("cannot reach this worker's bulk lane") == 1
+    a.close_peers([b.address])   # a new worker at that address may reach the lane
+    assert a.no_lane_to == set()
+
+
+def test_a_decline_for_another_receivers_offer_leaves_it_offered(channels, context):
+    a = channels(bulk_bytes=MiB, offer_timeout=300.0)
+    token = a.bulk_server.offer("tcp://127.0.0.1:9", [[1, [0]]], [b"x" * 2 * MiB])
+    push = context.socket(zmq.PUSH)
+    push.connect(a.address)
+    try:
+        push.send(protocol.encode(protocol.DECLINE_OFFER, "tcp://127.0.0.1:8", token,
+                                  "cannot connect"))
+        wait_until(lambda: a.receive() == ("tcp://127.0.0.1:8", []), timeout=10,
+                   message="the decline to arrive")
+    finally:
+        push.close(linger=0)
+    assert a.bulk_server.n_offers() == 1
+    assert a.no_lane_to == {"tcp://127.0.0.1:8"}
+
