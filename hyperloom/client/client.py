@@ -28,11 +28,11 @@ import zmq
 
 from .. import protocol
 from ..errors import LoomError
-from .waiting import FutureChanges, Waiting
 from .connection import BrokerConnection
 from .future import Future
 from .plan import PlanBuilder
 from .releases import Releases, release_timer
+from .waiting import FutureChanges, Waiting
 
 CONNECT_TIMEOUT = 30.0
 # Tasks per Submit message: the broker checks one chunk while the next is encoded,
@@ -75,7 +75,7 @@ class Client(BrokerConnection, Releases, Waiting):
         self._pending_release: deque[int] = deque()
         self._lock = threading.RLock()   # whoever uses the socket holds it
         self._replies: dict[int, Any] = {}
-        self._changes = FutureChanges()   # what waiting calls look at (changes.py)
+        self._changes = FutureChanges()   # what waiting calls look at (waiting.py)
         self._next_request = 1
         self._closed = False
         self._timer = None

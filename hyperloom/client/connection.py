@@ -22,10 +22,10 @@ from zmq.utils.monitor import recv_monitor_message
 from .. import data, protocol, security
 from ..frames import has_message, recv_frames
 from ..errors import ConnectionLost, LoomError, TaskFailed
-from .waiting import FutureChanges
 from .future import FAILED, FINISHED, RUNNING
 from .releases import RELEASE_INTERVAL
 from .session import reattach
+from .waiting import FutureChanges
 
 if TYPE_CHECKING:
     from .future import Future

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 
 from .. import protocol
 from ..errors import LoomError
-from .waiting import FutureChanges
 from .future import CANCELED, RELEASED
+from .waiting import FutureChanges
 
 if TYPE_CHECKING:
     from .future import Future
