@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 class FutureChanges:
     """Ids of futures that changed while some call waited, in order (see above)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._ids: list[int] = []
         self._first = 0      # the position of _ids[0] in everything ever noted
         self._readers = 0
@@ -212,7 +212,7 @@ class Waiting:
         the others in the order they finish)."""
         cursor = self._open_changes()
         try:
-            pending: dict[int, list] = {}   # a future given twice is yielded twice
+            pending = {}   # id -> the futures given with it (one given twice: twice)
             for future in futures:
                 self._raise_if_unusable(future)
                 if future.remote_status == RUNNING:
