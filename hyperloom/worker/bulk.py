@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import mmap
-import os
 import queue
 import secrets
 import selectors
@@ -43,6 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 from .. import data, protocol
+from .wake import WakePipe
 
 log = logging.getLogger("hyperloom.worker")
 
@@ -97,42 +97,6 @@ class Fetched(NamedTuple):
     unreachable: bool                # it failed to connect: decline the offer
     size: int                        # bytes offered
     seconds: float
-
-
-class WakePipe:
-    """A pipe the loop polls; threads write a byte to wake it (one while it is unread)."""
-
-    def __init__(self) -> None:
-        self.read_fd, self._write_fd = os.pipe()
-        os.set_blocking(self.read_fd, False)
-        os.set_blocking(self._write_fd, False)
-        # A thread that ends after close must not write into a reused descriptor number.
-        self._lock = threading.Lock()
-        self._closed = False
-
-    def wake(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            try:
-                os.write(self._write_fd, b"x")
-            except BlockingIOError:
-                pass  # full: the loop is due to wake anyway
-
-    def drain(self) -> None:
-        try:
-            while os.read(self.read_fd, 4096):
-                pass
-        except BlockingIOError:
-            pass
-
-    def close(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            os.close(self.read_fd)
-            os.close(self._write_fd)
 
 
 class BulkServer:

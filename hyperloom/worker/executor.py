@@ -52,6 +52,7 @@ from ..data import DataObject, File, PyObj
 from .py_wire import SHARED_FRAME_BYTES
 from .run_task import RunDirs, program_of
 from .taskdef import Cancellation, Redirect, TaskContext, TaskError, TaskRegistry
+from .wake import WakePipe
 
 if TYPE_CHECKING:
     from .py_pool import PythonPool
@@ -84,22 +85,19 @@ class Executor:
         self._seconds: dict = {}
         self.run_dirs = RunDirs()
         self.completions: deque[tuple[WorkerTask, DataObject | None, str | None]] = deque()
-        self._wake_pending = False   # a wake-up byte is in the pipe, not yet taken
         # task id -> (WorkerTask, Cancellation) of what runs outside the loop, so that a
         # cancel can stop it; a task leaves when its completion is posted.
         self._running: dict[int, tuple] = {}
         self._running_lock = threading.Lock()
-        self.wake_read, self.wake_write = os.pipe()
-        os.set_blocking(self.wake_read, False)
-        os.set_blocking(self.wake_write, False)
+        self._wake = WakePipe()
+        self.wake_read = self._wake.read_fd   # the loop polls it: completions wait
 
     def close(self) -> None:
         self.threads.shutdown(wait=False, cancel_futures=True)
         if self._python_pool is not None:
             self._python_pool.close()
         self.run_dirs.close()
-        os.close(self.wake_read)
-        os.close(self.wake_write)
+        self._wake.close()
 
     # ------------------------------------------------------------ starting
 
@@ -330,27 +328,11 @@ class Executor:
                 if error is not None:
                     result = None
             self.completions.append((task, result, error))
-        if not done:
-            return
-        # One wake-up per round of the loop, not per completion (a batch of tiny
-        # Python tasks completes together). The loop empties the pipe, then clears
-        # the flag, then takes the completions: one appended before the clearing is
-        # taken, one appended after it sees the flag clear and wakes the loop.
-        if self._wake_pending:
-            return
-        self._wake_pending = True
-        try:
-            os.write(self.wake_write, b"x")
-        except BlockingIOError:
-            pass  # the pipe is full: the loop is already due to wake
+        if done:
+            self._wake.wake()   # once per round of the loop (wake.py)
 
     def take_completions(self) -> list[tuple[WorkerTask, DataObject | None, str | None]]:
-        try:
-            while os.read(self.wake_read, 65536):
-                pass
-        except BlockingIOError:
-            pass
-        self._wake_pending = False
+        self._wake.drain()   # before taking: what comes after wakes the loop again
         completions = self.completions
         taken = []
         while completions:

@@ -35,7 +35,8 @@ from .. import data, protocol, security
 from ..data import DataObject, ExtensionData
 from ..security import ClusterKeys
 from .bulk import (BULK_BYTES, OFFER_TIMEOUT, TOKEN_BYTES, BulkFetcher, BulkServer, Fetched,
-                   Offer, WakePipe, frame_bytes)
+                   Offer, frame_bytes)
+from .wake import WakePipe
 
 log = logging.getLogger("hyperloom.worker")
 
