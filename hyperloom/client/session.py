@@ -68,8 +68,6 @@ def _ask_again(client) -> None:
     for request, reply in client._replies.items():
         if reply is None:  # GetStats or GetSnapshot waiting
             client._socket.send(protocol.encode(protocol.GET_STATS, request))
-    if client._pending_release:
-        ids = []
-        while client._pending_release:
-            ids.append(client._pending_release.popleft())
+    ids = client._take_releases()
+    if ids:
         client._socket.send(protocol.encode(protocol.RELEASE, ids), zmq.NOBLOCK)

@@ -112,7 +112,7 @@ class DataChannels:
 
     def push(self, address: str, objects: Iterable[tuple[int, DataObject]]) -> None:
         """Send ``[(id, DataObject)]`` to the worker listening at ``address``."""
-        peer = self._peers.get(address) or self._connect(address)
+        peer = self._channel(address)
         if peer is None:
             return
         peer.last_push = time.monotonic()
@@ -151,7 +151,7 @@ class DataChannels:
             self._push_offer(offer)
 
     def _push_offer(self, offer: Offer) -> None:
-        peer = self._peers.get(offer.address) or self._connect(offer.address)
+        peer = self._channel(offer.address)
         if peer is None:
             return
         log.info("%d objects offered to %s on the bulk lane go over ZeroMQ",
@@ -172,12 +172,16 @@ class DataChannels:
 
     def _decline(self, fetched: Fetched) -> None:
         """Tell the holder that its lane is out of reach (see ``_on_declined``)."""
-        peer = self._peers.get(fetched.source) or self._connect(fetched.source)
+        peer = self._channel(fetched.source)
         if peer is None:
             return
         header = protocol.encode(protocol.DECLINE_OFFER, self.address, fetched.token,
                                  fetched.error)
         self._enqueue(peer, fetched.source, ([header], True))
+
+    def _channel(self, address: str) -> _Peer | None:
+        """The channel to the worker at ``address``, opened if there is none."""
+        return self._peers.get(address) or self._connect(address)
 
     def _connect(self, address: str) -> _Peer | None:
         socket = self.context.socket(zmq.PUSH)
