@@ -102,6 +102,19 @@ def wait_until(predicate, timeout=10.0, interval=0.02, message="condition"):
         time.sleep(interval)
 
 
+def wait_for_retirement(client, retiring, futures):
+    """Once ``futures`` finished, with results on both workers of the cluster, wait until
+    ``retiring`` (a worker started with ``--lifetime 3``) retires and exits 0; returns the
+    bytes each worker held before."""
+    client.wait(futures)
+    held = {w["id"]: w["bytes_held"] for w in client.info()["workers"]}
+    assert all(held.values()), f"both workers hold results: {held}"
+    wait_until(lambda: client.get_stats()["n_workers"] == 1, timeout=30,
+               message="the worker with a 3 s lifetime to retire")
+    assert retiring.wait(timeout=30) == 0
+    return held
+
+
 def process_gone(pid: int) -> bool:
     """The process ``pid`` ended (exited, or a zombie waiting for its parent to reap it)."""
     try:

@@ -14,7 +14,7 @@ import pytest
 
 from hyperloom.client import tasks
 
-from ..conftest import data_port, loom_program, wait_until
+from ..conftest import data_port, loom_program, wait_for_retirement, wait_until
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "..", "examples")
 sys.path.insert(0, EXAMPLES)
@@ -154,12 +154,7 @@ def test_a_retiring_worker_hands_its_big_data_over_the_lane(make_cluster, tmp_pa
     big = [tasks.run(["sh", "-c", f"echo {i} >> {counter}; head -c {BIG} /dev/zero"])
            for i in range(4)]
     futures = client.submit(big)
-    client.wait(futures)
-    held = {w["id"]: w["bytes_held"] for w in client.info()["workers"]}
-    assert all(held.values()), f"both workers hold results: {held}"
-    wait_until(lambda: client.get_stats()["n_workers"] == 1, timeout=30,
-               message="the worker with a 3 s lifetime to retire")
-    assert retiring.wait(timeout=30) == 0
+    wait_for_retirement(client, retiring, futures)
     sizes = client.gather(client.submit([tasks.size(f) for f in futures]))
     assert [int.from_bytes(size, "little") for size in sizes] == [BIG] * 4
     assert len(counter.read_text().splitlines()) == 4, "no result was recomputed"

@@ -5,7 +5,7 @@ import pytest
 from hyperloom.client import tasks
 from hyperloom.cluster.walltime import lifetime_from_end
 
-from ..conftest import wait_until
+from ..conftest import wait_for_retirement, wait_until
 
 
 def counted(counter, i, sleep):
@@ -46,12 +46,7 @@ def test_retiring_worker_copies_data_only_it_holds(make_cluster, tmp_path):
     retiring = cluster.add_worker(extra_args=("--lifetime", "3"))
     cluster.wait_for_workers(2)
     futures = client.submit([counted(counter, i, 0.05) for i in range(8)])
-    client.wait(futures)
-    held = {w["id"]: w["bytes_held"] for w in client.info()["workers"]}
-    assert all(held.values()), f"both workers hold results: {held}"
-    wait_until(lambda: client.get_stats()["n_workers"] == 1, timeout=30,
-               message="the worker with a 3 s lifetime to retire")
-    assert retiring.wait(timeout=30) == 0
+    held = wait_for_retirement(client, retiring, futures)
     (survivor,) = client.info()["workers"]
     assert survivor["bytes_held"] == sum(held.values()), "it holds the retired one's data"
     assert [f.decode() for f in client.gather(futures)] == [f"{i}\n" for i in range(8)]
