@@ -86,8 +86,8 @@ class Client(BrokerConnection, Releases, Waiting):
         # re-attached (session.py) instead of raising ConnectionLost.
         self._session = None
         self._broken = None      # the ConnectionLost of a re-attach that failed: raised again
-        # request -> (ids, release) of a fetch waiting for Data
-        self._fetching: dict[int, tuple[list[int], bool]] = {}
+        # request -> (ids still awaited, release) of a fetch waiting for Data
+        self._fetching: dict[int, tuple[set[int], bool]] = {}
         self._context = zmq.Context()
         self._open_socket()
         try:

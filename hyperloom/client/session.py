@@ -60,9 +60,9 @@ def reattach(client) -> None:
 
 def _ask_again(client) -> None:
     """Requests whose answers may have been lost with the old connection go out again."""
-    for request, (ids, release) in client._fetching.items():
+    for request, (awaited, release) in client._fetching.items():
         replies = client._replies.get(request, {})
-        missing = [task_id for task_id in ids if task_id not in replies]
+        missing = sorted(task_id for task_id in awaited if task_id not in replies)
         if missing:
             client._socket.send(protocol.encode(protocol.FETCH, request, missing, release))
     for request, reply in client._replies.items():

@@ -65,7 +65,7 @@ class Waiting:
     _changes: FutureChanges
     _lock: threading.RLock
     _replies: dict[int, Any]
-    _fetching: dict[int, tuple[list[int], bool]]
+    _fetching: dict[int, tuple[set[int], bool]]   # request -> (ids awaited, release)
     _process_events: Callable[[], None]   # connection.py
     _flush_releases: Callable[[], None]   # releases.py
 
@@ -159,7 +159,11 @@ class Waiting:
         try:
             while True:
                 for request in requests:
-                    self._take_replies(self._replies[request], missing, release, released)
+                    replies = self._replies[request]
+                    # What came is no longer awaited: a re-attach asks only for the rest
+                    # (asked again, a released value would come back as an error).
+                    self._fetching[request][0].difference_update(replies)
+                    self._take_replies(replies, missing, release, released)
                 changed, cursor = self._changes.since(cursor)
                 look_at.extend(changed)
                 ask = []
@@ -179,7 +183,7 @@ class Waiting:
                     requests.append(request)
                     asked.update(ask)
                     self._replies[request] = {}
-                    self._fetching[request] = (ask, release)
+                    self._fetching[request] = (set(ask), release)
                     self._send(protocol.encode(protocol.FETCH, request, ask, release))
                 self._process_events()
         finally:
@@ -194,7 +198,9 @@ class Waiting:
             task_id, (value, error) = replies.popitem()
             future = missing[task_id]
             if error is not None:
-                if future.remote_status != FAILED:  # a refusal that came first explains more
+                # A refusal that came first explains more; a value that came first stays
+                # (an error of a fetch asked again never undoes it).
+                if future.remote_status != FAILED and not future._has_result:
                     self._set_failed(future, error)
             elif not future._has_result:
                 future._result = value

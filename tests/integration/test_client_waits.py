@@ -14,6 +14,7 @@ import zmq
 from hyperloom import data, protocol
 from hyperloom.client import Client, LoomError
 from hyperloom.client.future import Future
+from hyperloom.client.session import _ask_again
 
 N = 3000
 LOOKS_PER_FUTURE = 10   # a linear wait reads each status a few times; the old one N/2
@@ -34,7 +35,13 @@ class CountingFuture(Future):
 
 
 @pytest.fixture
-def client():
+def client(client_and_broker):
+    return client_and_broker[0]
+
+
+@pytest.fixture
+def client_and_broker():
+    """A Client, and the stand-in broker's ROUTER (to read what the client sends)."""
     context = zmq.Context()
     router = context.socket(zmq.ROUTER)
     router.setsockopt(zmq.LINGER, 0)
@@ -50,7 +57,7 @@ def client():
     thread.start()
     client = Client("127.0.0.1", port, connect_timeout=10)
     thread.join(10)
-    yield client
+    yield client, router
     client.close()
     router.close(linger=0)
     context.term()
@@ -138,3 +145,39 @@ def test_waiting_for_another_clients_future_is_refused_at_once(client):
     other = Future(object(), 1)
     with pytest.raises(LoomError, match="belongs to another client"):
         client.wait([other])
+
+
+def test_a_fetch_asked_again_after_a_reattach_names_only_values_still_awaited(
+        client_and_broker):
+    """Values the client took from a fetch's Data are no longer awaited: asked again
+    after a broker restart (session.py), a released one would come back as an error,
+    and that error must not fail a future that has its value."""
+    client, router = client_and_broker
+    first, second = futures = submitted(client, 2)
+    for future in futures:   # finished (TasksFinished came), values not here yet
+        future.remote_status = "finished"
+    asked = []
+
+    def next_fetch():
+        assert router.poll(10_000), "the client sent no Fetch"
+        code, fields = protocol.decode(router.recv_multipart()[1])
+        assert code == protocol.FETCH
+        asked.append(fields)
+        return fields[0]
+
+    def data_message(request, *entries):
+        return zmq.Frame(protocol.encode(protocol.DATA, request, list(entries)))
+
+    def value_of(future):
+        return [future._id, [data.KIND_SMALL, b"value %d" % future._id]]
+
+    wake_ups = iter([
+        lambda: client._on_message([data_message(next_fetch(), value_of(first))]),
+        lambda: (_ask_again(client), next_fetch()),    # the broker restarted: asked again
+        lambda: client._on_message([data_message(
+            asked[0][0], [first._id, None, "Invalid id"], value_of(second))]),
+    ])
+    client._process_events = lambda: next(wake_ups)()
+    assert client.gather(futures) == [b"value %d" % f._id for f in futures]
+    assert [fields[1] for fields in asked] == [[first._id, second._id], [second._id]]
+
