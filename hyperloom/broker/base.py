@@ -68,6 +68,7 @@ class CoreBase:
     transition: Callable[[Node, int], None]                      # lifecycle
     add_ready: Callable[[Iterable[Node]], None]                  # lifecycle
     make_ready: Callable[[Node], None]                           # lifecycle
+    requeue_ready: Callable[[], None]                            # lifecycle
     deliver: Callable[[Node, WorkerRecord], None]                # lifecycle
     drop_inputs: Callable[[Iterable[Node]], None]                # lifecycle
     release_node: Callable[[Node], None]                         # lifecycle

@@ -40,6 +40,22 @@ def check_invariants(state: CoreBase) -> None:
     assert set(state.peers) == set(state.workers) | set(state.clients)
     for worker in state.held_removals:
         assert state.workers.get(worker.identity) is worker, f"removals held for a gone {worker}"
+    _check_ready_queued_once(state)
+
+
+def _check_ready_queued_once(state: CoreBase) -> None:
+    """Every READY task waits in exactly one place: the ready queue, the dynamic
+    nodes to expand, or the unplaceable ones. Entries of tasks that left READY may
+    linger (the scheduler skips them); a READY task queued twice would be placed twice
+    in one round."""
+    seen: dict[int, int] = {}
+    for node in (*state.ready, *state.dynamic_ready, *state.unplaceable):
+        if node.state == ts.READY:
+            seen[node.id] = seen.get(node.id, 0) + 1
+    for task_id, node in state.tasks.items():
+        if node.state == ts.READY:
+            assert seen.get(task_id) == 1, \
+                f"{node} is READY and queued {seen.get(task_id, 0)} times"
 
 
 def _check_state_data(node: Node, live_workers: dict[bytes, WorkerRecord]) -> None:

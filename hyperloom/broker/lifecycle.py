@@ -15,7 +15,7 @@ from .base import CoreBase
 from . import taskstate as ts
 from .dynamic import DYNAMIC_TYPES
 from .model import Node, WorkerRecord, consumers_of
-from .scheduler import Placement, choose_steals, schedule
+from .scheduler import Placement, ReadyQueue, choose_steals, schedule
 
 # RemoveData waits this long, gathering removals into one message per worker. Sent at
 # once, it woke a worker just as the client that caused it (a gather) was woken by
@@ -180,6 +180,32 @@ class Lifecycle(CoreBase):
     def make_ready(self, node: Node) -> None:
         self.transition(node, ts.READY)
         self.add_ready((node,))
+
+    def requeue_ready(self) -> None:
+        """Rebuild the queues of READY tasks: each READY task in one of them, once.
+
+        A task normally leaves READY by being placed, which takes it off the queue;
+        one that leaves otherwise (back to WAITING when an input's data is lost,
+        adopted by a re-attached worker, canceled and later revived to recompute
+        lost data) leaves its entry behind. The scheduler skips such an entry while
+        the task is not READY, but once the task was READY again the old entry came
+        alive beside the new one: both were placed in one round and the broker
+        crashed (``assigned -> assigned``). Called after those rare events;
+        O(queued tasks).
+        """
+        queued: set[Node] = set()
+
+        def once(nodes: Iterable[Node]) -> list[Node]:
+            kept = []
+            for node in nodes:
+                if node.state == ts.READY and node not in queued:
+                    queued.add(node)
+                    kept.append(node)
+            return kept
+
+        self.ready = ReadyQueue(once(self.ready))
+        self.dynamic_ready = once(self.dynamic_ready)
+        self.unplaceable = once(self.unplaceable)
 
     def schedule_round(self) -> None:
         """Ask the scheduler where ready tasks go and apply its answer; then steal."""

@@ -156,6 +156,7 @@ class Recovery(CoreBase):
                 self.transition(node, ts.WAITING)
                 self.tasks[node.id] = node
                 stack.extend(self._reacquire_inputs(node, refs=True))
+        self.requeue_ready()  # consumers that were READY left their queue entries behind
 
     def _reacquire_inputs(self, node: Node, refs: bool) -> list[Node]:
         """Count ``node``'s missing inputs; return those that must be recomputed."""

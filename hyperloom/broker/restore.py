@@ -35,7 +35,6 @@ from .compaction import compact_records
 from .dynamic import _expand
 from . import taskstate as ts
 from .model import ClientRecord, Node, WorkerRecord
-from .scheduler import ReadyQueue
 
 log = logging.getLogger("hyperloom.broker")
 
@@ -166,9 +165,7 @@ class Restore(CoreBase):
 
     def _after_replay(self) -> None:
         self.outbox.clear()  # what the old broker sent, or what nobody is there to receive
-        self.dynamic_ready = [n for n in self.dynamic_ready if n.state == ts.READY]
-        # each READY node once, in order (replayed events may have queued one twice)
-        self.ready = ReadyQueue(dict.fromkeys(n for n in self.ready if n.state == ts.READY))
+        self.requeue_ready()  # replayed events may have queued a READY node twice
         for client in self.sessions.values():
             client.pending_plan = None  # a chunked plan cut by the crash was never accepted
         for worker_id, ghost in list(self.detached_workers.items()):
@@ -241,6 +238,7 @@ class Restore(CoreBase):
                 canceled.append(task_id)
         if canceled:
             self.outbox.cancel[worker].extend(canceled)
+        self.requeue_ready()  # the tasks it adopted left READY but not the queue
         log.info("worker %d re-attached: holds %d objects (%d unwanted), runs %d (%d "
                  "canceled)", worker.worker_id, len(held_sizes), removed, len(running_ids),
                  len(canceled))

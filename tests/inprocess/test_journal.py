@@ -158,7 +158,7 @@ def _rejoin(cluster, old: SimWorker) -> SimWorker:
     worker.send(protocol.encode(protocol.REJOIN_WORKER, protocol.PROTOCOL_VERSION, old.cpus,
                                 worker.address, worker.task_types, "sim-host",
                                 old.core.worker_id, held, []))
-    cluster.flush()
+    cluster.step()   # the broker's round after the message, then its sends
     return worker
 
 
@@ -297,3 +297,24 @@ def test_describe_counts_records_and_finished_tasks(tmp_path):
     assert summary["finished_tasks"] == finished + released  # every finish is recorded
     assert summary["kinds"]["client"] == 1 and summary["kinds"]["worker"] == 2
     assert summary["problem"] is None and summary["dropped_bytes"] == 0
+
+
+def test_workers_that_reattach_after_the_timeout_hand_back_their_data_once(tmp_path):
+    """The broker-kill chaos test's crash: with the re-attach timeout passed, the
+    ghosts' data was being recomputed (its consumers sent back to WAITING, their queue
+    entries left behind) when the workers re-attached holding it; those consumers
+    were READY again and queued twice, and the broker's next round crashed."""
+    cluster, ids = _half_run(rounds=1)
+    number, token = cluster.client.session
+    restored = _restored(_through_file(tmp_path, cluster.broker.journal.take()))
+    restored.reattach_timeout = 0.0
+    again = Cluster(workers=0, broker=restored)  # its first round gives up on the ghosts
+    assert not restored.restoring and restored.stats()["journal"]["detached_workers"] == []
+    for old in cluster.workers:
+        _rejoin(again, old)
+    again.client = client = SimClient(again, b"resumed")
+    again.ever.add(b"resumed")
+    client.send(protocol.encode(protocol.RESUME_CLIENT, protocol.PROTOCOL_VERSION, number,
+                                token, ids))
+    again.run()
+    assert again.gather(ids)[-1] == _expected()

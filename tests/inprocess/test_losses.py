@@ -195,3 +195,64 @@ def test_releasing_a_result_being_fetched_answers_the_fetch_with_an_error():
     [(value, error)] = cluster.client.replies[request].values()
     assert value is None and "was released while being fetched" in error
     assert cluster.broker.tasks == {}
+
+
+def _core_const(value):
+    return tasks._make(protocol.TASK_CONST, config=value, request=tasks.cpus(1))
+
+
+def _times_run(cluster, task_id):
+    """How often workers reported ``task_id`` finished."""
+    return sum(1 for fields in cluster.messages_named("TasksDone")
+               for entry in fields[0] if entry[0] == task_id)
+
+
+def test_a_queued_task_sent_back_to_wait_by_a_loss_is_placed_once_when_ready_again():
+    """Its queue entry stayed behind when the loss sent it back to WAITING; once its
+    input was computed again a second entry joined it, and a worker with room for
+    both got it twice in one round: the broker crashed (assigned -> assigned)."""
+    cluster = Cluster(workers=2, cpus=1, auto_run=False)
+    blocker_ids = cluster.client.submit([_core_const(b"%d" % i) for i in range(12)])
+    cluster.run()                            # 6 placed (overbooking 3), 6 queued
+    source = tasks.const("a")
+    consumer = tasks._make(protocol.TASK_MERGE, [source], request=tasks.cpus(1))
+    source_id, consumer_id = cluster.client.submit([source, consumer])
+    cluster.run()
+    [holder] = [w for w in cluster.workers if any(t.id == source_id for t in w.running)]
+    holder.finish_running()
+    cluster.run()
+    assert cluster.broker.tasks[consumer_id].state == ts.READY   # queued behind blockers
+    cluster.kill(holder)                     # the only copy of its input is lost
+    cluster.run()
+    assert cluster.broker.tasks[consumer_id].state == ts.WAITING
+    [survivor] = cluster.live_workers()
+    survivor.finish_running()                # computes the input again
+    cluster.run()
+    assert cluster.broker.tasks[consumer_id].state == ts.READY
+    cluster.add_worker(cpus=8)               # room for the whole queue in one round
+    survivor.auto_run = True
+    survivor.finish_running()
+    cluster.run()
+    assert _times_run(cluster, consumer_id) == 1
+    assert cluster.gather([source_id, consumer_id]) == [b"a", b"a"]
+    assert cluster.gather(blocker_ids) == [b"%d" % i for i in range(12)]
+
+
+def test_an_unplaceable_task_sent_back_to_wait_by_a_loss_is_placed_once():
+    cluster = Cluster(workers=2, cpus=1)
+    source = tasks.const("a")
+    wide = tasks._make(protocol.TASK_MERGE, [source], request=tasks.cpus(4))
+    source_id, wide_id = cluster.client.submit([source, wide])
+    cluster.run()
+    assert [n.id for n in cluster.broker.unplaceable] == [wide_id]   # 1-cpu workers only
+    [holder] = [w for w in cluster.workers if source_id in w.core.store]
+    cluster.kill(holder)
+    cluster.run()                            # the input is computed again elsewhere
+    assert cluster.broker.tasks[source_id].state == ts.FINISHED
+    assert cluster.broker.stats()["unplaceable"] == [
+        {"id": wide_id, "n_cpus": 4, "type": "loom/data/merge",
+         "reason": "needs 4 cpus; no connected worker has that many (largest: 1)"}]
+    cluster.add_worker(cpus=4)
+    cluster.run()
+    assert _times_run(cluster, wide_id) == 1
+    assert cluster.gather([wide_id]) == [b"a"]
