@@ -95,6 +95,11 @@ class WorkerReports(CoreBase):
                 continue
             worker.stealing.discard(task_id)
             self._unassign(node, worker)
+            unfinished = sum(1 for inp in node.inputs if inp.state != ts.FINISHED)
+            if unfinished:  # an input was lost after it was placed: computed again now
+                self.transition(node, ts.WAITING)
+                node.remaining = unfinished
+                continue
             self.transition(node, ts.READY)
             returned.append(node)
         self.ready.put_back(returned)

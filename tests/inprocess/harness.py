@@ -77,7 +77,9 @@ class SimWorker:
         self.task_types = list(task_types if task_types is not None else self.registry.symbols())
         self.auto_run = auto_run
         self.running = []             # started tasks not run yet (auto_run False)
-        self.inputs = {}              # their inputs, taken when they started (as the executor)
+        # their inputs, taken when they started (as the executor); by task, not id: a
+        # task canceled while it runs may be started again here, under the same id
+        self.inputs = {}
         self.incoming = deque()       # (data id, DataObject) pushed by peers, not yet received
         self.alive = True
         self.silent = False           # sends nothing (no heartbeats, no reports)
@@ -174,7 +176,7 @@ class SimWorker:
         started = self.core.take_startable()
         busy = busy or bool(started)
         for task in started:
-            self.inputs[task.id] = self.core.inputs_of(task)
+            self.inputs[task] = self.core.inputs_of(task)
         self.running.extend(started)
         if self.auto_run:
             self.finish_running(report=False)
@@ -193,7 +195,7 @@ class SimWorker:
         kind = self.registry.get(task.type)
         if kind is None:
             return None, f"Task type '{task.type}' is not provided by this worker"
-        ctx = TaskContext(task.id, task.type, task.config, self.inputs.pop(task.id),
+        ctx = TaskContext(task.id, task.type, task.config, self.inputs.pop(task),
                           task.cpu_ids, "", False, task.label)
         try:
             return kind.fn(ctx), None

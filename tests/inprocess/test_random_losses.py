@@ -3,6 +3,10 @@
 
 Seeds 21, 43, 47, ... of this test found a defect of the broker's recovery (a consumer
 counting a lost input twice, so it waited forever); see recovery.py, _recompute_lost.
+Plans of queued core tasks (``queued_plan``) found two broker crashes: a task given back
+by a steal while its input was being computed again became READY with an unfinished
+input (reports.py, on_tasks_stolen), and a task sent back to WAITING while queued was
+later queued twice (lifecycle.py, requeue_ready).
 """
 
 import random
@@ -123,4 +127,32 @@ def test_dynamic_plans_and_stealing_survive_random_worker_deaths(seed):
             assert sum(struct.unpack("<Q", item)[0] for item in value) == want
         else:
             assert value == want
+    assert cluster.broker.tasks == {}
+
+
+def queued_plan(rng):
+    """Consts and merges of them, most merges taking a core: more than the workers
+    have room for, so tasks queue in the broker and on workers (and are stolen)."""
+    nodes = [(tasks.const(f"<{i}>"), f"<{i}>".encode()) for i in range(rng.randint(3, 10))]
+    for _ in range(rng.randint(10, 40)):
+        picked = rng.sample(nodes, rng.randint(1, 3))
+        task = tasks.merge([task for task, _ in picked])
+        if rng.random() < 0.8:
+            task.resource_request = tasks.cpus(1)
+        nodes.append((task, b"".join(value for _, value in picked)))
+    results = rng.sample(nodes[3:], 5)
+    return [task for task, _ in results], [value for _, value in results]
+
+
+# 6 and 145 found the steal defect; 989 a harness defect (a canceled running task
+# started again under the same id lost its inputs)
+@pytest.mark.parametrize("seed", [*range(60), 145, 989])
+def test_queued_core_tasks_survive_random_worker_deaths(seed):
+    rng = random.Random(seed)
+    cluster = Cluster(workers=2, cpus=1, auto_run=False, max_task_losses=10)
+    plan, expected = queued_plan(rng)
+    ids = cluster.client.submit(plan)
+    _run_with_losses(cluster, rng, ids, rounds=800, max_losses=4, loss_below=0.07, new_below=0.12,
+                     most_run=2)
+    assert cluster.gather(ids) == expected
     assert cluster.broker.tasks == {}
