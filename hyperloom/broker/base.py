@@ -87,7 +87,7 @@ class CoreBase:
     on_worker_lost: Callable[[WorkerRecord], None]               # recovery
     journal_stats: Callable[[], dict[str, Any]]                  # restore
     stats: Callable[[], dict[str, Any]]                          # requests
-    _drop_holder: Callable[[WorkerRecord], list[Node]]           # recovery
+    _drop_holder: Callable[[WorkerRecord], tuple[list[Node], list[int]]]  # recovery
     _recompute_lost: Callable[[list[Node]], None]                # recovery
     _finish: Callable[[Node, WorkerRecord, int, int], None]      # reports
     _release: Callable[[Node], None]                             # requests

@@ -24,7 +24,9 @@ Record kinds (``[kind, fields...]``):
     CLIENT    number, token                      a client session began
     END       number                             the session ended (Goodbye / expired)
     WORKER    id, address, cpus, types, hostname a worker joined
-    LOST      id                                 a worker was lost (its data is gone)
+    LOST      id, kept                           a worker was lost (its data is gone);
+                                                 kept: [id, worker id, ...], its data
+                                                 that worker still holds (a copy)
     SUBMIT    number, symbols, labels, entries, load, more   a plan chunk (compaction)
     SUBMITTED number, header                     a plan chunk as received: the Submit
                                                  message's header bytes (not packed again)
@@ -83,7 +85,7 @@ class NullJournal:
     def client_end(self, number: int) -> None: pass
     def worker(self, worker_id: int, address: str, cpus: int, task_types: Iterable[str],
                hostname: str) -> None: pass
-    def worker_lost(self, worker_id: int) -> None: pass
+    def worker_lost(self, worker_id: int, kept: list[int]) -> None: pass
     def submit(self, number: int, symbols: list[str], labels: list[str | None],
                entries: list[Any], load: bool, more: bool) -> None: pass
     def submit_raw(self, number: int, header: bytes) -> None: pass
@@ -159,8 +161,8 @@ class JournalRecorder(NullJournal):
                hostname: str) -> None:
         self._record([WORKER, worker_id, address, cpus, list(task_types), hostname])
 
-    def worker_lost(self, worker_id: int) -> None:
-        self._record([LOST, worker_id])
+    def worker_lost(self, worker_id: int, kept: list[int]) -> None:
+        self._record([LOST, worker_id, kept])
 
     def submit(self, number: int, symbols: list[str], labels: list[str | None],
                entries: list[Any], load: bool, more: bool) -> None:

@@ -34,7 +34,8 @@ class Recovery(CoreBase):
         self._report_peer_gone(worker)
         rerun = self._take_back_assigned(worker)
         undelivered = self._void_transfers_from(worker)
-        lost = self._drop_holder(worker)
+        lost, kept = self._drop_holder(worker)
+        self.journal.worker_lost(worker.worker_id, kept)
         if lost:
             self._recompute_lost(lost)
         for node, target in undelivered:
@@ -64,18 +65,24 @@ class Recovery(CoreBase):
                 rerun.append(node)
         return rerun
 
-    def _drop_holder(self, worker: WorkerRecord) -> list[Node]:
-        """The worker's copies are gone: finished nodes held nowhere else, returned."""
+    def _drop_holder(self, worker: WorkerRecord) -> tuple[list[Node], list[int]]:
+        """The worker's copies are gone. Returns the finished nodes held nowhere else,
+        and ``kept``: [id, worker id, ...] of the others, each with a worker that still
+        holds it, for the journal (its replay knows only the worker that computed a
+        node, not where copies went: without ``kept`` it recomputed copied data)."""
         lost = []
+        kept: list[int] = []
         for node in self.tasks.values():
             holders = node.holders
             if holders is not None and worker in holders:
                 holders.remove(worker)
-                if not holders:
+                if holders:
+                    kept += (node.id, holders[0].worker_id)
+                else:
                     node.holders = None
                     if node.state == ts.FINISHED:
                         lost.append(node)
-        return lost
+        return lost, kept
 
     def _void_transfers_from(self, lost_worker: WorkerRecord) -> list[tuple[Node, WorkerRecord]]:
         """Copies the lost worker was still to send will never arrive."""

@@ -127,7 +127,7 @@ class Restore(CoreBase):
         if kind == jn.LOST:
             ghost = self.detached_workers.pop(record[1], None)
             if ghost is not None:
-                self._ghost_lost(ghost)
+                self._ghost_lost(ghost, record[2] if len(record) > 2 else None)
             return 0
         return 1
 
@@ -145,7 +145,24 @@ class Restore(CoreBase):
 
     def _replay_finished(self, task_id: int, worker_id: int, size: int, length: int) -> int:
         node = self.tasks.get(task_id)
-        if node is None or node.state != ts.READY:
+        if node is None:
+            return 1
+        if node.state == ts.FINISHED:
+            if not worker_id:
+                return 1
+            # Finished again: its data was lost in a way the journal does not show (a
+            # re-attached worker no longer held it) and computed again there.
+            ghost = self._ghost(worker_id)
+            assert node.holders is not None  # FINISHED (taskstate.py)
+            if ghost not in node.holders:
+                node.holders.append(ghost)
+                ghost.bytes_held += node.size
+            return 0
+        if node.state == ts.WAITING:
+            # It finished before an input of it was lost, which is being computed again
+            # now: a compacted journal (compaction.py) keeps no order of history.
+            self.transition(node, ts.READY)
+        elif node.state != ts.READY:
             return 1
         ghost = self._ghost(worker_id)
         self._adopt(node, ghost)
@@ -187,7 +204,6 @@ class Restore(CoreBase):
             return True
         for ghost in list(self.detached_workers.values()):
             log.warning("worker %d did not re-attach: its data is recomputed", ghost.worker_id)
-            self.journal.worker_lost(ghost.worker_id)
             self._ghost_lost(ghost)
         self.detached_workers.clear()
         self.restoring = False
@@ -199,10 +215,32 @@ class Restore(CoreBase):
                 self._serve_fetch(node, client, request, release)
         return False
 
-    def _ghost_lost(self, ghost: WorkerRecord) -> None:
-        lost = self._drop_holder(ghost)
+    def _ghost_lost(self, ghost: WorkerRecord, kept: list[int] | None = None) -> None:
+        """A ghost is lost: now (it did not re-attach), or in a replayed LOST record,
+        whose ``kept`` names a worker still holding each node the live broker kept
+        (older journals have none: then what the ghost computed is recomputed)."""
+        lost, kept_now = self._drop_holder(ghost)
+        if kept is None:
+            self.journal.worker_lost(ghost.worker_id, kept_now)   # (replay records nothing)
+        elif lost:
+            lost = self._keep_copies(lost, dict(zip(kept[::2], kept[1::2])))
         if lost:
             self._recompute_lost(lost)
+
+    def _keep_copies(self, lost: list[Node], holder_of: dict[int, int]) -> list[Node]:
+        """Of ``lost``, the nodes a copy of which the live broker knew elsewhere are
+        held there (a claim the worker confirms when it re-attaches); the rest is
+        returned."""
+        still_lost = []
+        for node in lost:
+            worker_id = holder_of.get(node.id)
+            if worker_id is None:
+                still_lost.append(node)
+                continue
+            holder = self._ghost(worker_id)
+            node.holders = [holder]
+            holder.bytes_held += node.size
+        return still_lost
 
     # ------------------------------------------------------------ workers re-attach
 

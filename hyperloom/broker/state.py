@@ -390,7 +390,6 @@ class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery
             log.warning("worker %d lost (%s)", peer.worker_id, why)
         if peer.retiring:
             self.retirements.on_left(peer, clean=clean)
-        self.journal.worker_lost(peer.worker_id)
         self.on_worker_lost(peer)
         self.feed.on_worker_gone(peer, clean, why, now)
 

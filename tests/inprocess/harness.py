@@ -69,7 +69,7 @@ class SimWorker:
     def __init__(self, cluster: Cluster, index: int, cpus: int, task_types, auto_run: bool):
         self.cluster = cluster
         self.identity = b"worker-%d" % index
-        self.address = f"tcp://sim-worker-{index}:1"
+        self.address = f"tcp://sim-{cluster.name}worker-{index}:1"
         self.cpus = cpus
         self.core = WorkerCore(cpus)
         self.registry = TaskRegistry()
@@ -315,7 +315,7 @@ class Cluster:
 
     def __init__(self, workers=2, cpus=1, heartbeat_timeout=5.0, auto_run=True,
                  checkpoint_exists=None, open_recorder=None, max_task_losses=3,
-                 broker=None):
+                 broker=None, name=""):
         options = {"max_task_losses": max_task_losses}
         if checkpoint_exists is not None:
             options["checkpoint_exists"] = checkpoint_exists
@@ -323,6 +323,9 @@ class Cluster:
             options["open_recorder"] = open_recorder
         # a given broker core: e.g. one with a journal, or restored from one
         self.broker = broker or BrokerState(heartbeat_timeout=heartbeat_timeout, **options)
+        # in worker addresses: a cluster after a restart must not reuse those of the
+        # workers that re-attach to it from the one before
+        self.name = name
         self.now = 0.0
         self.expect_errors = False
         self.transcript = []          # (sender, receiver, message name, fields)

@@ -318,3 +318,36 @@ def test_workers_that_reattach_after_the_timeout_hand_back_their_data_once(tmp_p
                                 token, ids))
     again.run()
     assert again.gather(ids)[-1] == _expected()
+
+
+def test_data_copied_before_its_worker_died_is_not_recomputed_after_a_restart(tmp_path):
+    """The journal names only the worker that computed a task. The LOST record names a
+    worker still holding each copy the lost worker had: without it, the restored
+    broker took the copy for lost and computed it again."""
+    cluster = Cluster(workers=1, cpus=1, broker=BrokerState(journal=jn.JournalRecorder()))
+    source = tasks.const("a")
+    wide = tasks._make(protocol.TASK_MERGE, [source], request=tasks.cpus(2))
+    source_id, wide_id = cluster.client.submit([source, wide])
+    cluster.run()                                # the source runs; nobody can run wide
+    first = cluster.workers[0]
+    big = cluster.add_worker(cpus=2)
+    cluster.run()                                # the source is copied to the 2-cpu worker
+    assert source_id in big.core.store and wide_id in big.core.store
+    cluster.kill(first)                          # the copy remains: nothing to recompute
+    cluster.run()
+    assert [e[0] for [entries] in cluster.messages_named("ComputeTasks") for e in entries] \
+        == [source_id, wide_id]
+    number, token = cluster.client.session
+    restored = _restored(_through_file(tmp_path, cluster.broker.journal.take()))
+    assert restored.tasks[source_id].state == ts.FINISHED
+    assert [w.worker_id for w in restored.tasks[source_id].holders] == [big.core.worker_id]
+    again = Cluster(workers=0, broker=restored, name="again-")
+    _rejoin(again, big)
+    again.client = client = SimClient(again, b"resumed")
+    again.ever.add(b"resumed")
+    client.send(protocol.encode(protocol.RESUME_CLIENT, protocol.PROTOCOL_VERSION, number,
+                                token, [source_id, wide_id]))
+    again.run()
+    assert again.gather([source_id, wide_id]) == [b"a", b"a"]
+    assert again.messages_named("ComputeTasks") == []
+    assert restored.stats()["journal"]["recomputed"] == 0

@@ -1,0 +1,121 @@
+"""Random plans through broker restarts from the journal, and worker deaths, seeded.
+
+The broker core "crashes" at random steps: its journal (appended to a file, then
+replayed into a fresh core and compacted, as ``loom-broker --journal`` does) is all
+that survives. Meanwhile some workers die; the others re-attach as real workers do
+(``WorkerCore.rejoining``: data kept, started tasks kept and reported later), before
+the re-attach timeout or after it; the client resumes its session. Every result must
+be right, ``check_invariants`` holds after every step, and nobody gets a message it
+does not expect.
+
+This is the in-memory twin of the broker-kill chaos test
+(tests/integration/test_chaos.py), which found a restart crash (a task queued twice,
+lifecycle.py ``requeue_ready``) that no in-memory test reached before.
+"""
+
+import random
+
+import pytest
+
+from hyperloom import protocol
+from hyperloom.broker import journal as jn
+from hyperloom.broker.state import BrokerState
+
+from .harness import Cluster, SimClient, SimWorker
+from .test_random_losses import queued_plan, random_plan
+
+
+def _broker():
+    return BrokerState(journal=jn.JournalRecorder(), heartbeat_timeout=5.0, max_task_losses=10)
+
+
+def _rejoin(cluster, old: SimWorker, rng) -> SimWorker:
+    """``old``'s process re-attaches to the restarted broker, as hyperloom/worker does."""
+    worker = SimWorker(cluster, len(cluster.workers), old.cpus, None, auto_run=False)
+    worker.identity = b"rejoined-%d-%d" % (old.core.worker_id, len(cluster.workers))
+    worker.address = old.address
+    worker.core, held, running = old.core.rejoining()
+    worker.running = [task for task in old.running if task.id in worker.core.tasks]
+    worker.inputs = old.inputs
+    worker.incoming = old.incoming      # pushes in flight still arrive
+    cluster.workers.append(worker)
+    cluster.ever.add(worker.identity)
+    worker.send(protocol.encode(protocol.REJOIN_WORKER, protocol.PROTOCOL_VERSION, old.cpus,
+                                worker.address, worker.task_types, "sim-host",
+                                old.core.worker_id, held, running))
+    return worker
+
+
+def _restart(cluster, path, ids, rng):
+    """The broker dies; a new one replays the journal; workers and the client come back."""
+    with open(path, "ab") as file:
+        file.write(cluster.broker.journal.take())
+    contents = jn.read_journal(path)
+    assert contents.problem is None
+    core = _broker()
+    assert core.replay(contents.records) == 0
+    jn.write_journal(path, core.compact_records())
+    core.reattach_timeout = rng.choice([0.0, 5.0])
+    # its first round: with a timeout of 0 s, the ghosts are lost
+    again = Cluster(workers=0, broker=core, name=f"{cluster.name}r")
+    survivors = [w for w in cluster.live_workers() if rng.random() < 0.8]
+    for old in survivors:
+        _rejoin(again, old, rng)
+        if rng.random() < 0.3:
+            again.run()
+    if not survivors or rng.random() < 0.3:
+        again.add_worker(cpus=rng.choice([1, 2]), auto_run=False)
+    number, token = cluster.client.session
+    again.client = client = SimClient(again, b"resumed-%d" % len(again.workers))
+    again.ever.add(client.identity)
+    client.session = (number, token)
+    client.send(protocol.encode(protocol.RESUME_CLIENT, protocol.PROTOCOL_VERSION, number,
+                                token, [i for i in ids if i not in cluster.client.finished]))
+    again.run()
+    if core.restoring:
+        again.advance(6.0)                    # the ones that did not come back are lost
+    return again
+
+
+def _run_with_restarts(cluster, path, rng, ids, rounds=800, max_restarts=2, max_losses=2):
+    restarts = losses = 0
+    finished = set()
+    for _ in range(rounds):
+        cluster.run()
+        finished |= cluster.client.finished
+        if all(i in finished for i in ids):
+            break
+        roll = rng.random()
+        if restarts < max_restarts and roll < 0.04:
+            cluster = _restart(cluster, path, ids, rng)
+            restarts += 1
+        elif losses < max_losses and roll < 0.07 and len(cluster.live_workers()) > 1:
+            cluster.kill(rng.choice(cluster.live_workers()))
+            cluster.add_worker(cpus=rng.choice([1, 2]), auto_run=False)
+            losses += 1
+        elif roll < 0.1 and len(cluster.live_workers()) < 6:
+            cluster.add_worker(cpus=1, auto_run=False)
+        else:
+            rng.choice(cluster.live_workers()).finish_running(rng.randint(1, 3))
+    for worker in cluster.live_workers():
+        worker.auto_run = True
+        worker.finish_running()
+    cluster.run()
+    return cluster, restarts
+
+
+@pytest.mark.parametrize("seed", range(100))
+def test_results_survive_random_broker_restarts(seed, tmp_path):
+    rng = random.Random(seed)
+    path = str(tmp_path / "broker.journal")
+    with open(path, "wb") as file:
+        file.write(jn.header_bytes())
+    cluster = Cluster(workers=2, cpus=rng.choice([1, 2]), auto_run=False, broker=_broker())
+    if rng.random() < 0.5:
+        plan, expected = queued_plan(rng)
+    else:
+        plan, expected = random_plan(rng, rng.randint(3, 15), rng.randint(5, 40))
+    ids = cluster.client.submit(plan)
+    cluster, restarts = _run_with_restarts(cluster, path, rng, ids)
+    assert cluster.gather(ids) == expected
+    assert cluster.broker.tasks == {}
