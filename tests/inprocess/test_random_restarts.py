@@ -14,6 +14,7 @@ lifecycle.py ``requeue_ready``) that no in-memory test reached before.
 """
 
 import random
+import struct
 
 import pytest
 
@@ -22,7 +23,7 @@ from hyperloom.broker import journal as jn
 from hyperloom.broker.state import BrokerState
 
 from .harness import Cluster, SimClient, SimWorker
-from .test_random_losses import queued_plan, random_plan
+from .test_random_losses import queued_plan, random_dynamic_plan, random_plan
 
 
 def _broker():
@@ -80,13 +81,14 @@ def _restart(cluster, path, ids, rng):
 def _run_with_restarts(cluster, path, rng, ids, rounds=800, max_restarts=2, max_losses=2):
     restarts = losses = 0
     finished = set()
-    for _ in range(rounds):
+    first_restart = rng.randint(0, 5)      # every seed restarts at least once
+    for step in range(rounds):
         cluster.run()
         finished |= cluster.client.finished
-        if all(i in finished for i in ids):
+        if all(i in finished for i in ids) and restarts:
             break
         roll = rng.random()
-        if restarts < max_restarts and roll < 0.04:
+        if restarts < max_restarts and (roll < 0.04 or step == first_restart):
             cluster = _restart(cluster, path, ids, rng)
             restarts += 1
         elif losses < max_losses and roll < 0.07 and len(cluster.live_workers()) > 1:
@@ -111,11 +113,19 @@ def test_results_survive_random_broker_restarts(seed, tmp_path):
     with open(path, "wb") as file:
         file.write(jn.header_bytes())
     cluster = Cluster(workers=2, cpus=rng.choice([1, 2]), auto_run=False, broker=_broker())
-    if rng.random() < 0.5:
+    roll = rng.random()
+    if roll < 0.4:
         plan, expected = queued_plan(rng)
+    elif roll < 0.7:
+        plan, expected = random_dynamic_plan(rng)
     else:
         plan, expected = random_plan(rng, rng.randint(3, 15), rng.randint(5, 40))
     ids = cluster.client.submit(plan)
     cluster, restarts = _run_with_restarts(cluster, path, rng, ids)
-    assert cluster.gather(ids) == expected
+    assert restarts >= 1
+    for value, want in zip(cluster.gather(ids), expected):
+        if isinstance(want, int):   # dslice: the pieces' lengths add up to the array's
+            assert sum(struct.unpack("<Q", item)[0] for item in value) == want
+        else:
+            assert value == want
     assert cluster.broker.tasks == {}

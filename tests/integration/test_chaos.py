@@ -163,6 +163,9 @@ def test_plans_complete_while_workers_are_killed(make_cluster):
             shutil.rmtree(os.path.join(tempfile.gettempdir(),
                                        f"worker-{socket.gethostname()}-{pid}"),
                           ignore_errors=True)
+    # a kill at the very end of the last plan leaves its replacement still registering
+    wait_until(lambda: client.info()["n_workers"] == WORKERS, timeout=30,
+               message="the replacement workers to join")
     info = client.info()
     finished_total = chaos.finished_by_dead + sum(w["tasks_finished"] for w in info["workers"])
     recomputed = finished_total - planned
