@@ -40,7 +40,19 @@ def check_invariants(state: CoreBase) -> None:
     assert set(state.peers) == set(state.workers) | set(state.clients)
     for worker in state.held_removals:
         assert state.workers.get(worker.identity) is worker, f"removals held for a gone {worker}"
+    _check_removals(state)
     _check_ready_queued_once(state)
+
+
+def _check_removals(state: CoreBase) -> None:
+    """No RemoveData waiting to go out deletes data the broker counts on: it would
+    arrive after the orders sent meanwhile that gave the worker that data again."""
+    for pending in (state.held_removals, state.outbox.remove):
+        for worker, ids in pending.items():
+            for task_id in ids:
+                node = state.tasks.get(task_id)
+                assert node is None or not node.holders or worker not in node.holders, \
+                    f"{node} is held by {worker}, and its removal there waits to go out"
 
 
 def _check_ready_queued_once(state: CoreBase) -> None:

@@ -157,13 +157,31 @@ class Recovery(CoreBase):
         stack = []
         for node in lost:
             stack.extend(self._reacquire_inputs(node, refs=True))
+        revived = set()
         while stack:  # released inputs they need: back into the DAG, with theirs
             node = stack.pop()
             if node.state == ts.RELEASED:
                 self.transition(node, ts.WAITING)
                 self.tasks[node.id] = node
+                revived.add(node.id)
                 stack.extend(self._reacquire_inputs(node, refs=True))
+        if revived:
+            self._void_removals(revived)
         self.requeue_ready()  # consumers that were READY left their queue entries behind
+
+    def _void_removals(self, ids: set[int]) -> None:
+        """Removals of ``ids`` not sent yet are void: those nodes are needed again. Their
+        data may be computed on, or delivered to, the worker a removal was meant for,
+        and RemoveData goes after this round's orders (and up to REMOVE_DELAY later):
+        it would delete the new copy. (A removal already sent arrives first: the
+        broker's messages to a worker keep their order.)"""
+        for pending in (self.held_removals, self.outbox.remove):
+            for worker in list(pending):
+                kept = [i for i in pending[worker] if i not in ids]
+                if kept:
+                    pending[worker] = kept
+                else:
+                    del pending[worker]
 
     def _reacquire_inputs(self, node: Node, refs: bool) -> list[Node]:
         """Count ``node``'s missing inputs; return those that must be recomputed."""

@@ -302,24 +302,39 @@ class Restore(CoreBase):
 
     def _reconcile_held(self, worker: WorkerRecord,
                         held_sizes: dict[int, tuple[int, int]]) -> int:
-        """Objects the worker holds: kept if wanted, finished if it ran them meanwhile,
-        removed otherwise. Returns how many are removed."""
+        """Objects the worker holds: kept if wanted; taken as finished if their tasks
+        are still to run (they finished while the broker was away, or before and are
+        waiting to be computed again, or were placed elsewhere since); removed
+        otherwise. Returns how many are removed.
+
+        A removal here goes out after this round's orders (and is held up to
+        REMOVE_DELAY): removing an object whose task would still run, then giving the
+        worker that object again, deleted the new copy.
+        """
         remove = []
         for task_id in sorted(held_sizes):  # post-order: inputs before their consumers
             node = self.tasks.get(task_id)
-            if node is None:
-                remove.append(task_id)
-            elif node.state == ts.FINISHED:
+            state = node.state if node is not None else ts.RELEASED
+            if node is None or state not in ts.PENDING and state != ts.FINISHED:
+                remove.append(task_id)   # unknown, released, failed: needed again only
+                continue                 # if revived (_recompute_lost voids this then)
+            if state == ts.FINISHED:
                 holders = node.holders
                 assert holders is not None  # FINISHED (taskstate.py)
                 if worker not in holders:
                     holders.append(worker)
                     worker.bytes_held += node.size
-            elif node.state == ts.READY:  # finished while the broker was away
-                self._adopt(node, worker)
-                self._finish(node, worker, *held_sizes[task_id])
-            else:
-                remove.append(task_id)
+                continue
+            if state == ts.ASSIGNED:  # placed elsewhere since the restart: this copy wins
+                other = node.worker
+                assert other is not None  # ASSIGNED (taskstate.py)
+                self._unassign(node, other)
+                other.canceled.add(task_id)
+                self.outbox.cancel[other].append(task_id)
+            if node.state != ts.READY:
+                self.transition(node, ts.READY)
+            self._adopt(node, worker)
+            self._finish(node, worker, *held_sizes[task_id])
         if remove:
             self.outbox.remove[worker].extend(remove)
         return len(remove)

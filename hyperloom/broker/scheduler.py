@@ -293,7 +293,11 @@ class _Room:
         return self.max_cpu_free >= n_cpus if n_cpus else self.light_free > 0
 
     def has(self, worker: WorkerRecord, n_cpus: int) -> bool:
-        i = self.index[worker]
+        """Room on ``worker`` for a task of ``n_cpus`` this round (none on a holder of
+        an input that is not placed on: a retiring worker)."""
+        i = self.index.get(worker)
+        if i is None:
+            return False
         if n_cpus:
             return n_cpus <= self.cores[i] and self.used[i] + n_cpus <= self.limit[i]
         return self.light[i] < LIGHT_LIMIT

@@ -351,3 +351,34 @@ def test_data_copied_before_its_worker_died_is_not_recomputed_after_a_restart(tm
     assert again.gather([source_id, wide_id]) == [b"a", b"a"]
     assert again.messages_named("ComputeTasks") == []
     assert restored.stats()["journal"]["recomputed"] == 0
+
+
+def test_a_late_worker_hands_in_what_is_being_computed_again_elsewhere(tmp_path):
+    """Past the re-attach timeout the ghosts' data is computed again; a worker that
+    re-attaches holding some of it hands it in: taken as finished, the run elsewhere is
+    canceled, and nothing the client waits for is lost on the way."""
+    cluster, ids = _half_run(rounds=2)
+    number, token = cluster.client.session
+    restored = _restored(_through_file(tmp_path, cluster.broker.journal.take()))
+    restored.reattach_timeout = 0.0
+    again = Cluster(workers=0, broker=restored, name="again-")
+    fresh = again.add_worker(cpus=1, auto_run=False)
+    again.run()                                  # the ghosts' data is placed on fresh:
+    fresh.finish_running()                       # the consts first, then the merges
+    again.run()
+    placed = set(fresh.core.tasks)
+    late = max(cluster.workers, key=lambda w: len(placed & set(w.core.store)))
+    handed_in = placed & set(late.core.store)
+    assert handed_in
+    _rejoin(again, late)
+    canceled = {i for [batch] in again.messages_named("CancelTasks", receiver=fresh.identity)
+                for i in batch}
+    assert canceled == handed_in
+    again.client = client = SimClient(again, b"resumed")
+    again.ever.add(b"resumed")
+    client.send(protocol.encode(protocol.RESUME_CLIENT, protocol.PROTOCOL_VERSION, number,
+                                token, ids))
+    fresh.auto_run = True
+    fresh.finish_running()
+    again.run()
+    assert again.gather(ids)[-1] == _expected()

@@ -256,3 +256,39 @@ def test_an_unplaceable_task_sent_back_to_wait_by_a_loss_is_placed_once():
     cluster.run()
     assert _times_run(cluster, wide_id) == 1
     assert cluster.gather([wide_id]) == [b"a"]
+
+
+def _record_of(cluster, sim):
+    """The broker's record of a simulated worker."""
+    return cluster.broker.workers[sim.identity]
+
+
+def test_data_needed_again_before_its_removal_went_out_is_not_removed():
+    """A released input, its RemoveData held back (lifecycle.REMOVE_DELAY), is needed
+    again by the recomputation of a lost result and computed on the same worker: the
+    held removal went out after that order and deleted the new copy."""
+    cluster = Cluster(workers=1, cpus=1, auto_run=False)
+    small = cluster.workers[0]
+    source = tasks.const("a")
+    wide = tasks._make(protocol.TASK_MERGE, [source], request=tasks.cpus(2))
+    [wide_id] = cluster.client.submit([wide])        # the source is not a result
+    cluster.run()
+    small.finish_running()                           # the source, on the 1-cpu worker
+    cluster.run()
+    big = cluster.add_worker(cpus=2, auto_run=False)
+    cluster.run()                                    # wide on big, the source copied there
+    [source_id] = [i for i in cluster.broker.tasks if i != wide_id]
+    big.finish_running(report=False)
+    big.report()                                     # wide is done: the source is released
+    # its removal from small waits (sent REMOVE_DELAY later, after this round's orders)
+    assert source_id in cluster.broker.outbox.remove[_record_of(cluster, small)]
+    cluster.kill(big)                                # and wide dies with big, at once
+    cluster.step()                                   # the source is computed on small again
+    small.finish_running()
+    cluster.run()
+    assert source_id in small.computed
+    again = cluster.add_worker(cpus=2)
+    small.auto_run = True
+    cluster.run()
+    assert wide_id in again.computed
+    assert cluster.gather([wide_id]) == [b"a"]

@@ -172,3 +172,20 @@ def test_a_dashboard_snapshot_is_answered_from_the_core():
     snapshot = cluster.client.stats[4]
     assert len(snapshot["workers"]) == 2
     assert snapshot["clients"][0]["done"] == snapshot["clients"][0]["total"] == 3
+
+
+def test_a_task_whose_input_is_held_by_a_retiring_worker_is_placed_elsewhere():
+    """The scheduler weighed the input's holders for locality, a retiring one among them,
+    which it does not place on: the broker crashed (KeyError in the scheduler)."""
+    cluster = Cluster(workers=1, cpus=1)
+    holder = cluster.workers[0]
+    source = tasks.const("a")
+    wide = tasks._make(protocol.TASK_MERGE, [source], request=tasks.cpus(2))
+    source_id, wide_id = cluster.client.submit([source, wide])
+    cluster.run()                        # the source runs; nobody can run wide yet
+    assert source_id in holder.core.store
+    holder.send(protocol.encode(protocol.RETIRING))
+    big = cluster.add_worker(cpus=2)     # wide is placed while the holder retires
+    cluster.run()
+    assert cluster.gather([source_id, wide_id]) == [b"a", b"a"]
+    assert not holder.alive and wide_id in big.computed
