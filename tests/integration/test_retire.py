@@ -53,6 +53,25 @@ def test_retiring_worker_copies_data_only_it_holds(make_cluster, tmp_path):
     assert len(runs(counter)) == 8, "no result was recomputed"
 
 
+def test_tasks_that_read_data_of_a_retiring_worker_run_elsewhere(make_cluster):
+    """Chains whose next step becomes ready while the worker holding its input
+    retires: the broker crashed (its scheduler weighed that holder for locality)."""
+    cluster = make_cluster(workers=1, cpus=1)
+    client = cluster.client()
+    retiring = cluster.add_worker(extra_args=("--lifetime", "2"))
+    cluster.wait_for_workers(2)
+    chains = []
+    for i in range(6):
+        task = tasks.const(f"{i}:")
+        for _ in range(8):
+            task = tasks.run(["sh", "-c", "sleep 0.1; cat; printf x"], stdin=task)
+        chains.append(task)
+    futures = client.submit(chains)
+    assert [f.decode() for f in client.gather(futures)] == [f"{i}:xxxxxxxx" for i in range(6)]
+    assert retiring.wait(timeout=30) == 0
+    assert client.get_stats()["n_workers"] == 1
+
+
 @pytest.mark.parametrize("end, left", [("2026-01-01T12:30:00", 1680.0),
                                        ("2026-01-01T12:00:10", 8.0),
                                        ("N/A", None), ("Unknown", None),
