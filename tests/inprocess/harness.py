@@ -357,6 +357,17 @@ class Cluster:
         self.broker.on_peer_disconnected(worker.identity, self.now)
         self.check()
 
+    def resume_client(self, session, waiting, identity=b"resumed") -> SimClient:
+        """A client of the broker before a restart re-attaches with its ``session``
+        (number, token), waiting on ``waiting``; it becomes ``self.client``."""
+        number, token = session
+        client = self.client = SimClient(self, identity)
+        client.session = session
+        self.ever.add(identity)
+        client.send(protocol.encode(protocol.RESUME_CLIENT, protocol.PROTOCOL_VERSION, number,
+                                    token, list(waiting)))
+        return client
+
     def live_workers(self):
         return [w for w in self.workers if w.alive]
 

@@ -172,10 +172,7 @@ def test_workers_and_the_client_reattach_and_nothing_held_is_computed_again(tmp_
     for old in cluster.workers:
         _rejoin(again, old)
     assert restored.workers and not restored.detached_workers
-    again.client = client = SimClient(again, b"resumed")
-    again.ever.add(b"resumed")
-    client.send(protocol.encode(protocol.RESUME_CLIENT, protocol.PROTOCOL_VERSION, number,
-                                token, ids))
+    client = again.resume_client((number, token), ids)
     again.run()
     assert set(ids) <= client.finished
     values = again.gather(ids)
@@ -199,10 +196,7 @@ def test_a_worker_that_does_not_come_back_is_recomputed_after_the_timeout(tmp_pa
     assert restored.restoring                    # still waiting for the second
     again.advance(6.0)
     assert not restored.restoring and not restored.detached_workers
-    again.client = client = SimClient(again, b"resumed")
-    again.ever.add(b"resumed")
-    client.send(protocol.encode(protocol.RESUME_CLIENT, protocol.PROTOCOL_VERSION, number,
-                                token, ids))
+    again.resume_client((number, token), ids)
     again.run()
     assert again.gather(ids)[-1] == _expected()
     assert restored.stats()["journal"]["recomputed"] > 0   # what the dead worker held
@@ -278,10 +272,7 @@ def test_dslice_and_dget_expansions_replay_to_the_same_tasks(tmp_path):
     resumed = Cluster(workers=0, broker=restored)
     for old in cluster.workers:
         _rejoin(resumed, old)
-    resumed.client = client = SimClient(resumed, b"resumed")
-    resumed.ever.add(b"resumed")
-    client.send(protocol.encode(protocol.RESUME_CLIENT, protocol.PROTOCOL_VERSION, number,
-                                token, ids))
+    resumed.resume_client((number, token), ids)
     resumed.run()
     lengths, letters = resumed.gather(ids)
     assert sum(struct.unpack("<Q", item)[0] for item in lengths) == 20
@@ -312,10 +303,7 @@ def test_workers_that_reattach_after_the_timeout_hand_back_their_data_once(tmp_p
     assert not restored.restoring and restored.stats()["journal"]["detached_workers"] == []
     for old in cluster.workers:
         _rejoin(again, old)
-    again.client = client = SimClient(again, b"resumed")
-    again.ever.add(b"resumed")
-    client.send(protocol.encode(protocol.RESUME_CLIENT, protocol.PROTOCOL_VERSION, number,
-                                token, ids))
+    again.resume_client((number, token), ids)
     again.run()
     assert again.gather(ids)[-1] == _expected()
 
@@ -343,10 +331,7 @@ def test_data_copied_before_its_worker_died_is_not_recomputed_after_a_restart(tm
     assert [w.worker_id for w in restored.tasks[source_id].holders] == [big.core.worker_id]
     again = Cluster(workers=0, broker=restored, name="again-")
     _rejoin(again, big)
-    again.client = client = SimClient(again, b"resumed")
-    again.ever.add(b"resumed")
-    client.send(protocol.encode(protocol.RESUME_CLIENT, protocol.PROTOCOL_VERSION, number,
-                                token, [source_id, wide_id]))
+    again.resume_client((number, token), [source_id, wide_id])
     again.run()
     assert again.gather([source_id, wide_id]) == [b"a", b"a"]
     assert again.messages_named("ComputeTasks") == []
@@ -374,10 +359,7 @@ def test_a_late_worker_hands_in_what_is_being_computed_again_elsewhere(tmp_path)
     canceled = {i for [batch] in again.messages_named("CancelTasks", receiver=fresh.identity)
                 for i in batch}
     assert canceled == handed_in
-    again.client = client = SimClient(again, b"resumed")
-    again.ever.add(b"resumed")
-    client.send(protocol.encode(protocol.RESUME_CLIENT, protocol.PROTOCOL_VERSION, number,
-                                token, ids))
+    again.resume_client((number, token), ids)
     fresh.auto_run = True
     fresh.finish_running()
     again.run()

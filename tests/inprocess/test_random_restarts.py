@@ -30,7 +30,7 @@ from hyperloom import protocol
 from hyperloom.broker import journal as jn
 from hyperloom.broker.state import BrokerState
 
-from .harness import Cluster, SimClient, SimWorker
+from .harness import Cluster, SimWorker
 from .test_random_losses import queued_plan, random_dynamic_plan, random_plan
 
 
@@ -74,12 +74,9 @@ def _restart(cluster, path, ids, rng):
             again.run()
     if not survivors or rng.random() < 0.3:
         again.add_worker(cpus=rng.choice([1, 2]), auto_run=False)
-    number, token = cluster.client.session
-    again.client = client = SimClient(again, b"resumed-%d" % len(again.workers))
-    again.ever.add(client.identity)
-    client.session = (number, token)
-    client.send(protocol.encode(protocol.RESUME_CLIENT, protocol.PROTOCOL_VERSION, number,
-                                token, [i for i in ids if i not in cluster.client.finished]))
+    again.resume_client(cluster.client.session,
+                        [i for i in ids if i not in cluster.client.finished],
+                        identity=b"resumed-%d" % len(again.workers))
     again.run()
     if core.restoring:
         again.advance(6.0)                    # the ones that did not come back are lost
