@@ -86,6 +86,7 @@ class CoreBase:
     on_client_lost: Callable[[ClientRecord], None]               # requests
     on_worker_lost: Callable[[WorkerRecord], None]               # recovery
     journal_stats: Callable[[], dict[str, Any]]                  # restore
+    _end_session: Callable[[int], None]                          # sessions
     stats: Callable[[], dict[str, Any]]                          # requests
     _drop_holder: Callable[[WorkerRecord], tuple[list[Node], list[int]]]  # recovery
     _recompute_lost: Callable[[list[Node]], None]                # recovery

@@ -9,8 +9,9 @@ memory.
 
 It is composed of mixins, one per sub-protocol, sharing this object's state:
 lifecycle.py (states, reference counts, placement), intake.py (plans),
-requests.py (client requests), reports.py (worker reports), recovery.py (loss)
-and dynamic.py (dslice/dget). Mixins rather than modules of functions: the
+requests.py (client requests), reports.py (worker reports), recovery.py (loss),
+dynamic.py (dslice/dget), restore.py (restart from a journal) and sessions.py
+(client sessions). Mixins rather than modules of functions: the
 handlers call each other on the hot path, where ``self.method`` costs what it
 always did, and a test or a tool sees one object with one set of attributes.
 """
@@ -36,6 +37,7 @@ from .recovery import Recovery
 from .reports import WorkerReports
 from .requests import ClientRequests
 from .restore import Restore
+from .sessions import Sessions
 from . import journal as jn
 from .journal import NullJournal
 from .retire import Retirements
@@ -67,7 +69,7 @@ def _no_checkpoints(path: str) -> bool:
 
 
 class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery,
-                  DynamicPass, Restore):
+                  DynamicPass, Restore, Sessions):
     def __init__(self, overbooking: int = 3, max_task_losses: int = 3,
                  heartbeat_timeout: float = 5.0,
                  checkpoint_exists: Callable[[str], bool] = _no_checkpoints,
