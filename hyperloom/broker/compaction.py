@@ -47,10 +47,15 @@ def compact_records(state: CoreBase) -> list[list[Any]]:
                         False])
     finished: list[int] = []
     failed: list[list[Any]] = []
+    live = state.tasks
     for node in order:
         error = node.extra.error if node.extra is not None else None
-        if error is not None:  # failed (and maybe released since); roots only
-            if error[0] == node.id:
+        if error is not None:
+            # The failed tasks a client still holds, each with its own error (the
+            # failure of a task that one depends on, or its own), consumers first:
+            # replayed, each fails with the error its client was told. Failed tasks
+            # no longer held need no record: only failed tasks depend on them.
+            if node.id in live:
                 failed.append([jn.FAILED, node.id, error])
         elif node.state == ts.FINISHED:
             assert node.holders  # FINISHED (taskstate.py)
@@ -59,7 +64,7 @@ def compact_records(state: CoreBase) -> list[list[Any]]:
             finished += (node.id, 0, node.size, node.length)
     if finished:
         records.append([jn.FINISHED, finished])
-    records.extend(failed)
+    records.extend(reversed(failed))
     records.append([jn.COUNTERS, state.next_worker_id, state.next_client_number,
                     [[number, client.n_done, client.n_total, client.next_broker_id]
                      for number, client in state.sessions.items()]])

@@ -83,9 +83,12 @@ class Lifecycle(CoreBase):
         if holders:
             size = node.size
             remove = self.outbox.remove
+            ghosts = self.detached_workers   # after a restart: workers not back yet
             for worker in holders:
-                remove[worker].append(node.id)
                 worker.bytes_held -= size
+                if ghosts and ghosts.get(worker.worker_id) is worker:
+                    continue  # nobody to tell: back, it says it holds this and is told then
+                remove[worker].append(node.id)
                 if worker.incoming:
                     worker.incoming.pop(node.id, None)
             node.holders = None

@@ -364,3 +364,53 @@ def test_a_late_worker_hands_in_what_is_being_computed_again_elsewhere(tmp_path)
     fresh.finish_running()
     again.run()
     assert again.gather(ids)[-1] == _expected()
+
+
+def test_compaction_keeps_the_error_each_failed_result_was_failed_with(tmp_path):
+    """A result failed by one of two failing inputs: compaction wrote the failed roots
+    only, in lineage order, so on replay the other root failed it first (another error
+    than its client was told) and the record of the first no longer applied."""
+    cluster = Cluster(workers=2, cpus=1, auto_run=False,
+                      broker=BrokerState(journal=jn.JournalRecorder()))
+    first, second = tasks.open("/nonexistent/first"), tasks.open("/nonexistent/second")
+    first_id, both_id = cluster.client.submit([first, tasks.merge([first, second])])
+    cluster.run()
+    [runs_second] = [w for w in cluster.workers if first_id not in {t.id for t in w.running}]
+    runs_second.finish_running()             # the second fails first: so does the merge
+    cluster.run()
+    for worker in cluster.workers:
+        worker.finish_running()
+    cluster.run()
+    assert "second" in cluster.client.failed[both_id][-1]
+    assert "first" in cluster.client.failed[first_id][-1]
+    path = os.path.join(tmp_path, "compacted")
+    jn.write_journal(path, cluster.broker.compact_records())
+    restored = _restored(path)                   # every record applies
+    for task_id in (first_id, both_id):
+        assert restored.tasks[task_id].extra.error == cluster.broker.tasks[task_id].extra.error
+
+
+def test_data_released_while_its_holder_is_still_awaited_is_not_removed_from_nobody(tmp_path):
+    """A worker back first hands in results it finished meanwhile; inputs they release
+    were held by a worker not back yet: their RemoveData was addressed to its ghost
+    (nobody: the invariants flag it). That worker is told when it comes back."""
+    cluster, ids = _half_run(rounds=1)
+    for worker in cluster.workers:
+        worker.finish_running(report=False)      # finished while the broker is down
+    number, token = cluster.client.session
+    restored = _restored(_through_file(tmp_path, cluster.broker.journal.take()))
+    restored.reattach_timeout = 5.0
+    again = Cluster(workers=0, broker=restored, name="again-")
+    first, second = cluster.workers
+    _rejoin(again, first)
+    again.run()
+    assert restored.restoring                    # the second is still awaited
+    back = _rejoin(again, second)
+    again.run()
+    assert again.messages_named("RemoveData", receiver=back.identity)  # told now
+    again.resume_client((number, token), ids)
+    for worker in again.workers:
+        worker.auto_run = True
+        worker.finish_running()
+    again.run()
+    assert again.gather(ids)[-1] == _expected()

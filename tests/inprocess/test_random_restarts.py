@@ -17,8 +17,10 @@ lifecycle.py ``requeue_ready``) that no in-memory test reached before. Over 2,00
 seeds it found: copies taken for lost on replay (journal.py, LOST), records that no
 longer applied after compaction (restore.py, ``_replay_finished``), the scheduler
 weighing a retiring holder it does not place on (a crash: scheduler.py, ``_Room.has``),
-and a removal held back past an order giving the same data to the same worker again
-(recovery.py, ``_void_removals``).
+a removal held back past an order giving the same data to the same worker again
+(recovery.py, ``_void_removals``), with failing tasks in the plans: compaction
+replaying another error than the client was told (compaction.py), and removals
+addressed to workers not back yet (lifecycle.py, ``_remove_data``).
 """
 
 import random
@@ -29,9 +31,33 @@ import pytest
 from hyperloom import protocol
 from hyperloom.broker import journal as jn
 from hyperloom.broker.state import BrokerState
+from hyperloom.client import tasks
 
 from .harness import Cluster, SimWorker
 from .test_random_losses import queued_plan, random_dynamic_plan, random_plan
+
+
+FAILS = object()   # the expected outcome of a result with a failing task in its lineage
+
+
+def failing_plan(rng):
+    """Consts and merges, a few leaves opening a file that does not exist (they fail,
+    and so does every merge reading them); with the outcomes expected."""
+    nodes = []
+    for i in range(rng.randint(3, 12)):
+        if rng.random() < 0.2:
+            nodes.append((tasks.open(f"/nonexistent/loom-{i}"), FAILS))
+        else:
+            nodes.append((tasks.const(f"<{i}>"), f"<{i}>".encode()))
+    for _ in range(rng.randint(5, 30)):
+        picked = rng.sample(nodes, rng.randint(1, 3))
+        task = tasks.merge([task for task, _ in picked])
+        if rng.random() < 0.5:
+            task.resource_request = tasks.cpus(1)
+        values = [value for _, value in picked]
+        nodes.append((task, FAILS if FAILS in values else b"".join(values)))
+    results = rng.sample(nodes, min(6, len(nodes)))
+    return [task for task, _ in results], [value for _, value in results]
 
 
 def _broker():
@@ -125,18 +151,26 @@ def test_results_survive_random_broker_restarts(seed, tmp_path):
         file.write(jn.header_bytes())
     cluster = Cluster(workers=2, cpus=rng.choice([1, 2]), auto_run=False, broker=_broker())
     roll = rng.random()
-    if roll < 0.4:
+    if roll < 0.3:
         plan, expected = queued_plan(rng)
-    elif roll < 0.7:
+    elif roll < 0.5:
         plan, expected = random_dynamic_plan(rng)
+    elif roll < 0.75:
+        plan, expected = failing_plan(rng)
     else:
         plan, expected = random_plan(rng, rng.randint(3, 15), rng.randint(5, 40))
     ids = cluster.client.submit(plan)
     cluster, restarts = _run_with_restarts(cluster, path, rng, ids)
     assert restarts >= 1
-    for value, want in zip(cluster.gather(ids), expected):
-        if isinstance(want, int):   # dslice: the pieces' lengths add up to the array's
+    request = cluster.client.fetch(ids, release=True)
+    cluster.run()
+    replies = cluster.client.replies[request]
+    for task_id, want in zip(ids, expected):
+        value, error = replies[task_id]
+        if want is FAILS:
+            assert error is not None and "No such file or directory" in error[-1], (value, error)
+        elif isinstance(want, int):   # dslice: the pieces' lengths add up to the array's
             assert sum(struct.unpack("<Q", item)[0] for item in value) == want
         else:
-            assert value == want
+            assert (value, error) == (want, None)
     assert cluster.broker.tasks == {}
