@@ -54,6 +54,9 @@ from .taskdef import Redirect, TaskContext, TaskError
 # How long a child's replacement that failed to start waits for the pool to be closed
 # (the worker stopping) before it is reported as a failure.
 STOP_GRACE = 2.0
+# How long a reader waits, after a child died of SIGTERM, for the worker to close the pool
+# (the signal went to its whole process group) before it starts a replacement.
+SIGTERM_GRACE = 0.5
 
 
 class PythonPoolError(Exception):
@@ -300,6 +303,16 @@ class PythonPool:
             else:
                 again.append(job)
         if closed:
+            return
+        if child.process.exitcode == -signal.SIGTERM and self._closing.wait(SIGTERM_GRACE):
+            # A SIGTERM to the worker's process group (a stopped cluster, scancel): the
+            # worker closes this pool at once. Starting a replacement first asked the
+            # forkserver's resource tracker, gone with the group, and Python warned
+            # "resource_tracker: process died unexpectedly" on every other cluster stop.
+            for job in again:
+                job.future.set_exception(died)
+            with self._lock:
+                self._children.remove(child)
             return
         try:
             replacement = self._start_child()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 
 import pytest
@@ -226,6 +227,33 @@ def test_a_dying_child_fails_its_task_and_is_replaced():
         before = through(one, pid())
         assert failure_of(one, die()) == "Python executor process died (exit code 3)"
         after = through(one, pid())
+    assert before != after
+
+
+def test_a_child_killed_with_the_workers_process_group_is_not_replaced():
+    """A stopping worker's group gets SIGTERM: its children die with it and the pool is
+    closed at once. Replacing a child first asked the resource tracker, gone with the
+    group, and Python warned of it on about half of the cluster stops."""
+    pool = PythonPool(1)
+    started = []
+    start_child = pool._start_child
+    pool._start_child = lambda: started.append(1) or start_child()
+    [child] = pool._children
+    os.kill(child.process.pid, signal.SIGTERM)
+    time.sleep(0.05)                     # the worker's own SIGTERM closes the pool
+    pool.close()
+    assert started == []
+
+
+def test_a_child_killed_with_sigterm_alone_is_replaced():
+    @tasks.py_task()
+    def pid():
+        return str(os.getpid())
+
+    with PythonPool(1) as one:
+        before = through(one, pid()).data
+        os.kill(int(before), signal.SIGTERM)
+        after = through(one, pid()).data   # after SIGTERM_GRACE: a replacement runs it
     assert before != after
 
 
