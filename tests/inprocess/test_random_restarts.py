@@ -4,12 +4,12 @@ retirements, seeded.
 The broker core "crashes" at random steps: its journal (appended to a file, then
 replayed into a fresh core and compacted, as ``loom-broker --journal`` does) is all
 that survives. Workers die, or retire (hand over their work and data and leave, as at
-the end of a batch job), now and then. While the broker is down some die; the others
-re-attach as real workers do (``WorkerCore.rejoining``: data kept, started tasks kept
-and reported later), before the re-attach timeout or after it; the client resumes its
-session. Every journal record must apply on replay, every result must be right,
-``check_invariants`` holds after every step, and nobody gets a message it does not
-expect.
+the end of a batch job), now and then; the client lets go of some results. While
+the broker is down some workers die; the others re-attach as real workers do
+(``WorkerCore.rejoining``: data kept, started tasks kept and reported later), before
+the re-attach timeout or after it; the client resumes its session. Every journal
+record must apply on replay, every result must be right, ``check_invariants`` holds
+after every step, and nobody gets a message it does not expect.
 
 This is the in-memory twin of the broker-kill chaos test
 (tests/integration/test_chaos.py), which found a restart crash (a task queued twice,
@@ -81,7 +81,7 @@ def _rejoin(cluster, old: SimWorker, rng) -> SimWorker:
     return worker
 
 
-def _restart(cluster, path, ids, rng):
+def _restart(cluster, path, ids, released, rng):
     """The broker dies; a new one replays the journal; workers and the client come back."""
     with open(path, "ab") as file:
         file.write(cluster.broker.journal.take())
@@ -101,7 +101,8 @@ def _restart(cluster, path, ids, rng):
     if not survivors or rng.random() < 0.3:
         again.add_worker(cpus=rng.choice([1, 2]), auto_run=False)
     again.resume_client(cluster.client.session,
-                        [i for i in ids if i not in cluster.client.finished],
+                        [i for i in ids if i not in cluster.client.finished
+                         and i not in released],
                         identity=b"resumed-%d" % len(again.workers))
     again.run()
     if core.restoring:
@@ -109,19 +110,22 @@ def _restart(cluster, path, ids, rng):
     return again
 
 
-def _run_with_restarts(cluster, path, rng, ids, rounds=800, max_restarts=2, max_losses=2,
-                       max_retirements=2):
+def _run_with_restarts(cluster, path, rng, ids, released, rounds=800, max_restarts=2,
+                       max_losses=2, max_retirements=2):
+    """Random steps until every result in ``ids`` finished or was released (the client
+    lets go of some on the way: ``released``, filled here); returns the cluster and
+    how many restarts there were."""
     restarts = losses = retirements = 0
     finished = set()
     first_restart = rng.randint(0, 5)      # every seed restarts at least once
     for step in range(rounds):
         cluster.run()
         finished |= cluster.client.finished
-        if all(i in finished for i in ids) and restarts:
+        if all(i in finished or i in released for i in ids) and restarts:
             break
         roll = rng.random()
         if restarts < max_restarts and (roll < 0.04 or step == first_restart):
-            cluster = _restart(cluster, path, ids, rng)
+            cluster = _restart(cluster, path, ids, released, rng)
             restarts += 1
         elif losses < max_losses and roll < 0.07 and len(cluster.live_workers()) > 1:
             cluster.kill(rng.choice(cluster.live_workers()))
@@ -129,7 +133,12 @@ def _run_with_restarts(cluster, path, rng, ids, rounds=800, max_restarts=2, max_
             losses += 1
         elif roll < 0.1 and len(cluster.live_workers()) < 6:
             cluster.add_worker(cpus=1, auto_run=False)
-        elif roll < 0.12 and retirements < max_retirements:
+        elif roll < 0.125 and len(released) < len(ids) - 1:
+            # the client lets go of a result, finished or not (its lineage is canceled)
+            task_id = rng.choice([i for i in ids if i not in released])
+            cluster.client.release([task_id])
+            released.add(task_id)
+        elif roll < 0.14 and retirements < max_retirements:
             # its batch job ends: it hands over its work and data, then leaves
             rng.choice(cluster.live_workers()).send(protocol.encode(protocol.RETIRING))
             cluster.add_worker(cpus=rng.choice([1, 2]), auto_run=False)
@@ -160,12 +169,14 @@ def test_results_survive_random_broker_restarts(seed, tmp_path):
     else:
         plan, expected = random_plan(rng, rng.randint(3, 15), rng.randint(5, 40))
     ids = cluster.client.submit(plan)
-    cluster, restarts = _run_with_restarts(cluster, path, rng, ids)
+    released = set()
+    cluster, restarts = _run_with_restarts(cluster, path, rng, ids, released)
     assert restarts >= 1
-    request = cluster.client.fetch(ids, release=True)
+    kept = [(i, want) for i, want in zip(ids, expected) if i not in released]
+    request = cluster.client.fetch([i for i, _ in kept], release=True)
     cluster.run()
     replies = cluster.client.replies[request]
-    for task_id, want in zip(ids, expected):
+    for task_id, want in kept:
         value, error = replies[task_id]
         if want is FAILS:
             assert error is not None and "No such file or directory" in error[-1], (value, error)
