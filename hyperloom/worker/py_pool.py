@@ -294,6 +294,12 @@ class PythonPool:
         self._selector.unregister(child.conn)
         child.process.join(timeout=5)
         child.conn.close()
+        if not closed and child.process.exitcode == -signal.SIGTERM:
+            # A SIGTERM to the worker's process group (a stopped cluster, scancel): the
+            # worker closes this pool at once. Starting a replacement first asked the
+            # forkserver's resource tracker, gone with the group, and Python warned
+            # "resource_tracker: process died unexpectedly" on every other cluster stop.
+            closed = self._closing.wait(SIGTERM_GRACE)
         died = TaskError(f"Python executor process died (exit code {child.process.exitcode})")
         again = []
         for index, job in unanswered:
@@ -303,15 +309,7 @@ class PythonPool:
             else:
                 again.append(job)
         if closed:
-            return
-        if child.process.exitcode == -signal.SIGTERM and self._closing.wait(SIGTERM_GRACE):
-            # A SIGTERM to the worker's process group (a stopped cluster, scancel): the
-            # worker closes this pool at once. Starting a replacement first asked the
-            # forkserver's resource tracker, gone with the group, and Python warned
-            # "resource_tracker: process died unexpectedly" on every other cluster stop.
-            for job in again:
-                job.future.set_exception(died)
-            with self._lock:
+            with self._lock:  # its connection is closed: close() must not write to it
                 self._children.remove(child)
             return
         try:
