@@ -149,11 +149,7 @@ class Restore(CoreBase):
                 return 1
             # Finished again: its data was lost in a way the journal does not show (a
             # re-attached worker no longer held it) and computed again there.
-            ghost = self._ghost(worker_id)
-            assert node.holders is not None  # FINISHED (taskstate.py)
-            if ghost not in node.holders:
-                node.holders.append(ghost)
-                ghost.bytes_held += node.size
+            self._add_holder(node, self._ghost(worker_id))
             return 0
         if node.state == ts.WAITING:
             # It finished before an input of it was lost, which is being computed again
@@ -311,18 +307,13 @@ class Restore(CoreBase):
         remove = []
         for task_id in sorted(held_sizes):  # post-order: inputs before their consumers
             node = self.tasks.get(task_id)
-            state = node.state if node is not None else ts.RELEASED
-            if node is None or state not in ts.PENDING and state != ts.FINISHED:
+            if node is None or node.state == ts.FAILED or node.state == ts.CANCELED:
                 remove.append(task_id)   # unknown, released, failed: needed again only
                 continue                 # if revived (_recompute_lost voids this then)
-            if state == ts.FINISHED:
-                holders = node.holders
-                assert holders is not None  # FINISHED (taskstate.py)
-                if worker not in holders:
-                    holders.append(worker)
-                    worker.bytes_held += node.size
+            if node.state == ts.FINISHED:
+                self._add_holder(node, worker)
                 continue
-            if state == ts.ASSIGNED:  # placed elsewhere since the restart: this copy wins
+            if node.state == ts.ASSIGNED:  # placed elsewhere since the restart: this copy wins
                 other = node.worker
                 assert other is not None  # ASSIGNED (taskstate.py)
                 self._unassign(node, other)
@@ -335,6 +326,14 @@ class Restore(CoreBase):
         if remove:
             self.outbox.remove[worker].extend(remove)
         return len(remove)
+
+    def _add_holder(self, node: Node, worker: WorkerRecord) -> None:
+        """``worker`` holds a copy of FINISHED ``node``'s data too (a ghost: is said to)."""
+        holders = node.holders
+        assert holders is not None  # FINISHED (taskstate.py)
+        if worker not in holders:
+            holders.append(worker)
+            worker.bytes_held += node.size
 
     def journal_stats(self) -> dict[str, Any]:
         """What ``info()["journal"]`` shows: how a restart went."""
