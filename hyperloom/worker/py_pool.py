@@ -57,6 +57,9 @@ STOP_GRACE = 2.0
 # How long a reader waits, after a child died of SIGTERM, for the worker to close the pool
 # (the signal went to its whole process group) before it starts a replacement.
 SIGTERM_GRACE = 0.5
+# Exit codes of a child ended with the worker's process group: SIGTERM, or 255, which
+# multiprocessing reports when the forkserver that would tell the real one died first.
+GROUP_STOPPED = frozenset({-signal.SIGTERM, 255})
 
 
 class PythonPoolError(Exception):
@@ -294,7 +297,7 @@ class PythonPool:
         self._selector.unregister(child.conn)
         child.process.join(timeout=5)
         child.conn.close()
-        if not closed and child.process.exitcode == -signal.SIGTERM:
+        if not closed and child.process.exitcode in GROUP_STOPPED:
             # A SIGTERM to the worker's process group (a stopped cluster, scancel): the
             # worker closes this pool at once. Starting a replacement first asked the
             # forkserver's resource tracker, gone with the group, and Python warned
@@ -319,7 +322,7 @@ class PythonPool:
             # A SIGTERM to the worker's process group (a stopped cluster, scancel) ends the
             # executors and their forkserver, so no replacement can start, and stops the
             # worker too, which closes this pool within a loop turn: not worth a warning.
-            stopping = (child.process.exitcode == -signal.SIGTERM
+            stopping = (child.process.exitcode in GROUP_STOPPED
                         or self._closing.wait(STOP_GRACE))
             logging.getLogger(CHILD_LOGGER).log(
                 logging.DEBUG if stopping else logging.WARNING,

@@ -230,19 +230,25 @@ def test_a_dying_child_fails_its_task_and_is_replaced():
     assert before != after
 
 
-def test_a_child_killed_with_the_workers_process_group_is_not_replaced():
+@pytest.mark.parametrize("forkserver_first", [False, True])
+def test_a_child_killed_with_the_workers_process_group_is_not_replaced(forkserver_first):
     """A stopping worker's group gets SIGTERM: its children die with it and the pool is
     closed at once. Replacing a child first asked the resource tracker, gone with the
-    group, and Python warned of it on about half of the cluster stops."""
+    group, and Python warned of it on about half of the cluster stops. With the
+    forkserver gone first, the child's exit code reads 255, not -SIGTERM."""
+    from multiprocessing import forkserver
     pool = PythonPool(1)
     started = []
     start_child = pool._start_child
     pool._start_child = lambda: started.append(1) or start_child()
     [child] = pool._children
+    if forkserver_first:   # (the next pool starts a new one)
+        os.kill(forkserver._forkserver._forkserver_pid, signal.SIGKILL)
     os.kill(child.process.pid, signal.SIGTERM)
     time.sleep(0.05)                     # the worker's own SIGTERM closes the pool
     pool.close()
     assert started == []
+    assert child.process.exitcode == (255 if forkserver_first else -signal.SIGTERM)
 
 
 def test_a_child_killed_with_sigterm_alone_is_replaced():
