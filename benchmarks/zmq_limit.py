@@ -10,6 +10,12 @@ messages, and acks each phase. The parent PUSHes the same object (zero-copy).
 worker -> broker -> client) with nothing but the messages: a ROUTER relay
 process (``--relay``) and a DEALER echo process (``--echo``), each a poll loop
 as hyperloom's, and this process as the client, sending 20-byte messages.
+Two variants bound what a different design would gain (``python -m
+benchmarks.zmq_limit --round-trip`` prints all three, with each process's CPU
+per round trip): ``zmq3``, three hops, the echo answering the client itself
+through a PUSH socket to the client's PULL (a worker sending a small result
+straight to its client); ``tcp4``, the same four hops over plain TCP sockets
+(TCP_NODELAY, epoll loops, no ZeroMQ I/O threads).
 """
 
 from __future__ import annotations
@@ -73,15 +79,18 @@ def measure(nbytes: int, count: int = 5, timeout: float = 120.0) -> float:
     return nbytes * count / elapsed / 1e9
 
 
+def _write_port(port_file: str, port: int) -> None:
+    with open(port_file + ".tmp", "w") as f:
+        f.write(str(port))
+    os.replace(port_file + ".tmp", port_file)
+
+
 def _relay(port_file: str) -> None:
     """The broker's part: whatever the worker sends goes to the client, and back."""
     import zmq
     ctx = zmq.Context()
     router = ctx.socket(zmq.ROUTER)
-    port = router.bind_to_random_port("tcp://127.0.0.1")
-    with open(port_file + ".tmp", "w") as f:
-        f.write(str(port))
-    os.replace(port_file + ".tmp", port_file)
+    _write_port(port_file, router.bind_to_random_port("tcp://127.0.0.1"))
     poller = zmq.Poller()
     poller.register(router, zmq.POLLIN)
     worker = client = None
@@ -101,12 +110,17 @@ def _relay(port_file: str) -> None:
                 router.send_multipart([worker, body])
 
 
-def _echo(port: int) -> None:
-    """The worker's part: every message goes straight back."""
+def _echo(port: int, reply_to: str = "") -> None:
+    """The worker's part: every message goes straight back, through the relay
+    or (``reply_to``, a PULL address of the client) to the client itself."""
     import zmq
     ctx = zmq.Context()
     dealer = ctx.socket(zmq.DEALER)
     dealer.connect(f"tcp://127.0.0.1:{port}")
+    answer = dealer
+    if reply_to:
+        answer = ctx.socket(zmq.PUSH)
+        answer.connect(reply_to)
     dealer.send(b"worker")
     poller = zmq.Poller()
     poller.register(dealer, zmq.POLLIN)
@@ -114,54 +128,151 @@ def _echo(port: int) -> None:
         poller.poll(1000)
         while True:
             try:
-                dealer.send(dealer.recv(zmq.NOBLOCK))
+                answer.send(dealer.recv(zmq.NOBLOCK))
             except zmq.Again:
                 break
 
 
-def round_trip(count: int = 2000, timeout: float = 60.0) -> float:
-    """Median milliseconds of ``count`` four-hop round trips (after 200 unmeasured)."""
+MESSAGE_BYTES = 20
+
+
+def _recv_exactly(sock, n: int = MESSAGE_BYTES) -> bytes:
+    chunks = []
+    while n:
+        chunk = sock.recv(n)
+        if not chunk:
+            raise ConnectionError("peer closed")
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+def _tcp_connect(port: int, hello: bytes):
+    import socket
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.sendall(hello.ljust(MESSAGE_BYTES))
+    return sock
+
+
+def _tcp_relay(port_file: str) -> None:
+    """``_relay`` over plain TCP: an epoll loop, fixed-size messages."""
+    import select
+    import socket
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    _write_port(port_file, listener.getsockname()[1])
+    peers = {}
+    for _ in range(2):
+        sock, _ = listener.accept()
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peers[_recv_exactly(sock).strip()] = sock
+    worker, client = peers[b"worker"], peers[b"client"]
+    other = {worker.fileno(): client, client.fileno(): worker}
+    by_fd = {worker.fileno(): worker, client.fileno(): client}
+    epoll = select.epoll()
+    for fd in by_fd:
+        epoll.register(fd, select.EPOLLIN)
+    try:
+        while True:
+            for fd, _ in epoll.poll(1.0):
+                other[fd].sendall(_recv_exactly(by_fd[fd]))
+    except ConnectionError:  # the client is done
+        return
+
+
+def _tcp_echo(port: int) -> None:
+    """``_echo`` over plain TCP."""
+    import select
+    sock = _tcp_connect(port, b"worker")
+    epoll = select.epoll()
+    epoll.register(sock.fileno(), select.EPOLLIN)
+    try:
+        while True:
+            if epoll.poll(1.0):
+                sock.sendall(_recv_exactly(sock))
+    except ConnectionError:  # the relay is done
+        return
+
+
+def _spawn(*args: str):
+    return subprocess.Popen([sys.executable, "-m", "benchmarks.zmq_limit", *args],
+                            cwd=REPO_ROOT, start_new_session=True)
+
+
+def _wait_for_port(port_file: str, proc, deadline: float) -> int:
+    while not os.path.exists(port_file):
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise RuntimeError("the relay did not start")
+        time.sleep(0.01)
+    return int(open(port_file).read())
+
+
+def round_trip(count: int = 2000, timeout: float = 60.0, variant: str = "zmq4",
+               cpu: dict | None = None) -> float:
+    """Median milliseconds of ``count`` round trips (after 200 unmeasured) of
+    ``variant`` (``zmq4``, ``zmq3``, ``tcp4``: see the module's document).
+    ``cpu``, if given, receives each process's µs of CPU per round trip."""
     import tempfile
+    import psutil
     import zmq
     prepare_environment()
     procs = []
     ctx = zmq.Context()
-    client = ctx.socket(zmq.DEALER)
-    client.setsockopt(zmq.RCVTIMEO, int(timeout * 1000))
+    sockets = []
+    deadline = time.monotonic() + timeout
+    message = bytes(MESSAGE_BYTES)
     try:
         with tempfile.TemporaryDirectory() as directory:
             port_file = os.path.join(directory, "port")
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "benchmarks.zmq_limit", "--relay", port_file],
-                cwd=REPO_ROOT, start_new_session=True))
-            deadline = time.monotonic() + timeout
-            while not os.path.exists(port_file):
-                if time.monotonic() > deadline or procs[0].poll() is not None:
-                    raise RuntimeError("the pyzmq relay did not start")
-                time.sleep(0.01)
-            port = int(open(port_file).read())
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.zmq_limit", "--echo", str(port)],
-            cwd=REPO_ROOT, start_new_session=True))
-        client.connect(f"tcp://127.0.0.1:{port}")
+            procs.append(_spawn("--tcp-relay" if variant == "tcp4" else "--relay", port_file))
+            port = _wait_for_port(port_file, procs[0], deadline)
+        if variant == "tcp4":
+            procs.append(_spawn("--tcp-echo", str(port)))
+            client = _tcp_connect(port, b"client")
+            sockets.append(client)
+            client.settimeout(timeout)
+            send, recv = client.sendall, _recv_exactly.__get__(client)
+        else:
+            dealer = ctx.socket(zmq.DEALER)
+            sockets.append(dealer)
+            dealer.setsockopt(zmq.RCVTIMEO, int(timeout * 1000))
+            reply_to = ""
+            answers = dealer
+            if variant == "zmq3":
+                answers = ctx.socket(zmq.PULL)
+                sockets.append(answers)
+                answers.setsockopt(zmq.RCVTIMEO, int(timeout * 1000))
+                reply_to = f"tcp://127.0.0.1:{answers.bind_to_random_port('tcp://127.0.0.1')}"
+            procs.append(_spawn("--echo", str(port), *([reply_to] if reply_to else [])))
+            dealer.connect(f"tcp://127.0.0.1:{port}")
+            while True:  # until the worker's hello reached the relay: a reply comes back
+                dealer.send(message)
+                if answers.poll(200):
+                    answers.recv()
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the pyzmq echo did not start")
+            send, recv = dealer.send, answers.recv
         times = []
         perf = time.perf_counter
-        message = bytes(20)
-        while True:  # until the worker's hello reached the relay: a reply comes back
-            client.send(message)
-            if client.poll(200):
-                client.recv()
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError("the pyzmq echo did not start")
+        meters = {"client": psutil.Process(), "relay": psutil.Process(procs[0].pid),
+                  "echo": psutil.Process(procs[1].pid)}
         for i in range(200 + count):
+            if i == 200:
+                before = {name: sum(p.cpu_times()[:2]) for name, p in meters.items()}
             t0 = perf()
-            client.send(message)
-            client.recv()
+            send(message)
+            recv()
             if i >= 200:
                 times.append(perf() - t0)
+        if cpu is not None:
+            for name, p in meters.items():
+                cpu[name] = round((sum(p.cpu_times()[:2]) - before[name]) / count * 1e6)
     finally:
-        client.close(linger=0)
+        for sock in sockets:
+            sock.close(**({} if variant == "tcp4" else {"linger": 0}))
         ctx.term()
         for proc in procs:
             kill_group(proc)
@@ -169,15 +280,29 @@ def round_trip(count: int = 2000, timeout: float = 60.0) -> float:
     return times[len(times) // 2] * 1e3
 
 
+def print_round_trips(repeat: int = 3) -> None:
+    for _ in range(repeat):
+        for variant in ("zmq4", "zmq3", "tcp4"):
+            cpu: dict = {}
+            ms = round_trip(variant=variant, cpu=cpu)
+            per_process = ", ".join(f"{k} {v}" for k, v in cpu.items())
+            print(f"{variant}: {ms:.3f} ms (median); µs of CPU per round trip: {per_process}",
+                  flush=True)
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "--serve":
         _serve(int(sys.argv[2]), int(sys.argv[3]))
     elif len(sys.argv) == 3 and sys.argv[1] == "--relay":
         _relay(sys.argv[2])
-    elif len(sys.argv) == 3 and sys.argv[1] == "--echo":
-        _echo(int(sys.argv[2]))
+    elif len(sys.argv) in (3, 4) and sys.argv[1] == "--echo":
+        _echo(int(sys.argv[2]), *sys.argv[3:])
+    elif len(sys.argv) == 3 and sys.argv[1] == "--tcp-relay":
+        _tcp_relay(sys.argv[2])
+    elif len(sys.argv) == 3 and sys.argv[1] == "--tcp-echo":
+        _tcp_echo(int(sys.argv[2]))
     elif len(sys.argv) == 2 and sys.argv[1] == "--round-trip":
-        print(f"four-hop round trip: {round_trip():.3f} ms (median)")
+        print_round_trips()
     else:
         for size in (10_000_000, 100_000_000):
             print(f"{size / 1e6:.0f} MB: {measure(size):.2f} GB/s")
