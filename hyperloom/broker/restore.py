@@ -83,6 +83,13 @@ class Restore(CoreBase):
             return 0
         if kind == jn.FAILED:
             node = self.tasks.get(record[1])
+            if node is not None and node.state == ts.FAILED:
+                # Failed by its plan's own replay: it read a result that had failed when
+                # it was submitted (intake.py fails it at once, and journals that too).
+                # The record keeps the error its client was told.
+                assert node.extra is not None
+                node.extra.error = record[2]
+                return 0
             if node is None or node.state not in ts.PENDING:
                 return 1
             self._fail(node, record[2])

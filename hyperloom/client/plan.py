@@ -66,6 +66,9 @@ class PlanBuilder:
     def _check_future(self, future, consumer):
         if future.client is not self.client:
             raise LoomError(f"{future!r} (an input of {consumer!r}) belongs to another client")
+        if future.failed():
+            raise LoomError(f"Failed future {future!r} used in plan (an input of "
+                            f"{consumer!r}): {future.error}")
         if not future.active():
             raise LoomError(f"Released future {future!r} used in plan "
                             f"(an input of {consumer!r})")

@@ -235,6 +235,7 @@ class SimClient:
         self.stats = {}
         self.errors = []
         self.next_request = 1
+        self.connected = True         # False once its connection dropped: nothing may come
 
     def hello(self):
         self.send(protocol.encode(protocol.HELLO_CLIENT, protocol.PROTOCOL_VERSION))
@@ -272,7 +273,8 @@ class SimClient:
                 f"{self.identity!r} got {protocol.name_of(code)} {fields!r:.200}")
         if code == protocol.WELCOME:
             self.number = fields[1]
-            self.next_id = self.number << protocol.CLIENT_SHIFT
+            if self.next_id is None:  # a resumed client goes on with its own ids
+                self.next_id = self.number << protocol.CLIENT_SHIFT
         elif code == protocol.TASKS_FINISHED:
             self.finished.update(fields[0])
             self.progress = (fields[1], fields[2])
@@ -311,11 +313,11 @@ class SimClient:
 
 
 class Cluster:
-    """A broker core, workers and one client, on a fake clock, in memory."""
+    """A broker core, workers and clients, on a fake clock, in memory."""
 
     def __init__(self, workers=2, cpus=1, heartbeat_timeout=5.0, auto_run=True,
                  checkpoint_exists=None, open_recorder=None, max_task_losses=3,
-                 broker=None, name=""):
+                 broker=None, name="", client=True):
         options = {"max_task_losses": max_task_losses}
         if checkpoint_exists is not None:
             options["checkpoint_exists"] = checkpoint_exists
@@ -331,8 +333,9 @@ class Cluster:
         self.transcript = []          # (sender, receiver, message name, fields)
         self.workers = []
         self.ever = set()             # every identity that said hello
-        self.client = SimClient(self)
-        self.client.hello()
+        self.clients = {}             # identity -> SimClient, besides ``self.client``
+        # without ``client``, self.client says nothing until a resume_client replaces it
+        self.client = self.add_client(b"client") if client else SimClient(self, b"client")
         for _ in range(workers):
             self.add_worker(cpus, auto_run=auto_run)
         self.run()
@@ -344,6 +347,17 @@ class Cluster:
         self.workers.append(worker)
         worker.hello()                # Welcome comes with the next step
         return worker
+
+    def add_client(self, identity: bytes) -> SimClient:
+        client = self.clients[identity] = SimClient(self, identity)
+        client.hello()
+        return client
+
+    def disconnect(self, client: SimClient):
+        """The client's connection drops (a journaled broker keeps its session)."""
+        client.connected = False
+        self.broker.on_peer_disconnected(client.identity, self.now)
+        self.check()
 
     def worker_at(self, address) -> SimWorker:
         for worker in self.workers:
@@ -357,12 +371,19 @@ class Cluster:
         self.broker.on_peer_disconnected(worker.identity, self.now)
         self.check()
 
-    def resume_client(self, session, waiting, identity=b"resumed") -> SimClient:
-        """A client of the broker before a restart re-attaches with its ``session``
-        (number, token), waiting on ``waiting``; it becomes ``self.client``."""
+    def resume_client(self, session, waiting, identity=b"resumed", next_id=None,
+                      replaces=None) -> SimClient:
+        """A client of the broker before a restart (or of a connection that dropped)
+        re-attaches with its ``session`` (number, token), waiting on ``waiting``; it
+        takes the place of ``replaces`` (by default ``self.client``) and goes on with
+        ids from ``next_id``."""
         number, token = session
-        client = self.client = SimClient(self, identity)
+        client = SimClient(self, identity)
+        if replaces is None or replaces is self.client:
+            self.client = client
+        self.clients[identity] = client
         client.session = session
+        client.next_id = next_id
         self.ever.add(identity)
         client.send(protocol.encode(protocol.RESUME_CLIENT, protocol.PROTOCOL_VERSION, number,
                                     token, list(waiting)))
@@ -397,8 +418,12 @@ class Cluster:
         return True
 
     def _deliver(self, identity, code, fields, frames):
-        if identity == self.client.identity:
-            self.client.receive(code, fields, frames)
+        client = self.client if identity == self.client.identity else self.clients.get(identity)
+        if client is not None:
+            if not client.connected:
+                raise UnexpectedMessage(f"{protocol.name_of(code)} to {identity!r}, whose "
+                                        f"connection dropped")
+            client.receive(code, fields, frames)
             return
         for worker in self.workers:
             if worker.identity == identity:

@@ -18,6 +18,7 @@ from hyperloom.broker import journal as jn
 from hyperloom.broker import taskstate as ts
 from hyperloom.broker.state import BrokerState
 from hyperloom.client import tasks
+from hyperloom.client.future import Future
 from hyperloom.worker.state import WorkerCore
 
 from .harness import Cluster, SimClient, SimWorker
@@ -388,6 +389,31 @@ def test_compaction_keeps_the_error_each_failed_result_was_failed_with(tmp_path)
     restored = _restored(path)                   # every record applies
     for task_id in (first_id, both_id):
         assert restored.tasks[task_id].extra.error == cluster.broker.tasks[task_id].extra.error
+
+
+def test_a_plan_reading_a_failed_result_replays_without_skipping_records(tmp_path):
+    """A plan whose input had failed when it came fails at once, journaled as FAILED
+    after its SUBMIT; replaying the SUBMIT failed it again, so the FAILED record did
+    not apply, and ``loom-broker`` warned of records skipped in a sound journal
+    (found by test_random_clients.py)."""
+    cluster = Cluster(workers=1, cpus=1, broker=BrokerState(journal=jn.JournalRecorder()))
+    [broken_id] = cluster.client.submit([tasks.open("/nonexistent/loom-input")])
+    cluster.run()
+    assert broken_id in cluster.client.failed
+    # the client submits before it hears of the failure (a real client refuses a
+    # future it knows failed): a Future of the failed result as an input
+    [reader_id] = cluster.client.submit([tasks.merge([Future(cluster.client, broken_id)])])
+    cluster.run()
+    told = cluster.client.failed[reader_id]
+    assert "No such file or directory" in told[-1]
+    number, token = cluster.client.session
+    path = _through_file(tmp_path, cluster.broker.journal.take())
+    restored = _restored(path)                   # every record applies
+    assert restored.tasks[reader_id].extra.error == told
+    again = Cluster(workers=1, broker=restored, client=False)
+    client = again.resume_client((number, token), [reader_id])
+    again.run()
+    assert client.failed[reader_id] == told
 
 
 def test_data_released_while_its_holder_is_still_awaited_is_not_removed_from_nobody(tmp_path):

@@ -81,8 +81,9 @@ def _rejoin(cluster, old: SimWorker, rng) -> SimWorker:
     return worker
 
 
-def _restart(cluster, path, ids, released, rng):
-    """The broker dies; a new one replays the journal; workers and the client come back."""
+def _restart(cluster, path, rng, resume_clients):
+    """The broker dies; a new one replays the journal; workers come back, and the
+    clients (``resume_clients(new cluster)``)."""
     with open(path, "ab") as file:
         file.write(cluster.broker.journal.take())
     contents = jn.read_journal(path)
@@ -92,7 +93,7 @@ def _restart(cluster, path, ids, released, rng):
     jn.write_journal(path, core.compact_records())
     core.reattach_timeout = rng.choice([0.0, 5.0])
     # its first round: with a timeout of 0 s, the ghosts are lost
-    again = Cluster(workers=0, broker=core, name=f"{cluster.name}r")
+    again = Cluster(workers=0, broker=core, name=f"{cluster.name}r", client=False)
     survivors = [w for w in cluster.live_workers() if rng.random() < 0.8]
     for old in survivors:
         _rejoin(again, old, rng)
@@ -100,14 +101,20 @@ def _restart(cluster, path, ids, released, rng):
             again.run()
     if not survivors or rng.random() < 0.3:
         again.add_worker(cpus=rng.choice([1, 2]), auto_run=False)
-    again.resume_client(cluster.client.session,
-                        [i for i in ids if i not in cluster.client.finished
-                         and i not in released],
-                        identity=b"resumed-%d" % len(again.workers))
+    resume_clients(again)
     again.run()
     if core.restoring:
         again.advance(6.0)                    # the ones that did not come back are lost
     return again
+
+
+def _resume_one(client, ids, released):
+    """How ``client`` resumes in a restarted cluster: waiting on what it has not seen end."""
+    def resume(again):
+        again.resume_client(client.session,
+                            [i for i in ids if i not in client.finished and i not in released],
+                            identity=b"resumed-%d" % len(again.workers))
+    return resume
 
 
 def _run_with_restarts(cluster, path, rng, ids, released, rounds=800, max_restarts=2,
@@ -125,7 +132,7 @@ def _run_with_restarts(cluster, path, rng, ids, released, rounds=800, max_restar
             break
         roll = rng.random()
         if restarts < max_restarts and (roll < 0.04 or step == first_restart):
-            cluster = _restart(cluster, path, ids, released, rng)
+            cluster = _restart(cluster, path, rng, _resume_one(cluster.client, ids, released))
             restarts += 1
         elif losses < max_losses and roll < 0.07 and len(cluster.live_workers()) > 1:
             cluster.kill(rng.choice(cluster.live_workers()))

@@ -81,6 +81,15 @@ def test_using_a_released_future_names_it(client):
         client.submit_one(tasks.merge((future,)))
 
 
+def test_using_a_failed_future_names_it_and_its_error(client):
+    future = client.submit_one(tasks.open("/nonexistent/loom-input"))
+    with pytest.raises(TaskFailed):
+        future.wait()
+    with pytest.raises(LoomError, match=rf"Failed future <Future task_id={future.task_id} "
+                                        rf"failed> used in plan .*No such file or directory"):
+        client.submit_one(tasks.merge((future,)))
+
+
 def test_fetching_a_released_unfetched_future_raises(client):
     future = client.submit_one(tasks.const("x"))
     future.release()

@@ -1,0 +1,205 @@
+"""Several clients of one journaled broker, at random, seeded: each submits a plan,
+then more plans that read its earlier results (Futures as inputs); connections drop
+and come back (sessions resumed), clients say goodbye or vanish (their sessions
+expire), while the broker restarts from its journal, workers die, join and retire.
+
+What a user of a shared broker counts on: every client that stays gets the right
+value or error for each result it kept, whatever the other clients and the cluster
+did; one that left leaves nothing behind (``broker.tasks`` ends empty); the broker
+never sends anything to a connection that dropped, every journal record applies on
+replay, and ``check_invariants`` holds after every step.
+"""
+
+import random
+import struct
+
+import pytest
+
+from hyperloom import protocol
+from hyperloom.broker import journal as jn
+from hyperloom.client import tasks
+from hyperloom.client.future import Future
+
+from .harness import Cluster
+from .test_random_losses import queued_plan, random_dynamic_plan, random_plan
+from .test_random_restarts import FAILS, _broker, _restart, failing_plan
+
+
+class User:
+    """One client session through the run: its results and what they must be."""
+
+    def __init__(self, name: bytes, client):
+        self.name = name
+        self.client = client          # the SimClient of its current connection
+        self.expected = {}            # result id -> bytes, FAILS or a dslice's total length
+        self.released = set()
+        self.state = "attached"       # or "detached" (connection dropped), "gone"
+        self.connections = 1
+
+    def kept(self):
+        return [i for i in self.expected if i not in self.released]
+
+    def submit(self, plan, expected):
+        for task_id, want in zip(self.client.submit(plan), expected):
+            self.expected[task_id] = want
+
+    def identity(self) -> bytes:
+        self.connections += 1
+        return b"%s-%d" % (self.name, self.connections)
+
+
+def _first_plan(rng):
+    roll = rng.random()
+    if roll < 0.3:
+        return queued_plan(rng)
+    if roll < 0.5:
+        return random_dynamic_plan(rng)
+    if roll < 0.75:
+        return failing_plan(rng)
+    return random_plan(rng, rng.randint(3, 10), rng.randint(5, 25))
+
+
+def _follow_up(user, rng):
+    """A plan reading 1-3 of the user's kept results (bytes or failed) and a const."""
+    usable = [i for i in user.kept() if user.expected[i] is FAILS
+              or isinstance(user.expected[i], bytes)]
+    if not usable:
+        return
+    picked = rng.sample(usable, rng.randint(1, min(3, len(usable))))
+    task = tasks.merge([Future(user.client, i) for i in picked] + [tasks.const("+")])
+    if rng.random() < 0.4:
+        task.resource_request = tasks.cpus(1)
+    values = [user.expected[i] for i in picked]
+    user.submit([task], [FAILS if FAILS in values else b"".join(values) + b"+"])
+
+
+def _read_anothers_result(cluster, user, other, rng):
+    """A hand-made plan (the client API refuses it) reading another client's result:
+    refused, naming the input, and nothing else changes."""
+    stolen = rng.choice(other.kept())
+    task_id = user.client.next_id
+    user.client.next_id += 1
+    user.client.send(protocol.encode(protocol.SUBMIT, [protocol.TASK_MERGE], [],
+                                     [[task_id, 0, b"", [stolen], 0, True, -1, None]],
+                                     False, False, []))
+    before = len(user.client.refused)
+    cluster.run()
+    [(ids, message)] = user.client.refused[before:]
+    assert ids == [task_id] and f"input id={stolen}" in message, message
+    assert task_id not in cluster.broker.tasks
+
+
+def _resume(cluster, user):
+    user.client = cluster.resume_client(user.client.session, user.kept(),
+                                        identity=user.identity(), next_id=user.client.next_id,
+                                        replaces=user.client)
+    user.state = "attached"
+
+
+def _resume_attached(users):
+    def resume(again):
+        for user in users:
+            if user.state == "attached":
+                _resume(again, user)
+    return resume
+
+
+def _step(cluster, users, rng, path, budget):
+    """One random event; returns the cluster (a new one after a restart)."""
+    roll = rng.random()
+    attached = [u for u in users if u.state == "attached"]
+    detached = [u for u in users if u.state == "detached"]
+    if budget["restarts"] and roll < 0.03:
+        budget["restarts"] -= 1
+        return _restart(cluster, path, rng, _resume_attached(users))
+    if budget["losses"] and roll < 0.06 and len(cluster.live_workers()) > 1:
+        budget["losses"] -= 1
+        cluster.kill(rng.choice(cluster.live_workers()))
+        cluster.add_worker(cpus=rng.choice([1, 2]), auto_run=False)
+    elif budget["retirements"] and roll < 0.08:
+        budget["retirements"] -= 1
+        rng.choice(cluster.live_workers()).send(protocol.encode(protocol.RETIRING))
+        cluster.add_worker(cpus=rng.choice([1, 2]), auto_run=False)
+    elif roll < 0.14 and attached:
+        _follow_up(rng.choice(attached), rng)
+    elif roll < 0.17 and attached:
+        user = rng.choice(attached)
+        kept = user.kept()
+        if len(kept) > 1:
+            task_id = rng.choice(kept)
+            user.client.release([task_id])
+            user.released.add(task_id)
+    elif roll < 0.18 and attached and len(users) > 1:
+        user = rng.choice(attached)
+        others = [u for u in users if u is not user and u.state != "gone" and u.kept()]
+        if others:
+            _read_anothers_result(cluster, user, rng.choice(others), rng)
+    elif roll < 0.20 and attached:
+        user = rng.choice(attached)             # its connection drops
+        cluster.disconnect(user.client)
+        user.state = "detached"
+    elif roll < 0.24 and detached:
+        _resume(cluster, rng.choice(detached))  # and comes back
+    elif budget["departures"] and roll < 0.27 and len(attached) > 1:
+        budget["departures"] -= 1
+        user = rng.choice(attached)             # it is done: Goodbye
+        user.client.send(protocol.encode(protocol.GOODBYE))
+        user.client.connected = False
+        user.state = "gone"
+    elif budget["departures"] and roll < 0.29 and detached:
+        budget["departures"] -= 1
+        rng.choice(detached).state = "gone"     # it never comes back: its session expires
+    else:
+        rng.choice(cluster.live_workers()).finish_running(rng.randint(1, 3))
+    return cluster
+
+
+def _check_values(user, replies):
+    for task_id in user.kept():
+        want = user.expected[task_id]
+        value, error = replies[task_id]
+        if want is FAILS:
+            assert error is not None and "No such file or directory" in error[-1], (value, error)
+        elif isinstance(want, int):   # dslice: the pieces' lengths add up to the array's
+            assert sum(struct.unpack("<Q", item)[0] for item in value) == want
+        else:
+            assert (value, error) == (want, None)
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_clients_of_one_broker_keep_their_results_whatever_the_others_do(seed, tmp_path):
+    rng = random.Random(seed)
+    path = str(tmp_path / "broker.journal")
+    with open(path, "wb") as file:
+        file.write(jn.header_bytes())
+    cluster = Cluster(workers=2, cpus=rng.choice([1, 2]), auto_run=False, broker=_broker())
+    users = [User(b"u0", cluster.client)]
+    for n in range(1, rng.randint(2, 3)):
+        users.append(User(b"u%d" % n, cluster.add_client(b"u%d" % n)))
+    cluster.run()
+    for user in users:
+        user.submit(*_first_plan(rng))
+    budget = {"restarts": rng.randint(0, 2), "losses": 2, "retirements": 2, "departures": 1}
+    for _ in range(rng.randint(50, 300)):
+        cluster.run()
+        cluster = _step(cluster, users, rng, path, budget)
+    for user in users:
+        if user.state == "detached":
+            if rng.random() < 0.7:
+                _resume(cluster, user)
+            else:
+                user.state = "gone"
+    for worker in cluster.live_workers():
+        worker.auto_run = True
+        worker.finish_running()
+    cluster.run()
+    # the gone expire: a session restored from the journal is kept for session_timeout
+    # from the restored broker's first tick (its first advance step)
+    cluster.advance(cluster.broker.session_timeout + 20.0, step=10.0)
+    staying = [u for u in users if u.state == "attached"]
+    requests = {user.name: user.client.fetch(user.kept(), release=True) for user in staying}
+    cluster.run()
+    for user in staying:
+        _check_values(user, user.client.replies[requests[user.name]])
+    assert cluster.broker.tasks == {}
+    assert cluster.broker.sessions.keys() == {u.client.number for u in staying}
