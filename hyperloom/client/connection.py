@@ -115,8 +115,10 @@ class BrokerConnection:
         """Send, or raise ConnectionLost if no broker takes it within SEND_TIMEOUT
         (a DEALER without a connection would otherwise block forever)."""
         with self._lock:
-            if self._session is not None and self._monitor.poll(0):
-                self._handle_events({self._monitor: zmq.POLLIN})  # re-attach first
+            if self._broken is not None:
+                raise self._broken
+            if self._monitor.poll(0):  # the connection dropped: re-attach first, or raise
+                self._handle_events({self._monitor: zmq.POLLIN})
             try:
                 self._socket.send(header, zmq.NOBLOCK, copy=False)
                 return
@@ -156,14 +158,22 @@ class BrokerConnection:
             self._on_message(self._early.pop(0))
         if self._monitor in events:
             event = recv_monitor_message(self._monitor)
-            if event["event"] != 0 and self._session is not None:
-                reattach(self)   # session.py: a new connection, the session resumed
-                return
             if event["event"] != 0:
-                raise ConnectionLost(f"the connection to the broker at {self.server_address}:"
-                                     f"{self.server_port} was lost")
-        if self._socket not in events:
-            return
+                # What the broker sent before the drop comes first: results, and the
+                # Session of a client that has not waited on anything yet (without it,
+                # the client could not resume after a broker restart).
+                self._receive_queued()
+                if self._session is not None:
+                    reattach(self)   # session.py: a new connection, the session resumed
+                    return
+                self._broken = ConnectionLost(
+                    f"the connection to the broker at {self.server_address}:"
+                    f"{self.server_port} was lost")
+                raise self._broken
+        if self._socket in events:
+            self._receive_queued()
+
+    def _receive_queued(self):
         socket = self._socket
         while True:
             try:

@@ -285,3 +285,37 @@ def test_a_plan_submitted_as_the_client_sees_the_restart_runs(processes):
     future = client.submit_one(tasks.merge((tasks.const("a"), tasks.const("b"))))
     assert client.gather([future]) == [b"ab"]
     client.close()
+
+
+@pytest.mark.timeout(180)
+def test_clients_sharing_a_broker_go_on_through_its_restart(processes):
+    """Two clients with plans under way, and one that left before: after a SIGKILL
+    and restart both get their results, one submits a plan reading its futures from
+    before the restart, and what the one that left had is gone for good."""
+    processes.start_broker()
+    first = _connect(processes)
+    second = Client("127.0.0.1", processes.port, connect_timeout=60)
+    leaver = Client("127.0.0.1", processes.port, connect_timeout=60)
+    left = leaver.submit([tasks.const(f"left {i}") for i in range(50)])
+    leaver.wait(left)
+    leaver.close()                             # Goodbye: its 50 results are released
+    ends, middles, _ = _submit(first)
+    other_ends = second.submit([tasks.merge((end, tasks.const("!")))
+                                for end in _chains()[0][:10]])
+    first.wait([middles[1]])
+    processes.kill_broker()
+    processes.start_broker()                   # same port, same journal
+    reader = first.submit_one(tasks.merge((ends[0], ends[1])))
+    assert reader.gather() == _expected(0) + _expected(1)
+    assert first.gather(ends) == [_expected(chain) for chain in range(CHAINS)]
+    assert second.gather(other_ends) == [_expected(chain) + b"!" for chain in range(10)]
+    for future in middles:
+        future.release()
+    second.info()                              # sends the gather's releases
+    # nothing is left: the client that left had its results released for good
+    wait_until(lambda: first.info()["n_tasks"] == 0, timeout=10,
+               message="the broker to hold no task")
+    log = processes.log("broker-1.log")
+    assert "did not apply" not in log and "re-attached" in log
+    first.close()
+    second.close()

@@ -9,6 +9,8 @@ from hyperloom import data, protocol
 from hyperloom.client import Client, LoomError, LoomException, TaskFailed
 from hyperloom.errors import ConnectionLost
 
+from ..conftest import wait_until
+
 
 def test_every_error_a_user_may_see_has_one_base():
     for error in (LoomError, TaskFailed, ConnectionLost, protocol.ProtocolError,
@@ -61,3 +63,62 @@ def test_a_malformed_message_after_the_handshake_is_a_loom_error():
     finally:
         client.close()
         fake.close()
+
+
+def test_a_client_that_has_not_read_its_session_yet_resumes_it_after_a_broker_restart():
+    """A journaled broker sends Session right after Welcome. A client that submitted
+    and has not waited since still holds it unread when the broker dies: it must read
+    what came before the drop and resume the session, not raise ConnectionLost (it
+    did, one run in three, in test_broker_restart.py's shared-broker test)."""
+    context = zmq.Context()
+    router = context.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    token = b"t" * 16
+    greeted = []                                    # the client's identity
+
+    def welcome_only():
+        if router.poll(10_000):
+            identity, _ = router.recv_multipart()
+            router.send_multipart([identity, protocol.encode(
+                protocol.WELCOME, protocol.PROTOCOL_VERSION, 7, [])])
+            greeted.append(identity)
+    greeter = threading.Thread(target=welcome_only, daemon=True)
+    greeter.start()
+    client = Client("127.0.0.1", port, connect_timeout=10)
+    restarted = None
+    try:
+        greeter.join(10)
+        # the Session comes after the handshake, and the client does not read it
+        router.send_multipart([greeted[0], protocol.encode(protocol.SESSION, 7, token)])
+        wait_until(lambda: client._socket.poll(0), 10, message="the Session to arrive")
+        router.close(linger=0)                      # the broker dies
+        wait_until(lambda: client._monitor.poll(0), 10, message="the client to see the drop")
+        restarted = context.socket(zmq.ROUTER)      # and comes back on its port
+        restarted.setsockopt(zmq.LINGER, 0)
+        restarted.bind(f"tcp://127.0.0.1:{port}")
+        asked = []
+
+        def resume_and_answer():
+            while restarted.poll(10_000):
+                identity, header = restarted.recv_multipart()
+                code, fields = protocol.decode(header)
+                asked.append((code, fields))
+                if code == protocol.RESUME_CLIENT:
+                    restarted.send_multipart([identity, protocol.encode(
+                        protocol.WELCOME, protocol.PROTOCOL_VERSION, 7, [])])
+                elif code == protocol.GET_STATS:
+                    restarted.send_multipart([identity, protocol.encode(
+                        protocol.STATS, fields[0], {"n_workers": 0})])
+                    return
+        server = threading.Thread(target=resume_and_answer, daemon=True)
+        server.start()
+        assert client.info() == {"n_workers": 0}
+        server.join(10)
+        assert asked[0] == (protocol.RESUME_CLIENT, [protocol.PROTOCOL_VERSION, 7, token, []])
+    finally:
+        client.close()
+        router.close(linger=0)
+        if restarted is not None:
+            restarted.close(linger=0)
+        context.term()

@@ -220,6 +220,11 @@ def test_a_waiting_client_gets_connection_lost_when_the_broker_dies(make_cluster
         killer.join()
     assert cluster.broker.wait(5) == -signal.SIGKILL
     assert raised_at - killed_at[0] < 5.0, f"ConnectionLost took {raised_at - killed_at[0]:.1f} s"
+    # and so does every later call, at once (a second wait used to wait forever)
+    with pytest.raises(ConnectionLost, match="was lost"):
+        client.wait([future])
+    with pytest.raises(ConnectionLost, match="was lost"):
+        client.submit_one(tasks.const("x"))
 
 
 LOST_BROKER_LINE = (r"ERROR lost the broker at 127\.0\.0\.1:\d+: no connection for \d+ s;"
