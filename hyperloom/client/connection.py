@@ -117,7 +117,7 @@ class BrokerConnection:
         with self._lock:
             if self._broken is not None:
                 raise self._broken
-            if self._monitor.poll(0):  # the connection dropped: re-attach first, or raise
+            if has_message(self._monitor):  # the connection dropped: re-attach first, or raise
                 self._handle_events({self._monitor: zmq.POLLIN})
             try:
                 self._socket.send(header, zmq.NOBLOCK, copy=False)
