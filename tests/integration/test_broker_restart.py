@@ -38,12 +38,13 @@ class Processes:
         self.workers = []
         self.starts = 0
 
-    def start_broker(self, *extra):
+    def start_broker(self, *extra, journal=True):
         log = open(os.path.join(self.tmp_path, f"broker-{self.starts}.log"), "w")
         self.starts += 1
+        journaled = ["--journal", self.journal, "--reattach-timeout", "5"] if journal else []
         self.broker = subprocess.Popen(
-            [*loom_program("loom-broker"), "--port", str(self.port), "--journal", self.journal,
-             "--reattach-timeout", "5", "--log-level", "info", *extra],
+            [*loom_program("loom-broker"), "--port", str(self.port), *journaled,
+             "--log-level", "info", *extra],
             stdout=subprocess.PIPE, stderr=log, text=True)
         ready, _, _ = select.select([self.broker.stdout], [], [], 60)
         assert ready, "the broker printed no endpoint within 60 s"

@@ -1,0 +1,136 @@
+"""A client's connection to a running broker cut in the network (the broker lives on):
+real processes, the client's TCP going through a proxy that the test cuts.
+
+With ``--journal`` the client re-attaches its session to the same broker and its
+waits carry on; without one, the cut ends them with ConnectionLost.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+import pytest
+
+from hyperloom.client import Client, tasks
+from hyperloom.errors import ConnectionLost
+
+from .test_broker_restart import CHAINS, STEPS, Processes, _expected, _no_resubmission, _submit
+from ..conftest import wait_until
+
+
+class CuttableProxy:
+    """Forwards TCP connections from its own port to the broker's; ``cut()`` closes
+    every connection open now (as a network failure would), and later ones pass."""
+
+    def __init__(self, target_port: int):
+        self.target_port = target_port
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen()
+        self.port = self.listener.getsockname()[1]
+        self.lock = threading.Lock()
+        self.open: list[socket.socket] = []
+        self.accepted = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                near, _ = self.listener.accept()
+            except OSError:
+                return              # closed
+            try:
+                far = socket.create_connection(("127.0.0.1", self.target_port))
+            except OSError:         # the broker is gone (the test is ending)
+                near.close()
+                continue
+            with self.lock:
+                self.open += [near, far]
+                self.accepted += 1
+            for source, sink in ((near, far), (far, near)):
+                threading.Thread(target=_pump, args=(source, sink), daemon=True).start()
+
+    def cut(self):
+        with self.lock:
+            cut, self.open = self.open, []
+        for sock in cut:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+    def close(self):
+        self.listener.close()
+        self.cut()
+
+
+def _pump(source, sink):
+    try:
+        while True:
+            chunk = source.recv(1 << 16)
+            if not chunk:
+                break
+            sink.sendall(chunk)
+    except OSError:
+        pass
+    for sock in (source, sink):
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+@pytest.fixture
+def processes(tmp_path):
+    running = Processes(str(tmp_path))
+    yield running
+    running.stop()
+
+
+@pytest.mark.timeout(120)
+def test_a_client_cut_off_from_a_journaled_broker_resumes_its_session(processes):
+    processes.start_broker()
+    for _ in range(2):
+        processes.start_worker()
+    proxy = CuttableProxy(processes.port)
+    try:
+        client = Client("127.0.0.1", proxy.port, connect_timeout=30)
+        wait_until(lambda: client.info()["n_workers"] == 2, timeout=30,
+                   message="the workers to join")
+        ends, middles, sent = _submit(client)
+        client.wait([middles[0]])
+        proxy.cut()
+        assert client.gather(ends) == [_expected(chain) for chain in range(CHAINS)]
+        assert proxy.accepted == 2            # it came back through a new connection
+        _no_resubmission(sent)
+        journal = client.info()["journal"]
+        assert journal["recomputed"] == 0 and journal["detached_clients"] == []
+        # and it goes on as before: a new plan reads a future from before the cut
+        three_quarters = client.submit_one(tasks.merge((middles[-1], tasks.const("."))))
+        assert three_quarters.gather() == _expected(0)[:2 + 3 * STEPS // 4] + b"."
+        client.close()
+        assert "re-attached" in processes.log("broker-0.log")
+    finally:
+        proxy.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_client_cut_off_from_a_broker_without_journal_gets_connection_lost(processes):
+    processes.start_broker(journal=False)
+    processes.start_worker()
+    proxy = CuttableProxy(processes.port)
+    try:
+        client = Client("127.0.0.1", proxy.port, connect_timeout=30)
+        future = client.submit_one(tasks.run("sleep 30"))
+        wait_until(lambda: client.info()["tasks"]["assigned"] == 1, timeout=20,
+                   message="the task to start")
+        proxy.cut()
+        with pytest.raises(ConnectionLost, match="connection to the broker .* was lost"):
+            client.wait([future])
+        with pytest.raises(ConnectionLost):
+            client.gather([future])
+        client.close()
+    finally:
+        proxy.close()
