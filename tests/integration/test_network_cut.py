@@ -1,13 +1,16 @@
-"""A client's connection to a running broker cut in the network (the broker lives on):
-real processes, the client's TCP going through a proxy that the test cuts.
+"""Connections to a running broker cut in the network (the broker lives on): real
+processes, a client's or a worker's TCP going through a proxy that the test cuts.
 
-With ``--journal`` the client re-attaches its session to the same broker and its
-waits carry on; without one, the cut ends them with ConnectionLost.
+With ``--journal`` a client re-attaches its session to the same broker and its
+waits carry on; without one, the cut ends them with ConnectionLost. A worker cut
+off re-attaches with the data it holds (journal or not), and the plan completes.
 """
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
 import threading
 
 import pytest
@@ -16,7 +19,7 @@ from hyperloom.client import Client, tasks
 from hyperloom.errors import ConnectionLost
 
 from .test_broker_restart import CHAINS, STEPS, Processes, _expected, _no_resubmission, _submit
-from ..conftest import wait_until
+from ..conftest import loom_program, wait_until
 
 
 class CuttableProxy:
@@ -131,6 +134,35 @@ def test_a_client_cut_off_from_a_broker_without_journal_gets_connection_lost(pro
             client.wait([future])
         with pytest.raises(ConnectionLost):
             client.gather([future])
+        client.close()
+    finally:
+        proxy.close()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("journal", [True, False], ids=["journal", "no-journal"])
+def test_a_worker_cut_off_from_the_broker_reattaches_with_its_data(processes, journal):
+    processes.start_broker(journal=journal)
+    processes.start_worker()
+    proxy = CuttableProxy(processes.port)
+    try:
+        log = open(os.path.join(processes.tmp_path, "worker-behind-proxy.log"), "w")
+        processes.workers.append(subprocess.Popen(
+            [*loom_program("loom-worker"), "127.0.0.1", str(proxy.port), "--cpus", "1",
+             "--broker-timeout", "60", "--wdir", processes.tmp_path],
+            stdout=log, stderr=subprocess.STDOUT))
+        client = Client("127.0.0.1", processes.port, connect_timeout=30)
+        wait_until(lambda: client.info()["n_workers"] == 2, timeout=30,
+                   message="the workers to join")
+        ends, middles, _ = _submit(client)
+        client.wait([middles[0]])
+        proxy.cut()
+        assert client.gather(ends) == [_expected(chain) for chain in range(CHAINS)]
+        assert proxy.accepted == 2                 # it came back through a new connection
+        wait_until(lambda: client.info()["n_workers"] == 2, timeout=10,
+                   message="the cut worker to be back")
+        assert processes.workers[-1].poll() is None
+        assert "re-attached" in processes.log("broker-0.log")
         client.close()
     finally:
         proxy.close()
