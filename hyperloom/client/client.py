@@ -28,6 +28,7 @@ import zmq
 
 from .. import protocol
 from ..errors import LoomError
+from ..frames import has_message
 from .connection import BrokerConnection
 from .future import Future
 from .plan import PlanBuilder
@@ -189,11 +190,15 @@ class Client(BrokerConnection, Releases, Waiting):
             if self._timer is not threading.current_thread():  # __del__ may run on it
                 self._timer.join()
         with self._lock:
-            try:
-                self._flush_releases()
-                self._socket.send(protocol.encode(protocol.GOODBYE), zmq.NOBLOCK)
-            except (zmq.ZMQError, LoomError):
-                pass
+            # Goodbye (with the last releases) only over a live connection: a dropped one
+            # is not re-attached just for that (up to the connect timeout); a broker with
+            # sessions releases what a client that never comes back held.
+            if not has_message(self._monitor):
+                try:
+                    self._flush_releases()
+                    self._socket.send(protocol.encode(protocol.GOODBYE), zmq.NOBLOCK)
+                except (zmq.ZMQError, LoomError):
+                    pass
             self._closed = True
             self._close_sockets()
         if self._dashboard is not None:

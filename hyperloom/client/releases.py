@@ -16,10 +16,11 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .. import protocol
 from ..errors import LoomError
+from ..frames import has_message
 from .future import CANCELED, RELEASED
 from .waiting import FutureChanges
 
@@ -40,6 +41,7 @@ class Releases:
     _pending_release: deque[int]
     _lock: threading.RLock
     _closed: bool
+    _monitor: Any   # the connection's monitor socket (connection.py)
 
     def release(self, futures):
         """Release results from the workers; running tasks are canceled. Sent at once."""
@@ -84,6 +86,12 @@ class Releases:
         """From the timer thread: send noted releases unless a call is using the socket
         (that call sends them on its next wake-up)."""
         if not self._pending_release or not self._lock.acquire(blocking=False):
+            return
+        if has_message(self._monitor):
+            # The connection dropped: re-attaching (up to the connect timeout) is for the
+            # user's next call, not for this thread, which would hold the lock meanwhile
+            # and make close() wait for it. The releases wait with it.
+            self._lock.release()
             return
         try:
             self._flush_releases()

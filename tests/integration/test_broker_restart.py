@@ -13,6 +13,7 @@ import os
 import select
 import signal
 import subprocess
+import time
 
 import pytest
 
@@ -320,3 +321,23 @@ def test_clients_sharing_a_broker_go_on_through_its_restart(processes):
     assert "did not apply" not in log and "re-attached" in log
     first.close()
     second.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_client_whose_broker_died_closes_at_once_with_releases_pending(processes):
+    # The release timer used to re-attach from its thread (holding the client's lock up
+    # to the connect timeout), and close() re-attached to say Goodbye: closing a
+    # client, or dropping an unclosed one, waited out the whole timeout.
+    processes.start_broker()
+    processes.start_worker()
+    client = Client("127.0.0.1", processes.port, connect_timeout=20)
+    futures = client.submit([tasks.const(f"{i}") for i in range(10)])
+    client.wait(futures)
+    processes.kill_broker()
+    wait_until(lambda: client._monitor.poll(0), timeout=10,
+               message="the client's socket to see the connection drop")
+    del futures                                # their releases are noted, not sent
+    time.sleep(0.5)                            # the release timer wakes meanwhile
+    started = time.monotonic()
+    client.close()
+    assert time.monotonic() - started < 5.0, "close() waited for the broker to come back"
