@@ -162,9 +162,15 @@ class BrokerConnection:
                 # What the broker sent before the drop comes first: results, and the
                 # Session of a client that has not waited on anything yet (without it,
                 # the client could not resume after a broker restart).
-                self._receive_queued()
+                queued_error = None
+                try:
+                    self._receive_queued()
+                except LoomError as error:   # (an Error it sent): raised once re-attached
+                    queued_error = error
                 if self._session is not None:
                     reattach(self)   # session.py: a new connection, the session resumed
+                    if queued_error is not None:
+                        raise queued_error
                     return
                 self._broken = ConnectionLost(
                     f"the connection to the broker at {self.server_address}:"
