@@ -179,6 +179,29 @@ def bench_array(cluster, p):
     return transfer_metrics(p["nbytes"], samples)
 
 
+def bench_gather(cluster, p):
+    """A NumPy array made by a task, then gathered by the client: GB/s of the
+    gather alone, and how much the scheduler's RSS rose meanwhile."""
+    client, times, peaks = cluster.client(), [], []
+    for i in range(p.get("samples", 1)):
+        future = client.submit(make_array, p["nbytes"], i, pure=False)
+        client.gather([client.submit(len, future, pure=False)])   # made, not fetched
+        before = rss(cluster.scheduler_pid)
+        with PeakRss(cluster.scheduler_pid) as peak:
+            t0 = perf()
+            value = future.result()
+            times.append(perf() - t0)
+        peaks.append(peak.peak - before)
+        assert value.nbytes == p["nbytes"] // 8 * 8
+        del future, value
+    return gather_metrics(p["nbytes"], times, peaks)
+
+
+def gather_metrics(n, times, peaks):
+    return {"gbps_gather": n / statistics.median(times) / 1e9,
+            "server_mb": statistics.median(peaks) / 1e6}
+
+
 def transfer_metrics(n, samples):
     """From (cross, local) samples: GB/s of n bytes over the median
     cross-worker consumer time (task overhead included), and over the median

@@ -11,7 +11,7 @@ import os
 import time
 
 from benchmarks.common import PeakRss, rss, wait_until
-from benchmarks.dask_side import transfer_metrics
+from benchmarks.dask_side import gather_metrics, transfer_metrics
 
 perf = time.perf_counter
 
@@ -276,6 +276,26 @@ def bench_array(cluster, p):
                                 lambda a, b: _timed_array_use(client, py["array_use"], a, b), n)
                for _ in range(p.get("samples", 1))]
     return transfer_metrics(n, samples)
+
+
+def bench_gather(cluster, p):
+    """A NumPy array made by a Python task, then gathered by the client: GB/s of
+    the gather alone, and how much the broker's RSS rose meanwhile (it relays the
+    value from the worker that holds it)."""
+    client, py = cluster.client(), _py_tasks()
+    times, peaks = [], []
+    for i in range(p.get("samples", 1)):
+        future = client.submit_one(py["array_a"](p["nbytes"], i))
+        client.wait([future])
+        before = rss(cluster.broker_pid)
+        with PeakRss(cluster.broker_pid) as peak:
+            t0 = perf()
+            value = future.gather()
+            times.append(perf() - t0)
+        peaks.append(peak.peak - before)
+        assert value.nbytes == p["nbytes"] // 8 * 8
+        del future, value
+    return gather_metrics(p["nbytes"], times, peaks)
 
 
 def _held(client, n_total, seen):

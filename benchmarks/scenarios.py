@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 from benchmarks import dask_side, loom_side, zmq_limit
 
-SCENARIOS = ("independent", "merge", "tree", "chain", "transfer", "array", "plan-1m",
-             "python", "run", "scaling")
+SCENARIOS = ("independent", "merge", "tree", "chain", "transfer", "array", "gather",
+             "plan-1m", "python", "run", "scaling")
 
 
 @dataclass(frozen=True)
@@ -126,6 +126,18 @@ def array(args):
             for n in sizes]
 
 
+GBPS_GATHER = Metric("gbps_gather", "bytes / gather time", "GB/s")
+SERVER_MB = Metric("server_mb", "broker/scheduler RSS rise while gathering", "MB", False)
+
+
+def gather(args):
+    """A NumPy array made by a task, gathered by the client."""
+    n = 10_000_000 if args.quick else 100_000_000
+    return [Case("gather", f"{n // 1_000_000} MB NumPy -> client",
+                 {"nbytes": n, "samples": 5}, [GBPS_GATHER, SERVER_MB],
+                 *_sides("bench_gather"))]
+
+
 def plan(args):
     """hyperloom: a 1M-task plan; both: a 200k-task plan (Dask's scheduler is
     cancelled once it holds the plan: running 200k tasks through it takes
@@ -187,7 +199,8 @@ def scaling(args):
 
 
 BUILDERS = {"independent": independent, "merge": merge, "tree": tree,
-            "chain": chain, "transfer": transfer, "array": array, "plan-1m": plan,
+            "chain": chain, "transfer": transfer, "array": array, "gather": gather,
+            "plan-1m": plan,
             "python": python, "run": run, "scaling": scaling}
 
 
