@@ -28,12 +28,10 @@ because the offer went back to ZeroMQ already.
 from __future__ import annotations
 
 import logging
-import mmap
 import queue
 import secrets
 import selectors
 import socket
-import struct
 import threading
 import time
 from collections import deque
@@ -41,29 +39,16 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
-from .. import data, protocol
+from .. import data
+from ..lane import (FOUND, IO_TIMEOUT, TOKEN_BYTES, UNKNOWN, MiB, Unreachable,
+                    blocking_with_timeout, fetch_frames, read_exactly)
 from .wake import WakePipe
 
 log = logging.getLogger("hyperloom.worker")
 
-MiB = 1024 * 1024
 BULK_BYTES = 32 * MiB  # pushes carrying a frame this big take the lane
 OFFER_TIMEOUT = 30.0   # seconds an offer waits for its fetch before it goes over ZeroMQ
-TOKEN_BYTES = 16
-FOUND, UNKNOWN = b"\x01", b"\x00"
-IO_TIMEOUT = 30.0      # seconds a bulk connection may stall before it is given up
-# Seconds a receiver tries to connect to a holder's lane: SYN retries come after 1 and
-# 3 s, so this allows for a loaded holder; a firewall that drops the lane's packets
-# costs this once per holder, not OFFER_TIMEOUT per transfer (DeclineOffer).
-CONNECT_TIMEOUT = 10.0
 FETCH_THREADS = 2      # fetches a receiver runs at once
-MMAP_BYTES = 16 * MiB  # frames this big are read into huge pages; smaller: reused heap
-
-
-class ReceivedBuffer(mmap.mmap):
-    """Anonymous memory a fetch read into. Its own type: the executor takes a plain
-    ``mmap.mmap`` buffer for one of the worker's shared-memory files, which a Python
-    executor process maps without a copy (executor._bytes_to_copy); this one is not."""
 
 
 def frame_bytes(frame: data.BytesLike) -> int:
@@ -81,10 +66,6 @@ class Offer:
         self.entries = entries
         self.frames = frames
         self.expires = expires
-
-
-class Unreachable(OSError):
-    """A receiver could not connect to a holder's lane (refused, filtered, no route)."""
 
 
 class Fetched(NamedTuple):
@@ -206,8 +187,8 @@ class BulkServer:
         offer = None
         with connection:
             try:
-                _blocking_with_timeout(connection, IO_TIMEOUT)
-                token = _read_exactly(connection, TOKEN_BYTES)
+                blocking_with_timeout(connection, IO_TIMEOUT)
+                token = read_exactly(connection, TOKEN_BYTES)
                 with self._lock:
                     offer = self._offers.pop(token, None)
                     if offer is not None:
@@ -262,75 +243,6 @@ class BulkFetcher:
         self.done.put(Fetched(source, entries, token, frames, error, unreachable,
                               sum(sizes), time.perf_counter() - start))
         self._wake.wake()
-
-
-def fetch_frames(address: str, token: bytes, sizes: Sequence[int],
-                 timeout: float = IO_TIMEOUT) -> list[memoryview]:
-    """The frames offered under ``token`` at ``address`` (``tcp://HOST:PORT``), read-only
-    like ZeroMQ's. Raises OSError (refused, reset, stalled) or ValueError (unknown token,
-    short read, bad address); Unreachable if it cannot connect."""
-    where = protocol.host_and_port(address)
-    if where is None:
-        raise ValueError(f"bad bulk address {address!r}")
-    try:
-        connection = socket.create_connection(where, timeout=min(timeout, CONNECT_TIMEOUT))
-    except OSError as error:
-        raise Unreachable(f"cannot connect to {address}: {error}") from None
-    with connection:
-        _blocking_with_timeout(connection, timeout)
-        connection.sendall(token)
-        if _read_exactly(connection, 1) != FOUND:
-            raise ValueError("the holder does not know the token (the offer expired or "
-                             "went over ZeroMQ)")
-        frames = []
-        for size in sizes:
-            buffer = _fresh_buffer(size) if size >= MMAP_BYTES else bytearray(size)
-            view = memoryview(buffer)
-            _read_into(connection, view)
-            frames.append(view.toreadonly())
-        return frames
-
-
-def _fresh_buffer(size: int) -> ReceivedBuffer:
-    """Private anonymous memory in huge pages where the kernel allows (as NumPy's own
-    big arrays): a fault per 4 KiB page when recv_into first writes it took half the
-    receiver's time. Private: shared anonymous memory gets no huge pages. Its pages
-    are not touched before the read (bytearray(size) would zero-fill them first)."""
-    buffer = ReceivedBuffer(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    advice = getattr(mmap, "MADV_HUGEPAGE", None)
-    if advice is not None:
-        try:
-            buffer.madvise(advice)
-        except OSError:  # a kernel without transparent huge pages
-            pass
-    return buffer
-
-
-def _blocking_with_timeout(connection: socket.socket, timeout: float) -> None:
-    """Blocking mode with the kernel's send and receive timeouts: Python's own timeout
-    polls before every recv and send, which cost a quarter of the bandwidth."""
-    connection.settimeout(None)
-    seconds = int(timeout)
-    value = struct.pack("ll", seconds, int((timeout - seconds) * 1e6))
-    connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
-    connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
-
-
-def _read_into(connection: socket.socket, view: memoryview) -> None:
-    filled, size = 0, len(view)
-    while filled < size:
-        # MSG_WAITALL: one system call fills the buffer (the kernel waits for the data),
-        # not one per packet burst: 10-20 % more bandwidth for 100 MB.
-        n = connection.recv_into(view[filled:], 0, socket.MSG_WAITALL)
-        if n == 0:
-            raise ValueError(f"short read: the holder closed after {filled} of {size} bytes")
-        filled += n
-
-
-def _read_exactly(connection: socket.socket, size: int) -> bytes:
-    buffer = bytearray(size)
-    _read_into(connection, memoryview(buffer))
-    return bytes(buffer)
 
 
 def _peer(connection: socket.socket) -> str:

@@ -34,8 +34,9 @@ import zmq
 from .. import data, protocol, security
 from ..data import DataObject, ExtensionData
 from ..security import ClusterKeys
-from .bulk import (BULK_BYTES, OFFER_TIMEOUT, TOKEN_BYTES, BulkFetcher, BulkServer, Fetched,
-                   Offer, frame_bytes)
+from ..lane import TOKEN_BYTES
+from .bulk import (BULK_BYTES, OFFER_TIMEOUT, BulkFetcher, BulkServer, Fetched, Offer,
+                   frame_bytes)
 from .wake import WakePipe
 
 log = logging.getLogger("hyperloom.worker")

@@ -13,7 +13,8 @@ import zmq
 
 from hyperloom import protocol
 from hyperloom.data import Plain
-from hyperloom.worker.bulk import FOUND, TOKEN_BYTES, BulkServer, Unreachable, fetch_frames
+from hyperloom.lane import FOUND, TOKEN_BYTES, Unreachable, fetch_frames
+from hyperloom.worker.bulk import BulkServer
 from hyperloom.worker.wake import WakePipe
 
 from ..conftest import wait_until
