@@ -19,7 +19,9 @@ import msgpack
 
 from .errors import LoomError
 
-PROTOCOL_VERSION = 2   # 2: Results, Submit.release, OfferData and DeclineOffer (the bulk lane)
+# 2: Results, Submit.release, OfferData and DeclineOffer (the bulk lane)
+# 3: Fetch.lane, Upload.lane, Uploaded.offer, Data.offer (clients read from the bulk lane)
+PROTOCOL_VERSION = 3
 DEFAULT_PORT = 9010
 
 # Task type symbols of the built-in tasks (the original's names).
@@ -194,6 +196,7 @@ _B = (bytes,)
 _S = (str,)
 _I = (int,)
 _L = (list,)
+_OFFER = (list, type(None))   # nil, or [bulk_address: str, token: bytes, sizes: list of int]
 
 MESSAGES = (
     # --- handshake
@@ -239,9 +242,11 @@ MESSAGES = (
             "handled as a Release before the chunk (one message instead of two)",
             {"symbols": str, "labels": str, "tasks": SubmitTask, "release": int}),
     Message("Fetch", 11, "client->broker",
-            (("request", _I), ("ids", _L), ("release", (bool,))), "none",
+            (("request", _I), ("ids", _L), ("release", (bool,)), ("lane", (bool,))), "none",
             "Data with the same request number, once each task is done (one or more "
-            "Data messages that together cover the ids); release=True also releases them",
+            "Data messages that together cover the ids); release=True also releases them; "
+            "lane=True: the client can read big values from a worker's bulk lane (the "
+            "broker passes it on in Upload)",
             {"ids": int}),
     Message("Release", 12, "client->broker", (("ids", _L),), "none", "nothing",
             {"ids": int}),
@@ -265,7 +270,10 @@ MESSAGES = (
             (("ids", _L), ("message", _S)), "none",
             "nothing; ids are the result tasks of the refused submit", {"ids": int}),
     Message("Data", 23, "broker->client",
-            (("request", _I), ("objects", _L)), "the objects' frames in order", "nothing",
+            (("request", _I), ("objects", _L), ("offer", _OFFER)),
+            "the objects' frames in order; none when offer is given", "nothing; with an "
+            "offer (relayed from Uploaded), the client reads the objects' frames from "
+            "offer's bulk_address with its token (see Bulk lane)",
             {"objects": DataEntry}),
     Message("Stats", 24, "broker->client", (("request", _I), ("stats", (dict,))), "none",
             "nothing; stats is what Client.info() returns"),
@@ -286,8 +294,8 @@ MESSAGES = (
     Message("SendData", 31, "broker->worker", (("sends", _L),), "none",
             "PushData to each target", {"sends": DataSend}),
     Message("Upload", 32, "broker->worker",
-            (("client", _B), ("request", _I), ("ids", _L)), "none", "Uploaded",
-            {"ids": int}),
+            (("client", _B), ("request", _I), ("ids", _L), ("lane", (bool,))), "none",
+            "Uploaded; lane as in Fetch", {"ids": int}),
     Message("RemoveData", 33, "broker->worker", (("ids", _L),), "none",
             "nothing; removals wait up to 2 ms and go out together", {"ids": int}),
     Message("CancelTasks", 34, "broker->worker", (("ids", _L),), "none", "nothing",
@@ -310,10 +318,12 @@ MESSAGES = (
             {"finished": FinishedTask, "failed": FailedTask, "results": InlineResult,
              "stolen": int}),
     Message("Uploaded", 41, "worker->broker",
-            (("client", _B), ("request", _I), ("objects", _L)),
-            "the objects' frames in order",
+            (("client", _B), ("request", _I), ("objects", _L), ("offer", _OFFER)),
+            "the objects' frames in order; none when offer is given",
             "forwarded as Data to the client that asked, only as the answer to an Upload "
-            "the broker sent (of the ids it named); anything else is answered with Error",
+            "the broker sent (of the ids it named); anything else is answered with Error. "
+            "offer: nil, or [bulk_address, token, sizes] when the Upload allowed the lane "
+            "and a frame is of at least 32 MiB: the frames wait on this worker's bulk lane",
             {"objects": DataEntry}),
     Message("WorkerUsage", 42, "worker->broker",
             (("cpu_percent", _I), ("memory", _I)), "none",

@@ -149,6 +149,7 @@ class ClientRecord:
         self.n_total = 0              # tasks submitted (for progress)
         self.n_done = 0               # of those, finished, failed or canceled
         self.progress_sent = float("-inf")  # when progress alone was last sent
+        self.lane = False             # it reads big values from workers' bulk lanes (Fetch)
 
 
 class PendingPlan:

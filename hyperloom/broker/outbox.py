@@ -43,7 +43,9 @@ class Outbox:
         self.compute: defaultdict[WorkerRecord, list[list[Any]]] = defaultdict(list)
         self.sends: defaultdict[WorkerRecord, dict[str, list[int]]] = defaultdict(dict)
         # (holder, client identity, request) -> ids to upload
-        self.uploads: defaultdict[tuple[WorkerRecord, bytes, int], list[int]] = defaultdict(list)
+        # (holder, client, request, lane) -> ids
+        self.uploads: defaultdict[tuple[WorkerRecord, bytes, int, bool], list[int]] = \
+            defaultdict(list)
         self.cancel: defaultdict[WorkerRecord, list[int]] = defaultdict(list)
         self.steal: defaultdict[WorkerRecord, list[int]] = defaultdict(list)
         self.remove: defaultdict[WorkerRecord, list[int]] = defaultdict(list)
@@ -139,8 +141,8 @@ def _worker_messages(out: Outbox, encode: Callable[..., bytes]) -> Iterator[Mess
             continue  # every push in it was to a worker that left
         yield worker.identity, [encode(protocol.SEND_DATA,
                                        [[address, ids] for address, ids in targets.items()])]
-    for (worker, client_identity, request), ids in out.uploads.items():
-        yield worker.identity, [encode(protocol.UPLOAD, client_identity, request, ids)]
+    for (worker, client_identity, request, lane), ids in out.uploads.items():
+        yield worker.identity, [encode(protocol.UPLOAD, client_identity, request, ids, lane)]
 
 
 def _worker_housekeeping(out: Outbox, encode: Callable[..., bytes]) -> Iterator[Message]:
@@ -161,7 +163,7 @@ def _client_messages(out: Outbox, encode: Callable[..., bytes]) -> Iterator[Mess
                                        client.n_total), *frames]
     for (client_identity, request), inline in out.data_inline.items():
         entries, frames = _entries_and_frames(inline)
-        yield client_identity, [encode(protocol.DATA, request, entries), *frames]
+        yield client_identity, [encode(protocol.DATA, request, entries, None), *frames]
     finished = out.finished
     for client in out.progressed:  # progress the core chose to send (with results or not)
         ids = finished.pop(client, None)
@@ -174,7 +176,7 @@ def _client_messages(out: Outbox, encode: Callable[..., bytes]) -> Iterator[Mess
         yield client.identity, [encode(protocol.TASKS_FAILED, failures)]
     # Errors after TasksFailed: the failure it reports explains more than the fetch's.
     for (client_identity, request), entries in out.data_errors.items():
-        yield client_identity, [encode(protocol.DATA, request, entries)]
+        yield client_identity, [encode(protocol.DATA, request, entries, None)]
 
 
 def _entries_and_frames(values: list[tuple[int, Any, Any]]) -> tuple[list[Any], list[Any]]:

@@ -130,7 +130,7 @@ class Recovery(CoreBase):
         for batch in (out.compute, out.sends, out.cancel, out.remove, self.held_removals):
             batch.pop(worker, None)
         for key in [key for key in out.uploads if key[0] is worker]:
-            _, client_identity, request = key
+            _, client_identity, request, _ = key
             client = self.clients.get(client_identity)
             for task_id in out.uploads.pop(key):
                 node = self.tasks.get(task_id)

@@ -57,7 +57,8 @@ class ClientRequests(CoreBase):
             self._forget(node)
 
     def on_fetch(self, client: ClientRecord, request: int, ids: list[Any],
-                 release: bool) -> None:
+                 release: bool, lane: bool = False) -> None:
+        client.lane = lane   # its latest word: a client that failed to reach a lane says no
         waiting = (client, request, release)
         for task_id in ids:
             node = self.tasks.get(task_id) if type(task_id) is int else None
@@ -99,7 +100,7 @@ class ClientRequests(CoreBase):
             self.outbox.data_inline[(client.identity, request)].append((node.id, meta, frames))
         else:
             holder = self._confirmed_holder(node)
-            self.outbox.uploads[(holder, client.identity, request)].append(node.id)
+            self.outbox.uploads[(holder, client.identity, request, client.lane)].append(node.id)
             holder.uploads.setdefault((client.identity, request), []).append(node.id)
         if release and node.is_result:
             self._release(node)
@@ -113,8 +114,10 @@ class ClientRequests(CoreBase):
         return holders[0]
 
     def on_uploaded(self, worker: WorkerRecord, client_identity: bytes, request: int,
-                    objects: list[Any], frames: Sequence[Any]) -> None:
-        """Relay a worker's answer to an Upload as Data to the client that asked.
+                    objects: list[Any], offer: list[Any] | None,
+                    frames: Sequence[Any]) -> None:
+        """Relay a worker's answer to an Upload as Data to the client that asked (with
+        the worker's bulk-lane offer of the frames, if it made one).
 
         Only answers to uploads this broker ordered, of the ids it ordered, go on: a
         confused or hostile worker cannot push data into any client (or worker).
@@ -127,6 +130,10 @@ class ClientRequests(CoreBase):
             self._worker_error(worker, f"Uploaded for request {request!r:.20} of "
                                        f"{client_identity!r:.40} answers no Upload of those ids")
             return
+        if offer is not None and (frames or not _is_offer(offer)):
+            self._worker_error(worker, f"Uploaded for request {request!r:.20}: a malformed "
+                                       f"offer {offer!r:.60} (or frames beside it)")
+            return
         remaining = [task_id for task_id in ordered if task_id not in answered]
         if remaining:
             worker.uploads[key] = remaining
@@ -134,7 +141,7 @@ class ClientRequests(CoreBase):
             del worker.uploads[key]
         if client_identity in self.clients:  # else the client left meanwhile
             self.outbox.add_reply((client_identity, protocol.encode(protocol.DATA, request,
-                                                                    objects), *frames))
+                                                                    objects, offer), *frames))
 
     def stats(self) -> dict[str, Any]:
         counts = self.state_counts
@@ -162,3 +169,9 @@ class ClientRequests(CoreBase):
                             for node in self.unplaceable if node.state == ts.READY],
         }
 
+
+def _is_offer(offer: list[Any]) -> bool:
+    """[bulk_address: str, token: bytes, sizes: list of int] (docs/protocol.md)."""
+    return (len(offer) == 3 and type(offer[0]) is str and type(offer[1]) is bytes
+            and type(offer[2]) is list and all(type(size) is int and size >= 0
+                                               for size in offer[2]))

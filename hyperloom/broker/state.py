@@ -215,7 +215,8 @@ class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery
             ("worker", protocol.RETIRING): lambda w, f, _, now: self.retirements.on_retiring(w),
             ("worker", protocol.TASKS_DONE): self._on_tasks_done,
             ("worker", protocol.UPLOADED):
-                lambda w, f, frames, now: self.on_uploaded(w, f[0], f[1], f[2], frames[2:]),
+                lambda w, f, frames, now: self.on_uploaded(w, f[0], f[1], f[2], f[3],
+                                                           frames[2:]),
             ("worker", protocol.HEARTBEAT): _ignore,
             ("worker", protocol.GOODBYE): self._on_goodbye,
         }

@@ -89,6 +89,9 @@ class Client(BrokerConnection, Releases, Waiting):
         self._broken = None      # the ConnectionLost of a re-attach that failed: raised again
         # request -> (ids still awaited, release) of a fetch waiting for Data
         self._fetching: dict[int, tuple[set[int], bool]] = {}
+        # Big values are read from the workers' bulk lanes until a read fails (a client
+        # outside the cluster's network): then they come through the broker.
+        self._lane = True
         self._context = zmq.Context()
         self._open_socket()
         try:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from .. import data, protocol, security
+from .. import data, lane, protocol, security
 from ..frames import has_message, recv_frames
 from ..errors import ConnectionLost, LoomError, TaskFailed
 from .future import FAILED, FINISHED, RUNNING
@@ -45,6 +45,8 @@ class BrokerConnection:
     _context: zmq.Context
     _lock: threading.RLock
     _replies: dict[int, Any]
+    _fetching: dict[int, tuple[set[int], bool]]   # request -> (ids awaited, released by it)
+    _lane: bool
     _secret_file: str | None
     _session: tuple[int, bytes] | None
     _broken: LoomError | None
@@ -209,7 +211,7 @@ class BrokerConnection:
             self.progress = (fields[1], fields[2])
             self._on_results(fields[0], frames)
         elif code == protocol.DATA:
-            self._on_data(fields[0], fields[1], frames)
+            self._on_data(fields[0], fields[1], fields[2], frames)
         elif code == protocol.TASKS_FAILED:
             for task_id, *failure in fields[0]:
                 future = futures.pop(task_id, None)
@@ -232,11 +234,39 @@ class BrokerConnection:
         else:
             log.warning("unexpected %s from the broker", protocol.name_of(code))
 
-    def _on_data(self, request, objects, frames):
+    def _on_data(self, request, objects, offer, frames):
         replies = self._replies.get(request)
+        if offer is not None:
+            if replies is None:
+                return   # nobody waits for it any more: the offer expires on its worker
+            frames = self._read_offer(request, objects, offer, frames[0])
+            if frames is None:
+                return
         for task_id, value, error in _values(objects, frames):
             if replies is not None and (error is None or task_id not in replies):
                 replies[task_id] = (value, error)  # (a re-sent fetch's error never hides a value)
+
+    def _read_offer(self, request, objects, offer, header):
+        """The frames of ``objects``, read from the worker's bulk lane named in ``offer``
+        (header first, as in a message); None if that failed: then this client stops
+        using the lanes and asks again for the values to come through the broker."""
+        if not (type(offer) is list and len(offer) == 3 and type(offer[0]) is str
+                and type(offer[1]) is bytes and type(offer[2]) is list
+                and all(type(size) is int and size >= 0 for size in offer[2])):
+            raise LoomError(f"the broker at {self.server_address}:{self.server_port} sent a "
+                            f"malformed offer: {offer!r:.80}")
+        address, token, sizes = offer
+        try:
+            return [header, *lane.fetch_frames(address, token, sizes)]
+        except (OSError, ValueError) as error:
+            self._lane = False
+            log.warning("could not read %d results from the bulk lane at %s (%s): results "
+                        "come through the broker from now on", len(objects), address, error)
+            ids = [entry[0] for entry in objects if type(entry) is list and entry]
+            released_by_broker = self._fetching.get(request, (None, False))[1]
+            self._socket.send(protocol.encode(protocol.FETCH, request, ids,
+                                              released_by_broker, False))
+            return None
 
     def _on_results(self, objects, frames):
         """Values of small results, sent as they finished: the futures finish with them,

@@ -64,7 +64,8 @@ def _ask_again(client) -> None:
         replies = client._replies.get(request, {})
         missing = sorted(task_id for task_id in awaited if task_id not in replies)
         if missing:
-            client._socket.send(protocol.encode(protocol.FETCH, request, missing, release))
+            client._socket.send(protocol.encode(protocol.FETCH, request, missing, release,
+                                                client._lane))
     for request, reply in client._replies.items():
         if reply is None:  # GetStats or GetSnapshot waiting
             client._socket.send(protocol.encode(protocol.GET_STATS, request))

@@ -65,7 +65,8 @@ class Waiting:
     _changes: FutureChanges
     _lock: threading.RLock
     _replies: dict[int, Any]
-    _fetching: dict[int, tuple[set[int], bool]]   # request -> (ids awaited, release)
+    _fetching: dict[int, tuple[set[int], bool]]   # request -> (ids awaited, released by it)
+    _lane: bool                           # connection.py: big values from bulk lanes
     _process_events: Callable[[], None]   # connection.py
     _flush_releases: Callable[[], None]   # releases.py
 
@@ -162,8 +163,9 @@ class Waiting:
                     replies = self._replies[request]
                     # What came is no longer awaited: a re-attach asks only for the rest
                     # (asked again, a released value would come back as an error).
-                    self._fetching[request][0].difference_update(replies)
-                    self._take_replies(replies, missing, release, released)
+                    awaited, released_by_broker = self._fetching[request]
+                    awaited.difference_update(replies)
+                    self._take_replies(replies, missing, released_by_broker, released)
                 changed, cursor = self._changes.since(cursor)
                 look_at.extend(changed)
                 ask = []
@@ -183,8 +185,12 @@ class Waiting:
                     requests.append(request)
                     asked.update(ask)
                     self._replies[request] = {}
-                    self._fetching[request] = (set(ask), release)
-                    self._send(protocol.encode(protocol.FETCH, request, ask, release))
+                    # A client that reads big values from the workers' bulk lanes releases
+                    # them itself once it has them (a failed read asks again): _download.
+                    wire_release = release and not self._lane
+                    self._fetching[request] = (set(ask), wire_release)
+                    self._send(protocol.encode(protocol.FETCH, request, ask, wire_release,
+                                               self._lane))
                 self._process_events()
         finally:
             self._close_changes()

@@ -246,8 +246,8 @@ class WorkerServer(BrokerLink):
                     for data_id, obj in objects:
                         self.tracer.data_sent(data_id, obj.size, address)
         elif code == protocol.UPLOAD:
-            client, request, ids = fields
-            self._send_upload(client, request, core.on_upload(ids))
+            client, request, ids, lane = fields
+            self._send_upload(client, request, core.on_upload(ids), lane)
         elif code == protocol.REMOVE_DATA:
             core.on_remove(fields[0])
         elif code == protocol.CANCEL_TASKS:
@@ -285,7 +285,7 @@ class WorkerServer(BrokerLink):
         except OSError as error:
             log.error("cannot write traces into %s: %s", path, error)
 
-    def _send_upload(self, client, request, objects):
+    def _send_upload(self, client, request, objects, lane):
         entries = []
         frames = []
         for data_id, obj in objects:
@@ -295,7 +295,10 @@ class WorkerServer(BrokerLink):
             # The client may not see our file system nor know our extension types.
             meta, _ = data.encode(data.for_client(obj), frames)
             entries.append([data_id, meta])
-        self._send_frames([protocol.encode(protocol.UPLOADED, client, request, entries),
+        offer = self.channels.offer_to_client(client, entries, frames) if lane else None
+        if offer is not None:
+            frames = []   # they wait on the bulk lane for the client
+        self._send_frames([protocol.encode(protocol.UPLOADED, client, request, entries, offer),
                            *frames])
 
     # ------------------------------------------------------------ data and tasks

@@ -40,6 +40,8 @@ from .bulk import (BULK_BYTES, OFFER_TIMEOUT, BulkFetcher, BulkServer, Fetched, 
 from .wake import WakePipe
 
 log = logging.getLogger("hyperloom.worker")
+# the receiver "address" of an offer to a client (not a data address: never pushed to)
+CLIENT_OFFER = "client "
 
 PUSH_HWM = 1000        # messages ZeroMQ may queue towards one peer
 SMALL_PUSH_BYTES = 65536  # pushes smaller than this are copied into ZeroMQ, not tracked
@@ -136,6 +138,20 @@ class DataChannels:
         # zmq copies small frames faster than it tracks zero-copy ones
         self._enqueue(peer, address, ([header, *frames], sum(sizes) < SMALL_PUSH_BYTES))
 
+    def offer_to_client(self, client: bytes, entries: list[list[Any]],
+                        frames: list[data.BytesLike]) -> list[Any] | None:
+        """Keep ``frames`` on the bulk lane for a client that can read it (an Upload with
+        lane=True) when one of them is big; the offer for Uploaded, or None (send them).
+        An offer the client never reads is dropped when it expires: the client asks again
+        without the lane (docs/protocol.md, "Bulk lane")."""
+        sizes = [frame_bytes(f) for f in frames]
+        if self.bulk_server is None or not sizes or max(sizes) < self.bulk_bytes:
+            return None
+        token = self.bulk_server.offer(CLIENT_OFFER + client.hex(), entries, frames)
+        log.debug("offered %d objects (%d bytes) to a client on the bulk lane", len(entries),
+                  sum(sizes))
+        return [self.bulk_server.address, token, sizes]
+
     def _enqueue(self, peer: _Peer, address: str,
                  message: tuple[list[data.BytesLike], bool]) -> None:
         if peer.backlog or not _send(peer.socket, message):
@@ -152,6 +168,10 @@ class DataChannels:
             self._push_offer(offer)
 
     def _push_offer(self, offer: Offer) -> None:
+        if offer.address.startswith(CLIENT_OFFER):
+            log.info("a client did not read %d objects offered on the bulk lane: dropped "
+                     "(it asks again without the lane)", len(offer.entries))
+            return
         peer = self._channel(offer.address)
         if peer is None:
             return

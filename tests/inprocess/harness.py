@@ -134,7 +134,7 @@ class SimWorker:
                 meta, _ = data.encode(obj, frames)
                 target.incoming.append((data_id, data.decode(meta, frames)[0]))
 
-    def _on_upload(self, client_identity, request, ids):
+    def _on_upload(self, client_identity, request, ids, lane):
         entries, frames = [], []
         for data_id, obj in self.core.on_upload(ids):
             if obj is None:
@@ -142,7 +142,8 @@ class SimWorker:
                 continue
             meta, _ = data.encode(data.for_client(obj), frames)
             entries.append([data_id, meta])
-        self.send(protocol.encode(protocol.UPLOADED, client_identity, request, entries), *frames)
+        self.send(protocol.encode(protocol.UPLOADED, client_identity, request, entries, None),
+                  *frames)
 
     def _on_removedata(self, ids):
         self.core.on_remove(ids)
@@ -258,7 +259,7 @@ class SimClient:
         request = self.next_request
         self.next_request += 1
         self.replies[request] = {}
-        self.send(protocol.encode(protocol.FETCH, request, list(ids), release))
+        self.send(protocol.encode(protocol.FETCH, request, list(ids), release, False))
         return request
 
     def release(self, ids):
@@ -299,7 +300,9 @@ class SimClient:
         elif code == protocol.SESSION:
             self.session = (fields[0], fields[1])
 
-    def _on_data(self, request, entries, frames):
+    def _on_data(self, request, entries, offer, frames):
+        if offer is not None:   # (SimWorkers have no bulk lane)
+            raise UnexpectedMessage(f"Data for request {request} with an offer")
         if request not in self.replies:
             raise UnexpectedMessage(f"Data for request {request}, which was never sent")
         position = 1

@@ -119,7 +119,7 @@ def test_messages_not_expected_from_a_peer_are_refused_by_the_core():
     worker = cluster.workers[0]
     worker.send(protocol.encode(protocol.SUBMIT, [], [], [], False, False, []))
     cluster.client.send(protocol.encode(protocol.TASKS_DONE, [], [], [], []))
-    cluster.to_broker(b"stranger", protocol.encode(protocol.FETCH, 1, [], False))
+    cluster.to_broker(b"stranger", protocol.encode(protocol.FETCH, 1, [], False, False))
     cluster.ever.add(b"stranger")
     cluster.run()
     assert worker.errors == ["Submit is not expected from a worker"]

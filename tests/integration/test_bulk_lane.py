@@ -159,3 +159,65 @@ def test_a_retiring_worker_hands_its_big_data_over_the_lane(make_cluster, tmp_pa
     assert [int.from_bytes(size, "little") for size in sizes] == [BIG] * 4
     assert len(counter.read_text().splitlines()) == 4, "no result was recomputed"
     assert "on the bulk lane" in worker_log(cluster, 0)
+
+
+class PeakRss:
+    """The highest RSS of a process, sampled every 2 ms on a thread while in the block."""
+
+    def __init__(self, pid):
+        import psutil
+        import threading
+        self.process, self.stop = psutil.Process(pid), threading.Event()
+        self.peak = self.before = self.process.memory_info().rss
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self):
+        while not self.stop.wait(0.002):
+            self.peak = max(self.peak, self.process.memory_info().rss)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+
+
+@pytest.mark.timeout(120)
+def test_a_client_reads_a_big_result_from_its_workers_lane_not_through_the_broker(
+        make_cluster):
+    cluster = make_cluster(workers=1, cpus=1, log_level="debug")
+    client = cluster.client()
+    big = client.submit_one(pattern(BIG))
+    client.wait([big])
+    with PeakRss(cluster.broker_pid) as broker:
+        value = big.gather()
+    assert value == bytes(range(256)) * (BIG // 256)
+    assert "to a client on the bulk lane" in worker_log(cluster, 0)
+    # relayed, the value would pass through the broker's memory (+40 MB)
+    assert broker.peak - broker.before < BIG // 2, broker.peak - broker.before
+    assert client.info()["n_data_objects"] == 0       # gathered: released all the same
+
+
+@pytest.mark.timeout(120)
+def test_a_client_that_cannot_reach_a_lane_gets_big_results_through_the_broker(
+        make_cluster, monkeypatch, caplog):
+    """A client outside the workers' network: its first read fails, it asks again
+    without the lane, and from then on big values come through the broker."""
+    from hyperloom import lane
+
+    def unreachable(address, token, sizes):
+        raise lane.Unreachable(f"cannot connect to {address}: filtered (test)")
+    monkeypatch.setattr(lane, "fetch_frames", unreachable)
+    cluster = make_cluster(workers=1, cpus=1, log_level="debug")
+    client = cluster.client()
+    first, second = client.submit([pattern(BIG), pattern(BIG + 256)])
+    client.wait([first, second])
+    with caplog.at_level("WARNING", logger="hyperloom.client"):
+        assert first.gather() == bytes(range(256)) * (BIG // 256)
+    assert "results come through the broker from now on" in caplog.text
+    offers = worker_log(cluster, 0).count("to a client on the bulk lane")
+    assert second.gather() == bytes(range(256)) * (BIG // 256 + 1)
+    assert worker_log(cluster, 0).count("to a client on the bulk lane") == offers == 1
+    assert client.info()["n_data_objects"] == 0

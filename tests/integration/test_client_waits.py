@@ -166,7 +166,7 @@ def test_a_fetch_asked_again_after_a_reattach_names_only_values_still_awaited(
         return fields[0]
 
     def data_message(request, *entries):
-        return zmq.Frame(protocol.encode(protocol.DATA, request, list(entries)))
+        return zmq.Frame(protocol.encode(protocol.DATA, request, list(entries), None))
 
     def value_of(future):
         return [future._id, [data.KIND_SMALL, b"value %d" % future._id]]

@@ -626,7 +626,7 @@ class Fuzzer:
         if kind == "uploaded":
             _, target, request, objects = message   # payload frames: see extra_frames
             client = identities[0] if target == "peer" else b"\x00\x01nobody"
-            return msgpack.packb([protocol.UPLOADED, client, request, objects],
+            return msgpack.packb([protocol.UPLOADED, client, request, objects, None],
                                  use_bin_type=True)
         if kind == "submit":
             entries, corrupt, load, more = message[1]

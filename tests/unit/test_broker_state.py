@@ -152,7 +152,7 @@ def test_fetch_waits_for_the_task_then_uploads_from_its_holder(h):
     assert not h.state.outbox.uploads
     h.schedule()
     h.finish(w, 0)
-    assert h.state.outbox.uploads == {(w, b"client", 7): [h.base]}
+    assert h.state.outbox.uploads == {(w, b"client", 7, False): [h.base]}
     assert h.node(0) is None  # fetched with release
 
 
@@ -333,12 +333,12 @@ def test_fetch_sent_to_a_worker_that_dies_is_served_again(h):
     [worker] = h.schedule()
     h.state.on_tasks_done(worker, [[h.base, 70000, 0]], [], 0.0)   # too big to send inline
     h.state.on_fetch(h.client, 3, [h.base], False)
-    assert h.state.outbox.uploads == {(worker, b"client", 3): [h.base]}
+    assert h.state.outbox.uploads == {(worker, b"client", 3, False): [h.base]}
     h.state.outbox.clear()
     h.state.on_worker_lost(worker)
     [again] = h.schedule()               # recomputed on the survivor
     h.state.on_tasks_done(again, [[h.base, 70000, 0]], [], 0.0)
-    assert h.state.outbox.uploads == {(again, b"client", 3): [h.base]}
+    assert h.state.outbox.uploads == {(again, b"client", 3, False): [h.base]}
 
 
 def test_a_chunked_plan_is_accepted_whole_or_refused_whole(h):
@@ -434,7 +434,7 @@ def _ordered_upload(h):
     holder = h.node(0).holders[0]
     h.state.outbox.clear()
     h.state.on_fetch(h.client, 7, [h.base], False)
-    assert h.state.outbox.uploads == {(holder, b"client", 7): [h.base]}
+    assert h.state.outbox.uploads == {(holder, b"client", 7, False): [h.base]}
     h.state.outbox.clear()
     return holder, (w2 if holder is w1 else w1)
 
@@ -452,10 +452,10 @@ def _errors_to(h, worker):
 
 def test_an_ordered_upload_is_relayed_to_the_client_that_asked(h):
     holder, _ = _ordered_upload(h)
-    h.state.on_uploaded(holder, b"client", 7, [[h.base, [0]]], [b"payload"])
+    h.state.on_uploaded(holder, b"client", 7, [[h.base, [0]]], None, [b"payload"])
     [(identity, header, frame)] = _relayed(h)
     assert identity == b"client" and frame == b"payload"
-    assert protocol.decode(header) == (protocol.DATA, [7, [[h.base, [0]]]])
+    assert protocol.decode(header) == (protocol.DATA, [7, [[h.base, [0]]], None])
     assert not holder.uploads
 
 
@@ -463,17 +463,35 @@ def test_an_upload_nobody_ordered_is_refused_not_relayed(h):
     # Issue 11.6: the broker relayed any Uploaded to whatever identity a worker named.
     holder, other = _ordered_upload(h)
     other_worker_identity = other.identity
-    h.state.on_uploaded(other, b"client", 7, [[h.base, [0]]], [b"forged"])
-    h.state.on_uploaded(holder, other_worker_identity, 7, [[h.base, [0]]], [b"to a worker"])
-    h.state.on_uploaded(holder, b"client", 8, [[h.base, [0]]], [b"wrong request"])
-    h.state.on_uploaded(holder, b"client", 7, [[h.base + 1, [0]]], [b"an id not asked for"])
-    h.state.on_uploaded(holder, b"client", 7, [], [])
+    h.state.on_uploaded(other, b"client", 7, [[h.base, [0]]], None, [b"forged"])
+    h.state.on_uploaded(holder, other_worker_identity, 7, [[h.base, [0]]], None, [b"to a worker"])
+    h.state.on_uploaded(holder, b"client", 8, [[h.base, [0]]], None, [b"wrong request"])
+    h.state.on_uploaded(holder, b"client", 7, [[h.base + 1, [0]]], None, [b"an id not asked for"])
+    h.state.on_uploaded(holder, b"client", 7, [], None, [])
     assert _relayed(h) == []
     assert len(_errors_to(h, other)) == 1 and len(_errors_to(h, holder)) == 4
     assert all("answers no Upload" in m for m in _errors_to(h, holder))
     # the genuine answer still goes through afterwards
-    h.state.on_uploaded(holder, b"client", 7, [[h.base, [0]]], [b"payload"])
+    h.state.on_uploaded(holder, b"client", 7, [[h.base, [0]]], None, [b"payload"])
     assert len(_relayed(h)) == 1
+
+
+def test_a_client_that_reads_lanes_gets_the_holders_offer_relayed_and_nothing_malformed(h):
+    holder, _ = _ordered_upload(h)
+    h.state.on_fetch(h.client, 8, [h.base], False, True)       # lane=True
+    assert h.state.outbox.uploads == {(holder, b"client", 8, True): [h.base]}
+    h.state.outbox.clear()
+    for bad in (["tcp://w0:9", b"t" * 16], ["tcp://w0:9", "token", [5]],
+                ["tcp://w0:9", b"t" * 16, [-1]]):
+        h.state.on_uploaded(holder, b"client", 8, [[h.base, [0]]], bad, [])
+    h.state.on_uploaded(holder, b"client", 8, [[h.base, [0]]], ["tcp://w0:9", b"t" * 16, [5]],
+                        [b"frames beside an offer"])
+    assert _relayed(h) == [] and len(_errors_to(h, holder)) == 4
+    assert all("malformed offer" in m for m in _errors_to(h, holder))
+    offer = ["tcp://w0:9", b"t" * 16, [5]]
+    h.state.on_uploaded(holder, b"client", 8, [[h.base, [0]]], offer, [])
+    [(identity, header)] = _relayed(h)
+    assert protocol.decode(header) == (protocol.DATA, [8, [[h.base, [0]]], offer])
 
 
 def test_an_upload_answered_in_two_parts_is_relayed_twice_then_refused(h):
@@ -484,10 +502,10 @@ def test_an_upload_answered_in_two_parts_is_relayed_twice_then_refused(h):
     h.finish(w, 0)
     h.finish(w, 1)  # two Upload orders of the same request
     assert w.uploads == {(b"client", 3): [h.base, h.base + 1]}
-    h.state.on_uploaded(w, b"client", 3, [[h.base, [0]]], [b"a"])
-    h.state.on_uploaded(w, b"client", 3, [[h.base + 1, [0]]], [b"b"])
+    h.state.on_uploaded(w, b"client", 3, [[h.base, [0]]], None, [b"a"])
+    h.state.on_uploaded(w, b"client", 3, [[h.base + 1, [0]]], None, [b"b"])
     assert len(_relayed(h)) == 2 and not w.uploads
-    h.state.on_uploaded(w, b"client", 3, [[h.base + 1, [0]]], [b"b again"])
+    h.state.on_uploaded(w, b"client", 3, [[h.base + 1, [0]]], None, [b"b again"])
     assert len(_relayed(h)) == 2 and len(_errors_to(h, w)) == 1
 
 

@@ -268,3 +268,20 @@ def test_a_decline_for_another_receivers_offer_leaves_it_offered(channels, conte
     assert a.bulk_server.n_offers() == 1
     assert a.no_lane_to == {"tcp://127.0.0.1:8"}
 
+
+
+def test_an_offer_to_a_client_is_read_once_and_an_unread_one_is_dropped(channels):
+    """A client reads a big Upload from the lane (fetch_frames, as a worker does); an
+    offer it never reads is dropped when it expires, never pushed to its pseudo-address
+    (the client asks again without the lane)."""
+    a = channels(bulk_bytes=MiB, offer_timeout=0.5)
+    entries = [[4, [0]]]
+    assert a.offer_to_client(b"\x00client", entries, [b"small"]) is None
+    address, token, sizes = a.offer_to_client(b"\x00client", entries, [b"c" * 2 * MiB])
+    assert address == a.bulk_server.address and sizes == [2 * MiB]
+    [frame] = fetch_frames(address, token, sizes)
+    assert bytes(frame) == b"c" * 2 * MiB
+    a.offer_to_client(b"\x00client", entries, [b"d" * 2 * MiB])    # never read
+    wait_until(lambda: a.close_idle(time.monotonic()) is None and a.bulk_server.n_offers() == 0,
+               timeout=10, message="the unread offer to expire")
+    assert a.open_channels() == []

@@ -73,7 +73,7 @@ def test_entries_that_break_their_record_are_named(record, entry, problem):
     (msgpack.packb([12345]), "unknown message code"),
     (msgpack.packb([protocol.RELEASE]), "takes 1 fields, got 0"),
     (msgpack.packb([protocol.RELEASE, "notalist"]), "Release.ids must be list"),
-    (msgpack.packb([protocol.FETCH, True, [], False]), "Fetch.request must be int"),
+    (msgpack.packb([protocol.FETCH, True, [], False, False]), "Fetch.request must be int"),
 ])
 def test_malformed_headers_name_the_problem(header, problem):
     with pytest.raises(protocol.ProtocolError, match=problem):

@@ -77,7 +77,8 @@ def test_a_gathered_result_is_answered_by_data_alone():
     b.finish_inline(b.workers[0], [task_id])
     sent = b.round()
     assert names(sent, b"client") == ["Data"]        # no TasksFinished beside it
-    [(_, _, (request, entries))] = [s for s in sent if s[1] == "Data"]
+    [(_, _, (request, entries, offer))] = [s for s in sent if s[1] == "Data"]
+    assert offer is None
     assert entries[0][0] == task_id
 
 
