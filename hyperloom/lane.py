@@ -37,6 +37,7 @@ class ReceivedBuffer(mmap.mmap):
 
 class Unreachable(OSError):
     """A reader could not connect to a holder's lane (refused, filtered, no route)."""
+    refused = False   # refused at once: the holder is gone, or its port is closed to us
 
 
 def fetch_frames(address: str, token: bytes, sizes: Sequence[int],
@@ -50,7 +51,9 @@ def fetch_frames(address: str, token: bytes, sizes: Sequence[int],
     try:
         connection = socket.create_connection(where, timeout=min(timeout, CONNECT_TIMEOUT))
     except OSError as error:
-        raise Unreachable(f"cannot connect to {address}: {error}") from None
+        unreachable = Unreachable(f"cannot connect to {address}: {error}")
+        unreachable.refused = isinstance(error, ConnectionRefusedError)
+        raise unreachable from None
     with connection:
         blocking_with_timeout(connection, timeout)
         connection.sendall(token)

@@ -248,8 +248,10 @@ class BrokerConnection:
 
     def _read_offer(self, request, objects, offer, header):
         """The frames of ``objects``, read from the worker's bulk lane named in ``offer``
-        (header first, as in a message); None if that failed: then this client stops
-        using the lanes and asks again for the values to come through the broker."""
+        (header first, as in a message); None if that failed: then this client asks
+        again for them to come through the broker, and stops using the lanes if it
+        could not reach this one (a timeout, no route: a client outside the workers'
+        network; refused at once is more likely a holder that died meanwhile)."""
         if not (type(offer) is list and len(offer) == 3 and type(offer[0]) is str
                 and type(offer[1]) is bytes and type(offer[2]) is list
                 and all(type(size) is int and size >= 0 for size in offer[2])):
@@ -259,9 +261,13 @@ class BrokerConnection:
         try:
             return [header, *lane.fetch_frames(address, token, sizes)]
         except (OSError, ValueError) as error:
-            self._lane = False
-            log.warning("could not read %d results from the bulk lane at %s (%s): results "
-                        "come through the broker from now on", len(objects), address, error)
+            if isinstance(error, lane.Unreachable) and not error.refused:
+                self._lane = False
+                log.warning("could not reach the bulk lane at %s (%s): results come through "
+                            "the broker from now on", address, error)
+            else:
+                log.warning("could not read %d results from the bulk lane at %s (%s): asking "
+                            "for them through the broker", len(objects), address, error)
             ids = [entry[0] for entry in objects if type(entry) is list and entry]
             released_by_broker = self._fetching.get(request, (None, False))[1]
             self._socket.send(protocol.encode(protocol.FETCH, request, ids,

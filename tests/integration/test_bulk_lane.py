@@ -221,3 +221,29 @@ def test_a_client_that_cannot_reach_a_lane_gets_big_results_through_the_broker(
     assert second.gather() == bytes(range(256)) * (BIG // 256 + 1)
     assert worker_log(cluster, 0).count("to a client on the bulk lane") == offers == 1
     assert client.info()["n_data_objects"] == 0
+
+
+@pytest.mark.timeout(120)
+def test_a_lane_read_refused_once_asks_again_and_keeps_the_lane(make_cluster, monkeypatch):
+    """Refused at once is a holder that died meanwhile (or a closed port), not a
+    client outside the network: that value comes through the broker, later ones
+    still over the lane."""
+    from hyperloom import lane
+    real_fetch, calls = lane.fetch_frames, []
+
+    def refused_once(address, token, sizes):
+        calls.append(address)
+        if len(calls) == 1:
+            error = lane.Unreachable(f"cannot connect to {address}: refused (test)")
+            error.refused = True
+            raise error
+        return real_fetch(address, token, sizes)
+    monkeypatch.setattr(lane, "fetch_frames", refused_once)
+    cluster = make_cluster(workers=1, cpus=1, log_level="debug")
+    client = cluster.client()
+    first, second = client.submit([pattern(BIG), pattern(BIG + 256)])
+    client.wait([first, second])
+    assert first.gather() == bytes(range(256)) * (BIG // 256)
+    assert second.gather() == bytes(range(256)) * (BIG // 256 + 1)
+    assert len(calls) == 2                     # the second value came over the lane
+    assert client.info()["n_data_objects"] == 0
