@@ -280,3 +280,22 @@ def add_standalone_options(parser, repeat: int = 3):
     parser.add_argument("--no-hyperloom", action="store_true")
     parser.add_argument("--json", default=str(DEFAULT_JSON))
     parser.add_argument("--timeout", type=float, default=600.0)
+
+
+def time_gathers(samples, nbytes, server_pid, make, gather):
+    """``samples`` times: ``make(i)`` an array of ``nbytes`` and wait for it, then time
+    ``gather(future)`` alone while sampling the server's RSS. GB/s of the median gather,
+    and the median rise of the server's RSS (MB) meanwhile."""
+    times, rises = [], []
+    for i in range(samples):
+        future = make(i)
+        before = rss(server_pid)
+        with PeakRss(server_pid) as peak:
+            t0 = time.perf_counter()
+            value = gather(future)
+            times.append(time.perf_counter() - t0)
+        rises.append(peak.peak - before)
+        assert value.nbytes == nbytes // 8 * 8
+        del future, value
+    return {"gbps_gather": nbytes / statistics.median(times) / 1e9,
+            "server_mb": statistics.median(rises) / 1e6}

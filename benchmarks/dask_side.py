@@ -11,7 +11,7 @@ import statistics
 import subprocess
 import time
 
-from benchmarks.common import PeakRss, rss, wait_until
+from benchmarks.common import PeakRss, rss, time_gathers, wait_until
 
 perf = time.perf_counter
 
@@ -182,24 +182,14 @@ def bench_array(cluster, p):
 def bench_gather(cluster, p):
     """A NumPy array made by a task, then gathered by the client: GB/s of the
     gather alone, and how much the scheduler's RSS rose meanwhile."""
-    client, times, peaks = cluster.client(), [], []
-    for i in range(p.get("samples", 1)):
+    client = cluster.client()
+
+    def make(i):
         future = client.submit(make_array, p["nbytes"], i, pure=False)
         client.gather([client.submit(len, future, pure=False)])   # made, not fetched
-        before = rss(cluster.scheduler_pid)
-        with PeakRss(cluster.scheduler_pid) as peak:
-            t0 = perf()
-            value = future.result()
-            times.append(perf() - t0)
-        peaks.append(peak.peak - before)
-        assert value.nbytes == p["nbytes"] // 8 * 8
-        del future, value
-    return gather_metrics(p["nbytes"], times, peaks)
-
-
-def gather_metrics(n, times, peaks):
-    return {"gbps_gather": n / statistics.median(times) / 1e9,
-            "server_mb": statistics.median(peaks) / 1e6}
+        return future
+    return time_gathers(p.get("samples", 1), p["nbytes"], cluster.scheduler_pid, make,
+                        lambda future: future.result())
 
 
 def transfer_metrics(n, samples):

@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 import time
 
-from benchmarks.common import PeakRss, rss, wait_until
-from benchmarks.dask_side import gather_metrics, transfer_metrics
+from benchmarks.common import PeakRss, rss, time_gathers, wait_until
+from benchmarks.dask_side import transfer_metrics
 
 perf = time.perf_counter
 
@@ -283,19 +283,13 @@ def bench_gather(cluster, p):
     the gather alone, and how much the broker's RSS rose meanwhile (it relays the
     value from the worker that holds it)."""
     client, py = cluster.client(), _py_tasks()
-    times, peaks = [], []
-    for i in range(p.get("samples", 1)):
+
+    def make(i):
         future = client.submit_one(py["array_a"](p["nbytes"], i))
         client.wait([future])
-        before = rss(cluster.broker_pid)
-        with PeakRss(cluster.broker_pid) as peak:
-            t0 = perf()
-            value = future.gather()
-            times.append(perf() - t0)
-        peaks.append(peak.peak - before)
-        assert value.nbytes == p["nbytes"] // 8 * 8
-        del future, value
-    return gather_metrics(p["nbytes"], times, peaks)
+        return future
+    return time_gathers(p.get("samples", 1), p["nbytes"], cluster.broker_pid, make,
+                        lambda future: future.gather())
 
 
 def _held(client, n_total, seen):

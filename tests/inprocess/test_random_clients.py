@@ -11,7 +11,6 @@ replay, and ``check_invariants`` holds after every step.
 """
 
 import random
-import struct
 
 import pytest
 
@@ -22,7 +21,7 @@ from hyperloom.client.future import Future
 
 from .harness import Cluster
 from .test_random_losses import queued_plan, random_dynamic_plan, random_plan
-from .test_random_restarts import FAILS, _broker, _restart, failing_plan
+from .test_random_restarts import FAILS, _broker, _restart, check_outcome, failing_plan
 
 
 class User:
@@ -156,14 +155,7 @@ def _step(cluster, users, rng, path, budget):
 
 def _check_values(user, replies):
     for task_id in user.kept():
-        want = user.expected[task_id]
-        value, error = replies[task_id]
-        if want is FAILS:
-            assert error is not None and "No such file or directory" in error[-1], (value, error)
-        elif isinstance(want, int):   # dslice: the pieces' lengths add up to the array's
-            assert sum(struct.unpack("<Q", item)[0] for item in value) == want
-        else:
-            assert (value, error) == (want, None)
+        check_outcome(user.expected[task_id], *replies[task_id])
 
 
 @pytest.mark.parametrize("seed", range(60))

@@ -184,11 +184,16 @@ def test_results_survive_random_broker_restarts(seed, tmp_path):
     cluster.run()
     replies = cluster.client.replies[request]
     for task_id, want in kept:
-        value, error = replies[task_id]
-        if want is FAILS:
-            assert error is not None and "No such file or directory" in error[-1], (value, error)
-        elif isinstance(want, int):   # dslice: the pieces' lengths add up to the array's
-            assert sum(struct.unpack("<Q", item)[0] for item in value) == want
-        else:
-            assert (value, error) == (want, None)
+        check_outcome(want, *replies[task_id])
     assert cluster.broker.tasks == {}
+
+
+def check_outcome(want, value, error):
+    """A fetched ``(value, error)`` against what the plan should give: ``FAILS``, a
+    dslice's total length (int), or bytes."""
+    if want is FAILS:
+        assert error is not None and "No such file or directory" in error[-1], (value, error)
+    elif isinstance(want, int):   # dslice: the pieces' lengths add up to the array's
+        assert sum(struct.unpack("<Q", item)[0] for item in value) == want
+    else:
+        assert (value, error) == (want, None)

@@ -85,6 +85,19 @@ def _pump(source, sink):
             pass
 
 
+def _gather_through_a_cut(client, proxy):
+    """Two workers joined: the chains of test_broker_restart.py, cut through ``proxy``
+    once a quarter is done; every value must come, over a new proxied connection."""
+    wait_until(lambda: client.info()["n_workers"] == 2, timeout=30,
+               message="the workers to join")
+    ends, middles, sent = _submit(client)
+    client.wait([middles[0]])
+    proxy.cut()
+    assert client.gather(ends) == [_expected(chain) for chain in range(CHAINS)]
+    assert proxy.accepted == 2                 # it came back through a new connection
+    return ends, middles, sent
+
+
 @pytest.fixture
 def processes(tmp_path):
     running = Processes(str(tmp_path))
@@ -100,13 +113,7 @@ def test_a_client_cut_off_from_a_journaled_broker_resumes_its_session(processes)
     proxy = CuttableProxy(processes.port)
     try:
         client = Client("127.0.0.1", proxy.port, connect_timeout=30)
-        wait_until(lambda: client.info()["n_workers"] == 2, timeout=30,
-                   message="the workers to join")
-        ends, middles, sent = _submit(client)
-        client.wait([middles[0]])
-        proxy.cut()
-        assert client.gather(ends) == [_expected(chain) for chain in range(CHAINS)]
-        assert proxy.accepted == 2            # it came back through a new connection
+        ends, middles, sent = _gather_through_a_cut(client, proxy)
         _no_resubmission(sent)
         journal = client.info()["journal"]
         assert journal["recomputed"] == 0 and journal["detached_clients"] == []
@@ -152,13 +159,7 @@ def test_a_worker_cut_off_from_the_broker_reattaches_with_its_data(processes, jo
              "--broker-timeout", "60", "--wdir", processes.tmp_path],
             stdout=log, stderr=subprocess.STDOUT))
         client = Client("127.0.0.1", processes.port, connect_timeout=30)
-        wait_until(lambda: client.info()["n_workers"] == 2, timeout=30,
-                   message="the workers to join")
-        ends, middles, _ = _submit(client)
-        client.wait([middles[0]])
-        proxy.cut()
-        assert client.gather(ends) == [_expected(chain) for chain in range(CHAINS)]
-        assert proxy.accepted == 2                 # it came back through a new connection
+        _gather_through_a_cut(client, proxy)
         wait_until(lambda: client.info()["n_workers"] == 2, timeout=10,
                    message="the cut worker to be back")
         assert processes.workers[-1].poll() is None
