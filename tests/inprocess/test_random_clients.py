@@ -15,13 +15,11 @@ import random
 import pytest
 
 from hyperloom import protocol
-from hyperloom.broker import journal as jn
 from hyperloom.client import tasks
 from hyperloom.client.future import Future
 
 from .harness import Cluster
-from .test_random_losses import queued_plan, random_dynamic_plan, random_plan
-from .test_random_restarts import FAILS, _broker, _restart, check_outcome, failing_plan
+from .test_random_restarts import FAILS, _broker, _restart, any_plan, check_outcome, new_journal
 
 
 class User:
@@ -45,17 +43,6 @@ class User:
     def identity(self) -> bytes:
         self.connections += 1
         return b"%s-%d" % (self.name, self.connections)
-
-
-def _first_plan(rng):
-    roll = rng.random()
-    if roll < 0.3:
-        return queued_plan(rng)
-    if roll < 0.5:
-        return random_dynamic_plan(rng)
-    if roll < 0.75:
-        return failing_plan(rng)
-    return random_plan(rng, rng.randint(3, 10), rng.randint(5, 25))
 
 
 def _follow_up(user, rng):
@@ -161,16 +148,14 @@ def _check_values(user, replies):
 @pytest.mark.parametrize("seed", range(60))
 def test_clients_of_one_broker_keep_their_results_whatever_the_others_do(seed, tmp_path):
     rng = random.Random(seed)
-    path = str(tmp_path / "broker.journal")
-    with open(path, "wb") as file:
-        file.write(jn.header_bytes())
+    path = new_journal(tmp_path)
     cluster = Cluster(workers=2, cpus=rng.choice([1, 2]), auto_run=False, broker=_broker())
     users = [User(b"u0", cluster.client)]
     for n in range(1, rng.randint(2, 3)):
         users.append(User(b"u%d" % n, cluster.add_client(b"u%d" % n)))
     cluster.run()
     for user in users:
-        user.submit(*_first_plan(rng))
+        user.submit(*any_plan(rng, most_leaves=10, most_merges=25))
     budget = {"restarts": rng.randint(0, 2), "losses": 2, "retirements": 2, "departures": 1}
     for _ in range(rng.randint(50, 300)):
         cluster.run()

@@ -159,22 +159,32 @@ def _run_with_restarts(cluster, path, rng, ids, released, rounds=800, max_restar
     return cluster, restarts
 
 
-@pytest.mark.parametrize("seed", range(100))
-def test_results_survive_random_broker_restarts(seed, tmp_path):
-    rng = random.Random(seed)
+def new_journal(tmp_path) -> str:
+    """An empty journal file (its header only), as ``loom-broker --journal`` starts one."""
     path = str(tmp_path / "broker.journal")
     with open(path, "wb") as file:
         file.write(jn.header_bytes())
-    cluster = Cluster(workers=2, cpus=rng.choice([1, 2]), auto_run=False, broker=_broker())
+    return path
+
+
+def any_plan(rng, most_leaves=15, most_merges=40):
+    """One of the random plans (queued core tasks, dynamic, failing, merges)."""
     roll = rng.random()
     if roll < 0.3:
-        plan, expected = queued_plan(rng)
-    elif roll < 0.5:
-        plan, expected = random_dynamic_plan(rng)
-    elif roll < 0.75:
-        plan, expected = failing_plan(rng)
-    else:
-        plan, expected = random_plan(rng, rng.randint(3, 15), rng.randint(5, 40))
+        return queued_plan(rng)
+    if roll < 0.5:
+        return random_dynamic_plan(rng)
+    if roll < 0.75:
+        return failing_plan(rng)
+    return random_plan(rng, rng.randint(3, most_leaves), rng.randint(5, most_merges))
+
+
+@pytest.mark.parametrize("seed", range(100))
+def test_results_survive_random_broker_restarts(seed, tmp_path):
+    rng = random.Random(seed)
+    path = new_journal(tmp_path)
+    cluster = Cluster(workers=2, cpus=rng.choice([1, 2]), auto_run=False, broker=_broker())
+    plan, expected = any_plan(rng)
     ids = cluster.client.submit(plan)
     released = set()
     cluster, restarts = _run_with_restarts(cluster, path, rng, ids, released)
