@@ -87,7 +87,7 @@ class Client(BrokerConnection, Releases, Waiting):
         # re-attached (session.py) instead of raising ConnectionLost.
         self._session = None
         self._broken = None      # the ConnectionLost of a re-attach that failed: raised again
-        # request -> (ids still awaited, release) of a fetch waiting for Data
+        # request -> (ids still awaited, whether the broker releases them) of a fetch
         self._fetching: dict[int, tuple[set[int], bool]] = {}
         # Big values are read from the workers' bulk lanes until a read fails (a client
         # outside the cluster's network): then they come through the broker.
