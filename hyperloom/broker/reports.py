@@ -107,8 +107,19 @@ class WorkerReports(CoreBase):
     def _unexpected_report(self, worker: WorkerRecord, task_id: int, finished: bool) -> None:
         if task_id in worker.canceled:
             worker.canceled.discard(task_id)
-            if finished:  # its result is unwanted: delete it on the worker
-                self.outbox.remove[worker].append(task_id)
+            if finished:
+                node = self.tasks.get(task_id)
+                if node is not None and node.state == ts.FINISHED:
+                    # Finished elsewhere meanwhile (a worker re-attached with it): this
+                    # copy is as good, and a task placed here may already be queued on
+                    # it. Deleting it crashed such a worker (KeyError starting the task).
+                    holders = node.holders
+                    assert holders is not None  # FINISHED (taskstate.py)
+                    if worker not in holders:
+                        holders.append(worker)
+                        worker.bytes_held += node.size
+                else:  # its result is unwanted: delete it on the worker
+                    self.outbox.remove[worker].append(task_id)
             return
         self._worker_error(worker, f"task {task_id!r:.30} was never assigned to this worker")
 

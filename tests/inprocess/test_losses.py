@@ -292,3 +292,32 @@ def test_data_needed_again_before_its_removal_went_out_is_not_removed():
     cluster.run()
     assert wide_id in again.computed
     assert cluster.gather([wide_id]) == [b"a"]
+
+
+def test_a_finished_report_crossing_its_cancel_keeps_the_copy_a_consumer_may_read():
+    """A worker cut off from the broker re-attaches with a result the broker had started
+    to compute again elsewhere: that run is canceled, but it finished first and its
+    report crossed the cancel. The broker used to delete that copy (RemoveData), while
+    a task placed there could already be queued on it: the worker crashed with a
+    KeyError starting it (tests/integration/test_network_cut.py, under load). A copy
+    of a finished task's data is kept as one more holder."""
+    from .test_random_restarts import _rejoin
+    import random
+    cluster = Cluster(workers=2, cpus=1, auto_run=False)
+    [x_id] = cluster.client.submit([tasks.const("x")])
+    cluster.run()
+    [holder] = [w for w in cluster.workers if w.running]
+    [other] = [w for w in cluster.workers if w is not holder]
+    holder.finish_running()
+    cluster.run()
+    cluster.kill(holder)                       # its connection drops: x computed again...
+    cluster.run()
+    assert [t.id for t in other.running] == [x_id]
+    _rejoin(cluster, holder, random.Random(0))  # ...and it is back with x: that run is canceled
+    other.finish_running()                     # but it finished, and reports so, first
+    cluster.run()
+    assert not [ids for ids, in cluster.messages_named("RemoveData", receiver=other.identity)
+                if x_id in ids]
+    assert x_id in other.core.store
+    assert other.identity in [w.identity for w in cluster.broker.tasks[x_id].holders]
+    assert cluster.gather([x_id]) == [b"x"]
