@@ -70,6 +70,7 @@ class CoreBase:
     make_ready: Callable[[Node], None]                           # lifecycle
     requeue_ready: Callable[[], None]                            # lifecycle
     deliver: Callable[[Node, WorkerRecord], None]                # lifecycle
+    add_holder: Callable[[Node, WorkerRecord], None]             # lifecycle
     drop_inputs: Callable[[Iterable[Node]], None]                # lifecycle
     release_node: Callable[[Node], None]                         # lifecycle
     _forget: Callable[[Node], None]                              # lifecycle

@@ -253,6 +253,15 @@ class Lifecycle(CoreBase):
             worker.stealing.add(node.id)
             steal[worker].append(node.id)
 
+    def add_holder(self, node: Node, worker: WorkerRecord) -> None:
+        """``worker`` holds a copy of FINISHED ``node``'s data too (it computed it again,
+        re-attached with it, or a ghost is said to)."""
+        holders = node.holders
+        assert holders is not None  # FINISHED (taskstate.py)
+        if worker not in holders:
+            holders.append(worker)
+            worker.bytes_held += node.size
+
     def deliver(self, node: Node, worker: WorkerRecord) -> None:
         """Order a holder of ``node``'s data to push it to ``worker``."""
         holders = node.holders

@@ -113,11 +113,7 @@ class WorkerReports(CoreBase):
                     # Finished elsewhere meanwhile (a worker re-attached with it): this
                     # copy is as good, and a task placed here may already be queued on
                     # it. Deleting it crashed such a worker (KeyError starting the task).
-                    holders = node.holders
-                    assert holders is not None  # FINISHED (taskstate.py)
-                    if worker not in holders:
-                        holders.append(worker)
-                        worker.bytes_held += node.size
+                    self.add_holder(node, worker)
                 else:  # its result is unwanted: delete it on the worker
                     self.outbox.remove[worker].append(task_id)
             return

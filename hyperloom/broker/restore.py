@@ -156,7 +156,7 @@ class Restore(CoreBase):
                 return 1
             # Finished again: its data was lost in a way the journal does not show (a
             # re-attached worker no longer held it) and computed again there.
-            self._add_holder(node, self._ghost(worker_id))
+            self.add_holder(node, self._ghost(worker_id))
             return 0
         if node.state == ts.WAITING:
             # It finished before an input of it was lost, which is being computed again
@@ -290,9 +290,8 @@ class Restore(CoreBase):
             if holders is None or ghost not in holders:
                 continue
             holders.remove(ghost)
-            if node.id in held_sizes and worker not in holders:
-                holders.append(worker)
-                worker.bytes_held += node.size
+            if node.id in held_sizes:
+                self.add_holder(node, worker)
             elif not holders:
                 node.holders = None
                 if node.state == ts.FINISHED:
@@ -318,7 +317,7 @@ class Restore(CoreBase):
                 remove.append(task_id)   # unknown, released, failed: needed again only
                 continue                 # if revived (_recompute_lost voids this then)
             if node.state == ts.FINISHED:
-                self._add_holder(node, worker)
+                self.add_holder(node, worker)
                 continue
             if node.state == ts.ASSIGNED:  # placed elsewhere since the restart: this copy wins
                 other = node.worker
@@ -333,14 +332,6 @@ class Restore(CoreBase):
         if remove:
             self.outbox.remove[worker].extend(remove)
         return len(remove)
-
-    def _add_holder(self, node: Node, worker: WorkerRecord) -> None:
-        """``worker`` holds a copy of FINISHED ``node``'s data too (a ghost: is said to)."""
-        holders = node.holders
-        assert holders is not None  # FINISHED (taskstate.py)
-        if worker not in holders:
-            holders.append(worker)
-            worker.bytes_held += node.size
 
     def journal_stats(self) -> dict[str, Any]:
         """What ``info()["journal"]`` shows: how a restart went."""
