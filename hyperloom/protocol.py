@@ -455,6 +455,14 @@ def valid_data_address(address: str) -> bool:
     return host_and_port(address) is not None
 
 
+def is_lane_offer(offer: object) -> bool:
+    """Whether ``offer`` (Uploaded.offer, Data.offer) is ``[bulk_address: str, token:
+    bytes, sizes: list of int >= 0]``."""
+    return (type(offer) is list and len(offer) == 3 and type(offer[0]) is str
+            and type(offer[1]) is bytes and type(offer[2]) is list
+            and all(type(size) is int and size >= 0 for size in offer[2]))
+
+
 def host_and_port(address: str) -> tuple[str, int] | None:
     """``(HOST, PORT)`` of ``tcp://HOST:PORT``; None if ``address`` is not of that form."""
     if not address.startswith("tcp://"):

@@ -130,7 +130,7 @@ class ClientRequests(CoreBase):
             self._worker_error(worker, f"Uploaded for request {request!r:.20} of "
                                        f"{client_identity!r:.40} answers no Upload of those ids")
             return
-        if offer is not None and (frames or not _is_offer(offer)):
+        if offer is not None and (frames or not protocol.is_lane_offer(offer)):
             self._worker_error(worker, f"Uploaded for request {request!r:.20}: a malformed "
                                        f"offer {offer!r:.60} (or frames beside it)")
             return
@@ -168,10 +168,3 @@ class ClientRequests(CoreBase):
                              "reason": why_unplaceable(node, self.workers.values())}
                             for node in self.unplaceable if node.state == ts.READY],
         }
-
-
-def _is_offer(offer: list[Any]) -> bool:
-    """[bulk_address: str, token: bytes, sizes: list of int] (docs/protocol.md)."""
-    return (len(offer) == 3 and type(offer[0]) is str and type(offer[1]) is bytes
-            and type(offer[2]) is list and all(type(size) is int and size >= 0
-                                               for size in offer[2]))

@@ -252,9 +252,7 @@ class BrokerConnection:
         again for them to come through the broker, and stops using the lanes if it
         could not reach this one (a timeout, no route: a client outside the workers'
         network; refused at once is more likely a holder that died meanwhile)."""
-        if not (type(offer) is list and len(offer) == 3 and type(offer[0]) is str
-                and type(offer[1]) is bytes and type(offer[2]) is list
-                and all(type(size) is int and size >= 0 for size in offer[2])):
+        if not protocol.is_lane_offer(offer):
             raise LoomError(f"the broker at {self.server_address}:{self.server_port} sent a "
                             f"malformed offer: {offer!r:.80}")
         address, token, sizes = offer
