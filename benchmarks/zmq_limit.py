@@ -20,6 +20,7 @@ straight to its client); ``tcp4``, the same four hops over plain TCP sockets
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -57,9 +58,7 @@ def measure(nbytes: int, count: int = 5, timeout: float = 120.0) -> float:
     proc = None
     try:
         ack_port = ack.bind_to_random_port("tcp://127.0.0.1")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.zmq_limit", "--serve",
-             str(ack_port), str(count)], cwd=REPO_ROOT, start_new_session=True)
+        proc = _spawn("--serve", str(ack_port), str(count))
         push.connect(f"tcp://127.0.0.1:{int(ack.recv_string())}")
         payload = bytes(nbytes)
         push.send(payload, copy=False)
@@ -233,7 +232,7 @@ def round_trip(count: int = 2000, timeout: float = 60.0, variant: str = "zmq4",
             client = _tcp_connect(port, b"client")
             sockets.append(client)
             client.settimeout(timeout)
-            send, recv = client.sendall, _recv_exactly.__get__(client)
+            send, recv = client.sendall, functools.partial(_recv_exactly, client)
         else:
             dealer = ctx.socket(zmq.DEALER)
             sockets.append(dealer)

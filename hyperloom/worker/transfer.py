@@ -125,7 +125,7 @@ class DataChannels:
             meta, _ = data.encode(obj, frames)
             entries.append([data_id, meta])
         sizes = [frame_bytes(f) for f in frames]
-        if self.bulk_server is not None and sizes and max(sizes) >= self.bulk_bytes \
+        if self.bulk_server is not None and self._takes_lane(sizes) \
                 and address not in self.no_lane_to:
             token = self.bulk_server.offer(address, entries, frames)
             log.debug("offered %d objects (%d bytes) to %s on the bulk lane", len(entries),
@@ -145,12 +145,16 @@ class DataChannels:
         An offer the client never reads is dropped when it expires: the client asks again
         without the lane (docs/protocol.md, "Bulk lane")."""
         sizes = [frame_bytes(f) for f in frames]
-        if self.bulk_server is None or not sizes or max(sizes) < self.bulk_bytes:
+        if self.bulk_server is None or not self._takes_lane(sizes):
             return None
         token = self.bulk_server.offer(CLIENT_OFFER + client.hex(), entries, frames)
         log.debug("offered %d objects (%d bytes) to a client on the bulk lane", len(entries),
                   sum(sizes))
         return [self.bulk_server.address, token, sizes]
+
+    def _takes_lane(self, sizes: list[int]) -> bool:
+        """Frames of these sizes go on the bulk lane: one is big enough to gain."""
+        return bool(sizes) and max(sizes) >= self.bulk_bytes
 
     def _enqueue(self, peer: _Peer, address: str,
                  message: tuple[list[data.BytesLike], bool]) -> None:
