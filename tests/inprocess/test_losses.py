@@ -1,5 +1,6 @@
 """Heartbeats, worker loss, stealing and dynamic expansion, deterministically in memory."""
 
+import random
 import struct
 
 from hyperloom import protocol
@@ -7,6 +8,7 @@ from hyperloom.broker import taskstate as ts
 from hyperloom.client import tasks
 
 from .harness import Cluster
+from .test_random_restarts import _rejoin
 
 
 def _chain(length):
@@ -301,8 +303,6 @@ def test_a_finished_report_crossing_its_cancel_keeps_the_copy_a_consumer_may_rea
     a task placed there could already be queued on it: the worker crashed with a
     KeyError starting it (tests/integration/test_network_cut.py, under load). A copy
     of a finished task's data is kept as one more holder."""
-    from .test_random_restarts import _rejoin
-    import random
     cluster = Cluster(workers=2, cpus=1, auto_run=False)
     [x_id] = cluster.client.submit([tasks.const("x")])
     cluster.run()
