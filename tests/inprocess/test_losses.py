@@ -1,6 +1,5 @@
 """Heartbeats, worker loss, stealing and dynamic expansion, deterministically in memory."""
 
-import random
 import struct
 
 from hyperloom import protocol
@@ -313,7 +312,7 @@ def test_a_finished_report_crossing_its_cancel_keeps_the_copy_a_consumer_may_rea
     cluster.kill(holder)                       # its connection drops: x computed again...
     cluster.run()
     assert [t.id for t in other.running] == [x_id]
-    _rejoin(cluster, holder, random.Random(0))  # ...and it is back with x: that run is canceled
+    _rejoin(cluster, holder)                   # ...and it is back with x: that run is canceled
     other.finish_running()                     # but it finished, and reports so, first
     cluster.run()
     assert not [ids for ids, in cluster.messages_named("RemoveData", receiver=other.identity)

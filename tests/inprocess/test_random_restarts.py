@@ -64,7 +64,7 @@ def _broker():
     return BrokerState(journal=jn.JournalRecorder(), heartbeat_timeout=5.0, max_task_losses=10)
 
 
-def _rejoin(cluster, old: SimWorker, rng) -> SimWorker:
+def _rejoin(cluster, old: SimWorker) -> SimWorker:
     """``old``'s process re-attaches to the restarted broker, as hyperloom/worker does."""
     worker = SimWorker(cluster, len(cluster.workers), old.cpus, None, auto_run=False)
     worker.identity = b"rejoined-%d-%d" % (old.core.worker_id, len(cluster.workers))
@@ -96,7 +96,7 @@ def _restart(cluster, path, rng, resume_clients):
     again = Cluster(workers=0, broker=core, name=f"{cluster.name}r", client=False)
     survivors = [w for w in cluster.live_workers() if rng.random() < 0.8]
     for old in survivors:
-        _rejoin(again, old, rng)
+        _rejoin(again, old)
         if rng.random() < 0.3:
             again.run()
     if not survivors or rng.random() < 0.3:
