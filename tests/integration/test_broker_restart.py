@@ -122,6 +122,14 @@ def _submit(client):
     return futures[:CHAINS], futures[CHAINS:], sent
 
 
+def a_task_running(client):
+    """The future of a ``sleep 30`` program once the broker has it running."""
+    future = client.submit_one(tasks.run("sleep 30"))
+    wait_until(lambda: client.info()["tasks"]["assigned"] == 1, timeout=20,
+               message="the task to start")
+    return future
+
+
 def _no_resubmission(sent):
     # (values come as Fetch answers or, small ones, unasked with Results)
     assert protocol.SUBMIT not in sent, "the client submitted again"
@@ -260,9 +268,7 @@ def test_a_broker_that_does_not_come_back_ends_the_wait_with_connection_lost(pro
     processes.start_broker()
     processes.start_worker()
     client = Client("127.0.0.1", processes.port, connect_timeout=3)
-    future = client.submit_one(tasks.run("sleep 30"))
-    wait_until(lambda: client.info()["tasks"]["assigned"] == 1, timeout=20,
-               message="the task to start")
+    future = a_task_running(client)
     processes.kill_broker()
     with pytest.raises(ConnectionLost, match="did not come back within 3 s"):
         client.wait([future])

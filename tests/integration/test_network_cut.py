@@ -18,7 +18,8 @@ import pytest
 from hyperloom.client import Client, tasks
 from hyperloom.errors import ConnectionLost
 
-from .test_broker_restart import CHAINS, STEPS, Processes, _expected, _no_resubmission, _submit
+from .test_broker_restart import (CHAINS, STEPS, Processes, _expected, _no_resubmission,
+                                  _submit, a_task_running)
 from ..conftest import loom_program, wait_until
 
 
@@ -133,9 +134,7 @@ def test_a_client_cut_off_from_a_broker_without_journal_gets_connection_lost(pro
     proxy = CuttableProxy(processes.port)
     try:
         client = Client("127.0.0.1", proxy.port, connect_timeout=30)
-        future = client.submit_one(tasks.run("sleep 30"))
-        wait_until(lambda: client.info()["tasks"]["assigned"] == 1, timeout=20,
-                   message="the task to start")
+        future = a_task_running(client)
         proxy.cut()
         with pytest.raises(ConnectionLost, match="connection to the broker .* was lost"):
             client.wait([future])
