@@ -21,7 +21,8 @@ from .errors import LoomError
 
 # 2: Results, Submit.release, OfferData and DeclineOffer (the bulk lane)
 # 3: Fetch.lane, Upload.lane, Uploaded.offer, Data.offer (clients read from the bulk lane)
-PROTOCOL_VERSION = 3
+# 4: Accepted, ResumeClient.resend_from (a plan in flight survives its broker's loss)
+PROTOCOL_VERSION = 4
 DEFAULT_PORT = 9010
 
 # Task type symbols of the built-in tasks (the original's names).
@@ -219,10 +220,13 @@ MESSAGES = (
             "nothing; the peer is leaving (release everything it owns)"),
     # --- re-attaching after a lost connection or a broker restart (docs/reliability.md)
     Message("ResumeClient", 7, "client->broker",
-            (("version", _I), ("client_number", _I), ("token", _B), ("waiting", _L)), "none",
-            "Welcome, then TasksFinished / TasksFailed for the waited-on results that ended "
-            "meanwhile (a waiting id the broker does not know fails); Error(fatal) for a "
-            "session the broker does not know. Only to a broker started with --journal",
+            (("version", _I), ("client_number", _I), ("token", _B), ("waiting", _L),
+             ("resend_from", _I)), "none",
+            "Welcome, Accepted, then TasksFinished / TasksFailed for the waited-on results "
+            "that ended meanwhile (a waiting id the broker does not know fails, unless it is "
+            "at least resend_from and Accepted.next_id: its plan comes again); Error(fatal) "
+            "for a session the broker does not know. resend_from: the first id of the plans "
+            "the client kept unconfirmed, -1 if none. Only to a broker started with --journal",
             {"waiting": int}),
     Message("RejoinWorker", 8, "worker->broker",
             (("version", _I), ("cpus", _I), ("data_address", _S), ("task_types", _L),
@@ -288,6 +292,11 @@ MESSAGES = (
     Message("Session", 26, "broker->client", (("client_number", _I), ("token", _B)), "none",
             "nothing; sent after Welcome by a broker with a journal: what ResumeClient needs "
             "to re-attach"),
+    Message("Accepted", 28, "broker->client", (("next_id", _I),), "none",
+            "nothing; only from a broker with a journal: the client's plans of ids below "
+            "next_id are journaled (sent once their last chunk is taken in, and after Welcome "
+            "to a resumed client). A client keeps each plan it sent until then, and after "
+            "a resume submits again those that next_id does not cover"),
     # --- broker -> worker
     Message("ComputeTasks", 30, "broker->worker", (("tasks", _L),), "none",
             "TasksDone later", {"tasks": ComputeTask}),
@@ -372,6 +381,7 @@ TASKS_FAILED = BY_NAME["TasksFailed"].code
 SUBMIT_REFUSED = BY_NAME["SubmitRefused"].code
 DATA = BY_NAME["Data"].code
 RESULTS = BY_NAME["Results"].code
+ACCEPTED = BY_NAME["Accepted"].code
 STATS = BY_NAME["Stats"].code
 COMPUTE_TASKS = BY_NAME["ComputeTasks"].code
 SEND_DATA = BY_NAME["SendData"].code

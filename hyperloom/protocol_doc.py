@@ -81,7 +81,10 @@ def render(document: str) -> str:
         if not pattern.search(document):
             raise ValueError(f"the document has no generated:{name} section")
         document = pattern.sub(_replacement(make().rstrip("\n")), document)
-    return document
+    version = protocol.PROTOCOL_VERSION   # named in the title and in the first rule
+    document = re.sub(r"^(# .*\(version )\d+\)", rf"\g<1>{version})", document, count=1,
+                      flags=re.M)
+    return re.sub(r"(`version == )\d+`", rf"\g<1>{version}`", document, count=1)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -66,7 +66,8 @@ def compact_records(state: CoreBase) -> list[list[Any]]:
         records.append([jn.FINISHED, finished])
     records.extend(reversed(failed))
     records.append([jn.COUNTERS, state.next_worker_id, state.next_client_number,
-                    [[number, client.n_done, client.n_total, client.next_broker_id]
+                    [[number, client.n_done, client.n_total, client.next_broker_id,
+                      client.accepted_until]
                      for number, client in state.sessions.items()]])
     return records
 

@@ -63,6 +63,9 @@ class PlanIntake(CoreBase):
             return
         nodes, results = plan.nodes, plan.results
         assert nodes is not None and results is not None  # not refused
+        if self.journaling and nodes:  # what a resumed client need not send again
+            client.accepted_until = max(client.accepted_until, max(nodes) + 1)
+            self.outbox.accepted[client] = client.accepted_until
         if load:
             nodes = _reachable_from(results, nodes)
         self._link_plan(client, nodes, results)

@@ -30,11 +30,15 @@ Record kinds (``[kind, fields...]``):
     SUBMIT    number, symbols, labels, entries, load, more   a plan chunk (compaction)
     SUBMITTED number, header                     a plan chunk as received: the Submit
                                                  message's header bytes (not packed again)
+    CUT       number                             the client's connection dropped while its
+                                                 chunked plan came: the chunks since its
+                                                 last whole plan are dropped (it sends
+                                                 the plan again, all of it, on resuming)
     FINISHED  [id, worker id, size, length, ...] tasks that finished (flat)
     FAILED    id, error                          a task failed (its dependants follow)
     RELEASED  [id, ...]                          results the client released
-    COUNTERS  next worker id, next client number, [[client, done, total, next broker id],
-              ...]                               (compaction: what dropped history counted)
+    COUNTERS  next worker id, next client number, [[client, done, total, next broker id,
+              accepted until], ...]              (compaction: what dropped history counted)
     EXPANDED  id, total cpus                     a dslice/dget expanded (with that many cores)
     RESTORE   deadline (wall clock, seconds)     a restart waits for its workers until then
     RESTORED                                     it stopped waiting (the missing ones: LOST)
@@ -58,17 +62,17 @@ from .. import protocol
 log = logging.getLogger("hyperloom.broker")
 
 MAGIC = b"HLOOMJNL"
-JOURNAL_VERSION = 1
+JOURNAL_VERSION = 2   # 2: CUT, COUNTERS' accepted until
 HEADER = struct.Struct("<8sII")
 RECORD = struct.Struct("<II")
 MAX_RECORD = protocol.MAX_HEADER_BYTES
 
 CLIENT, END, WORKER, LOST, SUBMIT, FINISHED, FAILED, RELEASED, COUNTERS, SUBMITTED, \
-    EXPANDED, RESTORE, RESTORED = range(1, 14)
+    EXPANDED, RESTORE, RESTORED, CUT = range(1, 15)
 KIND_NAMES = {CLIENT: "client", END: "end", WORKER: "worker", LOST: "lost", SUBMIT: "submit",
               FINISHED: "finished", FAILED: "failed", RELEASED: "released",
               COUNTERS: "counters", SUBMITTED: "submitted", EXPANDED: "expanded",
-              RESTORE: "restore", RESTORED: "restored"}
+              RESTORE: "restore", RESTORED: "restored", CUT: "cut"}
 
 # With records waiting, fsync at least this often even when no client waits on them.
 SYNC_INTERVAL = 0.05
@@ -89,6 +93,7 @@ class NullJournal:
     def submit(self, number: int, symbols: list[str], labels: list[str | None],
                entries: list[Any], load: bool, more: bool) -> None: pass
     def submit_raw(self, number: int, header: bytes) -> None: pass
+    def plan_cut(self, number: int) -> None: pass
     def finished(self, task_id: int, worker_id: int, size: int, length: int) -> None: pass
     def failed(self, task_id: int, error: list[Any]) -> None: pass
     def released(self, task_id: int) -> None: pass
@@ -171,6 +176,9 @@ class JournalRecorder(NullJournal):
     def submit_raw(self, number: int, header: bytes) -> None:
         self._record([SUBMITTED, number, header])
 
+    def plan_cut(self, number: int) -> None:
+        self._record([CUT, number])
+
     def finished(self, task_id: int, worker_id: int, size: int, length: int) -> None:
         self._finished += (task_id, worker_id, size, length)
 
@@ -215,18 +223,27 @@ class JournalWriter(JournalRecorder):
 
         The schedule: every loop iteration writes its records (one ``write``). They
         are fsynced before the iteration sends anything to a client
-        (``before_answers``: TasksFinished, TasksFailed, Welcome...): a client is
-        never told of a finished task, a failure or a session the journal could
-        lose. Otherwise, with records unsynced, at most every ``sync_interval``
-        (what workers are told needs no fsync: after a crash they re-attach and
-        report what they hold). So a broker crash loses nothing a client saw.
+        (``before_answers``: TasksFinished, TasksFailed, Welcome, Accepted...): a
+        client is never told of a finished task, a failure, a session or a plan the
+        journal could lose. Otherwise, with records unsynced, at most every
+        ``sync_interval`` (what workers are told needs no fsync: after a crash they
+        re-attach and report what they hold; the server sends it before the fsync).
+        So a broker crash loses nothing a client saw.
         """
+        self.write()
+        self.sync(now, before_answers)
+
+    def write(self) -> None:
+        """Write what was recorded (one ``write`` a round: group commit), not synced."""
         if self.pending():
             data = memoryview(self.take())
             self.bytes_written += len(data)
             while data:  # a write may take less than all (a huge round, a signal)
                 data = data[os.write(self.fd, data):]
             self.unsynced = True
+
+    def sync(self, now: float, before_answers: bool) -> None:
+        """fsync what was written if clients are about to see it, or it waited long enough."""
         if self.unsynced and (before_answers or now - self.last_sync >= self.sync_interval):
             os.fdatasync(self.fd)
             self.unsynced = False

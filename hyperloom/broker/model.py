@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from .taskstate import WAITING, TaskState
+from .. import protocol
 
 
 class Node:
@@ -145,6 +146,8 @@ class ClientRecord:
         self.results: set[int] = set()  # ids of nodes the client holds futures for
         self.last_seen = now
         self.next_broker_id = 0       # ids the broker creates for it (dslice expansion)
+        # Its plans of ids below this are taken in (journaled, with a journal): Accepted
+        self.accepted_until = number << protocol.CLIENT_SHIFT
         self.pending_plan: PendingPlan | None = None  # PendingPlan while a chunked Submit arrives
         self.n_total = 0              # tasks submitted (for progress)
         self.n_done = 0               # of those, finished, failed or canceled

@@ -62,6 +62,8 @@ class Outbox:
             defaultdict(list)
         # per client: (id, meta, frames) of small results it gets as they finish (Results)
         self.pushed: defaultdict[ClientRecord, list[tuple[int, Any, Any]]] = defaultdict(list)
+        # per client: its Accepted.next_id (a broker with a journal: plans journaled)
+        self.accepted: dict[ClientRecord, int] = {}
         self.refused: list[Refusal] = []       # (client identity, [ids], message)
         self.errors: list[ErrorNotice] = []    # (identity, message, fatal)
         # replies, errors, refusals: in the order they arose
@@ -72,7 +74,7 @@ class Outbox:
         self._batches: tuple[Any, ...] = (
             self.compute, self.sends, self.uploads, self.cancel, self.steal, self.remove,
             self.peers_gone, self.finished, self.progressed, self.failed, self.data_errors,
-            self.data_inline, self.pushed, self.refused, self.errors, self.notices,
+            self.data_inline, self.pushed, self.accepted, self.refused, self.errors, self.notices,
             self.replies, self.shutdown)
 
     def add_reply(self, entry: tuple[Any, ...]) -> None:
@@ -164,6 +166,8 @@ def _client_messages(out: Outbox, encode: Callable[..., bytes]) -> Iterator[Mess
     for (client_identity, request), inline in out.data_inline.items():
         entries, frames = _entries_and_frames(inline)
         yield client_identity, [encode(protocol.DATA, request, entries, None), *frames]
+    for client, next_id in out.accepted.items():
+        yield client.identity, [encode(protocol.ACCEPTED, next_id)]
     finished = out.finished
     for client in out.progressed:  # progress the core chose to send (with results or not)
         ids = finished.pop(client, None)

@@ -81,6 +81,12 @@ class Restore(CoreBase):
             else:
                 self.on_submit(client, *record[2:7])
             return 0
+        if kind == jn.CUT:  # a chunked plan whose client went away: it comes again whole
+            client = self.sessions.get(record[1])
+            if client is None:
+                return 1
+            client.pending_plan = None
+            return 0
         if kind == jn.FAILED:
             node = self.tasks.get(record[1])
             if node is not None and node.state == ts.FAILED:
@@ -111,10 +117,11 @@ class Restore(CoreBase):
         if kind == jn.COUNTERS:
             self.next_worker_id = max(self.next_worker_id, record[1])
             self.next_client_number = max(self.next_client_number, record[2])
-            for number, done, total, next_broker_id in record[3]:
+            for number, done, total, next_broker_id, accepted_until in record[3]:
                 client = self.sessions[number]
                 client.n_done, client.n_total = done, total
                 client.next_broker_id = max(client.next_broker_id, next_broker_id)
+                client.accepted_until = max(client.accepted_until, accepted_until)
             return 0
         if kind == jn.RESTORE:  # a restart that had not finished waiting for its workers
             self.pending_restore_deadline = record[1]

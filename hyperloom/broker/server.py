@@ -22,6 +22,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import psutil
 import zmq
@@ -152,13 +153,11 @@ class BrokerServer:
                 if core.tracing:
                     core.on_sample(self.process.cpu_percent(), self.process.memory_info().rss)
             core.on_drained(now)
-            if self.journal is not None:
-                self._commit_journal(now)
-            self._flush()
+            self._flush(now, self.journal)
         core.on_shutdown()
         if self.journal is not None:
             self.journal.close()
-        self._flush()
+        self._flush(time.monotonic(), None)
 
     def stop(self, *_):
         self.running = False
@@ -258,16 +257,6 @@ class BrokerServer:
         writer.commit(time.monotonic(), True)
         core.reattach_timeout = max(0.0, deadline - time.time())
 
-    def _commit_journal(self, now: float):
-        """Group commit, before anything is sent: fsynced if a client is about to hear of
-        what the records say (journal.JournalWriter.commit)."""
-        out = self.core.outbox
-        assert self.journal is not None
-        self.journal.commit(now, bool(out.finished or out.failed or out.replies
-                                      or out.data_inline or out.pushed))
-        if self.journal.bytes_written > self._compact_at:
-            self._compact_online()
-
     def _compact_online(self):
         """The journal outgrew what is live: rewrite it as the records that replay to the
         present state (as at a restart), unless a chunked plan is half received or the
@@ -285,16 +274,36 @@ class BrokerServer:
         log.info("journal %s compacted online: %d bytes to %d (%d tasks live)", path, before,
                  size, len(core.tasks))
 
-    def _flush(self):
+    def _flush(self, now: float, journal: JournalWriter | None):
+        """Send what the core decided this round. With a journal, the round's records are
+        written first (group commit), and what tells a client anything waits for their
+        fsync (journal.JournalWriter.commit); what only workers are told does not (after
+        a crash they re-attach and say what they hold and run), so tasks go out to
+        their workers while the journal syncs."""
         out = self.core.outbox
-        if out.is_empty():
-            return
-        router = self.router
-        for identity, frames in messages(out):
-            try:
-                send_frames(router, [identity, *frames], copy=False)
-            except zmq.ZMQError as error:
-                if error.errno != zmq.EHOSTUNREACH:
-                    raise
-                # The peer is gone; its loss is handled through the monitor.
-        out.clear()
+        if journal is not None:
+            journal.write()
+        held: list[tuple[bytes, list[Any]]] = []
+        if not out.is_empty():
+            hold = journal is not None and journal.unsynced
+            workers = self.core.workers
+            for identity, frames in messages(out):
+                if hold and identity not in workers:
+                    held.append((identity, frames))
+                else:
+                    self._send(identity, frames)
+            out.clear()
+        if journal is not None:
+            journal.sync(now, bool(held))
+            for identity, frames in held:
+                self._send(identity, frames)
+            if journal.bytes_written > self._compact_at:
+                self._compact_online()
+
+    def _send(self, identity: bytes, frames: list[Any]):
+        try:
+            send_frames(self.router, [identity, *frames], copy=False)
+        except zmq.ZMQError as error:
+            if error.errno != zmq.EHOSTUNREACH:
+                raise
+            # The peer is gone; its loss is handled through the monitor.

@@ -39,7 +39,9 @@ class Sessions(CoreBase):
             kept = [f for f in self._take_fetches(task_id) if f[0] is not client]
             for waiting in kept:
                 self._park_fetch(task_id, waiting)
-        client.pending_plan = None
+        if client.pending_plan is not None:  # it sends the plan again, whole, on resuming
+            self.journal.plan_cut(client.number)
+            client.pending_plan = None
         self.detached_clients[client.number] = now + self.session_timeout
         log.info("client %d disconnected; its session is kept for %.0f s", client.number,
                  self.session_timeout)
@@ -56,7 +58,7 @@ class Sessions(CoreBase):
     def hold_for_detached(self) -> None:
         """Nothing goes to a detached client: it hears what ended when it re-attaches."""
         out = self.outbox
-        for batch in (out.finished, out.failed, out.pushed):
+        for batch in (out.finished, out.failed, out.pushed, out.accepted):
             for client in [c for c in batch if self.clients.get(c.identity) is not c]:
                 del batch[client]
 
@@ -73,8 +75,9 @@ class Sessions(CoreBase):
         client.results.clear()
 
     def on_client_resume(self, identity: bytes, version: int, number: int, token: bytes,
-                         waiting: list[Any], now: float) -> None:
-        """ResumeClient: re-attach a session; tell it what ended among ``waiting``."""
+                         waiting: list[Any], resend_from: int, now: float) -> None:
+        """ResumeClient: re-attach a session; tell it which of its plans the journal has
+        (Accepted: it sends the others again) and what ended among ``waiting``."""
         if version != protocol.PROTOCOL_VERSION:
             self._version_mismatch(identity, "client", version)
             return
@@ -92,13 +95,22 @@ class Sessions(CoreBase):
         self.clients[identity] = self.peers[identity] = client
         self.outbox.add_reply((identity, protocol.encode(
             protocol.WELCOME, protocol.PROTOCOL_VERSION, number, sorted(self.provided_types))))
+        self.outbox.add_reply((identity, protocol.encode(protocol.ACCEPTED,
+                                                         client.accepted_until)))
+        # Ids of the plans it sends again: those it kept that the journal has not
+        resent = max(resend_from, client.accepted_until) if type(resend_from) is int \
+            and resend_from >= 0 else None
         finished, failures = [], []
         for task_id in waiting:
             node = self.tasks.get(task_id) if type(task_id) is int else None
+            if node is None and resent is not None and type(task_id) is int \
+                    and task_id >= resent:
+                continue
             if node is None or node.client is not client or not node.is_result:
                 failures.append([task_id, task_id, "broker",
-                                 "the broker does not know this task (submitted just before "
-                                 "it went down, and not journaled?): submit it again"])
+                                 "the broker does not know this task (released, or submitted "
+                                 "by a client that did not keep its plan until the broker "
+                                 "journaled it)"])
             elif node.state == ts.FINISHED:
                 finished.append(task_id)
             elif node.state == ts.FAILED:

@@ -307,8 +307,8 @@ class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery
             version, cpus, address, task_types, hostname = fields
             self.on_worker_hello(identity, version, cpus, address, task_types, hostname, now)
         elif code == protocol.RESUME_CLIENT:
-            version, number, token, waiting = fields
-            self.on_client_resume(identity, version, number, token, waiting, now)
+            version, number, token, waiting, resend_from = fields
+            self.on_client_resume(identity, version, number, token, waiting, resend_from, now)
         elif code == protocol.REJOIN_WORKER:
             version, cpus, address, task_types, hostname, worker_id, held, running = fields
             self.on_worker_rejoin(identity, version, cpus, address, task_types, hostname,

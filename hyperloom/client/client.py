@@ -33,6 +33,7 @@ from .connection import BrokerConnection
 from .future import Future
 from .plan import PlanBuilder
 from .releases import Releases, release_timer
+from .session import SentPlans
 from .waiting import FutureChanges, Waiting
 
 CONNECT_TIMEOUT = 30.0
@@ -86,6 +87,7 @@ class Client(BrokerConnection, Releases, Waiting):
         # A broker with a journal gives a session (Session): with it, a lost connection is
         # re-attached (session.py) instead of raising ConnectionLost.
         self._session = None
+        self._sent_plans = SentPlans()   # plans such a broker has not journaled yet
         self._broken = None      # the ConnectionLost of a re-attach that failed: raised again
         # request -> (ids still awaited, whether the broker releases them) of a fetch
         self._fetching: dict[int, tuple[set[int], bool]] = {}
@@ -119,7 +121,8 @@ class Client(BrokerConnection, Releases, Waiting):
             return self._submit(tasks, load)
 
     def _submit(self, tasks, load):
-        builder = PlanBuilder(self, self.submit_id)
+        first_id = self.submit_id
+        builder = PlanBuilder(self, first_id)
         roots = [builder.add(task) for task in tasks]
         if not roots:
             return []
@@ -132,11 +135,19 @@ class Client(BrokerConnection, Releases, Waiting):
         # under the socket's lock: a re-attach (session.py) in between, here or on the
         # release timer's thread, would name them to a restarted broker that never got
         # them, which fails them as unknown.
+        # A broker with a journal (a session) may lose the plan until it says Accepted: its
+        # chunks are kept till then, and sent again by a re-attach (session.py), which may
+        # also happen inside a _send below (then those sent so far go again first).
         with self._lock:
             released = self._take_releases()   # they go with the first chunk
+            kept = None if self._session is None else \
+                self._sent_plans.keep(first_id, builder.next_id)
             for chunk in builder.chunks(SUBMIT_CHUNK):
-                self._send(protocol.encode(protocol.SUBMIT, *chunk, bool(load), chunk.more,
-                                           released))
+                header = protocol.encode(protocol.SUBMIT, *chunk, bool(load), chunk.more,
+                                         released)
+                self._send(header)
+                if kept is not None:
+                    kept.append(header)
                 released = []
             self.futures.update(created)
         return [created[task_id] for task_id in roots]

@@ -24,7 +24,7 @@ from ..frames import has_message, recv_frames
 from ..errors import ConnectionLost, LoomError, TaskFailed
 from .future import FAILED, FINISHED, RUNNING
 from .releases import RELEASE_INTERVAL
-from .session import reattach
+from .session import SentPlans, reattach
 from .waiting import FutureChanges
 
 if TYPE_CHECKING:
@@ -49,6 +49,7 @@ class BrokerConnection:
     _lane: bool
     _secret_file: str | None
     _session: tuple[int, bytes] | None
+    _sent_plans: SentPlans
     _broken: LoomError | None
 
     def _open_socket(self):
@@ -217,8 +218,11 @@ class BrokerConnection:
                 future = futures.pop(task_id, None)
                 if future is not None and future.remote_status == RUNNING:
                     self._set_failed(future, failure)
+        elif code == protocol.ACCEPTED:
+            self._sent_plans.confirm(fields[0])
         elif code == protocol.SUBMIT_REFUSED:
             ids, message = fields
+            self._sent_plans.refused(ids)
             for task_id in ids:
                 future = futures.pop(task_id, None)
                 if future is not None:

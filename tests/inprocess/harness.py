@@ -39,6 +39,7 @@ WORKER_EXPECTS = frozenset({
 CLIENT_EXPECTS = frozenset({
     protocol.WELCOME, protocol.TASKS_FINISHED, protocol.TASKS_FAILED, protocol.DATA,
     protocol.RESULTS, protocol.SUBMIT_REFUSED, protocol.STATS, protocol.SNAPSHOT, protocol.SESSION,
+    protocol.ACCEPTED,
 })
 
 
@@ -233,6 +234,7 @@ class SimClient:
         self.replies = {}             # request -> {id: (value, error)}
         self.pushed = {}              # id -> value sent unasked (Results)
         self.refused = []
+        self.accepted = []            # Accepted.next_id, as they came
         self.stats = {}
         self.errors = []
         self.next_request = 1
@@ -246,14 +248,20 @@ class SimClient:
 
     def submit(self, tasks, load=False, chunk=20000) -> list:
         """Submit ``tasks`` (hyperloom.client.tasks objects); return their ids."""
+        roots, headers = self.encode_plan(tasks, load, chunk)
+        for header in headers:
+            self.send(header)
+        return roots
+
+    def encode_plan(self, tasks, load=False, chunk=20000) -> tuple[list, list]:
+        """The ids of ``tasks`` and the Submit headers that send them, not sent yet."""
         builder = PlanBuilder(self, self.next_id)
         roots = [builder.add(task) for task in tasks]
         for task_id in dict.fromkeys(roots):
             builder.mark_result(task_id)
         self.next_id = builder.next_id
-        for part in builder.chunks(chunk):
-            self.send(protocol.encode(protocol.SUBMIT, *part, bool(load), part.more, []))
-        return roots
+        return roots, [protocol.encode(protocol.SUBMIT, *part, bool(load), part.more, [])
+                       for part in builder.chunks(chunk)]
 
     def fetch(self, ids, release=False) -> int:
         request = self.next_request
@@ -299,6 +307,8 @@ class SimClient:
             self.stats[fields[0]] = fields[1]
         elif code == protocol.SESSION:
             self.session = (fields[0], fields[1])
+        elif code == protocol.ACCEPTED:
+            self.accepted.append(fields[0])
 
     def _on_data(self, request, entries, offer, frames):
         if offer is not None:   # (SimWorkers have no bulk lane)
@@ -375,7 +385,7 @@ class Cluster:
         self.check()
 
     def resume_client(self, session, waiting, identity=b"resumed", next_id=None,
-                      replaces=None) -> SimClient:
+                      replaces=None, resend_from=-1) -> SimClient:
         """A client of the broker before a restart (or of a connection that dropped)
         re-attaches with its ``session`` (number, token), waiting on ``waiting``; it
         takes the place of ``replaces`` (by default ``self.client``) and goes on with
@@ -389,7 +399,7 @@ class Cluster:
         client.next_id = next_id
         self.ever.add(identity)
         client.send(protocol.encode(protocol.RESUME_CLIENT, protocol.PROTOCOL_VERSION, number,
-                                    token, list(waiting)))
+                                    token, list(waiting), resend_from))
         return client
 
     def live_workers(self):

@@ -211,7 +211,7 @@ def test_an_unknown_session_is_refused_clearly(tmp_path):
     cluster.ever.add(b"stranger")
     cluster.client = stranger
     stranger.send(protocol.encode(protocol.RESUME_CLIENT, protocol.PROTOCOL_VERSION, 7,
-                                  b"x" * 16, []))
+                                  b"x" * 16, [], -1))
     cluster.flush()
     assert stranger.errors and "session 7 is not known to this broker" in stranger.errors[0]
 
@@ -440,3 +440,89 @@ def test_data_released_while_its_holder_is_still_awaited_is_not_removed_from_nob
         worker.finish_running()
     again.run()
     assert again.gather(ids)[-1] == _expected()
+
+
+def _chain_plan(length=12):
+    """A chain of merges over consts: its result is every const's bytes, in order."""
+    value = tasks.const(b"0,")
+    for i in range(1, length):
+        value = tasks.merge((value, tasks.const(b"%d," % i)))
+    return [value], b"".join(b"%d," % i for i in range(length))
+
+
+def test_a_plan_cut_by_a_dropped_connection_is_taken_in_once_when_sent_again(tmp_path):
+    """The client's connection drops between two chunks of its plan: the broker drops
+    the chunks it has (journaled as CUT), the resumed client's waiting ids of that plan
+    are not failed, the plan sent again whole is taken in, and the journal replays to
+    the same state (the cut chunks do not merge with the plan sent again)."""
+    cluster = Cluster(workers=1, broker=BrokerState(journal=jn.JournalRecorder()))
+    client = cluster.client
+    before, _ = _chain_plan(3)
+    first_ids = client.submit(before)
+    cluster.run()
+    assert client.accepted == [first_ids[-1] + 1]        # taken in: the ids below it
+    plan, expected = _chain_plan()
+    start = client.next_id
+    roots, headers = client.encode_plan(plan, chunk=5)
+    assert len(headers) > 2
+    for header in headers[:2]:
+        client.send(header)
+    cluster.run()
+    assert client.accepted == [first_ids[-1] + 1]        # nothing more until the last chunk
+    cluster.disconnect(client)
+    resumed = cluster.resume_client(client.session, [*first_ids, *roots],
+                                    resend_from=start)
+    cluster.run()
+    assert resumed.accepted == [first_ids[-1] + 1]       # what the journal has: not this plan
+    assert not resumed.failed                            # its plan comes again
+    for header in headers:
+        resumed.send(header)
+    cluster.run()
+    assert resumed.accepted[-1] == client.next_id
+    assert not resumed.refused and not resumed.failed
+    assert cluster.gather(roots) == [expected]
+    original = cluster.broker
+    restored = _restored(_through_file(tmp_path, original.journal.take()))
+    _assert_same(original, restored)
+    assert restored.sessions[client.number].accepted_until == client.next_id
+
+
+def test_accepted_survives_compaction_and_only_plans_sent_again_are_spared(tmp_path):
+    """After a restart from a compacted journal the broker still knows which plans it
+    has: a resumed client's waiting ids from ``resend_from`` on that it does not know
+    are left for the plan sent again; unknown ids below are failed, as before."""
+    cluster = Cluster(workers=1, broker=BrokerState(journal=jn.JournalRecorder()))
+    client = cluster.client
+    plan, expected = _chain_plan()
+    ids = client.submit(plan)
+    cluster.run()
+    cluster.client.release(ids)                       # finished, released: compacted away
+    cluster.run()
+    lost_plan, lost_expected = _chain_plan(5)
+    start = client.next_id
+    lost_ids, headers = client.encode_plan(lost_plan)  # "sent" as the broker died
+    path = _through_file(tmp_path, cluster.broker.journal.take())
+    core = _restored(path)
+    jn.write_journal(path, core.compact_records())
+    restored = _restored(path)
+    assert not restored.tasks                          # the released plan is gone...
+    assert restored.sessions[client.number].accepted_until == start   # ...but counted
+    again = Cluster(workers=1, broker=restored, client=False)
+    stranger_id = ids[0] - 1                           # below what it has, and unknown
+    resumed = again.resume_client(client.session, [stranger_id, *lost_ids],
+                                  resend_from=start)
+    again.run()
+    assert resumed.accepted == [start]
+    assert list(resumed.failed) == [stranger_id]
+    assert "does not know this task" in resumed.failed[stranger_id][2]
+    for header in headers:
+        resumed.send(header)
+    again.run()
+    assert again.gather(lost_ids) == [lost_expected]
+
+
+def test_a_broker_without_a_journal_sends_no_accepted():
+    cluster = Cluster(workers=1)
+    ids = cluster.client.submit(_chain_plan()[0])
+    cluster.run()
+    assert ids[0] in cluster.client.finished and cluster.client.accepted == []

@@ -9,6 +9,7 @@ and how many it had to compute again.
 
 from __future__ import annotations
 
+import logging
 import os
 import select
 import signal
@@ -20,6 +21,8 @@ import pytest
 from hyperloom.client import Client
 from hyperloom.errors import LoomError
 from hyperloom import protocol
+from hyperloom.broker import journal as jn
+from hyperloom.client import client as client_module
 from hyperloom.client import tasks
 
 from ..conftest import loom_program, wait_until
@@ -347,3 +350,33 @@ def test_a_client_whose_broker_died_closes_at_once_with_releases_pending(process
     started = time.monotonic()
     client.close()
     assert time.monotonic() - started < 5.0, "close() waited for the broker to come back"
+
+
+@pytest.mark.timeout(180)
+def test_a_plan_its_broker_died_before_journaling_runs_without_a_second_submit(
+        processes, monkeypatch, caplog):
+    """The broker is stopped before a plan reaches it and killed: its journal never has
+    the plan. The client kept the plan (no Accepted came) and sends it again, in its
+    chunks, when it re-attaches; the user's one submit() gets its results."""
+    monkeypatch.setattr(client_module, "SUBMIT_CHUNK", 3000)   # 10,000 tasks: 4 chunks
+    processes.start_broker()
+    client = _connect(processes)
+    assert client.gather([client.submit_one(tasks.const("before"))]) == [b"before"]
+    journaled = _submitted_records(processes.journal)
+    processes.broker.send_signal(signal.SIGSTOP)   # it takes in nothing more
+    ends, _, sent = _submit(client)
+    processes.kill_broker()
+    assert _submitted_records(processes.journal) == journaled, "the plan reached the journal"
+    with caplog.at_level(logging.INFO, logger="hyperloom.client"):
+        processes.start_broker()
+        values = client.gather(ends)
+    assert values == [_expected(chain) for chain in range(CHAINS)]
+    _no_resubmission(sent)                          # (the user's submit() was the only one)
+    assert "1 plans its broker had not journaled sent again" in caplog.text
+    assert client.info()["journal"]["recomputed"] == 0
+    assert client.progress == (CHAINS * (2 * STEPS - 1) + 1,) * 2   # taken in once
+    client.close()
+
+
+def _submitted_records(path):
+    return sum(record[0] == jn.SUBMITTED for record in jn.read_journal(path).records)

@@ -107,6 +107,8 @@ def test_a_client_that_has_not_read_its_session_yet_resumes_it_after_a_broker_re
                 if code == protocol.RESUME_CLIENT:
                     restarted.send_multipart([identity, protocol.encode(
                         protocol.WELCOME, protocol.PROTOCOL_VERSION, 7, [])])
+                    restarted.send_multipart([identity, protocol.encode(
+                        protocol.ACCEPTED, 7 << protocol.CLIENT_SHIFT)])
                 elif code == protocol.GET_STATS:
                     restarted.send_multipart([identity, protocol.encode(
                         protocol.STATS, fields[0], {"n_workers": 0})])
@@ -115,7 +117,8 @@ def test_a_client_that_has_not_read_its_session_yet_resumes_it_after_a_broker_re
         server.start()
         assert client.info() == {"n_workers": 0}
         server.join(10)
-        assert asked[0] == (protocol.RESUME_CLIENT, [protocol.PROTOCOL_VERSION, 7, token, []])
+        assert asked[0] == (protocol.RESUME_CLIENT,
+                            [protocol.PROTOCOL_VERSION, 7, token, [], -1])
     finally:
         client.close()
         router.close(linger=0)
