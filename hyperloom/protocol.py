@@ -202,7 +202,8 @@ _OFFER = (list, type(None))   # nil, or [bulk_address: str, token: bytes, sizes:
 MESSAGES = (
     # --- handshake
     Message("HelloClient", 1, "client->broker", (("version", _I),), "none",
-            "Welcome, or Error(fatal) on a version mismatch"),
+            "Welcome (Session first, from a broker with a journal), or Error(fatal) on a "
+            "version mismatch"),
     Message("HelloWorker", 2, "worker->broker",
             (("version", _I), ("cpus", _I), ("data_address", _S), ("task_types", _L),
              ("hostname", _S)), "none",
@@ -290,8 +291,9 @@ MESSAGES = (
             "as in TasksFinished, which is left out when this names every id it would",
             {"objects": DataEntry}),
     Message("Session", 26, "broker->client", (("client_number", _I), ("token", _B)), "none",
-            "nothing; sent after Welcome by a broker with a journal: what ResumeClient needs "
-            "to re-attach"),
+            "nothing; sent just before Welcome by a broker with a journal (so a client has "
+            "it before its first submit, whose plan it keeps till Accepted): what "
+            "ResumeClient needs to re-attach"),
     Message("Accepted", 28, "broker->client", (("next_id", _I),), "none",
             "nothing; only from a broker with a journal: the client's plans of ids below "
             "next_id are journaled (sent once their last chunk is taken in, and after Welcome "

@@ -1,7 +1,7 @@
 """Client sessions of a journaled broker: they outlive a connection and a restart.
 
 A mixin of ``BrokerState`` (see state.py). With a journal, a client gets
-``Session`` (number, token) after Welcome, journaled with CLIENT. A client whose
+``Session`` (number, token) just before Welcome, journaled with CLIENT. A client whose
 connection drops is *detached*, not released: its data is kept for
 ``session_timeout``, and it re-attaches with ResumeClient (number + token), to this
 broker or to one restarted from the journal (restore.py), and is told which of its

@@ -325,11 +325,11 @@ class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery
         client = ClientRecord(identity, self.next_client_number, now)
         self.next_client_number += 1
         self.clients[identity] = self.peers[identity] = client
+        if self.journaling:  # first: the client has its session once it has Welcome
+            self.start_session(client)
         self.outbox.add_reply((identity, protocol.encode(
             protocol.WELCOME, protocol.PROTOCOL_VERSION, client.number,
             sorted(self.provided_types))))
-        if self.journaling:
-            self.start_session(client)
         log.info("client %d connected", client.number)
         return client
 

@@ -91,6 +91,9 @@ class BrokerConnection:
                                      f"{self.server_port} within {timeout:.0f} s")
         try:
             code, fields = protocol.decode(self._socket.recv())
+            if code == protocol.SESSION:  # a broker with a journal sends it just before
+                self._session = (fields[0], fields[1])
+                code, fields = protocol.decode(self._socket.recv())
         except protocol.ProtocolError as error:
             raise LoomError(f"{self.server_address}:{self.server_port} does not speak the "
                             f"hyperloom protocol (is it a loom-broker?): {error}") from None
@@ -100,17 +103,9 @@ class BrokerConnection:
             raise LoomError(f"unexpected {protocol.name_of(code)} from the broker")
         self.number = fields[1]
         self.task_types = fields[2]
-        self._early = []  # what came with Welcome besides Session: handled in the first wait
+        self._early = []  # what came with Welcome: handled in the first wait
         while self._socket.poll(0) and not self._early:
-            frames = self._socket.recv_multipart(copy=False)
-            try:
-                code, fields = protocol.decode(frames[0].buffer)
-            except protocol.ProtocolError:
-                code = None
-            if code == protocol.SESSION:  # a broker with a journal sends it with Welcome
-                self._session = (fields[0], fields[1])
-            else:
-                self._early.append(frames)
+            self._early.append(self._socket.recv_multipart(copy=False))
         self._first_id = self.number << protocol.CLIENT_SHIFT
         self.submit_id = self._first_id
 

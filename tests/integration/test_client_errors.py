@@ -66,10 +66,11 @@ def test_a_malformed_message_after_the_handshake_is_a_loom_error():
 
 
 def test_a_client_that_has_not_read_its_session_yet_resumes_it_after_a_broker_restart():
-    """A journaled broker sends Session right after Welcome. A client that submitted
-    and has not waited since still holds it unread when the broker dies: it must read
-    what came before the drop and resume the session, not raise ConnectionLost (it
-    did, one run in three, in test_broker_restart.py's shared-broker test)."""
+    """A Session that comes after the handshake (as it did, from a journaled broker,
+    until it went first). A client that submitted and has not waited since still holds
+    it unread when the broker dies: it must read what came before the drop and resume
+    the session, not raise ConnectionLost (it did, one run in three, in
+    test_broker_restart.py's shared-broker test)."""
     context = zmq.Context()
     router = context.socket(zmq.ROUTER)
     router.setsockopt(zmq.LINGER, 0)

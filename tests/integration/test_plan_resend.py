@@ -1,0 +1,100 @@
+"""A client keeps each plan until its journaled broker says ``Accepted``, and sends it
+again, whole, when it re-attaches: here against a hand-made broker (a ROUTER) that
+drops the connection between two chunks of a plan, which a real one cannot be made
+to do at a chosen point."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import zmq
+
+from hyperloom import protocol
+from hyperloom.client import Client, tasks
+from hyperloom.client import client as client_module
+from hyperloom.client.plan import PlanBuilder
+
+from ..conftest import wait_until
+
+NUMBER = 7
+FIRST_ID = NUMBER << protocol.CLIENT_SHIFT
+TOKEN = b"t" * 16
+
+
+def _router(context, port=0):
+    router = context.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    if port:
+        router.bind(f"tcp://127.0.0.1:{port}")
+        return router, port
+    return router, router.bind_to_random_port("tcp://127.0.0.1")
+
+
+@pytest.mark.timeout(60)
+def test_a_connection_dropped_between_two_chunks_sends_the_plan_again_whole(monkeypatch):
+    monkeypatch.setattr(client_module, "SUBMIT_CHUNK", 4)
+    context = zmq.Context()
+    router, port = _router(context)
+    restarted = None
+    received = []                    # (code, fields) the restarted broker got, in order
+
+    def welcome():                   # a journaled broker: Session, then Welcome
+        if router.poll(10_000):
+            identity, _ = router.recv_multipart()
+            router.send_multipart([identity, protocol.encode(protocol.SESSION, NUMBER,
+                                                             TOKEN)])
+            router.send_multipart([identity, protocol.encode(
+                protocol.WELCOME, protocol.PROTOCOL_VERSION, NUMBER, [])])
+    greeter = threading.Thread(target=welcome, daemon=True)
+    greeter.start()
+    client = Client("127.0.0.1", port, connect_timeout=20)
+    greeter.join(10)
+    assert client._session == (NUMBER, TOKEN)     # held before the first submit
+
+    def serve_resumed():
+        while restarted.poll(10_000):
+            identity, header = restarted.recv_multipart()
+            code, fields = protocol.decode(header)
+            received.append((code, fields))
+            if code == protocol.RESUME_CLIENT:     # its journal has none of the plan
+                restarted.send_multipart([identity, protocol.encode(
+                    protocol.WELCOME, protocol.PROTOCOL_VERSION, NUMBER, [])])
+                restarted.send_multipart([identity, protocol.encode(
+                    protocol.ACCEPTED, FIRST_ID)])
+            elif code == protocol.SUBMIT and not fields[4]:  # the last chunk
+                return
+    server = threading.Thread(target=serve_resumed, daemon=True)
+    chunks = PlanBuilder.chunks
+
+    def dropped_after_the_first(builder, size):
+        nonlocal restarted
+        for index, chunk in enumerate(chunks(builder, size)):
+            yield chunk
+            if index == 0:     # chunk 0 is sent: the broker takes it, and dies
+                identity, header = router.recv_multipart()
+                assert protocol.decode(header)[0] == protocol.SUBMIT
+                router.close(linger=0)
+                wait_until(lambda: client._monitor.poll(0), 10,
+                           message="the client to see the drop")
+                restarted, _ = _router(context, port)   # back on its port
+                server.start()
+    monkeypatch.setattr(PlanBuilder, "chunks", dropped_after_the_first)
+    try:
+        futures = client.submit([tasks.const(b"%d" % i) for i in range(10)])
+        server.join(20)
+        assert not server.is_alive(), "the plan's last chunk never came"
+        code, fields = received[0]
+        assert code == protocol.RESUME_CLIENT
+        assert fields[4] == FIRST_ID                  # resend_from: the kept plan
+        submits = [fields for code, fields in received[1:]]
+        assert all(code == protocol.SUBMIT for code, _ in received[1:])
+        ids = [entry[0] for chunk in submits for entry in chunk[2]]
+        assert ids == [future._id for future in futures]   # the whole plan, once, in order
+        assert [chunk[4] for chunk in submits] == [True, True, False]   # more, more, last
+    finally:
+        client.close()
+        router.close(linger=0)
+        if restarted is not None:
+            restarted.close(linger=0)
+        context.term()
