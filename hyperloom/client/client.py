@@ -136,16 +136,18 @@ class Client(BrokerConnection, Releases, Waiting):
         # release timer's thread, would name them to a restarted broker that never got
         # them, which fails them as unknown.
         # A broker with a journal (a session) may lose the plan until it says Accepted: its
-        # chunks are kept till then, and sent again by a re-attach (session.py), which may
-        # also happen inside a _send below (then those sent so far go again first).
+        # chunks are kept from the first one sent till then, and sent again by a re-attach
+        # (session.py), which may also happen inside a _send below (then those sent so far
+        # go again first).
         with self._lock:
             released = self._take_releases()   # they go with the first chunk
-            kept = None if self._session is None else \
-                self._sent_plans.keep(first_id, builder.next_id)
+            kept = None
             for chunk in builder.chunks(SUBMIT_CHUNK):
                 header = protocol.encode(protocol.SUBMIT, *chunk, bool(load), chunk.more,
                                          released)
                 self._send(header)
+                if kept is None and self._session is not None:
+                    kept = self._sent_plans.keep(first_id, builder.next_id)
                 if kept is not None:
                     kept.append(header)
                 released = []

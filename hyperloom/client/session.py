@@ -91,7 +91,8 @@ class SentPlans:
         self._plans: list[tuple[int, int, list[bytes]]] = []   # (first id, next id, chunks)
 
     def keep(self, first_id: int, next_id: int) -> list[bytes]:
-        """A new plan of ids [first_id, next_id); the caller appends each chunk it sent."""
+        """A plan of ids [first_id, next_id) whose first chunk was sent; the caller appends
+        that one and each that follows."""
         chunks: list[bytes] = []
         self._plans.append((first_id, next_id, chunks))
         return chunks
@@ -111,7 +112,7 @@ class SentPlans:
         return self._plans[0][0] if self._plans else -1
 
     def unconfirmed(self) -> list[list[bytes]]:
-        return [chunks for _, _, chunks in self._plans if chunks]
+        return [chunks for _, _, chunks in self._plans]
 
 
 def _ask_again(client) -> None:
