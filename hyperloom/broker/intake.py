@@ -64,8 +64,7 @@ class PlanIntake(CoreBase):
         nodes, results = plan.nodes, plan.results
         assert nodes is not None and results is not None  # not refused
         if self.journaling and nodes:  # what a resumed client need not send again
-            client.accepted_until = max(client.accepted_until, max(nodes) + 1)
-            self.outbox.accepted[client] = client.accepted_until
+            self._accepted(client, nodes)
         if load:
             nodes = _reachable_from(results, nodes)
         self._link_plan(client, nodes, results)
@@ -76,6 +75,19 @@ class PlanIntake(CoreBase):
             self.recorder.tasks_submitted(
                 (n.id, n.type, n.label, [i.id for i in n.inputs] if n.inputs else ())
                 for n in nodes.values())
+
+    def _accepted(self, client: ClientRecord, nodes: dict[int, Node]) -> None:
+        """Its plans' ids grow: what a resumed client need not send again is below the
+        highest id taken in (Accepted). Only ids the client chose count: a compacted
+        journal's plan also holds tasks the broker made for it (dslice, from the top half
+        of its range), which would cover plans it never got."""
+        top = max(nodes)
+        broker_made = (client.number << protocol.CLIENT_SHIFT) + protocol.BROKER_ID_BASE
+        if top >= broker_made:
+            top = max((i for i in nodes if i < broker_made), default=-1)
+        if top >= client.accepted_until:
+            client.accepted_until = top + 1
+        self.outbox.accepted[client] = client.accepted_until
 
     def _build_plan(self, client: ClientRecord, plan: PendingPlan, symbols: list[Any],
                     labels: list[Any], entries: list[Any], load: bool = False) -> None:

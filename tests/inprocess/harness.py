@@ -235,6 +235,7 @@ class SimClient:
         self.pushed = {}              # id -> value sent unasked (Results)
         self.refused = []
         self.accepted = []            # Accepted.next_id, as they came
+        self.plans = None             # a SentPlans (hyperloom.client.session) to keep up
         self.stats = {}
         self.errors = []
         self.next_request = 1
@@ -303,12 +304,16 @@ class SimClient:
                 self.finished.add(task_id)  # a value means its task finished
         elif code == protocol.SUBMIT_REFUSED:
             self.refused.append(fields)
+            if self.plans is not None:
+                self.plans.refused(fields[0])
         elif code in (protocol.STATS, protocol.SNAPSHOT):
             self.stats[fields[0]] = fields[1]
         elif code == protocol.SESSION:
             self.session = (fields[0], fields[1])
         elif code == protocol.ACCEPTED:
             self.accepted.append(fields[0])
+            if self.plans is not None:
+                self.plans.confirm(fields[0])
 
     def _on_data(self, request, entries, offer, frames):
         if offer is not None:   # (SimWorkers have no bulk lane)

@@ -268,6 +268,9 @@ def test_dslice_and_dget_expansions_replay_to_the_same_tasks(tmp_path):
     _assert_same(original, again)
     assert [c.next_broker_id for c in again.sessions.values()] == \
         [c.next_broker_id for c in original.clients.values()]
+    # what the client's plans took: the broker's own ids (the pieces) do not count, or
+    # a plan it never got would pass for one it has (Accepted)
+    assert [c.accepted_until for c in again.sessions.values()] == [cluster.client.next_id]
     # the workers and the client re-attach to the restored broker; the plan completes
     number, token = cluster.client.session
     resumed = Cluster(workers=0, broker=restored)

@@ -2,6 +2,9 @@
 then more plans that read its earlier results (Futures as inputs); connections drop
 and come back (sessions resumed), clients say goodbye or vanish (their sessions
 expire), while the broker restarts from its journal, workers die, join and retire.
+Clients keep their plans until ``Accepted`` with the real client's ``SentPlans`` and
+send again what the broker lacks when they resume; a plan is now and then in flight
+(some or none of its chunks arrived) when the connection drops or the broker dies.
 
 What a user of a shared broker counts on: every client that stays gets the right
 value or error for each result it kept, whatever the other clients and the cluster
@@ -17,6 +20,7 @@ import pytest
 from hyperloom import protocol
 from hyperloom.client import tasks
 from hyperloom.client.future import Future
+from hyperloom.client.session import SentPlans
 
 from .harness import Cluster
 from .test_random_restarts import FAILS, _broker, _restart, any_plan, check_outcome, new_journal
@@ -32,31 +36,50 @@ class User:
         self.released = set()
         self.state = "attached"       # or "detached" (connection dropped), "gone"
         self.connections = 1
+        self.plans = client.plans = SentPlans()   # not yet Accepted, as the client keeps them
 
     def kept(self):
         return [i for i in self.expected if i not in self.released]
 
-    def submit(self, plan, expected):
-        for task_id, want in zip(self.client.submit(plan), expected):
+    def submit(self, plan, expected, chunk=20000, arriving=None) -> int:
+        """Submit ``plan``, kept until Accepted; only its first ``arriving`` chunks reach
+        the broker (None: all), as when the connection drops after it was sent. Returns
+        how many chunks it took."""
+        first = self.client.next_id
+        ids, headers = self.client.encode_plan(plan, chunk=chunk)
+        self.plans.keep(first, self.client.next_id).extend(headers)
+        for header in headers[:arriving]:
+            self.client.send(header)
+        for task_id, want in zip(ids, expected):
             self.expected[task_id] = want
+        return len(headers)
 
     def identity(self) -> bytes:
         self.connections += 1
         return b"%s-%d" % (self.name, self.connections)
 
 
-def _follow_up(user, rng):
-    """A plan reading 1-3 of the user's kept results (bytes or failed) and a const."""
+def _follow_up(user, rng, in_flight=False) -> bool:
+    """A plan reading 1-3 of the user's kept results (bytes or failed) and consts;
+    ``in_flight``: sent in chunks of which some or none reach the broker."""
     usable = [i for i in user.kept() if user.expected[i] is FAILS
               or isinstance(user.expected[i], bytes)]
     if not usable:
-        return
+        return False
     picked = rng.sample(usable, rng.randint(1, min(3, len(usable))))
-    task = tasks.merge([Future(user.client, i) for i in picked] + [tasks.const("+")])
+    consts = rng.randint(1, 3)
+    task = tasks.merge([Future(user.client, i) for i in picked]
+                       + [tasks.const("+") for _ in range(consts)])
     if rng.random() < 0.4:
         task.resource_request = tasks.cpus(1)
     values = [user.expected[i] for i in picked]
-    user.submit([task], [FAILS if FAILS in values else b"".join(values) + b"+"])
+    expected = [FAILS if FAILS in values else b"".join(values) + b"+" * consts]
+    if in_flight:   # a chunk a task (the merge and its consts), not all of them arrive
+        chunks = user.submit([task], expected, chunk=1, arriving=rng.randint(0, consts))
+        assert chunks == consts + 1
+    else:
+        user.submit([task], expected)
+    return True
 
 
 def _read_anothers_result(cluster, user, other, rng):
@@ -76,10 +99,19 @@ def _read_anothers_result(cluster, user, other, rng):
 
 
 def _resume(cluster, user):
+    """Its session resumed: Welcome and Accepted come, and it sends again, whole, the
+    plans it kept that the broker's journal lacks, as the client does."""
     user.client = cluster.resume_client(user.client.session, user.kept(),
                                         identity=user.identity(), next_id=user.client.next_id,
-                                        replaces=user.client)
+                                        replaces=user.client,
+                                        resend_from=user.plans.resend_from())
+    user.client.plans = user.plans
     user.state = "attached"
+    cluster.run()
+    assert user.client.accepted, "no Accepted after Welcome"
+    for chunks in user.plans.unconfirmed():
+        for header in chunks:
+            user.client.send(header)
 
 
 def _resume_attached(users):
@@ -122,8 +154,14 @@ def _step(cluster, users, rng, path, budget):
             _read_anothers_result(cluster, user, rng.choice(others), rng)
     elif roll < 0.20 and attached:
         user = rng.choice(attached)             # its connection drops
+        if rng.random() < 0.4:
+            _follow_up(user, rng, in_flight=True)   # with a plan on its way
         cluster.disconnect(user.client)
         user.state = "detached"
+    elif roll < 0.21 and attached and budget["restarts"]:
+        budget["restarts"] -= 1                 # the broker dies with a plan on its way
+        _follow_up(rng.choice(attached), rng, in_flight=True)
+        return _restart(cluster, path, rng, _resume_attached(users))
     elif roll < 0.24 and detached:
         _resume(cluster, rng.choice(detached))  # and comes back
     elif budget["departures"] and roll < 0.27 and len(attached) > 1:
