@@ -296,9 +296,10 @@ MESSAGES = (
             "ResumeClient needs to re-attach"),
     Message("Accepted", 28, "broker->client", (("next_id", _I),), "none",
             "nothing; only from a broker with a journal: the client's plans of ids below "
-            "next_id are journaled (sent once their last chunk is taken in, and after Welcome "
-            "to a resumed client). A client keeps each plan it sent until then, and after "
-            "a resume submits again those that next_id does not cover"),
+            "next_id are journaled (sent 20 ms after a plan's last chunk was taken in, for "
+            "every plan taken in meanwhile, and after Welcome to a resumed client). A client "
+            "keeps each plan it sent until then, and after a resume submits again those "
+            "that next_id does not cover"),
     # --- broker -> worker
     Message("ComputeTasks", 30, "broker->worker", (("tasks", _L),), "none",
             "TasksDone later", {"tasks": ComputeTask}),

@@ -54,6 +54,7 @@ class CoreBase:
     sessions: dict[int, ClientRecord]
     session_tokens: dict[int, bytes]
     detached_clients: dict[int, float | None]
+    accepted_owed: dict[ClientRecord, float | None]   # Accepted due then (sessions.py)
     detached_workers: dict[int, WorkerRecord]
     restore_deadline: float | None
     pending_restore_deadline: float | None

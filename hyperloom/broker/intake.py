@@ -87,7 +87,7 @@ class PlanIntake(CoreBase):
             top = max((i for i in nodes if i < broker_made), default=-1)
         if top >= client.accepted_until:
             client.accepted_until = top + 1
-        self.outbox.accepted[client] = client.accepted_until
+        self.accepted_owed.setdefault(client, None)   # sent a while later (sessions.py)
 
     def _build_plan(self, client: ClientRecord, plan: PendingPlan, symbols: list[Any],
                     labels: list[Any], entries: list[Any], load: bool = False) -> None:

@@ -109,8 +109,12 @@ class Lifecycle(CoreBase):
 
     def due_at(self) -> float | None:
         """When the core has something to send without any message coming in (held
-        removals), on the clock of ``now``; None if nothing waits."""
-        return self.removals_due if self.held_removals else None
+        removals, an Accepted), on the clock of ``now``; None if nothing waits."""
+        due = self.removals_due if self.held_removals else None
+        for accepted_due in self.accepted_owed.values():
+            if accepted_due is not None and (due is None or accepted_due < due):
+                due = accepted_due
+        return due
 
     def release_held_removals(self) -> None:
         """Send what is held now (the broker is stopping)."""

@@ -189,6 +189,7 @@ class Restore(CoreBase):
 
     def _after_replay(self) -> None:
         self.outbox.clear()  # what the old broker sent, or what nobody is there to receive
+        self.accepted_owed.clear()   # (a resumed client is told at once)
         self.requeue_ready()  # replayed events may have queued a READY node twice
         for client in self.sessions.values():
             client.pending_plan = None  # a chunked plan cut by the crash was never accepted

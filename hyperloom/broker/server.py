@@ -281,24 +281,29 @@ class BrokerServer:
         a crash they re-attach and say what they hold and run), so tasks go out to
         their workers while the journal syncs."""
         out = self.core.outbox
-        if journal is not None:
-            journal.write()
+        send = self._send
+        if journal is None:
+            if not out.is_empty():
+                for identity, frames in messages(out):
+                    send(identity, frames)
+                out.clear()
+            return
+        journal.write()
         held: list[tuple[bytes, list[Any]]] = []
         if not out.is_empty():
-            hold = journal is not None and journal.unsynced
+            hold = journal.unsynced
             workers = self.core.workers
             for identity, frames in messages(out):
                 if hold and identity not in workers:
                     held.append((identity, frames))
                 else:
-                    self._send(identity, frames)
+                    send(identity, frames)
             out.clear()
-        if journal is not None:
-            journal.sync(now, bool(held))
-            for identity, frames in held:
-                self._send(identity, frames)
-            if journal.bytes_written > self._compact_at:
-                self._compact_online()
+        journal.sync(now, bool(held))
+        for identity, frames in held:
+            send(identity, frames)
+        if journal.bytes_written > self._compact_at:
+            self._compact_online()
 
     def _send(self, identity: bytes, frames: list[Any]):
         try:

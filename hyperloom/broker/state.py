@@ -112,6 +112,7 @@ class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery
         self.sessions = {}               # client number -> ClientRecord (journaling only)
         self.session_tokens = {}         # client number -> token (from Session)
         self.detached_clients = {}       # client number -> when its session expires
+        self.accepted_owed = {}          # client -> when its Accepted goes (sessions.py)
         self.detached_workers = {}       # worker id -> ghost WorkerRecord (after a restart)
         self.restoring = False           # waiting for ghosts to re-attach: nothing scheduled
         self.restore_deadline = None
@@ -161,6 +162,8 @@ class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery
             self._place_round(now)
         if self.detached_clients:
             self.hold_for_detached()
+        if self.accepted_owed:
+            self.send_accepted(now)
         if self.outbox.progressed:
             self._throttle_progress(now)
         if self.outbox.remove or self.held_removals:

@@ -16,6 +16,7 @@ import pytest
 from hyperloom import protocol
 from hyperloom.broker import journal as jn
 from hyperloom.broker import taskstate as ts
+from hyperloom.broker.sessions import ACCEPTED_DELAY
 from hyperloom.broker.state import BrokerState
 from hyperloom.client import tasks
 from hyperloom.client.future import Future
@@ -462,7 +463,7 @@ def test_a_plan_cut_by_a_dropped_connection_is_taken_in_once_when_sent_again(tmp
     client = cluster.client
     before, _ = _chain_plan(3)
     first_ids = client.submit(before)
-    cluster.run()
+    cluster.run()                 # (with the clock to when the Accepted is due)
     assert client.accepted == [first_ids[-1] + 1]        # taken in: the ids below it
     plan, expected = _chain_plan()
     start = client.next_id
@@ -470,7 +471,7 @@ def test_a_plan_cut_by_a_dropped_connection_is_taken_in_once_when_sent_again(tmp
     assert len(headers) > 2
     for header in headers[:2]:
         client.send(header)
-    cluster.run()
+    cluster.run()                 # (with the clock to when the Accepted is due)
     assert client.accepted == [first_ids[-1] + 1]        # nothing more until the last chunk
     cluster.disconnect(client)
     resumed = cluster.resume_client(client.session, [*first_ids, *roots],
@@ -480,7 +481,7 @@ def test_a_plan_cut_by_a_dropped_connection_is_taken_in_once_when_sent_again(tmp
     assert not resumed.failed                            # its plan comes again
     for header in headers:
         resumed.send(header)
-    cluster.run()
+    cluster.run()                 # (with the clock to when the Accepted is due)
     assert resumed.accepted[-1] == client.next_id
     assert not resumed.refused and not resumed.failed
     assert cluster.gather(roots) == [expected]
@@ -522,6 +523,19 @@ def test_accepted_survives_compaction_and_only_plans_sent_again_are_spared(tmp_p
         resumed.send(header)
     again.run()
     assert again.gather(lost_ids) == [lost_expected]
+
+
+def test_one_accepted_covers_the_plans_taken_in_while_it_waited():
+    cluster = Cluster(workers=1, broker=BrokerState(journal=jn.JournalRecorder()))
+    for _ in range(3):                                    # rounds, the clock standing still
+        cluster.client.submit(_chain_plan(3)[0])
+        for _ in range(5):
+            cluster.step()
+    assert cluster.client.accepted == []                  # not one per plan
+    assert list(cluster.broker.accepted_owed.values()) == [ACCEPTED_DELAY]
+    assert cluster.broker.due_at() <= ACCEPTED_DELAY      # the broker's loop wakes for it
+    cluster.run()                                         # (the harness's clock goes there)
+    assert cluster.client.accepted == [cluster.client.next_id]
 
 
 def test_a_broker_without_a_journal_sends_no_accepted():

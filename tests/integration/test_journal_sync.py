@@ -54,6 +54,8 @@ def test_clients_hear_only_what_is_fsynced_and_workers_get_tasks_before_it(tmp_p
             for i in range(20):
                 value = tasks.merge((tasks.const(b"%d" % i), tasks.const(b"!")))
                 assert client.gather([client.submit_one(value)]) == [b"%d!" % i]
+            wait_until(lambda: any(name == "Accepted" for _, name, _ in list(broker.sent)),
+                       timeout=10, message="an Accepted (it waits a while after a plan)")
         sent = list(broker.sent)
         to_clients = [(name, unsynced) for is_worker, name, unsynced in sent if not is_worker]
         assert {"Welcome", "Session", "Accepted", "Results"} <= {n for n, _ in to_clients}
