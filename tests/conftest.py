@@ -193,3 +193,32 @@ def client(shared_cluster):
     client = shared_cluster.client()
     yield client
     client.close()
+
+
+class HandMadeBroker:
+    """A bare ZeroMQ ROUTER where a broker would listen (loopback, a free port), for tests
+    that need a broker to do what a real one cannot be made to do at a chosen moment;
+    ``restart()`` closes it (the broker dies) and binds a new one on the same port."""
+
+    def __init__(self):
+        import zmq
+        self._zmq = zmq
+        self.context = zmq.Context()
+        self.router = self._new_router()
+        self.port = self.router.bind_to_random_port("tcp://127.0.0.1")
+
+    def _new_router(self):
+        router = self.context.socket(self._zmq.ROUTER)
+        router.setsockopt(self._zmq.LINGER, 0)
+        return router
+
+    def restart(self):
+        """The broker dies, and comes back on its port: the new ROUTER."""
+        self.router.close(linger=0)
+        self.router = self._new_router()
+        self.router.bind(f"tcp://127.0.0.1:{self.port}")
+        return self.router
+
+    def close(self):
+        self.router.close(linger=0)
+        self.context.term()

@@ -9,7 +9,7 @@ from hyperloom import data, protocol
 from hyperloom.client import Client, LoomError, LoomException, TaskFailed
 from hyperloom.errors import ConnectionLost
 
-from ..conftest import wait_until
+from ..conftest import HandMadeBroker, wait_until
 
 
 def test_every_error_a_user_may_see_has_one_base():
@@ -71,10 +71,8 @@ def test_a_client_that_has_not_read_its_session_yet_resumes_it_after_a_broker_re
     it unread when the broker dies: it must read what came before the drop and resume
     the session, not raise ConnectionLost (it did, one run in three, in
     test_broker_restart.py's shared-broker test)."""
-    context = zmq.Context()
-    router = context.socket(zmq.ROUTER)
-    router.setsockopt(zmq.LINGER, 0)
-    port = router.bind_to_random_port("tcp://127.0.0.1")
+    broker = HandMadeBroker()
+    router, port = broker.router, broker.port
     token = b"t" * 16
     greeted = []                                    # the client's identity
 
@@ -87,17 +85,13 @@ def test_a_client_that_has_not_read_its_session_yet_resumes_it_after_a_broker_re
     greeter = threading.Thread(target=welcome_only, daemon=True)
     greeter.start()
     client = Client("127.0.0.1", port, connect_timeout=10)
-    restarted = None
     try:
         greeter.join(10)
         # the Session comes after the handshake, and the client does not read it
         router.send_multipart([greeted[0], protocol.encode(protocol.SESSION, 7, token)])
         wait_until(lambda: client._socket.poll(0), 10, message="the Session to arrive")
-        router.close(linger=0)                      # the broker dies
+        restarted = broker.restart()                # the broker dies, and comes back
         wait_until(lambda: client._monitor.poll(0), 10, message="the client to see the drop")
-        restarted = context.socket(zmq.ROUTER)      # and comes back on its port
-        restarted.setsockopt(zmq.LINGER, 0)
-        restarted.bind(f"tcp://127.0.0.1:{port}")
         asked = []
 
         def resume_and_answer():
@@ -122,7 +116,4 @@ def test_a_client_that_has_not_read_its_session_yet_resumes_it_after_a_broker_re
                             [protocol.PROTOCOL_VERSION, 7, token, [], -1])
     finally:
         client.close()
-        router.close(linger=0)
-        if restarted is not None:
-            restarted.close(linger=0)
-        context.term()
+        broker.close()

@@ -8,34 +8,24 @@ from __future__ import annotations
 import threading
 
 import pytest
-import zmq
 
 from hyperloom import protocol
 from hyperloom.client import Client, tasks
 from hyperloom.client import client as client_module
 from hyperloom.client.plan import PlanBuilder
 
-from ..conftest import wait_until
+from ..conftest import HandMadeBroker, wait_until
 
 NUMBER = 7
 FIRST_ID = NUMBER << protocol.CLIENT_SHIFT
 TOKEN = b"t" * 16
 
 
-def _router(context, port=0):
-    router = context.socket(zmq.ROUTER)
-    router.setsockopt(zmq.LINGER, 0)
-    if port:
-        router.bind(f"tcp://127.0.0.1:{port}")
-        return router, port
-    return router, router.bind_to_random_port("tcp://127.0.0.1")
-
-
 @pytest.mark.timeout(60)
 def test_a_connection_dropped_between_two_chunks_sends_the_plan_again_whole(monkeypatch):
     monkeypatch.setattr(client_module, "SUBMIT_CHUNK", 4)
-    context = zmq.Context()
-    router, port = _router(context)
+    broker = HandMadeBroker()
+    router, port = broker.router, broker.port
     restarted = None
     received = []                    # (code, fields) the restarted broker got, in order
 
@@ -74,10 +64,9 @@ def test_a_connection_dropped_between_two_chunks_sends_the_plan_again_whole(monk
             if index == 0:     # chunk 0 is sent: the broker takes it, and dies
                 identity, header = router.recv_multipart()
                 assert protocol.decode(header)[0] == protocol.SUBMIT
-                router.close(linger=0)
+                restarted = broker.restart()            # it dies, and comes back
                 wait_until(lambda: client._monitor.poll(0), 10,
                            message="the client to see the drop")
-                restarted, _ = _router(context, port)   # back on its port
                 server.start()
     monkeypatch.setattr(PlanBuilder, "chunks", dropped_after_the_first)
     try:
@@ -94,7 +83,4 @@ def test_a_connection_dropped_between_two_chunks_sends_the_plan_again_whole(monk
         assert [chunk[4] for chunk in submits] == [True, True, False]   # more, more, last
     finally:
         client.close()
-        router.close(linger=0)
-        if restarted is not None:
-            restarted.close(linger=0)
-        context.term()
+        broker.close()
