@@ -212,12 +212,20 @@ class HandMadeBroker:
         router.setsockopt(self._zmq.LINGER, 0)
         return router
 
-    def restart(self):
-        """The broker dies, and comes back on its port: the new ROUTER."""
+    def restart(self, timeout=10.0):
+        """The broker dies, and comes back on its port: the new ROUTER. (ZeroMQ lets go
+        of the port in its I/O thread, a moment after close: the bind waits for that.)"""
         self.router.close(linger=0)
         self.router = self._new_router()
-        self.router.bind(f"tcp://127.0.0.1:{self.port}")
-        return self.router
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.router.bind(f"tcp://127.0.0.1:{self.port}")
+                return self.router
+            except self._zmq.ZMQError as error:
+                if error.errno != self._zmq.EADDRINUSE or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     def close(self):
         self.router.close(linger=0)
