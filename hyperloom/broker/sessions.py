@@ -117,7 +117,8 @@ class Sessions(CoreBase):
         self.outbox.add_reply((identity, protocol.encode(protocol.ACCEPTED,
                                                          client.accepted_until)))
         self.accepted_owed.pop(client, None)
-        # Ids of the plans it sends again: those it kept that the journal has not
+        # From here on, a waited-on id the broker does not know is of a plan the client kept
+        # and sends again (the journal has its plans below accepted_until, and no more)
         resent = max(resend_from, client.accepted_until) if type(resend_from) is int \
             and resend_from >= 0 else None
         finished, failures = [], []

@@ -11,10 +11,11 @@ handling applies; fetches in progress are asked again (only what has not
 arrived), and so are pending stats.
 
 A plan in flight is not lost either. The client keeps each plan's encoded chunks
-(``SentPlans``) until the broker says it journaled them (``Accepted``, sent once
-a plan's last chunk is taken in). ``ResumeClient`` names the first id of the plans
-it kept (``resend_from``); the broker answers ``Accepted`` with what its journal
-has, and the client sends the rest again, whole, before anything else. So a plan
+(``SentPlans``) until the broker says it journaled them (``Accepted``, sent 20 ms
+after a plan's last chunk is taken in, for all taken in meanwhile). ``ResumeClient``
+names the first id of the plans it kept (``resend_from``); the broker answers
+``Accepted`` with what its journal has, and the client sends the rest again, whole,
+before anything else. So a plan
 submitted just before the broker died, or whose chunks a dropped connection cut,
 is taken in once, and the user submits nothing again.
 """
