@@ -15,9 +15,9 @@ A plan in flight is not lost either. The client keeps each plan's encoded chunks
 after a plan's last chunk is taken in, for all taken in meanwhile). ``ResumeClient``
 names the first id of the plans it kept (``resend_from``); the broker answers
 ``Accepted`` with what its journal has, and the client sends the rest again, whole,
-before anything else. So a plan
-submitted just before the broker died, or whose chunks a dropped connection cut,
-is taken in once, and the user submits nothing again.
+before anything else. So a plan submitted just before the broker died, or whose
+chunks a dropped connection cut, is taken in once, and the user submits nothing
+again.
 """
 
 from __future__ import annotations
