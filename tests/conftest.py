@@ -1,5 +1,6 @@
 """Fixtures shared by all tests: real clusters on free loopback ports, cleaned up."""
 
+import faulthandler
 import os
 import random
 import signal
@@ -147,6 +148,31 @@ class ClusterFactory:
                 problems.append(f"{crashed} (logs in {cluster.log_dir})")
         self.clusters = []
         return problems
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """A test marked with a longer ``timeout`` than the default gets its stack dump
+    (``faulthandler_timeout`` of setup.cfg) that much later too.
+
+    pytest arms one dump for every test at 80 s; a chaos test allowed 20 minutes would
+    otherwise print every thread's stack in the middle of a healthy run, which reads
+    as a hang that never happened. Re-armed on pytest's own copy of stderr, 10 s
+    before pytest-timeout ends the test.
+    """
+    marker = item.get_closest_marker("timeout")
+    dump_after = float(item.config.getini("faulthandler_timeout") or 0)
+    if marker is None or not marker.args or dump_after <= 0:
+        return
+    allowed = float(marker.args[0])
+    if allowed - 10 <= dump_after:
+        return
+    try:
+        from _pytest.faulthandler import fault_handler_stderr_fd_key
+        stderr = item.config.stash[fault_handler_stderr_fd_key]
+    except (ImportError, KeyError):
+        return  # another pytest: its default dump stays as it was
+    faulthandler.dump_traceback_later(allowed - 10, file=stderr)
 
 
 @pytest.fixture
