@@ -78,21 +78,13 @@ class BrokerConnection:
     def _handshake(self, timeout):
         self._send(protocol.encode(protocol.HELLO_CLIENT, protocol.PROTOCOL_VERSION))
         deadline = time.monotonic() + timeout
-        while not self._socket.poll(100):
-            if self._monitor.poll(0):
-                event = recv_monitor_message(self._monitor)
-                if event["event"] & security.HANDSHAKE_FAILURES:
-                    raise LoomError(
-                        f"the broker at {self.server_address}:{self.server_port} refused the "
-                        f"connection (security handshake failed: a missing or wrong secret "
-                        f"file?)")
-            if time.monotonic() > deadline:
-                raise ConnectionLost(f"no answer from a broker at {self.server_address}:"
-                                     f"{self.server_port} within {timeout:.0f} s")
+        self._await_handshake(deadline, timeout)
         try:
             code, fields = protocol.decode(self._socket.recv())
             if code == protocol.SESSION:  # a broker with a journal sends it just before
                 self._session = (fields[0], fields[1])
+                # (polled too: a broker killed between the two never sends Welcome)
+                self._await_handshake(deadline, timeout)
                 code, fields = protocol.decode(self._socket.recv())
         except protocol.ProtocolError as error:
             raise LoomError(f"{self.server_address}:{self.server_port} does not speak the "
@@ -108,6 +100,20 @@ class BrokerConnection:
             self._early.append(self._socket.recv_multipart(copy=False))
         self._first_id = self.number << protocol.CLIENT_SHIFT
         self.submit_id = self._first_id
+
+    def _await_handshake(self, deadline: float, timeout: float) -> None:
+        """Wait for the broker's next handshake message, or raise what went wrong."""
+        while not self._socket.poll(100):
+            if self._monitor.poll(0):
+                event = recv_monitor_message(self._monitor)
+                if event["event"] & security.HANDSHAKE_FAILURES:
+                    raise LoomError(
+                        f"the broker at {self.server_address}:{self.server_port} refused the "
+                        f"connection (security handshake failed: a missing or wrong secret "
+                        f"file?)")
+            if time.monotonic() > deadline:
+                raise ConnectionLost(f"no answer from a broker at {self.server_address}:"
+                                     f"{self.server_port} within {timeout:.0f} s")
 
     def _send(self, header):
         """Send, or raise ConnectionLost if no broker takes it within SEND_TIMEOUT

@@ -6,10 +6,12 @@ to do at a chosen point."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
 from hyperloom import protocol
+from hyperloom.errors import ConnectionLost
 from hyperloom.client import Client, tasks
 from hyperloom.client import client as client_module
 from hyperloom.client.plan import PlanBuilder
@@ -83,4 +85,30 @@ def test_a_connection_dropped_between_two_chunks_sends_the_plan_again_whole(monk
         assert [chunk[4] for chunk in submits] == [True, True, False]   # more, more, last
     finally:
         client.close()
+        broker.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_broker_that_dies_between_session_and_welcome_fails_the_connect_in_time():
+    """A journaled broker sends Session, then Welcome; killed between the two (and back
+    on its port, as a restarted broker is), it never sends Welcome: the client's
+    connect ends after its timeout with an error that says so, instead of waiting forever."""
+    broker = HandMadeBroker()
+    router = broker.router
+
+    def session_only():
+        if router.poll(10_000):
+            identity, _ = router.recv_multipart()
+            router.send_multipart([identity, protocol.encode(protocol.SESSION, NUMBER,
+                                                             TOKEN)])
+            broker.restart()   # a new broker that never heard this client's Hello
+    greeter = threading.Thread(target=session_only, daemon=True)
+    greeter.start()
+    try:
+        started = time.monotonic()
+        with pytest.raises(ConnectionLost, match=r"no answer from a broker at .* within 2 s"):
+            Client("127.0.0.1", broker.port, connect_timeout=2)
+        assert time.monotonic() - started < 10
+    finally:
+        greeter.join(10)
         broker.close()
