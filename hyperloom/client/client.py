@@ -140,6 +140,10 @@ class Client(BrokerConnection, Releases, Waiting):
         # (session.py), which may also happen inside a _send below (then those sent so far
         # go again first).
         with self._lock:
+            if self._sent_plans and has_message(self._socket):
+                # Accepted of earlier plans (and results) read now: a client that only
+                # submits, never waiting, would otherwise keep every plan it sent.
+                self._receive_queued()
             released = self._take_releases()   # they go with the first chunk
             kept = None
             for chunk in builder.chunks(SUBMIT_CHUNK):

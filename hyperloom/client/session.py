@@ -91,6 +91,9 @@ class SentPlans:
     def __init__(self) -> None:
         self._plans: list[tuple[int, int, list[bytes]]] = []   # (first id, next id, chunks)
 
+    def __len__(self) -> int:
+        return len(self._plans)
+
     def keep(self, first_id: int, next_id: int) -> list[bytes]:
         """A plan of ids [first_id, next_id) whose first chunk was sent; the caller appends
         that one and each that follows."""

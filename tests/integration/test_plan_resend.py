@@ -112,3 +112,24 @@ def test_a_broker_that_dies_between_session_and_welcome_fails_the_connect_in_tim
     finally:
         greeter.join(10)
         broker.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_client_that_only_submits_keeps_no_more_than_its_latest_plans(make_cluster, tmp_path):
+    """Kept plans are dropped as Accepted comes, read on the client's next call even when
+    that call is a submit: a producer that submits and never waits holds plans of the
+    last moments, not every plan it ever sent."""
+    cluster = make_cluster(broker_args=("--journal", str(tmp_path / "broker.journal")))
+    client = cluster.client()
+    try:
+        held = []
+        for i in range(40):
+            client.submit_one(tasks.const(b"%d" % i))
+            time.sleep(0.03)   # longer than the broker's wait before it says Accepted
+            held.append(len(client._sent_plans))
+        assert len(held) == 40 and max(held[5:]) <= 3, held
+        client.wait([client.submit_one(tasks.const(b"last"))])   # (before its Accepted)
+        wait_until(lambda: client.info() and len(client._sent_plans) == 0, timeout=10,
+                   message="the last plan's Accepted")
+    finally:
+        client.close()
