@@ -22,7 +22,8 @@ from .errors import LoomError
 # 2: Results, Submit.release, OfferData and DeclineOffer (the bulk lane)
 # 3: Fetch.lane, Upload.lane, Uploaded.offer, Data.offer (clients read from the bulk lane)
 # 4: Accepted, ResumeClient.resend_from (a plan in flight survives its broker's loss)
-PROTOCOL_VERSION = 4
+# 5: AbandonPlan (a submit stopped between two chunks)
+PROTOCOL_VERSION = 5
 DEFAULT_PORT = 9010
 
 # Task type symbols of the built-in tasks (the original's names).
@@ -262,6 +263,10 @@ MESSAGES = (
             "nothing; broker tells workers Shutdown and exits"),
     Message("GetSnapshot", 16, "client->broker", (("request", _I), ("since", _I)), "none",
             "Snapshot; asking makes the broker record dashboard events for a few seconds"),
+    Message("AbandonPlan", 17, "client->broker", (), "none",
+            "nothing; the chunks of a plan sent so far (more=True) are dropped, as if never "
+            "sent: the client stopped that submit midway (an exception while it encoded or "
+            "sent a later chunk). Ignored when no chunked plan is pending"),
     # --- broker -> client
     Message("TasksFinished", 20, "broker->client",
             (("ids", _L), ("done", _I), ("total", _I)), "none",
@@ -377,6 +382,7 @@ GET_STATS = BY_NAME["GetStats"].code
 SET_TRACE = BY_NAME["SetTrace"].code
 TERMINATE = BY_NAME["Terminate"].code
 GET_SNAPSHOT = BY_NAME["GetSnapshot"].code
+ABANDON_PLAN = BY_NAME["AbandonPlan"].code
 SNAPSHOT = BY_NAME["Snapshot"].code
 WORKER_USAGE = BY_NAME["WorkerUsage"].code
 TASKS_FINISHED = BY_NAME["TasksFinished"].code

@@ -76,6 +76,16 @@ class PlanIntake(CoreBase):
                 (n.id, n.type, n.label, [i.id for i in n.inputs] if n.inputs else ())
                 for n in nodes.values())
 
+    def on_abandon_plan(self, client: ClientRecord) -> None:
+        """The client stopped submitting its chunked plan midway: the chunks it sent are
+        dropped (journaled as a cut, which replay drops the same way), so its next plan
+        starts afresh instead of extending this one's tables."""
+        if client.pending_plan is None:
+            return
+        client.pending_plan = None
+        self.journal.plan_cut(client.number)
+        log.info("client %d abandoned the plan it was submitting", client.number)
+
     def _accepted(self, client: ClientRecord, nodes: dict[int, Node]) -> None:
         """Its plans' ids grow: what a resumed client need not send again is below the
         highest id taken in (Accepted). Only ids the client chose count: a compacted

@@ -31,9 +31,10 @@ Record kinds (``[kind, fields...]``):
     SUBMITTED number, header                     a plan chunk as received: the Submit
                                                  message's header bytes (not packed again)
     CUT       number                             the client's connection dropped while its
-                                                 chunked plan came: the chunks since its
-                                                 last whole plan are dropped (it sends
-                                                 the plan again, all of it, on resuming)
+                                                 chunked plan came, or it abandoned that
+                                                 plan (AbandonPlan): the chunks since its
+                                                 last whole plan are dropped (a dropped
+                                                 client sends it again, whole, on resuming)
     FINISHED  [id, worker id, size, length, ...] tasks that finished (flat)
     FAILED    id, error                          a task failed (its dependants follow)
     RELEASED  [id, ...]                          results the client released

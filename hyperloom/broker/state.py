@@ -213,6 +213,7 @@ class BrokerState(Lifecycle, PlanIntake, ClientRequests, WorkerReports, Recovery
             ("client", protocol.HEARTBEAT): _ignore,
             ("client", protocol.GOODBYE): self._on_goodbye,
             ("client", protocol.GET_SNAPSHOT): self._on_get_snapshot,
+            ("client", protocol.ABANDON_PLAN): lambda c, f, _, now: self.on_abandon_plan(c),
             ("worker", protocol.WORKER_USAGE):
                 lambda w, f, _, now: self.feed.on_usage(w, *f),
             ("worker", protocol.RETIRING): lambda w, f, _, now: self.retirements.on_retiring(w),

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 import os
 import threading
 import weakref
@@ -35,6 +36,8 @@ from .plan import PlanBuilder
 from .releases import Releases, release_timer
 from .session import SentPlans
 from .waiting import FutureChanges, Waiting
+
+log = logging.getLogger("hyperloom.client")
 
 CONNECT_TIMEOUT = 30.0
 # Tasks per Submit message: the broker checks one chunk while the next is encoded,
@@ -146,17 +149,35 @@ class Client(BrokerConnection, Releases, Waiting):
                 self._receive_queued()
             released = self._take_releases()   # they go with the first chunk
             kept = None
-            for chunk in builder.chunks(SUBMIT_CHUNK):
-                header = protocol.encode(protocol.SUBMIT, *chunk, bool(load), chunk.more,
-                                         released)
-                self._send(header)
-                if kept is None and self._session is not None:
-                    kept = self._sent_plans.keep(first_id, builder.next_id)
-                if kept is not None:
-                    kept.append(header)
-                released = []
+            midway = False   # a chunk with more=True sent, the last one not yet
+            try:
+                for chunk in builder.chunks(SUBMIT_CHUNK):
+                    header = protocol.encode(protocol.SUBMIT, *chunk, bool(load), chunk.more,
+                                             released)
+                    self._send(header)
+                    midway = chunk.more
+                    if kept is None and self._session is not None:
+                        kept = self._sent_plans.keep(first_id, builder.next_id)
+                    if kept is not None:
+                        kept.append(header)
+                    released = []
+            except BaseException:
+                if midway:   # (a Ctrl-C, an error raised by a re-attach inside _send)
+                    self._abandon_plan(first_id)
+                raise
             self.futures.update(created)
         return [created[task_id] for task_id in roots]
+
+    def _abandon_plan(self, first_id: int) -> None:
+        """A submit stopped between two chunks: the broker drops those it got, or they
+        would open the client's next plan (whose tables they would shift), and a
+        re-attach does not send them again."""
+        self._sent_plans.abandon(first_id)
+        try:
+            self._send(protocol.encode(protocol.ABANDON_PLAN))
+        except LoomError as error:  # a lost connection drops the chunks too (a cut)
+            log.warning("could not tell the broker to drop a plan submitted halfway: %s",
+                        error)
 
     def submit_one(self, task, load: bool = False) -> Future:
         return self.submit((task,), load)[0]

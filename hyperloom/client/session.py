@@ -107,6 +107,10 @@ class SentPlans:
         while plans and plans[0][1] <= next_id:
             plans.pop(0)
 
+    def abandon(self, first_id: int) -> None:
+        """The submit of the plan that starts at ``first_id`` stopped midway: never again."""
+        self._plans = [plan for plan in self._plans if plan[0] != first_id]
+
     def refused(self, ids: list[int]) -> None:
         """SubmitRefused: the plan of these result ids is answered."""
         self._plans = [plan for plan in self._plans

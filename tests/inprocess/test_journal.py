@@ -543,3 +543,29 @@ def test_a_broker_without_a_journal_sends_no_accepted():
     ids = cluster.client.submit(_chain_plan()[0])
     cluster.run()
     assert ids[0] in cluster.client.finished and cluster.client.accepted == []
+
+
+def test_an_abandoned_plan_is_dropped_and_the_next_one_starts_afresh(tmp_path):
+    """A client that stops a submit between two chunks (a Ctrl-C) says AbandonPlan: the
+    chunks the broker has are dropped (journaled as a cut), nothing of them is computed
+    or confirmed, the next plan is taken in alone, and the journal replays to that."""
+    cluster = Cluster(workers=1, broker=BrokerState(journal=jn.JournalRecorder()))
+    client = cluster.client
+    abandoned, _ = _chain_plan()
+    _, headers = client.encode_plan(abandoned, chunk=5)
+    assert len(headers) > 2
+    for header in headers[:2]:
+        client.send(header)
+    cluster.run()
+    client.send(protocol.encode(protocol.ABANDON_PLAN))
+    cluster.run()
+    client.send(protocol.encode(protocol.ABANDON_PLAN))   # none pending: ignored
+    plan = [tasks.size(tasks.const(b"abcd"))]
+    ids = client.submit(plan, chunk=1)
+    cluster.run()
+    assert not client.refused and not client.failed
+    assert set(cluster.broker.tasks) == set(ids)          # none of the abandoned chunks
+    assert client.accepted[-1] == client.next_id
+    restored = _restored(_through_file(tmp_path, cluster.broker.journal.take()))
+    _assert_same(cluster.broker, restored)
+    assert cluster.gather(ids) == [(4).to_bytes(8, "little")]

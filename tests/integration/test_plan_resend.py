@@ -133,3 +133,36 @@ def test_a_client_that_only_submits_keeps_no_more_than_its_latest_plans(make_clu
                    message="the last plan's Accepted")
     finally:
         client.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("journaled", [False, True], ids=["plain", "journaled"])
+def test_a_submit_interrupted_between_two_chunks_leaves_the_next_plan_intact(
+        make_cluster, tmp_path, monkeypatch, journaled):
+    """Ctrl-C while a big plan's chunks go out: the chunks the broker has must not open
+    the next plan (they would shift its tables of task types: a `size` read as a
+    `merge`), and a journaled client must not send them again after a re-attach."""
+    broker_args = ("--journal", str(tmp_path / "broker.journal")) if journaled else ()
+    cluster = make_cluster(broker_args=broker_args)
+    client = cluster.client()
+    monkeypatch.setattr(client_module, "SUBMIT_CHUNK", 4)
+    chunks = PlanBuilder.chunks
+
+    def interrupted_after_the_first(builder, size):
+        for chunk in chunks(builder, size):
+            yield chunk
+            raise KeyboardInterrupt
+    try:
+        chain = tasks.const(b"0")
+        for i in range(1, 10):
+            chain = tasks.merge((chain, tasks.const(b"%d" % i)))
+        with monkeypatch.context() as patch:
+            patch.setattr(PlanBuilder, "chunks", interrupted_after_the_first)
+            with pytest.raises(KeyboardInterrupt):
+                client.submit([chain])
+        assert len(client._sent_plans) == 0
+        size = client.submit_one(tasks.size(tasks.const(b"abcd")))
+        assert int.from_bytes(size.gather(), "little") == 4
+        assert client.info()["n_tasks"] == 0    # nothing of the abandoned chunks runs
+    finally:
+        client.close()
