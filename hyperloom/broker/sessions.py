@@ -129,9 +129,10 @@ class Sessions(CoreBase):
                 continue
             if node is None or node.client is not client or not node.is_result:
                 failures.append([task_id, task_id, "broker",
-                                 "the broker does not know this task (released, or submitted "
-                                 "by a client that did not keep its plan until the broker "
-                                 "journaled it)"])
+                                 "the broker does not know this task: released, or its plan "
+                                 "was refused and the answer that said why was lost with the "
+                                 "connection, or submitted by a client that did not keep its "
+                                 "plan until the broker journaled it"])
             elif node.state == ts.FINISHED:
                 finished.append(task_id)
             elif node.state == ts.FAILED:
