@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 from collections.abc import Callable, Iterable, Sequence
 
+from .. import protocol
 from .journal import NullJournal
 from .model import ClientRecord, Node, WorkerRecord
 from .outbox import Outbox
@@ -18,6 +19,14 @@ from .recorder import Recorder, RecorderFactory
 from .retire import Retirements
 from .scheduler import ReadyQueue
 from .snapshot import DashboardFeed
+
+# Task types every worker provides; plans may name them before workers join.
+BUILTIN_TYPES = frozenset({
+    protocol.TASK_CONST, protocol.TASK_MERGE, protocol.TASK_OPEN, protocol.TASK_SPLIT,
+    protocol.TASK_SAVE, protocol.TASK_ARRAY_MAKE, protocol.TASK_SIZE, protocol.TASK_LENGTH,
+    protocol.TASK_GET, protocol.TASK_SLICE, protocol.TASK_RUN, protocol.TASK_PY_CALL,
+    protocol.TASK_PY_VALUE, protocol.TASK_DSLICE, protocol.TASK_DGET,
+})
 
 Fetch = tuple[ClientRecord, int, bool]   # (client, request, release) waiting on a task
 

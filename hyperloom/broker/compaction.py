@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from . import journal as jn
+from .base import BUILTIN_TYPES
 from . import taskstate as ts
 from .model import Node
 
@@ -23,9 +24,11 @@ def compact_records(state: CoreBase) -> list[list[Any]]:
     """Records that replay to the present state, and no more: sessions, workers,
     the live tasks with the lineage they may need, and their outcomes."""
     records: list[list[Any]] = []
+    named_types = set(BUILTIN_TYPES)
     for worker in [*state.detached_workers.values(), *state.workers.values()]:
         records.append([jn.WORKER, worker.worker_id, worker.address, worker.cpus,
                         sorted(worker.task_types), worker.hostname])
+        named_types.update(worker.task_types)
     for number in state.sessions:
         records.append([jn.CLIENT, number, state.session_tokens[number]])
     order = _lineage_order(state.tasks.values())
@@ -68,7 +71,8 @@ def compact_records(state: CoreBase) -> list[list[Any]]:
     records.append([jn.COUNTERS, state.next_worker_id, state.next_client_number,
                     [[number, client.n_done, client.n_total, client.next_broker_id,
                       client.accepted_until]
-                     for number, client in state.sessions.items()]])
+                     for number, client in state.sessions.items()],
+                    sorted(state.provided_types - named_types)])   # (of workers gone)
     return records
 
 

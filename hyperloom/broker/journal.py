@@ -39,7 +39,9 @@ Record kinds (``[kind, fields...]``):
     FAILED    id, error                          a task failed (its dependants follow)
     RELEASED  [id, ...]                          results the client released
     COUNTERS  next worker id, next client number, [[client, done, total, next broker id,
-              accepted until], ...]              (compaction: what dropped history counted)
+              accepted until], ...], task types  (compaction: what dropped history counted;
+                                                 the types any worker provided, so a plan
+                                                 sent before its workers rejoin is taken)
     EXPANDED  id, total cpus                     a dslice/dget expanded (with that many cores)
     RESTORE   deadline (wall clock, seconds)     a restart waits for its workers until then
     RESTORED                                     it stopped waiting (the missing ones: LOST)

@@ -122,6 +122,8 @@ class Restore(CoreBase):
                 client.n_done, client.n_total = done, total
                 client.next_broker_id = max(client.next_broker_id, next_broker_id)
                 client.accepted_until = max(client.accepted_until, accepted_until)
+            if len(record) > 4:   # the types some worker provided (a journal since 2026-12)
+                self.provided_types.update(record[4])
             return 0
         if kind == jn.RESTORE:  # a restart that had not finished waiting for its workers
             self.pending_restore_deadline = record[1]

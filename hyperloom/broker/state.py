@@ -26,6 +26,7 @@ from typing import Any
 
 from .. import protocol
 from . import taskstate as ts
+from .base import BUILTIN_TYPES
 from .dynamic import DynamicPass
 from .intake import PlanError, PlanIntake  # noqa: F401  (PlanError: part of this API)
 from .invariants import check_invariants
@@ -50,14 +51,6 @@ log = logging.getLogger("hyperloom.broker")
 # have the top-level types of protocol.MESSAGES (decode checks them); what is inside a
 # batch is checked by the handler that reads it.
 Handler = Callable[[Any, list[Any], Sequence[Any], float], None]
-
-# Task types every worker provides; plans may name them before workers join.
-BUILTIN_TYPES = frozenset({
-    protocol.TASK_CONST, protocol.TASK_MERGE, protocol.TASK_OPEN, protocol.TASK_SPLIT,
-    protocol.TASK_SAVE, protocol.TASK_ARRAY_MAKE, protocol.TASK_SIZE, protocol.TASK_LENGTH,
-    protocol.TASK_GET, protocol.TASK_SLICE, protocol.TASK_RUN, protocol.TASK_PY_CALL,
-    protocol.TASK_PY_VALUE, protocol.TASK_DSLICE, protocol.TASK_DGET,
-})
 
 MAX_OVERBOOKING = 64        # core tasks queued per core at most
 QUEUE_SECONDS = 0.02        # how much work a fast worker may have queued per core

@@ -569,3 +569,19 @@ def test_an_abandoned_plan_is_dropped_and_the_next_one_starts_afresh(tmp_path):
     restored = _restored(_through_file(tmp_path, cluster.broker.journal.take()))
     _assert_same(cluster.broker, restored)
     assert cluster.gather(ids) == [(4).to_bytes(8, "little")]
+
+
+def test_task_types_of_workers_gone_before_a_compaction_survive_the_restart(tmp_path):
+    """A broker takes plans of every task type a worker ever provided; restarted from a
+    compacted journal (which names only the workers it still waits for) it must too,
+    or a plan its client sends again before the workers rejoin is refused."""
+    cluster = Cluster(workers=1, broker=BrokerState(journal=jn.JournalRecorder()))
+    custom = cluster.add_worker(task_types=["my/custom"])
+    cluster.run()
+    cluster.kill(custom)          # it held nothing: a compacted journal has no record of it
+    cluster.run()
+    assert "my/custom" in cluster.broker.provided_types
+    path = _through_file(tmp_path, cluster.broker.journal.take())
+    jn.write_journal(path, _restored(path).compact_records())
+    restored = _restored(path)
+    assert "my/custom" in restored.provided_types
