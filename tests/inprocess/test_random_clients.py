@@ -4,13 +4,17 @@ and come back (sessions resumed), clients say goodbye or vanish (their sessions
 expire), while the broker restarts from its journal, workers die, join and retire.
 Clients keep their plans until ``Accepted`` with the real client's ``SentPlans`` and
 send again what the broker lacks when they resume; a plan is now and then in flight
-(some or none of its chunks arrived) when the connection drops or the broker dies.
+(some or none of its chunks arrived) when the connection drops or the broker dies, or
+taken in whole (journaled) with its Accepted not yet sent, or sent and lost with the
+connection: the Accepted after Welcome must then cover it, and the client must not send
+it again (a second copy is refused as "submitted twice", or computed twice).
 
 What a user of a shared broker counts on: every client that stays gets the right
 value or error for each result it kept, whatever the other clients and the cluster
 did; one that left leaves nothing behind (``broker.tasks`` ends empty); the broker
 never sends anything to a connection that dropped, every journal record applies on
-replay, and ``check_invariants`` holds after every step.
+replay, ``check_invariants`` holds after every step, and no plan is refused but those
+made to be.
 """
 
 import random
@@ -18,11 +22,13 @@ import random
 import pytest
 
 from hyperloom import protocol
+from hyperloom.broker.outbox import messages
+from hyperloom.broker.sessions import ACCEPTED_DELAY
 from hyperloom.client import tasks
 from hyperloom.client.future import Future
 from hyperloom.client.session import SentPlans
 
-from .harness import Cluster
+from .harness import Cluster, check_entries
 from .test_random_restarts import FAILS, _broker, _restart, any_plan, check_outcome, new_journal
 
 
@@ -37,6 +43,11 @@ class User:
         self.state = "attached"       # or "detached" (connection dropped), "gone"
         self.connections = 1
         self.plans = client.plans = SentPlans()   # not yet Accepted, as the client keeps them
+        self.refused = client.refused = []        # SubmitRefused, through all its connections
+        self.refusals_made = 0                    # of them, by _read_anothers_result
+        # the chunk lists (in self.plans) of plans the broker took in whole before the
+        # connection dropped or it died, their Accepted not received
+        self.taken_in = []
 
     def kept(self):
         return [i for i in self.expected if i not in self.released]
@@ -59,9 +70,10 @@ class User:
         return b"%s-%d" % (self.name, self.connections)
 
 
-def _follow_up(user, rng, in_flight=False) -> bool:
+def _follow_up(user, rng, in_flight=False, chunked=False) -> bool:
     """A plan reading 1-3 of the user's kept results (bytes or failed) and consts;
-    ``in_flight``: sent in chunks of which some or none reach the broker."""
+    ``in_flight``: sent in chunks of which some or none reach the broker; ``chunked``:
+    sent in chunks, all of which reach it."""
     usable = [i for i in user.kept() if user.expected[i] is FAILS
               or isinstance(user.expected[i], bytes)]
     if not usable:
@@ -77,6 +89,8 @@ def _follow_up(user, rng, in_flight=False) -> bool:
     if in_flight:   # a chunk a task (the merge and its consts), not all of them arrive
         chunks = user.submit([task], expected, chunk=1, arriving=rng.randint(0, consts))
         assert chunks == consts + 1
+    elif chunked:
+        assert user.submit([task], expected, chunk=1) == consts + 1
     else:
         user.submit([task], expected)
     return True
@@ -93,6 +107,7 @@ def _read_anothers_result(cluster, user, other, rng):
                                      False, False, []))
     before = len(user.client.refused)
     cluster.run()
+    user.refusals_made += 1
     [(ids, message)] = user.client.refused[before:]
     assert ids == [task_id] and f"input id={stolen}" in message, message
     assert task_id not in cluster.broker.tasks
@@ -106,9 +121,14 @@ def _resume(cluster, user):
                                         replaces=user.client,
                                         resend_from=user.plans.resend_from())
     user.client.plans = user.plans
+    user.client.refused = user.refused
     user.state = "attached"
     cluster.run()
     assert user.client.accepted, "no Accepted after Welcome"
+    resent = {id(chunks) for chunks in user.plans.unconfirmed()}
+    assert not any(id(chunks) in resent for chunks in user.taken_in), \
+        "a plan the broker took in is sent again: its Accepted after Welcome did not cover it"
+    user.taken_in = []
     for chunks in user.plans.unconfirmed():
         for header in chunks:
             user.client.send(header)
@@ -120,6 +140,69 @@ def _resume_attached(users):
             if user.state == "attached":
                 _resume(again, user)
     return resume
+
+
+def _before_the_drop(cluster, user, rng, lose_accepted=False):
+    """What ``user`` sends just before its connection drops or its broker dies: nothing;
+    or 1-2 plans the broker takes in whole (and journals: the in-process journal keeps
+    every record) and answers with no Accepted yet, the broker maybe placing and running
+    some of their tasks meanwhile or (``lose_accepted``) sending the Accepted, which the
+    dropping connection loses; and/or, last, a plan of which only some chunks arrive."""
+    roll = rng.random()
+    if roll < 0.25:
+        return
+    if roll < 0.75:
+        for _ in range(rng.randint(1, 2)):
+            first = user.client.next_id
+            if not _follow_up(user, rng, chunked=rng.random() < 0.5):
+                break
+            # taken in: its tasks are known, its plan kept by the user till Accepted
+            assert any(first <= i < user.client.next_id for i in cluster.broker.tasks)
+            user.taken_in.append(user.plans.unconfirmed()[-1])
+        if user.taken_in:
+            for _ in range(rng.randint(0, 2)):  # no time passes: no Accepted goes yet
+                cluster.step()
+                if rng.random() < 0.5:
+                    rng.choice(cluster.live_workers()).finish_running(rng.randint(1, 3))
+            if lose_accepted and rng.random() < 0.5:
+                _accepted_lost(cluster, user)
+            assert user.plans.unconfirmed()[-len(user.taken_in):] == user.taken_in
+        if rng.random() < 0.5:
+            return
+    _follow_up(user, rng, in_flight=True)
+
+
+def _accepted_lost(cluster, user):
+    """Rounds (the clock moved on) until the broker sent ``user`` its Accepted, which, with
+    whatever else went to it, the connection about to drop loses."""
+    lost = []
+    for _ in range(10):
+        cluster.broker.on_drained(cluster.now)
+        cluster.check()
+        out = cluster.broker.outbox
+        batch = list(messages(out))
+        out.clear()
+        for identity, frames in batch:
+            code, fields = protocol.decode(frames[0])
+            check_entries(code, fields)
+            if identity == user.client.identity:
+                lost.append(code)
+            else:
+                cluster.transcript.append((b"broker", identity, protocol.name_of(code), fields))
+                cluster._deliver(identity, code, fields, frames)
+        for worker in cluster.workers:
+            worker.work()
+        if protocol.ACCEPTED in lost:
+            return
+        cluster.now += ACCEPTED_DELAY
+    raise AssertionError(f"no Accepted went to {user.client.identity!r}")
+
+
+def _check_refusals(users):
+    """Only the plans made to be refused are: a plan sent again that the broker had
+    taken in is refused as submitted twice."""
+    for user in users:
+        assert len(user.refused) == user.refusals_made, user.refused
 
 
 def _step(cluster, users, rng, path, budget):
@@ -154,13 +237,12 @@ def _step(cluster, users, rng, path, budget):
             _read_anothers_result(cluster, user, rng.choice(others), rng)
     elif roll < 0.20 and attached:
         user = rng.choice(attached)             # its connection drops
-        if rng.random() < 0.4:
-            _follow_up(user, rng, in_flight=True)   # with a plan on its way
+        _before_the_drop(cluster, user, rng, lose_accepted=True)   # with plans on their way
         cluster.disconnect(user.client)
         user.state = "detached"
     elif roll < 0.21 and attached and budget["restarts"]:
-        budget["restarts"] -= 1                 # the broker dies with a plan on its way
-        _follow_up(rng.choice(attached), rng, in_flight=True)
+        budget["restarts"] -= 1                 # the broker dies with plans on their way
+        _before_the_drop(cluster, rng.choice(attached), rng)
         return _restart(cluster, path, rng, _resume_attached(users))
     elif roll < 0.24 and detached:
         _resume(cluster, rng.choice(detached))  # and comes back
@@ -198,6 +280,7 @@ def test_clients_of_one_broker_keep_their_results_whatever_the_others_do(seed, t
     for _ in range(rng.randint(50, 300)):
         cluster.run()
         cluster = _step(cluster, users, rng, path, budget)
+        _check_refusals(users)
     for user in users:
         if user.state == "detached":
             if rng.random() < 0.7:
@@ -216,5 +299,6 @@ def test_clients_of_one_broker_keep_their_results_whatever_the_others_do(seed, t
     cluster.run()
     for user in staying:
         _check_values(user, user.client.replies[requests[user.name]])
+    _check_refusals(users)
     assert cluster.broker.tasks == {}
     assert cluster.broker.sessions.keys() == {u.client.number for u in staying}

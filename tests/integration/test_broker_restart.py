@@ -17,6 +17,7 @@ import subprocess
 import time
 
 import pytest
+import zmq
 
 from hyperloom.client import Client
 from hyperloom.errors import LoomError
@@ -112,16 +113,45 @@ def _connect(processes, count=2):
     return client
 
 
-def _submit(client):
-    ends, middles = _chains()
-    futures = client.submit(ends + middles)
-    sent = []
-    original_send = client._send
+class SubmitsSent:
+    """Every Submit header that reaches the client's socket from now on, in order: on the
+    socket it has now and on each one it opens to re-attach (``_open_socket``), where
+    session.py sends the plans it kept straight to the socket, not through ``_send``."""
 
-    def counting_send(header):      # the test sees every message the client sends
-        sent.append(protocol.decode(header)[0])
-        return original_send(header)
-    client._send = counting_send
+    def __init__(self, client):
+        self.headers: list[bytes] = []
+        self.plan: list[bytes] = []        # those of the user's submit() (``_submit``)
+        self._watch(client._socket)
+        open_socket = client._open_socket
+
+        def open_watched_socket():
+            open_socket()
+            self._watch(client._socket)
+        client._open_socket = open_watched_socket
+
+    def _watch(self, socket):
+        send = socket.send
+        more = False                       # the next frame goes on a message: no header
+
+        def counting_send(data, flags=0, *args, **kwargs):
+            nonlocal more
+            result = send(data, flags, *args, **kwargs)   # (zmq.Again: it was not sent)
+            if not more:
+                header = data.bytes if isinstance(data, zmq.Frame) else bytes(data)
+                if protocol.decode(header)[0] == protocol.SUBMIT:
+                    self.headers.append(header)
+            more = bool(flags & zmq.SNDMORE)
+            return result
+        socket.send = counting_send
+
+
+def _submit(client):
+    """The chains submitted; what reaches the socket is watched from before that."""
+    ends, middles = _chains()
+    sent = SubmitsSent(client)
+    futures = client.submit(ends + middles)
+    sent.plan = list(sent.headers)
+    assert sent.plan, "the plan's Submit was not seen"
     return futures[:CHAINS], futures[CHAINS:], sent
 
 
@@ -135,7 +165,10 @@ def a_task_running(client):
 
 def _no_resubmission(sent):
     # (values come as Fetch answers or, small ones, unasked with Results)
-    assert protocol.SUBMIT not in sent, "the client submitted again"
+    assert len(sent.headers) == len(sent.plan), \
+        f"the client submitted again: {len(sent.headers)} Submit messages reached its " \
+        f"sockets for the {len(sent.plan)} of its plan"
+    assert sent.headers == sent.plan
 
 
 @pytest.mark.timeout(180)
@@ -371,7 +404,11 @@ def test_a_plan_its_broker_died_before_journaling_runs_without_a_second_submit(
         processes.start_broker()
         values = client.gather(ends)
     assert values == [_expected(chain) for chain in range(CHAINS)]
-    _no_resubmission(sent)                          # (the user's submit() was the only one)
+    # the user's one submit(): its 4 chunks sent, then again, whole and in order, on the
+    # re-attach's socket; nothing else
+    assert len(sent.plan) == 4
+    assert len(sent.headers) == 8, f"{len(sent.headers)} Submit messages, not 4 + 4"
+    assert sent.headers == sent.plan * 2
     assert "1 plans its broker had not journaled sent again" in caplog.text
     assert client.info()["journal"]["recomputed"] == 0
     assert client.progress == (CHAINS * (2 * STEPS - 1) + 1,) * 2   # taken in once

@@ -68,7 +68,8 @@ def header(name, **values):
 # ------------------------------------------------------------------ strategies
 
 CLIENT_CODES = (protocol.SUBMIT, protocol.FETCH, protocol.RELEASE, protocol.GET_STATS,
-                protocol.SET_TRACE, protocol.HEARTBEAT, protocol.GOODBYE, protocol.GET_SNAPSHOT)
+                protocol.SET_TRACE, protocol.HEARTBEAT, protocol.GOODBYE, protocol.GET_SNAPSHOT,
+                protocol.ABANDON_PLAN)
 WORKER_CODES = (protocol.TASKS_DONE, protocol.UPLOADED, protocol.HEARTBEAT, protocol.GOODBYE,
                 protocol.WORKER_USAGE, protocol.RETIRING)
 ALL_CODES = tuple(m.code for m in protocol.MESSAGES)
