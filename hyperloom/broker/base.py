@@ -89,6 +89,7 @@ class CoreBase:
     _take_fetches: Callable[[int], Sequence[Fetch]]              # requests
     _serve_fetch: Callable[[Node, ClientRecord, int, bool], None]  # requests
     _park_fetch: Callable[[int, Fetch], None]                    # requests
+    drop_pending_plan: Callable[[ClientRecord], bool]            # intake
     _worker_error: Callable[[WorkerRecord, str], None]           # reports
     new_node: Callable[[ClientRecord, str, bytes, tuple[Node, ...], int, str | None],
                        Node]                                     # dynamic

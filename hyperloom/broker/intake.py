@@ -78,13 +78,18 @@ class PlanIntake(CoreBase):
 
     def on_abandon_plan(self, client: ClientRecord) -> None:
         """The client stopped submitting its chunked plan midway: the chunks it sent are
-        dropped (journaled as a cut, which replay drops the same way), so its next plan
-        starts afresh instead of extending this one's tables."""
+        dropped, so its next plan starts afresh instead of extending this one's tables."""
+        if self.drop_pending_plan(client):
+            log.info("client %d abandoned the plan it was submitting", client.number)
+
+    def drop_pending_plan(self, client: ClientRecord) -> bool:
+        """Drop the chunks of a plan whose last chunk has not come (abandoned, or cut by a
+        dropped connection), journaled as a cut, which replay drops the same way."""
         if client.pending_plan is None:
-            return
+            return False
         client.pending_plan = None
         self.journal.plan_cut(client.number)
-        log.info("client %d abandoned the plan it was submitting", client.number)
+        return True
 
     def _accepted(self, client: ClientRecord, nodes: dict[int, Node]) -> None:
         """Its plans' ids grow: what a resumed client need not send again is below the

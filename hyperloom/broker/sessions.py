@@ -46,9 +46,7 @@ class Sessions(CoreBase):
             kept = [f for f in self._take_fetches(task_id) if f[0] is not client]
             for waiting in kept:
                 self._park_fetch(task_id, waiting)
-        if client.pending_plan is not None:  # it sends the plan again, whole, on resuming
-            self.journal.plan_cut(client.number)
-            client.pending_plan = None
+        self.drop_pending_plan(client)   # it sends the plan again, whole, on resuming
         self.detached_clients[client.number] = now + self.session_timeout
         log.info("client %d disconnected; its session is kept for %.0f s", client.number,
                  self.session_timeout)
