@@ -108,6 +108,11 @@ def _run_batch(conn, send_lock, jobs, frames, log, functions, current, shm_dir) 
         out_frames += result_frames
         position += n_frames
         now = time.monotonic()
+        if index == last:
+            # Before the last answer, not after: once it is read, the worker may hand
+            # this process a new batch, and a death before the next write would blame
+            # that batch's first task, which never started, for it.
+            current.value = -1
         if index == last or now - flushed >= FLUSH_SECONDS:
             try:
                 parts = pack(("done", entries), out_frames, shm_dir)
@@ -118,7 +123,6 @@ def _run_batch(conn, send_lock, jobs, frames, log, functions, current, shm_dir) 
             with send_lock:
                 send_parts(conn, parts)
             entries, out_frames, flushed = [], [], now
-    current.value = -1
 
 
 def _run_job(fields, frames, log, functions: FunctionCache) -> tuple:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import signal
+import threading
 import time
 
 import pytest
@@ -12,7 +14,8 @@ import pytest
 from hyperloom import protocol
 from hyperloom.client import tasks
 from hyperloom.data import Array, File, Plain, PyObj
-from hyperloom.worker.py_pool import PythonPool, PythonPoolError
+from hyperloom.worker.py_child import FunctionCache, _run_batch
+from hyperloom.worker.py_pool import PythonPool, PythonPoolError, _job_message
 from hyperloom.worker.py_task import execute_py_value, function_name
 from hyperloom.worker.taskdef import Redirect, TaskContext, TaskError
 
@@ -261,6 +264,28 @@ def test_a_child_killed_with_sigterm_alone_is_replaced():
         os.kill(int(before), signal.SIGTERM)
         after = through(one, pid()).data   # after SIGTERM_GRACE: a replacement runs it
     assert before != after
+
+
+def test_a_child_says_it_runs_nothing_before_its_last_answer(tmp_path):
+    """Once the worker has read a batch's last answer it may send the child the next
+    batch: a child killed before it then wrote -1 blamed that batch's first task, which
+    never started, for its death (the test above failed 18 runs in 100 under load)."""
+    @tasks.py_task()
+    def tiny():
+        return b"x"
+
+    current = multiprocessing.get_context("spawn").RawValue("q", -1)
+    running_at_each_send = []
+
+    class Pipe:
+        def send_bytes(self, part):
+            running_at_each_send.append(current.value)
+
+    fields, frames = _job_message("py_call", py_call_ctx(tiny()))
+    jobs = [(fields, len(frames))] * 3
+    _run_batch(Pipe(), threading.Lock(), jobs, frames * 3, logging.getLogger("test"),
+               FunctionCache(), current, str(tmp_path))
+    assert running_at_each_send and running_at_each_send[-1] == -1
 
 
 @tasks.py_task(n_direct_args=1)
