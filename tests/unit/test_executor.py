@@ -65,27 +65,28 @@ def test_a_done_python_task_leaves_nothing_that_holds_its_inputs(tmp_path):
         executor.close()
 
 
-def test_tiny_python_tasks_queued_for_one_core_run_as_one_batch(tmp_path):
+def _start_py_tasks(executor, core, task, first_id, n):
+    """Queue n ``task``s (inputs 10 and 11) for the one core; start what can start."""
+    core.on_compute([[first_id + i, protocol.TASK_PY_CALL, task.config, [10, 11], 1,
+                      None, False, None] for i in range(n)])
+    started = core.take_startable()
+    assert len(started) == 1  # one core
+    executor.start(started[0], core.inputs_of(started[0]), core)
+    return started[0]
+
+
+def test_tiny_python_tasks_queued_for_one_core_run_as_one_batch(tmp_path, monkeypatch):
     """Once a function is known to be tiny, the tasks queued behind a starting one
     go with it: all run in the same executor process and the core is freed once,
-    by the last of them."""
+    by the last of them. (Any first run counts as tiny here: on a loaded machine the
+    first one took over BATCH_TASK_SECONDS, 2 ms, about one run in 60.)"""
     task = pid_and_size(tasks.const("x"))
-    fn = fn_object(task)
-    executor = Executor(standard_registry(), 1, str(tmp_path), False)
-    core = WorkerCore(1)
-    core.store.update({10: fn, 11: Plain(b"abc")})
+    executor, core = _run_batch_setup(tmp_path, monkeypatch)
+    core.store.update({10: fn_object(task), 11: Plain(b"abc")})
     try:
-        def submit(first_id, n):
-            core.on_compute([[first_id + i, protocol.TASK_PY_CALL, task.config, [10, 11], 1,
-                              None, False, None] for i in range(n)])
-            started = core.take_startable()
-            assert len(started) == 1  # one core
-            executor.start(started[0], core.inputs_of(started[0]), core)
-            return started[0]
-
-        leader = submit(100, 1)  # the first one teaches the executor it is tiny
+        leader = _start_py_tasks(executor, core, task, 100, 1)  # teaches it is tiny
         core.on_task_done(*completions(executor, 1)[0])
-        leader = submit(200, 5)
+        leader = _start_py_tasks(executor, core, task, 200, 5)
         assert leader.cpu_ids == () and not core.queued_cpu  # the four others went along
         done = completions(executor, 5)
         assert sorted(t.id for t, _, _ in done) == [200, 201, 202, 203, 204]
@@ -97,11 +98,29 @@ def test_tiny_python_tasks_queued_for_one_core_run_as_one_batch(tmp_path):
         executor.close()
 
 
-def _run_batch_setup(tmp_path, monkeypatch):
-    """An executor that counts every kind seen once as tiny (the tests must not depend
-    on how fast this machine spawns a program), and a one-core WorkerCore."""
+def test_python_tasks_of_a_kind_seen_slow_run_one_at_a_time(tmp_path, monkeypatch):
+    """A function whose run took BATCH_TASK_SECONDS or more is not batched: the tasks
+    queued behind it wait for the core, each its own start."""
+    task = pid_and_size(tasks.const("x"))
+    executor, core = _run_batch_setup(tmp_path, monkeypatch, batch_seconds=0.0)
+    core.store.update({10: fn_object(task), 11: Plain(b"abc")})
+    try:
+        leader = _start_py_tasks(executor, core, task, 100, 1)
+        core.on_task_done(*completions(executor, 1)[0])
+        leader = _start_py_tasks(executor, core, task, 200, 3)
+        assert leader.cpu_ids == (0,) and len(core.queued_cpu) == 2
+        t, r, e = completions(executor, 1)[0]
+        assert t.id == leader.id
+    finally:
+        executor.close()
+
+
+def _run_batch_setup(tmp_path, monkeypatch, batch_seconds=3600.0):
+    """An executor that counts every kind seen once as tiny, or with batch_seconds=0
+    none (the tests must not depend on how fast this machine runs a task), and a
+    one-core WorkerCore."""
     from hyperloom.worker import executor as executor_module
-    monkeypatch.setattr(executor_module, "BATCH_TASK_SECONDS", 3600.0)
+    monkeypatch.setattr(executor_module, "BATCH_TASK_SECONDS", batch_seconds)
     return Executor(standard_registry(), 1, str(tmp_path), False), WorkerCore(1)
 
 

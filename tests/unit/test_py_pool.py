@@ -477,7 +477,10 @@ def test_cancelling_a_task_waiting_in_a_batch_reruns_the_one_that_was_running(tm
         running, waiting = one.submit_batch([
             ("py_call", py_call_ctx(note_and_wait(ran, gate))),
             ("py_call", py_call_ctx(wait_for_file(gate)))])
-        wait_until(lambda: os.path.exists(ran), timeout=TIMEOUT, message="the first to start")
+        # Its "x", not the file: killed between creating the file and writing it, the
+        # first run left it empty, and "xx" never came (once in about 60 runs under load).
+        wait_until(lambda: os.path.exists(ran) and open(ran).read() == "x", timeout=TIMEOUT,
+                   message="the first to start")
         one.cancel(waiting)
         with pytest.raises(TaskError, match="process died"):
             waiting.result(TIMEOUT)
