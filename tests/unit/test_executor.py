@@ -84,7 +84,7 @@ def test_tiny_python_tasks_queued_for_one_core_run_as_one_batch(tmp_path, monkey
     executor, core = _run_batch_setup(tmp_path, monkeypatch)
     core.store.update({10: fn_object(task), 11: Plain(b"abc")})
     try:
-        leader = _start_py_tasks(executor, core, task, 100, 1)  # teaches it is tiny
+        _start_py_tasks(executor, core, task, 100, 1)  # teaches it is tiny
         core.on_task_done(*completions(executor, 1)[0])
         leader = _start_py_tasks(executor, core, task, 200, 5)
         assert leader.cpu_ids == () and not core.queued_cpu  # the four others went along
@@ -105,12 +105,12 @@ def test_python_tasks_of_a_kind_seen_slow_run_one_at_a_time(tmp_path, monkeypatc
     executor, core = _run_batch_setup(tmp_path, monkeypatch, batch_seconds=0.0)
     core.store.update({10: fn_object(task), 11: Plain(b"abc")})
     try:
-        leader = _start_py_tasks(executor, core, task, 100, 1)
+        _start_py_tasks(executor, core, task, 100, 1)  # teaches it is slow
         core.on_task_done(*completions(executor, 1)[0])
         leader = _start_py_tasks(executor, core, task, 200, 3)
         assert leader.cpu_ids == (0,) and len(core.queued_cpu) == 2
-        t, r, e = completions(executor, 1)[0]
-        assert t.id == leader.id
+        [(finished, _, _)] = completions(executor, 1)
+        assert finished.id == leader.id
     finally:
         executor.close()
 
