@@ -91,15 +91,17 @@ def port_to_bind_later(exclude=()):
         return port
 
 
-def wait_until(predicate, timeout=10.0, interval=0.02, message="condition"):
-    """Poll ``predicate`` until true; fail the test after ``timeout`` seconds."""
+def wait_until(predicate, timeout=10.0, interval=0.02, message="condition", details=None):
+    """Poll ``predicate`` until true; fail the test after ``timeout`` seconds, with what
+    ``details()`` says then (the state a rare failure needs to be understood)."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {message}")
+            said = f"\n{details()}" if details else ""
+            pytest.fail(f"timed out after {timeout} s waiting for {message}{said}")
         time.sleep(interval)
 
 

@@ -91,6 +91,15 @@ def receive_queue(port):
     return waiting
 
 
+def lane_state(cluster, port):
+    """What a failed wait for the offer needs: the TCP rows of ``port`` and both logs."""
+    rows = [row for table in ("/proc/net/tcp", "/proc/net/tcp6") if os.path.exists(table)
+            for row in open(table).read().splitlines()[1:]
+            if f":{port:04X} " in row]
+    return ("rows of port %d:\n%s\nholder:\n%s\nreceiver:\n%s" % (
+        port, "\n".join(rows), worker_log(cluster, 0)[-4000:], worker_log(cluster, 1)[-2000:]))
+
+
 @pytest.mark.allow_crash
 @pytest.mark.timeout(120)
 def test_a_holder_lost_between_offer_and_fetch(make_cluster, extension_path):
@@ -109,7 +118,8 @@ def test_a_holder_lost_between_offer_and_fetch(make_cluster, extension_path):
         wait_until(lambda: "offered 1 objects" in worker_log(cluster, 0), timeout=20,
                    message="the holder to offer the big object")
         wait_until(lambda: receive_queue(port) > 0, timeout=10,
-                   message="the offer to reach the receiver's socket")
+                   message="the offer to reach the receiver's socket",
+                   details=lambda: lane_state(cluster, port))
         os.kill(holder.pid, signal.SIGKILL)
         holder.wait(10)
         wait_until(lambda: client.get_stats()["n_workers"] == 1, timeout=20,
