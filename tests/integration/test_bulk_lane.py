@@ -75,27 +75,33 @@ def test_a_big_result_crosses_on_the_bulk_lane_and_a_small_one_on_zeromq(make_cl
     assert received >= BIG                              # the broker counts it as before
 
 
-def receive_queue(port):
-    """Bytes waiting unread in the kernel on the established connections to ``port``."""
-    waiting = 0
+def tcp_rows():
+    """The kernel's rows of every TCP connection, split into fields (/proc/net/tcp*)."""
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             with open(table) as f:
                 rows = f.read().splitlines()[1:]
         except OSError:
             continue
-        for row in rows:
-            fields = row.split()
-            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
-                waiting += int(fields[4].split(":")[1], 16)
-    return waiting
+        yield from (row.split() for row in rows)
+
+
+def port_of(address):
+    """The port of an address as /proc/net/tcp writes it (``0100007F:1F90``)."""
+    return int(address.rsplit(":", 1)[1], 16)
+
+
+def receive_queue(port):
+    """Bytes waiting unread in the kernel on the established connections to ``port``."""
+    return sum(int(fields[4].split(":")[1], 16) for fields in tcp_rows()
+               if port_of(fields[1]) == port and fields[3] == "01")
 
 
 def lane_state(cluster, port):
-    """What a failed wait for the offer needs: the TCP rows of ``port`` and both logs."""
-    rows = [row for table in ("/proc/net/tcp", "/proc/net/tcp6") if os.path.exists(table)
-            for row in open(table).read().splitlines()[1:]
-            if f":{port:04X} " in row]
+    """What a failed wait for the offer needs: the TCP rows of ``port`` (either end) and
+    both logs."""
+    rows = [" ".join(fields) for fields in tcp_rows()
+            if port in (port_of(fields[1]), port_of(fields[2]))]
     return ("rows of port %d:\n%s\nholder:\n%s\nreceiver:\n%s" % (
         port, "\n".join(rows), worker_log(cluster, 0)[-4000:], worker_log(cluster, 1)[-2000:]))
 
